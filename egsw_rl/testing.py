@@ -1,0 +1,146 @@
+"""Offline tiny models for tests and the embedded default.
+
+`tiny_model(...)` returns the path of an ordinary Hugging Face model folder (config, safetensors,
+tokenizer with a ChatML template) holding a small random Qwen2 causal LM. Nothing is downloaded:
+the byte-level BPE tokenizer is trained on the spot on a small math corpus. transformers,
+DeepSpeed and vLLM all load the folder. Folders are cached under `$EGSW_RL_CACHE` (default
+`~/.cache/egsw_rl`) keyed by their settings, and written atomically so concurrent test workers
+never see half a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EGSW_RL_CACHE", Path.home() / ".cache" / "egsw_rl"))
+
+
+def _corpus(n: int = 4000, seed: int = 0) -> list[str]:
+    """Arithmetic and LaTeX-flavoured lines so the BPE merges look like math text."""
+    rng = random.Random(seed)
+    words = ("the answer is so we get then therefore compute add subtract multiply divide "
+             "total each how many left sum of and with step first next finally").split()
+    lines = []
+    for _ in range(n):
+        a, b = rng.randint(0, 999), rng.randint(0, 999)
+        op = rng.choice(["+", "-", "*"])
+        val = eval(f"{a}{op}{b}")  # our own integers, not model output
+        filler = " ".join(rng.choice(words) for _ in range(rng.randint(2, 8)))
+        lines.append(f"What is {a} {op} {b}? {filler} {a} {op} {b} = {val}. \\boxed{{{val}}}")
+        lines.append(f"\\frac{{{a}}}{{{b + 1}}} + \\sqrt{{{a}}} x^{{2}} ( {a}, {b} ) \\pi")
+    return lines
+
+
+def build_tokenizer(out_dir: Path, vocab_size: int = 512):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        additional_special_tokens=["<|im_start|>"],
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def tiny_model(
+    *,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    num_kv_heads: int = 1,
+    intermediate_size: int = 256,
+    vocab_size: int = 512,
+    max_position_embeddings: int = 2048,
+    tie_word_embeddings: bool = True,
+    seed: int = 0,
+    root: Path | None = None,
+) -> Path:
+    """Build (once) and return a tiny random Qwen2 model folder. head_dim = hidden/heads must be
+    32, 64 or 128: vLLM's CPU attention rejects smaller heads."""
+    settings = dict(hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+                    num_kv_heads=num_kv_heads, intermediate_size=intermediate_size,
+                    vocab_size=vocab_size, max_position_embeddings=max_position_embeddings,
+                    tie_word_embeddings=tie_word_embeddings, seed=seed, format=1)
+    head_dim = hidden_size // num_heads
+    if head_dim not in (32, 64, 128):
+        raise ValueError(f"head_dim {head_dim} (hidden_size/num_heads): vLLM CPU needs 32, 64 or 128")
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    root = Path(root) if root is not None else cache_dir() / "tiny"
+    out = root / f"qwen2-tiny-{key}"
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".building-"))
+    try:
+        tok = build_tokenizer(tmp, vocab_size=vocab_size - 16)
+        # vLLM wants the embedding at least as large as the tokenizer; round up for kernels.
+        n_vocab = max(vocab_size, ((len(tok) + 63) // 64) * 64)
+        config = Qwen2Config(
+            vocab_size=n_vocab,
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_kv_heads,
+            head_dim=head_dim,
+            max_position_embeddings=max_position_embeddings,
+            tie_word_embeddings=tie_word_embeddings,
+            bos_token_id=None,
+            eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+            pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+            torch_dtype="float32",
+        )
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config).to(torch.float32)
+        model.generation_config.eos_token_id = config.eos_token_id
+        model.generation_config.pad_token_id = config.pad_token_id
+        model.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "egsw_rl_tiny.json").write_text(json.dumps(settings, indent=1))
+        try:
+            tmp.rename(out)
+        except OSError:  # another process finished first; theirs is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+if __name__ == "__main__":
+    print(tiny_model())
