@@ -1,0 +1,57 @@
+"""The records that travel between actors. Plain dataclasses of numpy arrays and lists so Ray
+serialises them cheaply (numpy goes zero-copy through the object store)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass
+class Completion:
+    """One sampled completion, as a generation worker returns it.
+
+    Arrays have one entry per completion token (length T = len(token_ids)), float32:
+    `logprobs` is the sampled token's logprob under the distribution actually sampled from
+    (vLLM processed_logprobs, after the sampling temperature); `entropy` is the top-k estimate of
+    the next-token entropy in nats (ALGORITHMS.md section 7) and `tail_mass` the probability
+    outside the returned top-k.
+    """
+
+    prompt_index: int  # position of the prompt in the batch given to generate()
+    sample_index: int  # j in 0..G-1
+    prompt_ids: list[int]
+    token_ids: list[int]
+    text: str
+    logprobs: np.ndarray
+    entropy: np.ndarray
+    tail_mass: np.ndarray
+    finish_reason: str  # "stop" | "length"
+    version: int  # weight version that generated it
+
+
+@dataclass
+class TrainBatch:
+    """What the learner group receives: N sequences and per-token tensors aligned with the
+    completion tokens, right-padded to T = the longest completion.
+
+    `advantages`, `weights`, `mask` are the only algorithm inputs (ALGORITHMS.md section 1): the
+    learner knows nothing about EGSW. `global_tokens` / `global_seqs` are the whole batch's
+    loss normalisers, so gradients do not depend on how the batch is split over ranks and
+    micro-batches.
+    """
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    advantages: Optional[np.ndarray] = None  # [N, T] float32
+    weights: Optional[np.ndarray] = None  # [N, T] float32
+    mask: Optional[np.ndarray] = None  # [N, T] bool
+    old_logprobs: Optional[np.ndarray] = None  # [N, T] float32
+    ref_logprobs: Optional[np.ndarray] = None  # [N, T] float32
+    global_tokens: Optional[float] = None
+    global_seqs: Optional[float] = None
+
+    def __len__(self) -> int:
+        return len(self.completion_ids)

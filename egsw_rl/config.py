@@ -1,0 +1,209 @@
+"""The typed schema of every run, and the checks that refuse a bad one before any actor starts.
+
+Hydra composes YAML from `egsw_rl/conf/` on top of these dataclasses (registered as structured
+configs), so an unknown key or a wrong type fails at composition with the key's full name.
+`validate(cfg)` adds the cross-key rules (ClipV needs the learner's entropy, G >= 2, ...).
+Each key has one home: sampling temperature is `rollout.temperature`, EGSW's P is
+`algo.temperature`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot work; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    # An HF model folder or hub name; "tiny" builds the offline random test model on the spot.
+    path: str = "tiny"
+    tokenizer: Optional[str] = None
+    # auto = bfloat16 on GPU, float32 on CPU (vLLM CPU and gloo training are fp32 here).
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class RolloutConfig:
+    num_generators: int = 1
+    tensor_parallel_size: int = 1
+    cpus_per_generator: float = 1.0
+    gpu_memory_utilization: float = 0.5
+    # CPU only: KV cache size in GiB (vLLM's VLLM_CPU_KVCACHE_SPACE); a fraction of RAM fails here.
+    cpu_kvcache_gib: float = 1.0
+    max_model_len: int = 1024
+    enforce_eager: bool = True
+    seed: int = 0
+    # Sampling. n is G, the group size.
+    n: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_tokens: int = 256
+    stop: list[str] = field(default_factory=list)
+    logprobs: int = 20  # top-k per token for the entropy estimate (<= vLLM's max_logprobs)
+    entropy_estimator: str = "lower_bound"  # lower_bound | renorm | upper_bound
+    # chat: the model's chat template; qwen_math: chat template + the boxed instruction;
+    # any other string is a Python format template with {question}.
+    prompt_template: str = "qwen_math"
+    # What to do with a prompt longer than max_model_len - max_tokens: error | truncate_left
+    overlong_prompt: str = "error"
+
+
+@dataclass
+class LearnerConfig:
+    num_ranks: int = 2
+    num_nodes: int = 1
+    gpus_per_node: int = 0  # 0 on CPU; on GPU the ranks per node
+    cpus_per_rank: float = 1.0
+    offload_params: bool = False
+    offload_optimizer: bool = False
+    gradient_checkpointing: bool = False
+    # Micro-batches are formed by token budget over length-sorted sequences, not by count.
+    micro_batch_tokens: int = 4096
+    logprob_chunk_tokens: int = 1024  # rows of [tokens, vocab] logits alive at once
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    lr_schedule: str = "constant"  # constant | cosine
+    warmup_steps: int = 0
+    sync_bucket_mb: int = 256
+    # Extra DeepSpeed keys merged over the generated config (advanced users).
+    deepspeed: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AlgoConfig:
+    name: str = "egsw"
+    advantage: str = "grpo"  # grpo | dr_grpo | batch_std | gtpo | grpo_s
+    weighting: str = "egsw"  # egsw | none
+    token_mask: str = "none"  # none | clipb | clipv | high_entropy
+    # EGSW (ALGORITHMS.md section 3); temperature is EGSW's P, not the sampling temperature.
+    alpha: float = 0.2
+    temperature: float = 1.0
+    granularity: str = "step"  # step | trajectory
+    normalize_over: str = "batch"  # batch | group
+    entropy_norm: str = "log_vocab"  # log_vocab | none
+    trajectory_entropy: str = "mean"  # mean | sum
+    rescale: bool = True
+    entropy_source: str = "rollout"  # rollout (vLLM top-k estimate) | learner (exact)
+    # The shared update (section 1).
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    beta: float = 0.0
+    agg: str = "seq_mean_token_mean"  # seq_mean_token_mean | token_mean | seq_mean_token_sum_norm
+    norm_constant: Optional[float] = None  # Dr.GRPO's constant; default rollout.max_tokens
+    entropy_coef: float = 0.0
+    ppo_epochs: int = 1
+    mini_batches: int = 1
+    # GTPO / GRPO-S (section 4)
+    alpha1: float = 1.0
+    alpha2: float = 0.1
+    beta1: float = 1.0
+    beta2: float = 0.1
+    zscore: str = "separate"  # separate | joint | scale_only
+    # ClipB / ClipV / 80-20 (sections 5, 6)
+    mu: Optional[float] = None  # default 2.5 for clipb, 8.5 for clipv
+    max_frac: float = 1e-4
+    rho: float = 0.2
+    # DAPO (section 6)
+    dynamic_sampling: bool = False
+    max_gen_batches: int = 10
+    overlong_shaping: bool = False
+    overlong_cache: int = 0  # L_cache; L_max is rollout.max_tokens
+
+
+@dataclass
+class DataConfig:
+    # A local .jsonl / .json / .parquet path, or a hub dataset name; "arithmetic" generates
+    # two-operand word problems from a seed (the embedded default, no files needed).
+    train: str = "arithmetic"
+    split: str = "train"
+    question_key: str = "question"
+    answer_key: str = "answer"
+    answer_format: str = "auto"  # auto | latex | gsm8k | aime | choice
+    max_samples: Optional[int] = None
+    batch_size: int = 8  # B prompts per step; B x G sequences
+    shuffle: bool = True
+    eval: list[str] = field(default_factory=list)  # benchmark names or paths for periodic eval
+    eval_samples: int = 32
+
+
+@dataclass
+class RewardConfig:
+    scheme: str = "binary"  # binary | signed | format
+    workers: int = 2
+    timeout_s: float = 5.0
+    num_actors: int = 1
+    correct_score: float = 1.0
+    wrong_boxed_score: float = 0.0
+    no_box_score: float = 0.0
+    format_penalty: float = 0.0
+    # last-number fallback when no \boxed{} is written (small models rarely box unprompted)
+    fallback_last_number: bool = False
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # online | offline | disabled
+    project: str = "egsw_rl"
+    entity: Optional[str] = None
+    name: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    progress_bar: bool = True
+    plots: bool = True
+
+
+@dataclass
+class TrainerConfig:
+    total_steps: int = 20
+    save_every: int = 10
+    keep_checkpoints: int = 2
+    eval_every: int = 0  # 0 = never during training
+    overlap: bool = False  # one-step off-policy: generate batch k+1 while training on batch k
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class RunConfig:
+    # the preset that produced this config (the `conf` group); informational
+    conf: Any = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    # none | auto (latest valid checkpoint in the run directory) | a checkpoint path
+    resume: str = "none"
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device == "cuda" else "float32"
