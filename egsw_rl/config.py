@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from omegaconf import MISSING
-
 
 class ConfigError(ValueError):
     """A run configuration that cannot work; the message names the key."""
@@ -181,8 +179,6 @@ class TrainerConfig:
 
 @dataclass
 class RunConfig:
-    # the preset that produced this config (the `conf` group); informational
-    conf: Any = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
@@ -207,3 +203,112 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if dtype != "auto":
         return dtype
     return "bfloat16" if device == "cuda" else "float32"
+
+
+_CHOICES = {
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "rollout.entropy_estimator": ("lower_bound", "renorm", "upper_bound"),
+    "rollout.overlong_prompt": ("error", "truncate_left"),
+    "learner.lr_schedule": ("constant", "cosine"),
+    "algo.advantage": ("grpo", "dr_grpo", "batch_std", "gtpo", "grpo_s"),
+    "algo.weighting": ("egsw", "none"),
+    "algo.token_mask": ("none", "clipb", "clipv", "high_entropy"),
+    "algo.granularity": ("step", "trajectory"),
+    "algo.normalize_over": ("batch", "group"),
+    "algo.entropy_norm": ("log_vocab", "none"),
+    "algo.trajectory_entropy": ("mean", "sum"),
+    "algo.entropy_source": ("rollout", "learner"),
+    "algo.agg": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
+    "algo.zscore": ("separate", "joint", "scale_only"),
+    "reward.scheme": ("binary", "signed", "format"),
+    "logger.wandb.mode": ("online", "offline", "disabled"),
+    "trainer.device": ("auto", "cpu", "cuda"),
+}
+
+
+def _get(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def validate(cfg, *, available_gpus: int | None = None) -> None:
+    """Refuse a configuration that cannot work, naming the key and what is allowed.
+    Runs before any actor starts. `cfg` is the composed (structured) config."""
+    errors: list[str] = []
+
+    for key, allowed in _CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            errors.append(f"{key}={value!r}: allowed values are {', '.join(map(str, allowed))}")
+
+    def positive(key, strict=True):
+        value = _get(cfg, key)
+        if value is None or (value <= 0 if strict else value < 0):
+            errors.append(f"{key}={value!r}: must be {'> 0' if strict else '>= 0'}")
+
+    for key in ("rollout.num_generators", "rollout.tensor_parallel_size", "rollout.max_tokens",
+                "rollout.max_model_len", "learner.num_ranks", "learner.num_nodes",
+                "learner.micro_batch_tokens", "learner.logprob_chunk_tokens", "learner.lr",
+                "learner.sync_bucket_mb", "algo.ppo_epochs", "algo.mini_batches",
+                "algo.max_gen_batches", "data.batch_size", "trainer.total_steps",
+                "reward.workers", "reward.timeout_s", "reward.num_actors"):
+        positive(key)
+    for key in ("algo.alpha", "algo.beta", "algo.clip_low", "algo.clip_high", "algo.entropy_coef",
+                "trainer.save_every", "trainer.eval_every", "rollout.logprobs"):
+        positive(key, strict=False)
+    if cfg.algo.temperature <= 0:
+        errors.append(f"algo.temperature={cfg.algo.temperature}: EGSW's P must be > 0")
+    if cfg.rollout.temperature <= 0:
+        errors.append(f"rollout.temperature={cfg.rollout.temperature}: sampling temperature must "
+                      "be > 0 (greedy sampling gives no group variance to learn from)")
+
+    if cfg.rollout.n < 2:
+        errors.append(f"rollout.n={cfg.rollout.n}: GRPO-family advantages need a group of G >= 2 "
+                      "completions per prompt")
+    if cfg.algo.token_mask == "clipv" and cfg.algo.entropy_source != "learner":
+        errors.append("algo.token_mask=clipv needs the full-vocabulary N from the learner: set "
+                      "algo.entropy_source=learner (the rollout's top-k estimate cannot provide it)")
+    if cfg.rollout.logprobs < 1 and cfg.algo.entropy_source == "rollout" and (
+            cfg.algo.weighting == "egsw" or cfg.algo.advantage in ("gtpo", "grpo_s")
+            or cfg.algo.token_mask in ("clipb", "high_entropy")):
+        errors.append("rollout.logprobs=0 gives no entropy estimate; set rollout.logprobs >= 1 "
+                      "or algo.entropy_source=learner")
+    if cfg.algo.entropy_source == "rollout" and cfg.algo.weighting == "egsw" and (
+            cfg.rollout.top_p < 1.0 or cfg.rollout.top_k not in (-1, 0)):
+        errors.append("algo.entropy_source=rollout with rollout.top_p < 1 or rollout.top_k set "
+                      "measures the truncated distribution's entropy; sample with top_p=1, "
+                      "top_k=-1 or use algo.entropy_source=learner")
+    if cfg.rollout.max_tokens >= cfg.rollout.max_model_len:
+        errors.append(f"rollout.max_tokens={cfg.rollout.max_tokens} leaves no room for the prompt "
+                      f"in rollout.max_model_len={cfg.rollout.max_model_len}")
+    n_seqs = cfg.data.batch_size * cfg.rollout.n
+    if n_seqs % cfg.algo.mini_batches:
+        errors.append(f"algo.mini_batches={cfg.algo.mini_batches} must divide data.batch_size x "
+                      f"rollout.n = {n_seqs} sequences")
+    elif cfg.data.batch_size % cfg.algo.mini_batches:
+        errors.append(f"algo.mini_batches={cfg.algo.mini_batches} must divide data.batch_size="
+                      f"{cfg.data.batch_size} so each optimizer step sees whole groups")
+    if n_seqs < cfg.learner.num_ranks:
+        errors.append(f"learner.num_ranks={cfg.learner.num_ranks} exceeds the {n_seqs} sequences "
+                      "of a batch (data.batch_size x rollout.n)")
+    if cfg.algo.overlong_shaping and cfg.algo.overlong_cache >= cfg.rollout.max_tokens:
+        errors.append(f"algo.overlong_cache={cfg.algo.overlong_cache} must be < rollout.max_tokens")
+
+    device = resolve_device(cfg.trainer.device)
+    if device == "cuda":
+        need = cfg.learner.num_ranks
+        if cfg.learner.gpus_per_node and cfg.learner.gpus_per_node * cfg.learner.num_nodes < need:
+            errors.append(f"learner.num_ranks={need} is more than learner.num_nodes x "
+                          f"learner.gpus_per_node = {cfg.learner.gpus_per_node * cfg.learner.num_nodes}")
+        need += cfg.rollout.num_generators * cfg.rollout.tensor_parallel_size
+        if available_gpus is not None and need > available_gpus:
+            errors.append(f"learner.num_ranks + rollout.num_generators x rollout.tensor_parallel_size"
+                          f" = {need} GPUs, but the cluster has {available_gpus}")
+    elif cfg.learner.gpus_per_node:
+        errors.append(f"learner.gpus_per_node={cfg.learner.gpus_per_node} on device {device}: "
+                      "set it to 0 on CPU")
+
+    if errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
