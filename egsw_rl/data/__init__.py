@@ -1,0 +1,241 @@
+"""Problems (question + gold answer) from local files, hub data sets or a seeded generator, and a
+resumable sampler over them. A row without a usable answer is skipped and counted, never given a
+silent wrong reward."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Problem:
+    question: str
+    answer: str  # gold, as the reward function expects it
+    id: str = ""
+    choices: Optional[tuple[str, ...]] = None  # multiple choice (GPQA): graded by letter
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a named data set lives: a file name looked up in local data folders, else the hub."""
+
+    file: Optional[str]
+    hub: Optional[tuple[str, Optional[str], str]]  # (name, config, split)
+    question_key: str
+    answer_key: str
+    answer_format: str
+
+
+# Named data sets. Local copies are searched in $EGSW_RL_DATA, ./data and ../shared/data.
+SOURCES = {
+    "math500": Source("math500.jsonl", ("HuggingFaceH4/MATH-500", None, "test"), "problem", "answer", "latex"),
+    "aime24": Source("aime24.jsonl", ("math-ai/aime24", None, "test"), "problem", "answer", "aime"),
+    "aime25": Source("aime25.jsonl", ("math-ai/aime25", None, "test"), "problem", "answer", "aime"),
+    "gsm8k": Source("gsm8k_test.jsonl", ("openai/gsm8k", "main", "test"), "question", "answer", "gsm8k"),
+    "simplerl_8k": Source("simplerl_math_level3to5_8k.jsonl", None, "question", "answer", "latex"),
+    # Gated on the hub and never shipped in plain text (its authors ask so): a path or the hub.
+    "gpqa_diamond": Source(None, ("Idavidrein/gpqa", "gpqa_diamond", "train"), "Question",
+                           "Correct Answer", "choice"),
+}
+
+
+class DataError(ValueError):
+    pass
+
+
+def data_dirs() -> list[Path]:
+    dirs = []
+    if os.environ.get("EGSW_RL_DATA"):
+        dirs.append(Path(os.environ["EGSW_RL_DATA"]))
+    dirs += [Path.cwd() / "data", Path(__file__).resolve().parents[3] / "shared" / "data",
+             Path.cwd().parent / "shared" / "data"]
+    return dirs
+
+
+def _read_rows(path: Path) -> list[dict]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = []
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        return rows
+    if suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict):  # {"data": [...]} or column-oriented
+            data = data.get("data", data.get("rows", data))
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of objects")
+        return data
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    raise DataError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json or .parquet)")
+
+
+def _hub_rows(name: str, config: Optional[str], split: str) -> list[dict]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # offline, gated, misspelled: say which and how to fix it
+        raise DataError(f"could not load data set {name!r} (config={config}, split={split}) from "
+                        f"the hub: {type(e).__name__}: {e}. Give a local path instead.") from None
+    return list(ds)
+
+
+def _gold(raw, fmt: str) -> str:
+    from egsw_rl.rewards import gsm8k_gold
+
+    text = "" if raw is None else str(raw).strip()
+    if fmt == "gsm8k" and "####" in text:
+        text = gsm8k_gold(text)
+    return text
+
+
+def _locate(name: str) -> Optional[Path]:
+    for d in data_dirs():
+        if (d / name).is_file():
+            return d / name
+    return None
+
+
+def load_problems(spec: str, *, split: str = "train", question_key: str = "question",
+                  answer_key: str = "answer", answer_format: str = "auto",
+                  max_samples: Optional[int] = None, seed: int = 0) -> tuple[list[Problem], int]:
+    """Load problems; returns (problems, number of rows skipped for a missing answer).
+
+    `spec` is a named set (SOURCES, or "arithmetic"), a local .jsonl/.json/.parquet path, or a
+    hub data set name. Field names come from the named set or from question_key / answer_key."""
+    if spec == "arithmetic":
+        return arithmetic_problems(max_samples or 4096, seed=seed), 0
+
+    rows: list[dict]
+    where = spec
+    if spec in SOURCES:
+        src = SOURCES[spec]
+        question_key, answer_key = src.question_key, src.answer_key
+        answer_format = src.answer_format if answer_format == "auto" else answer_format
+        local = _locate(src.file) if src.file else None
+        if local is not None:
+            rows, where = _read_rows(local), str(local)
+        elif src.hub is not None:
+            rows = _hub_rows(*src.hub)
+        else:
+            raise DataError(f"data set {spec!r}: no local copy of {src.file} in "
+                            f"{', '.join(map(str, data_dirs()))}; set EGSW_RL_DATA or give a path")
+    elif Path(spec).expanduser().exists():
+        path = Path(spec).expanduser()
+        rows = _read_rows(path)
+    else:
+        rows = _hub_rows(spec, None, split)
+
+    if answer_format == "auto":
+        answer_format = "latex"
+    problems, skipped = [], 0
+    for i, row in enumerate(rows):
+        if question_key not in row:
+            raise DataError(f"{where}: row {i} has no field {question_key!r} (data.question_key); "
+                            f"fields are {sorted(row)}")
+        if answer_format == "choice":
+            problems.append(_choice_problem(row, i, seed))
+            continue
+        gold = _gold(row.get(answer_key), answer_format)
+        question = str(row[question_key] or "").strip()
+        if not gold or not question:
+            skipped += 1
+            log.warning("%s: row %d skipped: empty %s", where, i,
+                        answer_key if not gold else question_key)
+            continue
+        problems.append(Problem(question, gold, id=str(row.get("unique_id", row.get("id", i)))))
+        if max_samples and len(problems) >= max_samples:
+            break
+    if skipped:
+        log.warning("%s: %d of %d rows skipped for an empty question or answer", where, skipped,
+                    len(rows))
+    if not problems:
+        raise DataError(f"{where}: no usable problems (checked fields {question_key!r}, "
+                        f"{answer_key!r})")
+    return problems, skipped
+
+
+def _choice_problem(row: dict, i: int, seed: int) -> Problem:
+    """GPQA-style rows: one correct and three incorrect answers, shuffled per row by seed."""
+    correct = row["Correct Answer"].strip()
+    options = [correct] + [row[f"Incorrect Answer {k}"].strip() for k in (1, 2, 3)]
+    random.Random(f"{seed}-{i}").shuffle(options)
+    letter = "ABCD"[options.index(correct)]
+    body = "\n".join(f"({l}) {o}" for l, o in zip("ABCD", options))
+    return Problem(f"{row['Question'].strip()}\n\n{body}", letter, id=str(i), choices=tuple(options))
+
+
+def arithmetic_problems(n: int, *, seed: int = 0, max_operand: int = 50) -> list[Problem]:
+    """Two-operand addition / subtraction word problems with integer answers."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
+        if rng.random() < 0.5:
+            out.append(Problem(f"What is {a} + {b}?", str(a + b), id=f"arith-{i}"))
+        else:
+            a, b = max(a, b), min(a, b)
+            out.append(Problem(f"What is {a} - {b}?", str(a - b), id=f"arith-{i}"))
+    return out
+
+
+@dataclass
+class PromptSampler:
+    """Epoch-wise shuffled batches; its state (epoch, position) is checkpointed so a resumed run
+    neither repeats nor skips a prompt."""
+
+    size: int
+    batch_size: int
+    seed: int = 0
+    shuffle: bool = True
+    epoch: int = 0
+    position: int = 0
+    _order: list[int] = field(default_factory=list, repr=False)
+
+    def _make_order(self) -> None:
+        self._order = list(range(self.size))
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + self.epoch).shuffle(self._order)
+
+    def next_indices(self, count: Optional[int] = None) -> list[int]:
+        count = count or self.batch_size
+        out = []
+        while len(out) < count:
+            if not self._order:
+                self._make_order()
+            if self.position >= self.size:
+                self.epoch, self.position = self.epoch + 1, 0
+                self._make_order()
+            take = min(count - len(out), self.size - self.position)
+            out += self._order[self.position:self.position + take]
+            self.position += take
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "size": self.size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["size"] != self.size:
+            raise DataError(f"checkpoint was taken on a data set of {state['size']} problems, "
+                            f"this run has {self.size}: resume with the same data")
+        self.epoch, self.position, self.seed = state["epoch"], state["position"], state["seed"]
+        self._make_order()

@@ -1,0 +1,130 @@
+"""`python -m egsw_rl.launch [conf=PRESET] [key=value ...]`: compose the config with Hydra, refuse
+a bad one, connect to Ray (the cluster when RAY_ADDRESS is set or under `ray job submit`, else a
+local Ray on loopback), and run the trainer. Nothing else lives here."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from egsw_rl.config import ConfigError, RunConfig, resolve_device, validate
+
+ConfigStore.instance().store(name="run_schema", node=RunConfig)
+log = logging.getLogger("egsw_rl")
+
+
+def _worker_env(cfg) -> dict:
+    env = {"TOKENIZERS_PARALLELISM": "false"}
+    for key in ("EGSW_RL_CACHE", "EGSW_RL_DATA", "WANDB_MODE", "HF_HUB_OFFLINE", "HF_HOME"):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    return env
+
+
+def connect_ray(cfg, device: str):
+    """Join the cluster the job was submitted to, or start a private local Ray on 127.0.0.1.
+    Locally the logical CPU count is raised to what the actors ask for: on a 2-core laptop the
+    generator, reward actor and learner ranks take turns rather than refusing to schedule."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = {"env_vars": _worker_env(cfg)}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=env, log_to_driver=True)
+        return False
+    need = (cfg.learner.num_ranks * cfg.learner.cpus_per_rank
+            + cfg.rollout.num_generators * cfg.rollout.cpus_per_generator + 1)
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
+             include_dashboard=False, _node_ip_address="127.0.0.1", runtime_env=env,
+             log_to_driver=True)
+    return True
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    from egsw_rl.trainer import Trainer
+
+    device = resolve_device(cfg.trainer.device)
+    validate(cfg)  # before any actor starts
+    started_local = connect_ray(cfg, device)
+    if device == "cuda":
+        import ray
+
+        validate(cfg, available_gpus=int(ray.cluster_resources().get("GPU", 0)))
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    trainer = Trainer(cfg, run_dir)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.shutdown()
+        if started_local:
+            import ray
+
+            ray.shutdown()
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    preset = HydraConfig.get().runtime.choices.get("conf")
+    log.info("run directory %s (preset %s)", run_dir, preset)
+    try:
+        last = run(cfg, run_dir)
+    except ConfigError as e:
+        print(f"egsw_rl: {e}", file=sys.stderr)
+        sys.exit(2)
+    (run_dir / "final_metrics.json").write_text(json.dumps(last, indent=1, default=str))
+    return last.get("reward/mean")
+
+
+class SweepSummary(Callback):
+    """After a multirun, one table over its runs: the overrides and the final / best metrics."""
+
+    KEYS = ("reward/mean", "reward/accuracy", "response_length/mean", "entropy/mean", "egsw/ess_frac")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        write_sweep_summary(Path(config.hydra.sweep.dir))
+
+
+def write_sweep_summary(sweep_dir: Path) -> Path | None:
+    from egsw_rl.logging import read_metrics
+
+    rows = []
+    for run in sorted(p for p in sweep_dir.iterdir() if (p / "metrics.jsonl").exists()):
+        metrics = read_metrics(run / "metrics.jsonl")
+        overrides_file = run / ".hydra" / "overrides.yaml"
+        overrides = OmegaConf.load(overrides_file) if overrides_file.exists() else []
+        row = {"run": run.name, "overrides": " ".join(overrides), "steps": len(metrics)}
+        for key in SweepSummary.KEYS:
+            values = [m[key] for m in metrics if m.get(key) is not None]
+            row[f"final {key}"] = values[-1] if values else None
+            row[f"best {key}"] = max(values) if values else None
+        rows.append(row)
+    if not rows:
+        return None
+    with (sweep_dir / "summary.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    cols = list(rows[0])
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    (sweep_dir / "summary.md").write_text("\n".join(md) + "\n")
+    print((sweep_dir / "summary.md").read_text())
+    return sweep_dir / "summary.md"
+
+
+if __name__ == "__main__":
+    main()

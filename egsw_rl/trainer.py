@@ -1,0 +1,362 @@
+"""The iteration loop, and the only place that knows the order of phases:
+
+    prompts -> generators (G each) -> reward actor -> learners: old / reference logprobs
+            -> algos over the whole batch: advantages A, weights W, mask M'
+            -> learners: update -> weight push to the generators -> metrics, checkpoint, eval
+
+The driver holds no model; it moves ids and small per-token arrays between actors.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from egsw_rl import algos, checkpoint
+from egsw_rl.batch import Completion, TrainBatch
+from egsw_rl.config import resolve_device
+from egsw_rl.data import Problem, PromptSampler, load_problems
+from egsw_rl.logging import RunLogger, Timer
+from egsw_rl.models import resolve_model_path, vocab_size
+
+log = logging.getLogger(__name__)
+
+
+def pad(rows: list[np.ndarray], width: int, dtype=np.float32) -> np.ndarray:
+    out = np.zeros((len(rows), width), dtype=dtype)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
+
+
+def overlong_penalty(lengths: np.ndarray, max_tokens: int, cache: int) -> np.ndarray:
+    """DAPO's soft overlong punishment (ALGORITHMS.md section 6): 0 up to L_max - L_cache, then
+    linearly down to -1 at L_max."""
+    start = max_tokens - cache
+    return np.where(lengths <= start, 0.0,
+                    np.where(lengths <= max_tokens, (start - lengths) / max(cache, 1), -1.0))
+
+
+@dataclasses.dataclass
+class Rollout:
+    problems: list[Problem]
+    completions: list[Completion]  # B*G, group by group
+    rewards: np.ndarray  # [N] float32, after shaping
+    results: list  # RewardResult per completion
+    metrics: dict
+
+
+class Trainer:
+    def __init__(self, cfg, run_dir: Path):
+        import ray
+
+        from egsw_rl.actors.generator import GeneratorGroup
+        from egsw_rl.actors.learner import LearnerGroup
+        from egsw_rl.actors.reward import RewardActor
+
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(cfg.trainer.device)
+        self.G = cfg.rollout.n
+        self._seed_everything(cfg.trainer.seed)
+
+        self.problems, skipped = load_problems(
+            cfg.data.train, split=cfg.data.split, question_key=cfg.data.question_key,
+            answer_key=cfg.data.answer_key, answer_format=cfg.data.answer_format,
+            max_samples=cfg.data.max_samples, seed=cfg.trainer.seed)
+        self.data_skipped = skipped
+        self.sampler = PromptSampler(len(self.problems), cfg.data.batch_size,
+                                     seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
+
+        model_cfg = dataclasses.replace(OmegaConf.to_object(cfg.model),
+                                        path=resolve_model_path(cfg.model.path))
+        self.model_path = model_cfg.path
+        self.vocab_size = vocab_size(model_cfg.path)
+        algo_cfg = OmegaConf.to_object(cfg.algo)
+        if algo_cfg.norm_constant is None:  # Dr.GRPO divides by the generation budget
+            algo_cfg.norm_constant = float(cfg.rollout.max_tokens)
+        self.algo = algo_cfg
+
+        log.info("starting %d generator(s), %d learner rank(s), reward actor on %s",
+                 cfg.rollout.num_generators, cfg.learner.num_ranks, self.device)
+        self.generators = GeneratorGroup(model_cfg, OmegaConf.to_object(cfg.rollout), self.device)
+        r = cfg.reward
+        self.rewarder = ray.remote(RewardActor).options(num_cpus=0.5).remote(
+            workers=r.workers, timeout_s=r.timeout_s, scheme=r.scheme,
+            correct_score=r.correct_score, wrong_boxed_score=r.wrong_boxed_score,
+            no_box_score=r.no_box_score, format_penalty=r.format_penalty,
+            fallback_last_number=r.fallback_last_number)
+        self.learners = LearnerGroup(model_cfg, OmegaConf.to_object(cfg.learner), algo_cfg,
+                                     self.device, sampling_temperature=cfg.rollout.temperature)
+        self.learners.setup_weight_sync(self.generators)
+        self.version = 0
+        self.step = 0
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="generate")
+
+    # ------------------------------------------------------------------ phases
+
+    def _next_problems(self, count: Optional[int] = None) -> list[Problem]:
+        return [self.problems[i] for i in self.sampler.next_indices(count)]
+
+    def _generate(self, problems: list[Problem]) -> tuple[list[Completion], float]:
+        t0 = time.perf_counter()
+        prompts = self.generators.render([p.question for p in problems])
+        completions = self.generators.generate(prompts, n=self.G)
+        return completions, time.perf_counter() - t0
+
+    def _score(self, problems: list[Problem], completions: list[Completion], timer: Timer):
+        import ray
+
+        with timer("reward"):
+            golds = [problems[c.prompt_index].answer for c in completions]
+            results, rmetrics = ray.get(self.rewarder.score.remote([c.text for c in completions], golds))
+        rewards = np.array([res.score for res in results], dtype=np.float32)
+        if self.algo.overlong_shaping:
+            lengths = np.array([len(c.token_ids) for c in completions])
+            rewards = rewards + overlong_penalty(lengths, self.cfg.rollout.max_tokens,
+                                                 self.algo.overlong_cache).astype(np.float32)
+        return rewards, results, rmetrics
+
+    def _rollout(self, timer: Timer, first: Optional[tuple[list[Problem], list[Completion]]] = None) -> Rollout:
+        """One batch of B groups. With DAPO dynamic sampling, groups whose rewards are all equal
+        are dropped and more are generated, at most algo.max_gen_batches rounds; a batch still
+        short after that is topped up with dropped groups (advantage 0) and the shortfall logged."""
+        B, G = self.cfg.data.batch_size, self.G
+        kept: list[tuple[Problem, list[Completion], np.ndarray, list]] = []
+        dropped: list[tuple[Problem, list[Completion], np.ndarray, list]] = []
+        reward_metrics: dict[str, float] = {}
+        rounds = 0
+        while len(kept) < B and rounds < (self.algo.max_gen_batches if self.algo.dynamic_sampling else 1):
+            if first is not None:
+                problems, completions = first
+                first = None
+            else:
+                problems = self._next_problems(B if rounds == 0 else B - len(kept))
+                completions, seconds = self._generate(problems)
+                timer.times["timing/generate_s"] = timer.times.get("timing/generate_s", 0.0) + seconds
+            rounds += 1
+            rewards, results, rmetrics = self._score(problems, completions, timer)
+            for k, v in rmetrics.items():
+                reward_metrics[k] = reward_metrics.get(k, 0.0) + v
+            for b, problem in enumerate(problems):
+                sl = slice(b * G, (b + 1) * G)
+                group = (problem, completions[sl], rewards[sl], results[sl])
+                informative = not np.all(rewards[sl] == rewards[sl][0])
+                (kept if informative or not self.algo.dynamic_sampling else dropped).append(group)
+        if len(kept) < B:
+            kept += dropped[:B - len(kept)]
+        kept = kept[:B]
+        problems = [g[0] for g in kept]
+        completions = []
+        for b, g in enumerate(kept):
+            for c in g[1]:
+                completions.append(dataclasses.replace(c, prompt_index=b))
+        rewards = np.concatenate([g[2] for g in kept])
+        results = [r for g in kept for r in g[3]]
+        metrics = {"dapo/gen_rounds": rounds, **reward_metrics} if self.algo.dynamic_sampling else dict(reward_metrics)
+        return Rollout(problems, completions, rewards, results, metrics)
+
+    def _needs_old_logprobs(self) -> bool:
+        a = self.algo
+        # With one update per batch the old policy IS the current one: the learner uses its own
+        # detached logprobs and we skip a forward pass. Overlap mode trains on data from the
+        # previous weights, so there the old logprobs must be recomputed.
+        return (a.ppo_epochs > 1 or a.mini_batches > 1 or a.beta > 0 or a.entropy_source == "learner"
+                or self.cfg.trainer.overlap)
+
+    def train_step(self, rollout: Rollout, timer: Timer) -> dict:
+        a, G = self.algo, self.G
+        comps = rollout.completions
+        T = max(1, max(len(c.token_ids) for c in comps))
+        mask = pad([np.ones(len(c.token_ids)) for c in comps], T, dtype=bool)
+        batch = TrainBatch(prompt_ids=[c.prompt_ids for c in comps],
+                           completion_ids=[c.token_ids for c in comps])
+
+        extra = {}
+        if self._needs_old_logprobs():
+            with timer("logprobs"):
+                extra = self.learners.compute_logprobs(
+                    batch, with_entropy=a.entropy_source == "learner",
+                    with_clipv=a.token_mask == "clipv")
+            batch.old_logprobs = extra.get("old_logprobs")
+            batch.ref_logprobs = extra.get("ref_logprobs")
+        if a.entropy_source == "learner":
+            entropy = extra["entropy"]
+        else:
+            entropy = pad([c.entropy for c in comps], T)
+        sampled = batch.old_logprobs if batch.old_logprobs is not None else pad([c.logprobs for c in comps], T)
+
+        with timer("shape"):
+            A, W, M, shape_metrics = algos.shape_batch(
+                torch.from_numpy(rollout.rewards), torch.from_numpy(entropy), torch.from_numpy(mask),
+                group_size=G, advantage=a.advantage, weighting=a.weighting, token_mask=a.token_mask,
+                sampled_logprobs=torch.from_numpy(sampled),
+                clipv_n=torch.from_numpy(extra["clipv_n"]) if "clipv_n" in extra else None,
+                vocab_size=self.vocab_size, alpha=a.alpha, temperature=a.temperature,
+                granularity=a.granularity, normalize_over=a.normalize_over,
+                entropy_norm=a.entropy_norm, trajectory_entropy=a.trajectory_entropy,
+                rescale=a.rescale, mu=a.mu, max_frac=a.max_frac, rho=a.rho, alpha1=a.alpha1,
+                alpha2=a.alpha2, beta1=a.beta1, beta2=a.beta2, zscore=a.zscore)
+        batch.advantages = A.numpy().astype(np.float32)
+        batch.weights = W.numpy().astype(np.float32)
+        batch.mask = M.numpy().astype(bool)
+        norms = algos.loss_normalizers(M, a.agg)
+        batch.global_tokens = float(norms["global_tokens"])
+        batch.global_seqs = float(norms["global_seqs"])
+
+        with timer("update"):
+            update_metrics = self.learners.update(batch)
+
+        lengths = np.array([len(c.token_ids) for c in comps], dtype=np.float64)
+        valid = mask.astype(bool)
+        statuses = [r.status for r in rollout.results]
+        metrics = {
+            "reward/mean": float(rollout.rewards.mean()),
+            "reward/std": float(rollout.rewards.std()),
+            "reward/accuracy": statuses.count("correct") / len(statuses),
+            "response_length/mean": float(lengths.mean()),
+            "response_length/max": float(lengths.max()),
+            "response_length/clip_frac": float(np.mean([c.finish_reason == "length" for c in comps])),
+            "entropy/mean": float(entropy[valid].mean()) if valid.any() else 0.0,
+            "entropy/source": a.entropy_source,
+            "entropy/rollout_tail_mass_mean": float(pad([c.tail_mass for c in comps], T)[valid].mean())
+            if valid.any() else 0.0,
+            "tokens/generated": int(lengths.sum()),
+            **{k: float(v) for k, v in shape_metrics.items()},
+            **rollout.metrics,
+            **update_metrics,
+        }
+        return metrics
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        start = self._maybe_resume()
+        logger = RunLogger(self.run_dir, total_steps=cfg.trainer.total_steps,
+                           wandb_cfg=cfg.logger.wandb,
+                           config=OmegaConf.to_container(cfg, resolve=True),
+                           progress_bar=cfg.logger.progress_bar, start_step=start)
+        last: dict = {}
+        inflight = None  # overlap mode: (problems, future of completions) for the next step
+        sampler_before_inflight = None
+        try:
+            for step in range(start + 1, cfg.trainer.total_steps + 1):
+                self.step = step
+                timer = Timer()
+                t0 = time.perf_counter()
+                first = None
+                if inflight is not None:
+                    problems, fut = inflight
+                    with timer("generate_wait"):
+                        completions, seconds = fut.result()
+                    timer.times["timing/generate_s"] = seconds
+                    first = (problems, completions)
+                    sampler_before_inflight = None
+                rollout = self._rollout(timer, first)
+                if cfg.trainer.overlap and step < cfg.trainer.total_steps:
+                    sampler_before_inflight = self.sampler.state_dict()
+                    nxt = self._next_problems()
+                    inflight = (nxt, self._pool.submit(self._generate, nxt))
+                metrics = self.train_step(rollout, timer)
+                if inflight is not None:  # the engine is busy until the next batch is sampled
+                    inflight[1].result()
+                with timer("sync"):
+                    sync_metrics = self.learners.push_weights(self.generators)
+                self.version += 1
+                lag = [self.version - 1 - c.version for c in rollout.completions]
+                step_s = time.perf_counter() - t0
+                metrics.update(sync_metrics)
+                metrics.update(timer.times)
+                metrics.update({
+                    "step": step,
+                    "version": self.version,
+                    "policy_lag/mean": float(np.mean(lag)),
+                    "timing/step_s": step_s,
+                    "perf/tokens_per_s": metrics["tokens/generated"] / max(step_s, 1e-9),
+                })
+                logger.log(metrics)
+                last = metrics
+                if cfg.trainer.save_every and (step % cfg.trainer.save_every == 0
+                                               or step == cfg.trainer.total_steps):
+                    self.save(step, sampler_state=sampler_before_inflight)
+        finally:
+            logger.close(plots=cfg.logger.plots)
+        return last
+
+    # ------------------------------------------------------------------ checkpoint / resume
+
+    def save(self, step: int, sampler_state: Optional[dict] = None) -> Path:
+        path = checkpoint.step_dir(self.run_dir, step)
+        path.mkdir(parents=True, exist_ok=True)
+        self.learners.save_checkpoint(str(path / "learner"))
+        self.learners.save_hf(str(path / "hf"))
+        checkpoint.write_state(path, {
+            "step": step, "version": self.version,
+            # overlap mode: the batch in flight was never trained on, so resume before it
+            "sampler": sampler_state or self.sampler.state_dict(),
+            "rng": checkpoint.rng_state(),
+        })
+        checkpoint.mark_complete(path)
+        checkpoint.prune(self.run_dir, self.cfg.trainer.keep_checkpoints)
+        log.info("saved checkpoint %s", path)
+        return path
+
+    def _maybe_resume(self) -> int:
+        resume = self.cfg.resume
+        if resume in (None, "", "none"):
+            return 0
+        path = checkpoint.latest(self.run_dir) if resume == "auto" else Path(resume)
+        if path is None:
+            log.info("resume=auto: no checkpoint in %s, starting fresh", self.run_dir)
+            return 0
+        if not checkpoint.is_complete(path):
+            raise checkpoint.CheckpointError(f"{path} is not a complete checkpoint")
+        state = checkpoint.read_state(path)
+        self.learners.load_checkpoint(str(path / "learner"))
+        self.sampler.load_state_dict(state["sampler"])
+        checkpoint.set_rng_state(state["rng"])
+        self.version = state["version"]
+        self.generators.set_version(self.version)
+        self.learners.push_weights(self.generators)  # generators restart from the base weights
+        # metrics.jsonl rows past the checkpoint belong to steps that will be redone
+        _truncate_metrics(self.run_dir / "metrics.jsonl", state["step"])
+        log.info("resumed from %s at step %d", path, state["step"])
+        return int(state["step"])
+
+    def _seed_everything(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def shutdown(self) -> None:
+        import ray
+
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for part in (self.learners, self.generators):
+            try:
+                part.shutdown()
+            except Exception as e:  # a dead actor must not hide the real error
+                log.warning("shutdown of %s failed: %s", type(part).__name__, e)
+        ray.kill(self.rewarder)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    from egsw_rl.logging import read_metrics
+    import json
+
+    if not path.exists():
+        return
+    rows = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
