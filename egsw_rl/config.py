@@ -116,7 +116,8 @@ class AlgoConfig:
     dynamic_sampling: bool = False
     max_gen_batches: int = 10
     overlong_shaping: bool = False
-    overlong_cache: int = 0  # L_cache; L_max is rollout.max_tokens
+    # L_cache; L_max is rollout.max_tokens. None = 20% of it (DAPO: 4096 of 20480).
+    overlong_cache: Optional[int] = None
 
 
 @dataclass
@@ -293,8 +294,9 @@ def validate(cfg, *, available_gpus: int | None = None) -> None:
     if n_seqs < cfg.learner.num_ranks:
         errors.append(f"learner.num_ranks={cfg.learner.num_ranks} exceeds the {n_seqs} sequences "
                       "of a batch (data.batch_size x rollout.n)")
-    if cfg.algo.overlong_shaping and cfg.algo.overlong_cache >= cfg.rollout.max_tokens:
-        errors.append(f"algo.overlong_cache={cfg.algo.overlong_cache} must be < rollout.max_tokens")
+    if (cfg.algo.overlong_shaping and cfg.algo.overlong_cache is not None
+            and not 0 < cfg.algo.overlong_cache < cfg.rollout.max_tokens):
+        errors.append(f"algo.overlong_cache={cfg.algo.overlong_cache} must be in (0, rollout.max_tokens)")
 
     device = resolve_device(cfg.trainer.device)
     if device == "cuda":

@@ -122,8 +122,9 @@ class Trainer:
         rewards = np.array([res.score for res in results], dtype=np.float32)
         if self.algo.overlong_shaping:
             lengths = np.array([len(c.token_ids) for c in completions])
-            rewards = rewards + overlong_penalty(lengths, self.cfg.rollout.max_tokens,
-                                                 self.algo.overlong_cache).astype(np.float32)
+            max_tokens = self.cfg.rollout.max_tokens
+            cache = self.algo.overlong_cache or max(1, max_tokens // 5)
+            rewards = rewards + overlong_penalty(lengths, max_tokens, cache).astype(np.float32)
         return rewards, results, rmetrics
 
     def _rollout(self, timer: Timer, first: Optional[tuple[list[Problem], list[Completion]]] = None) -> Rollout:
