@@ -1,0 +1,165 @@
+"""GTPO and GRPO-S: entropy-shaped token / sequence rewards (ALGORITHMS.md section 4, seed 002).
+
+Why: GTPO moves credit inside a group towards high-entropy tokens of correct answers and
+towards confident (low-entropy) tokens of wrong answers, then z-scores the shaped token rewards
+into token advantages A[N, T]. GRPO-S does the same per sequence with the mean entropy.
+Equations as reconstructed in ALGORITHMS-notes.md section 3.2; flags from section 3.3.
+
+Sets: O+ = {R > 0}, O- = the rest, per group. The entropy ratios are normalised over the group's
+O+ (O-) sequences with a valid token at position t. Entropy is detached and clamped to
+>= `entropy_floor` (1e-3) before any 1/H.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from egsw_rl.algos import _checks as C
+from egsw_rl.algos.registry import register_advantage
+
+__all__ = ["gtpo_token_rewards", "gtpo_advantages", "grpo_s_rewards", "grpo_s_advantages", "ZSCORE_MODES"]
+
+ZSCORE_MODES = ("separate", "joint", "scale_only")
+ZSCORE_SCOPES = ("batch", "group")
+
+
+def _inputs(rewards: Tensor, entropy: Tensor, mask: Tensor, group_size: int, floor: float):
+    m = C.mask2d(mask)
+    r = C.tensor(rewards, "rewards", 1)
+    if r.shape[0] != m.shape[0]:
+        raise ValueError(f"rewards must have N={m.shape[0]} entries (rows of mask), got {r.shape[0]}")
+    h = C.same_shape(C.tensor(entropy, "entropy", 2), m, "entropy")
+    g = C.group_size(m.shape[0], group_size)
+    if not float(floor) > 0:
+        raise ValueError(f"entropy_floor must be > 0, got {floor!r}")
+    dt = C.work_dtype(r, h)
+    h = torch.where(m, h.detach().to(dt), torch.ones((), dtype=dt)).clamp_min(float(floor))
+    return r.detach().to(dt), h, m, g, dt
+
+
+@torch.no_grad()
+def gtpo_token_rewards(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size: int,
+                       alpha1: float = 1.0, alpha2: float = 0.1, entropy_floor: float = 1e-3) -> Tensor:
+    """Shaped token rewards [N, T] (Eq. 3 for O+, Eq. 5 for O-; 0 on padding).
+
+    O+: alpha1 * R_i + alpha2 * d_t * H_it / sum_{O+_t} H
+    O-: -alpha1     - alpha2 * h_t * (1/H_it) / sum_{O-_t} (1/H)
+    so sum over O+_t is alpha1 * sum R + alpha2 * d_t (Prop. 2.2) and over O-_t -(alpha1 + alpha2) h_t.
+    """
+    r, h, m, g, dt = _inputs(rewards, entropy, mask, group_size, entropy_floor)
+    n, t = m.shape
+    pos = m & (r > 0)[:, None]
+    neg = m & ~(r > 0)[:, None]
+
+    def spread(score: Tensor, sel: Tensor) -> Tensor:
+        s = torch.where(sel, score, torch.zeros((), dtype=dt)).view(-1, g, t)
+        cnt = sel.view(-1, g, t).sum(dim=1, keepdim=True).to(dt)
+        tot = s.sum(dim=1, keepdim=True)
+        out = s / torch.where(tot > 0, tot, torch.ones_like(tot)) * cnt
+        return out.view(n, t)
+
+    zero = torch.zeros((), dtype=dt)
+    rt_pos = float(alpha1) * r[:, None] + float(alpha2) * spread(h, pos)
+    rt_neg = -float(alpha1) - float(alpha2) * spread(1.0 / h, neg)
+    return torch.where(pos, rt_pos, torch.where(neg, rt_neg, zero))
+
+
+def _zscore(x: Tensor, sel: Tensor, k: int, *, center: bool, eps: float) -> Tensor:
+    """Standardise x over the selected entries of each of k row blocks (unbiased std); 0 if <= 1 entry."""
+    xv, sv = x.reshape(k, -1), sel.reshape(k, -1)
+    dt = x.dtype
+    cnt = sv.sum(dim=1, keepdim=True).to(dt)
+    xs = torch.where(sv, xv, torch.zeros((), dtype=dt))
+    mean = xs.sum(dim=1, keepdim=True) / cnt.clamp_min(1)
+    dev = torch.where(sv, xv - mean, torch.zeros((), dtype=dt))
+    std = ((dev * dev).sum(dim=1, keepdim=True) / (cnt - 1).clamp_min(1)).sqrt()
+    if center:
+        out = dev / (std + eps)
+    else:  # scale only: a constant set (std ~ 0) is left unscaled instead of blown up by 1/eps
+        out = xs / torch.where(std > eps, std + eps, torch.ones_like(std))
+    out = torch.where(sv & (cnt > 1), out, torch.zeros((), dtype=dt))
+    return out.reshape(x.shape)
+
+
+@torch.no_grad()
+def gtpo_advantages(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size: int,
+                    alpha1: float = 1.0, alpha2: float = 0.1, zscore: str = "separate",
+                    zscore_over: str = "batch", entropy_floor: float = 1e-3, eps: float = 1e-6) -> Tensor:
+    """GTPO token advantages A[N, T] (Eq. 6), 0 on padding.
+
+    zscore: separate (O+ and O- tokens standardised separately, as reconstructed) | joint (one
+    mean/std over all valid tokens) | scale_only (O+ and O- divided by their own std, no mean
+    subtraction, so signs are kept). zscore_over: batch (default, all tokens of the batch) | group.
+    A group of size 1 gives 0, as in GRPO.
+    """
+    C.choice(zscore, "zscore", ZSCORE_MODES)
+    C.choice(zscore_over, "zscore_over", ZSCORE_SCOPES)
+    rt = gtpo_token_rewards(rewards, entropy, mask, group_size=group_size, alpha1=alpha1,
+                            alpha2=alpha2, entropy_floor=entropy_floor)
+    m = C.mask2d(mask)
+    if group_size == 1 or m.numel() == 0:
+        return torch.zeros_like(rt)
+    k = 1 if zscore_over == "batch" else m.shape[0] // group_size
+    if zscore == "joint":
+        return _zscore(rt, m, k, center=True, eps=eps)
+    pos = m & (C.tensor(rewards, "rewards", 1) > 0)[:, None]
+    neg = m & ~pos
+    center = zscore == "separate"
+    return _zscore(rt, pos, k, center=center, eps=eps) + _zscore(rt, neg, k, center=center, eps=eps)
+
+
+@torch.no_grad()
+def grpo_s_rewards(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size: int,
+                   beta1: float = 1.0, beta2: float = 0.1, entropy_floor: float = 1e-3) -> Tensor:
+    """Shaped sequence rewards rh[N] from the mean (clamped) token entropy Hbar_i of each sequence.
+
+    O+: beta1 * R_i + beta2 * n * Hbar_i / sum_{O+} Hbar;  O-: -beta1 - beta2 * m * (1/Hbar_j) / sum_{O-} 1/Hbar.
+    An empty sequence has Hbar = entropy_floor.
+    """
+    r, h, m, g, dt = _inputs(rewards, entropy, mask, group_size, entropy_floor)
+    lengths = m.sum(dim=1)
+    hbar = torch.where(lengths > 0, (h * m).sum(dim=1) / lengths.clamp_min(1), torch.full_like(r, float(entropy_floor)))
+    hbar = hbar.clamp_min(float(entropy_floor))
+    pos = r > 0
+
+    def spread(score: Tensor, sel: Tensor) -> Tensor:
+        s = torch.where(sel, score, torch.zeros((), dtype=dt)).view(-1, g)
+        cnt = sel.view(-1, g).sum(dim=1, keepdim=True).to(dt)
+        tot = s.sum(dim=1, keepdim=True)
+        return (s / torch.where(tot > 0, tot, torch.ones_like(tot)) * cnt).reshape(-1)
+
+    rh_pos = float(beta1) * r + float(beta2) * spread(hbar, pos)
+    rh_neg = -float(beta1) - float(beta2) * spread(1.0 / hbar, ~pos)
+    return torch.where(pos, rh_pos, rh_neg)
+
+
+@torch.no_grad()
+def grpo_s_advantages(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size: int,
+                      beta1: float = 1.0, beta2: float = 0.1, entropy_floor: float = 1e-3,
+                      eps: float = 1e-6) -> Tensor:
+    """GRPO-S sequence advantages A[N]: group z-score (unbiased std) of the shaped rewards rh."""
+    rh = grpo_s_rewards(rewards, entropy, mask, group_size=group_size, beta1=beta1, beta2=beta2,
+                        entropy_floor=entropy_floor)
+    if group_size == 1:
+        return torch.zeros_like(rh)
+    grouped = rh.view(-1, group_size)
+    std = grouped.std(dim=1, unbiased=True, keepdim=True)
+    return ((grouped - grouped.mean(dim=1, keepdim=True)) / (std + eps)).reshape(-1)
+
+
+def _pick(params: dict, keys: tuple[str, ...]) -> dict:
+    return {k: params[k] for k in keys if k in params and params[k] is not None}
+
+
+@register_advantage("gtpo")
+def _gtpo_registered(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size: int, **params: object) -> Tensor:
+    kw = _pick(params, ("alpha1", "alpha2", "zscore", "zscore_over", "entropy_floor", "eps"))
+    return gtpo_advantages(rewards, entropy, mask, group_size=group_size, **kw)
+
+
+@register_advantage("grpo_s")
+def _grpo_s_registered(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size: int, **params: object) -> Tensor:
+    kw = _pick(params, ("beta1", "beta2", "entropy_floor", "eps"))
+    a = grpo_s_advantages(rewards, entropy, mask, group_size=group_size, **kw)
+    return a[:, None] * C.mask2d(mask).to(a.dtype)
