@@ -90,11 +90,11 @@ def egsw_weights(
     if not p > 0:
         raise ValueError(f"temperature (EGSW's P) must be > 0, got {temperature!r}")
     dt = C.work_dtype(a, h)
-    h = torch.where(m, h.to(dt), torch.zeros((), dtype=dt))
+    h = torch.where(m, h.to(dt), 0.0)
     if not bool(torch.isfinite(h).all()):
         raise ValueError("entropy has non-finite values at valid (mask=True) positions")
     hn = normalized_entropy(h, entropy_norm=entropy_norm, vocab_size=vocab_size)
-    a = torch.where(m, a.to(dt), torch.zeros((), dtype=dt))
+    a = torch.where(m, a.to(dt), 0.0)
     alpha = float(alpha)
 
     if granularity == "step":
@@ -134,7 +134,7 @@ def egsw_diagnostics(
     C.choice(granularity, "granularity", GRANULARITIES)
     g = C.group_size(m.shape[0], group_size if normalize_over == "group" else max(m.shape[0], 1))
     dt = C.work_dtype(w)
-    w = torch.where(m, w.to(dt), torch.zeros((), dtype=dt))
+    w = torch.where(m, w.to(dt), 0.0)
     out = {"egsw/weight_max": 0.0, "egsw/weight_min": 0.0, "egsw/weight_mean": 0.0,
            "egsw/ess_frac": 1.0, "egsw/ess_frac_min": 1.0}
     if not bool(m.any()):

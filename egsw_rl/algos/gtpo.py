@@ -34,7 +34,7 @@ def _inputs(rewards: Tensor, entropy: Tensor, mask: Tensor, group_size: int, flo
     if not float(floor) > 0:
         raise ValueError(f"entropy_floor must be > 0, got {floor!r}")
     dt = C.work_dtype(r, h)
-    h = torch.where(m, h.detach().to(dt), torch.ones((), dtype=dt)).clamp_min(float(floor))
+    h = torch.where(m, h.detach().to(dt), 1.0).clamp_min(float(floor))
     return r.detach().to(dt), h, m, g, dt
 
 
@@ -53,13 +53,13 @@ def gtpo_token_rewards(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_
     neg = m & ~(r > 0)[:, None]
 
     def spread(score: Tensor, sel: Tensor) -> Tensor:
-        s = torch.where(sel, score, torch.zeros((), dtype=dt)).view(-1, g, t)
+        s = torch.where(sel, score, 0.0).view(-1, g, t)
         cnt = sel.view(-1, g, t).sum(dim=1, keepdim=True).to(dt)
         tot = s.sum(dim=1, keepdim=True)
         out = s / torch.where(tot > 0, tot, torch.ones_like(tot)) * cnt
         return out.view(n, t)
 
-    zero = torch.zeros((), dtype=dt)
+    zero = 0.0  # python scalars keep the tensor dtype and device in torch.where
     rt_pos = float(alpha1) * r[:, None] + float(alpha2) * spread(h, pos)
     rt_neg = -float(alpha1) - float(alpha2) * spread(1.0 / h, neg)
     return torch.where(pos, rt_pos, torch.where(neg, rt_neg, zero))
@@ -70,15 +70,15 @@ def _zscore(x: Tensor, sel: Tensor, k: int, *, center: bool, eps: float) -> Tens
     xv, sv = x.reshape(k, -1), sel.reshape(k, -1)
     dt = x.dtype
     cnt = sv.sum(dim=1, keepdim=True).to(dt)
-    xs = torch.where(sv, xv, torch.zeros((), dtype=dt))
+    xs = torch.where(sv, xv, 0.0)
     mean = xs.sum(dim=1, keepdim=True) / cnt.clamp_min(1)
-    dev = torch.where(sv, xv - mean, torch.zeros((), dtype=dt))
+    dev = torch.where(sv, xv - mean, 0.0)
     std = ((dev * dev).sum(dim=1, keepdim=True) / (cnt - 1).clamp_min(1)).sqrt()
     if center:
         out = dev / (std + eps)
     else:  # scale only: a constant set (std ~ 0) is left unscaled instead of blown up by 1/eps
         out = xs / torch.where(std > eps, std + eps, torch.ones_like(std))
-    out = torch.where(sv & (cnt > 1), out, torch.zeros((), dtype=dt))
+    out = torch.where(sv & (cnt > 1), out, 0.0)
     return out.reshape(x.shape)
 
 
@@ -124,7 +124,7 @@ def grpo_s_rewards(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size
     pos = r > 0
 
     def spread(score: Tensor, sel: Tensor) -> Tensor:
-        s = torch.where(sel, score, torch.zeros((), dtype=dt)).view(-1, g)
+        s = torch.where(sel, score, 0.0).view(-1, g)
         cnt = sel.view(-1, g).sum(dim=1, keepdim=True).to(dt)
         tot = s.sum(dim=1, keepdim=True)
         return (s / torch.where(tot > 0, tot, torch.ones_like(tot)) * cnt).reshape(-1)

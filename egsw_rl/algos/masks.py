@@ -26,9 +26,9 @@ _TINY_STD = 1e-12
 def _pop_stats(x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and population std of x over the valid entries (n clamped to >= 1)."""
     n = m.sum().clamp_min(1).to(x.dtype)
-    xs = torch.where(m, x, torch.zeros((), dtype=x.dtype))
+    xs = torch.where(m, x, 0.0)
     mean = xs.sum() / n
-    dev = torch.where(m, x - mean, torch.zeros((), dtype=x.dtype))
+    dev = torch.where(m, x - mean, 0.0)
     return mean, ((dev * dev).sum() / n).sqrt()
 
 
@@ -56,7 +56,7 @@ def clipb_mask(advantages: Tensor, sampled_logprobs: Tensor, entropy: Tensor, ma
     """ClipB: drop tokens with A < 0 and S - mean(S) < -mu * std(S); keep all if std(S) < 1e-12."""
     a, lp, h, m = _common(advantages, sampled_logprobs, entropy, mask)
     s = entropy_discriminator(lp, h)
-    s = torch.where(m, s, torch.zeros((), dtype=s.dtype))
+    s = torch.where(m, s, 0.0)
     mean, std = _pop_stats(s, m)
     if not bool(m.any()) or float(std) < _TINY_STD:
         return m.clone()
@@ -77,7 +77,7 @@ def clipv_mask(advantages: Tensor, sampled_logprobs: Tensor, entropy: Tensor, cl
         raise ValueError("clipv_n [N, T] (from clipv_stats_from_logits, needs entropy_source=learner) is required for ClipV")
     nn = C.same_shape(C.tensor(clipv_n, "clipv_n", 2), m, "clipv_n")
     s = entropy_discriminator(lp, h)
-    d = torch.where(m, nn.detach().to(s.dtype) - s, torch.zeros((), dtype=s.dtype))
+    d = torch.where(m, nn.detach().to(s.dtype) - s, 0.0)
     _, std = _pop_stats(d, m)
     n_valid = int(m.sum())
     if n_valid == 0 or float(std) < _TINY_STD:

@@ -68,9 +68,9 @@ def shape_batch(
 
     a = adv_fn(r, h, m, group_size=g, **kw)
     m2 = mask_fn(a, h, m, sampled_logprobs=sampled_logprobs, clipv_n=clipv_n, **kw)
-    a = torch.where(m2, a, torch.zeros((), dtype=a.dtype))
+    a = torch.where(m2, a, 0.0)
     w = w_fn(a, h, m2, group_size=g, vocab_size=vocab_size, **kw).to(a.dtype)
-    w = torch.where(m2, w, torch.zeros((), dtype=w.dtype))
+    w = torch.where(m2, w, 0.0)
 
     n_valid = int(m.sum())
     n_kept = int(m2.sum())
