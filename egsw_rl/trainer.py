@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
 import logging
 import random
 import time
@@ -36,14 +37,6 @@ def pad(rows: list[np.ndarray], width: int, dtype=np.float32) -> np.ndarray:
     for i, r in enumerate(rows):
         out[i, :len(r)] = r
     return out
-
-
-def overlong_penalty(lengths: np.ndarray, max_tokens: int, cache: int) -> np.ndarray:
-    """DAPO's soft overlong punishment (ALGORITHMS.md section 6): 0 up to L_max - L_cache, then
-    linearly down to -1 at L_max."""
-    start = max_tokens - cache
-    return np.where(lengths <= start, 0.0,
-                    np.where(lengths <= max_tokens, (start - lengths) / max(cache, 1), -1.0))
 
 
 @dataclasses.dataclass
@@ -124,7 +117,8 @@ class Trainer:
             lengths = np.array([len(c.token_ids) for c in completions])
             max_tokens = self.cfg.rollout.max_tokens
             cache = self.algo.overlong_cache or max(1, max_tokens // 5)
-            rewards = rewards + overlong_penalty(lengths, max_tokens, cache).astype(np.float32)
+            rewards = rewards + algos.overlong_penalty(
+                torch.from_numpy(lengths), max_len=max_tokens, cache_len=cache).numpy().astype(np.float32)
         return rewards, results, rmetrics
 
     def _rollout(self, timer: Timer, first: Optional[tuple[list[Problem], list[Completion]]] = None) -> Rollout:
@@ -286,6 +280,7 @@ class Trainer:
                     "perf/tokens_per_s": metrics["tokens/generated"] / max(step_s, 1e-9),
                 })
                 logger.log(metrics)
+                self._log_samples(step, rollout)
                 last = metrics
                 if cfg.trainer.save_every and (step % cfg.trainer.save_every == 0
                                                or step == cfg.trainer.total_steps):
@@ -293,6 +288,19 @@ class Trainer:
         finally:
             logger.close(plots=cfg.logger.plots)
         return last
+
+    def _log_samples(self, step: int, rollout: Rollout) -> None:
+        """samples.jsonl: which problems each step trained on, and one completion per group, so
+        a user can read what the model writes (and a resumed run can be audited)."""
+        G = self.G
+        row = {"step": step, "problem_ids": [p.id for p in rollout.problems],
+               "examples": [{"question": p.question, "gold": p.answer,
+                             "completion": rollout.completions[b * G].text,
+                             "reward": float(rollout.rewards[b * G]),
+                             "status": rollout.results[b * G].status}
+                            for b, p in enumerate(rollout.problems[:4])]}
+        with (self.run_dir / "samples.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
 
     # ------------------------------------------------------------------ checkpoint / resume
 
@@ -330,7 +338,8 @@ class Trainer:
         self.generators.set_version(self.version)
         self.learners.push_weights(self.generators)  # generators restart from the base weights
         # metrics.jsonl rows past the checkpoint belong to steps that will be redone
-        _truncate_metrics(self.run_dir / "metrics.jsonl", state["step"])
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            _truncate_jsonl(self.run_dir / name, state["step"])
         log.info("resumed from %s at step %d", path, state["step"])
         return int(state["step"])
 
@@ -351,9 +360,8 @@ class Trainer:
         ray.kill(self.rewarder)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
+def _truncate_jsonl(path: Path, step: int) -> None:
     from egsw_rl.logging import read_metrics
-    import json
 
     if not path.exists():
         return

@@ -183,7 +183,7 @@ def _choice_problem(row: dict, i: int, seed: int) -> Problem:
     return Problem(f"{row['Question'].strip()}\n\n{body}", letter, id=str(i), choices=tuple(options))
 
 
-def arithmetic_problems(n: int, *, seed: int = 0, max_operand: int = 50) -> list[Problem]:
+def arithmetic_problems(n: int, *, seed: int = 0, max_operand: int = 15) -> list[Problem]:
     """Two-operand addition / subtraction word problems with integer answers."""
     rng = random.Random(seed)
     out = []

@@ -1,0 +1,166 @@
+"""End to end through the user's entry point: `python -m egsw_rl.launch` with real Ray, vLLM,
+DeepSpeed ZeRO-3 (2 ranks, gloo), math-verify, Hydra and wandb (offline)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from egsw_rl.data import PromptSampler, arithmetic_problems
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+REQUIRED_KEYS = [
+    "step", "reward/mean", "reward/accuracy", "response_length/mean", "entropy/mean",
+    "egsw/weight_max", "egsw/ess_frac", "kl/mean", "loss", "grad_norm", "sync/logprob_diff_max",
+    "timing/generate_s", "timing/reward_s", "timing/logprobs_s", "timing/update_s",
+    "timing/sync_s", "timing/step_s", "reward/correct_count", "reward/wrong_count",
+    "reward/no_answer_count", "reward/timeout_count", "reward/error_count",
+]
+# Small and fast: 4 prompts x G=4, short completions. beta > 0 so the reference model and the
+# logprob pass run too (kl/mean and timing/logprobs_s are real numbers).
+FAST = ["data.batch_size=4", "rollout.n=4", "rollout.max_tokens=16", "algo.beta=0.01",
+        "logger.progress_bar=false"]
+
+
+def env(shared_data):
+    e = dict(os.environ)
+    e.update(EGSW_RL_DATA=str(shared_data), WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false",
+             PYTHONUNBUFFERED="1")
+    e.pop("RAY_ADDRESS", None)
+    return e
+
+
+def launch(args, shared_data, timeout=900, **kw):
+    return subprocess.run([sys.executable, "-m", "egsw_rl.launch", *args], cwd=REPO,
+                          env=env(shared_data), capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_three_steps_write_every_metric_plots_and_a_checkpoint(tmp_path, shared_data):
+    run = tmp_path / "run"
+    p = launch(["conf=tiny_cpu", "trainer.total_steps=3", "trainer.save_every=3",
+                f"hydra.run.dir={run}", *FAST], shared_data)
+    assert p.returncode == 0, p.stderr[-4000:]
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in REQUIRED_KEYS:
+        assert all(r.get(key) is not None for r in rows), f"metric {key} missing: {rows[-1]}"
+    assert rows[-1]["version"] == 3
+    assert rows[0]["sync/logprob_diff_max"] < 1e-2  # vLLM agrees with the learner after a sync
+    assert (run / "plots" / "reward_mean.png").stat().st_size > 1000
+    assert list((run / "wandb").glob("offline-run-*")), "no offline wandb run written"
+    ckpt = run / "checkpoints" / "step_00000003"
+    assert (ckpt / "COMPLETE").exists() and (ckpt / "hf" / "config.json").exists()
+    assert "step 3/3" in p.stdout + p.stderr
+
+
+def test_config_errors_name_the_key_before_anything_starts(shared_data):
+    p = launch(["algo.alhpa=0.3"], shared_data, timeout=120)
+    assert p.returncode != 0 and "algo.alhpa" in p.stderr
+    t0 = time.time()
+    p = launch(["algo=clipv", "algo.entropy_source=rollout", "rollout.n=1"], shared_data, timeout=120)
+    assert p.returncode == 2
+    assert "algo.entropy_source=learner" in p.stderr and "rollout.n=1" in p.stderr
+    assert time.time() - t0 < 60  # refused before Ray or any engine started
+
+
+def test_multirun_two_by_two_writes_four_runs_and_a_summary(tmp_path, shared_data):
+    sweep = tmp_path / "sweep"
+    p = launch(["-m", "algo.alpha=0.1,0.3", "algo.temperature=1,2", "trainer.total_steps=1",
+                "trainer.save_every=0", "logger.plots=false", f"hydra.sweep.dir={sweep}", *FAST],
+               shared_data, timeout=1500)
+    assert p.returncode == 0, p.stderr[-4000:]
+    runs = sorted(d for d in sweep.iterdir() if (d / "metrics.jsonl").exists())
+    assert len(runs) == 4
+    seen = set()
+    for run in runs:
+        cfg = (run / "config.yaml").read_text()
+        alpha = next(l for l in cfg.splitlines() if l.strip().startswith("alpha:")).split()[-1]
+        seen.add(alpha)
+    assert seen == {"0.1", "0.3"}
+    summary = (sweep / "summary.md").read_text()
+    assert summary.count("algo.alpha=") == 4 and "final reward/mean" in summary
+    assert (sweep / "summary.csv").read_text().count("\n") == 5
+
+
+def _wait_for_step(path: Path, step: int, proc, timeout: float) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if path.exists() and any(r["step"] >= step for r in read_jsonl(path)):
+            return
+        assert proc.poll() is None, "training exited before it could be killed"
+        time.sleep(1)
+    raise TimeoutError(f"step {step} not reached in {timeout} s")
+
+
+def test_sigkill_then_resume_continues_without_repeating_or_skipping(tmp_path, shared_data):
+    run = tmp_path / "run"
+    args = ["conf=tiny_cpu", "trainer.total_steps=6", "trainer.save_every=2", "logger.plots=false",
+            f"hydra.run.dir={run}", *FAST]
+    proc = subprocess.Popen([sys.executable, "-m", "egsw_rl.launch", *args], cwd=REPO,
+                            env=env(shared_data), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for_step(run / "metrics.jsonl", 5, proc, timeout=900)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait()
+    # the newest checkpoint (step 4) is damaged: resume must fall back to step 2
+    ckpt4 = run / "checkpoints" / "step_00000004"
+    assert (ckpt4 / "COMPLETE").exists()
+    victim = next(p for p in sorted((ckpt4 / "hf").iterdir()) if p.suffix == ".safetensors")
+    victim.write_bytes(victim.read_bytes()[:100])
+
+    p = launch([*args, "resume=auto"], shared_data)
+    assert p.returncode == 0, p.stderr[-4000:]
+    assert "step_00000004 is incomplete or corrupted" in p.stderr
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    # the prompts of every step are exactly those of an uninterrupted run
+    problems = arithmetic_problems(4096, seed=0)
+    sampler = PromptSampler(len(problems), 4, seed=0)
+    expected = [[problems[i].id for i in sampler.next_indices()] for _ in range(6)]
+    got = [r["problem_ids"] for r in read_jsonl(run / "samples.jsonl")]
+    assert got == expected
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_to_a_local_cluster(tmp_path, shared_data):
+    e = env(shared_data)
+    ray = str(Path(sys.executable).with_name("ray"))
+    port, dash = _free_port(), _free_port()
+    start = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=6",
+                            "--include-dashboard=true", "--disable-usage-stats"],
+                           env=e, capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stderr[-3000:]
+    try:
+        run = tmp_path / "job"
+        p = subprocess.run([ray, "job", "submit", f"--address=http://127.0.0.1:{dash}",
+                            "--", sys.executable, "-m", "egsw_rl.launch", "trainer.total_steps=1",
+                            "trainer.save_every=0", "logger.plots=false", f"hydra.run.dir={run}",
+                            *FAST],
+                           cwd=REPO, env=e, capture_output=True, text=True, timeout=900)
+        assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+        assert "SUCCEEDED" in p.stdout + p.stderr
+        assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1]
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=e, capture_output=True, timeout=120)
