@@ -1,5 +1,6 @@
 """Model names that resolve to a local folder without a hub: "tiny" (random test model built on
-the spot) and "smollm2" (SmolLM2-135M-Instruct converted from the GGUF shipped on PyPI). Any
+the spot), "tiny_arith" (the tiny model after a short arithmetic warm-up, the embedded default's
+starting point) and "smollm2" (SmolLM2-135M-Instruct converted from the GGUF shipped on PyPI). Any
 other value is passed through: an HF folder or a hub name."""
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ def resolve_model_path(path: str) -> str:
         from egsw_rl.testing import tiny_model
 
         return str(tiny_model())
+    if path == "tiny_arith":
+        from egsw_rl.models.arithmetic import ensure_warm_model
+
+        return str(ensure_warm_model())
     if path == "smollm2":
         from egsw_rl.models.smollm2 import ensure_converted
 
