@@ -1,0 +1,638 @@
+"""The learner group: N ranks of DeepSpeed ZeRO-3 as Ray actors (DESIGN.md "Learner group").
+
+`Learner` is one rank (a plain class; the group makes it a Ray actor). `LearnerGroup` is what the
+driver holds: it places the ranks (a placement group), does the rendezvous (rank 0's IP and a
+free port), cuts each batch (`_learner_plan`) and calls every rank at once.
+
+What a rank does:
+- `compute_logprobs`: no grad; the current policy's logprobs of the sampled tokens, optionally
+  the exact entropy and ClipV's N, and the frozen reference model's logprobs when beta > 0.
+  Logits are divided by the sampling temperature, as vLLM did when sampling.
+- `update`: `algos.policy_loss` over token-budget micro-batches with the normaliser of the whole
+  optimizer step (the batch, or its mini-batch), for `algo.ppo_epochs` x `algo.mini_batches`
+  optimizer steps. DeepSpeed averages gradients over ranks, so each rank's loss is multiplied by
+  the world size: the result is the gradient of the single-process whole-batch loss. The
+  accumulation boundary is set by hand (`set_gradient_accumulation_boundary`) because ranks run
+  a variable number of micro-batches per step (equalised across ranks, see `_learner_plan`).
+- weight push (gather ZeRO-3 buckets on all ranks, rank 0 broadcasts to the generators),
+  DeepSpeed checkpoints, and `save_hf` (an ordinary HF model folder from gathered weights).
+
+Old logprobs: when `algo.ppo_epochs == 1`, `algo.mini_batches == 1` and no exact entropy is
+needed, the old policy is the current one and `update` uses its own detached logprobs when
+`batch.old_logprobs` is None (`LearnerGroup.old_logprobs_needed`). The reference logprobs, if
+beta > 0 and `batch.ref_logprobs` is None, are computed on the fly in the same micro-batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import socket
+import time
+from dataclasses import asdict, is_dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from egsw_rl.actors import _learner_plan as plan
+from egsw_rl.batch import TrainBatch
+from egsw_rl.config import AlgoConfig, LearnerConfig, ModelConfig, resolve_device, resolve_dtype
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Learner", "LearnerGroup"]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def _as_cfg(obj, cls):
+    if isinstance(obj, cls):
+        return obj
+    if is_dataclass(obj):
+        return cls(**asdict(obj))
+    return cls(**dict(obj))
+
+
+# =============================================================================== one rank
+
+
+class Learner:
+    """One rank of the learner group (made a Ray actor by `LearnerGroup`)."""
+
+    def __init__(self, rank: int, world_size: int, model_path: str, model_cfg: ModelConfig,
+                 learner_cfg: LearnerConfig, algo_cfg: AlgoConfig, device: str,
+                 sampling_temperature: float = 1.0, seed: int = 0, total_steps: Optional[int] = None):
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.model_path = str(model_path)
+        self.mcfg, self.lcfg, self.acfg = model_cfg, learner_cfg, algo_cfg
+        self.device_kind = resolve_device(device)
+        self.dtype_name = resolve_dtype(model_cfg.dtype, self.device_kind)
+        self.temperature = float(sampling_temperature)
+        self.seed = int(seed)
+        self.total_steps = total_steps
+        # DeepSpeed picks its accelerator at import: make it follow `device`, not the machine.
+        os.environ["DS_ACCELERATOR"] = "cuda" if self.device_kind == "cuda" else "cpu"
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        import torch
+
+        if self.device_kind == "cpu":
+            torch.set_num_threads(max(1, int(round(float(learner_cfg.cpus_per_rank)))))
+        self.engine = None
+        self.ref_engine = None
+        self.sender = None
+        self._sync_buckets = None
+
+    # ------------------------------------------------------------------ rendezvous / setup
+
+    def address(self) -> tuple[str, int]:
+        import ray
+
+        return ray.util.get_node_ip_address(), _free_port()
+
+    def _local_device_index(self) -> int:
+        """Index of this rank's GPU among the visible ones (Ray restricts CUDA_VISIBLE_DEVICES to
+        the actor's GPU, so usually 0)."""
+        import ray
+
+        ids = [str(i) for i in ray.get_gpu_ids()]
+        visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v != ""]
+        if ids and visible and ids[0] in visible:
+            return visible.index(ids[0])
+        return 0
+
+    def init(self, master_addr: str, master_port: int) -> dict:
+        import deepspeed
+        import torch
+
+        local = self._local_device_index() if self.device_kind == "cuda" else 0
+        os.environ.update({"MASTER_ADDR": str(master_addr), "MASTER_PORT": str(master_port),
+                           "RANK": str(self.rank), "WORLD_SIZE": str(self.world_size),
+                           "LOCAL_RANK": str(local)})
+        if self.device_kind == "cuda":
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+        else:
+            self.device = torch.device("cpu")
+        backend = "nccl" if self.device_kind == "cuda" else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        torch.manual_seed(self.seed)
+        self._build()
+        return self.shard_info()
+
+    def _load_hf(self, ds_config: dict, *, train: bool):
+        import torch
+
+        from egsw_rl.actors._learner_model import load_zero3_causal_lm
+
+        model = load_zero3_causal_lm(self.model_path, ds_config, getattr(torch, self.dtype_name),
+                                     rank=self.rank, trust_remote_code=self.mcfg.trust_remote_code,
+                                     bucket_bytes=int(self.lcfg.sync_bucket_mb) * 2**20)
+        model.config.use_cache = False
+        if train and self.lcfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model
+
+    def _build(self) -> None:
+        import deepspeed
+        import torch
+
+        from egsw_rl.actors._learner_model import LogprobModel, build_ds_config, lr_lambda
+
+        chunk = int(self.lcfg.logprob_chunk_tokens)
+        self.ds_config = build_ds_config(self.lcfg, device=self.device_kind, dtype=self.dtype_name, train=True)
+        hf = self._load_hf(self.ds_config, train=True)
+        self.pad_id = int(hf.config.pad_token_id if hf.config.pad_token_id is not None else 0)
+        self.hf_config = hf.config
+        module = LogprobModel(hf, self.temperature, chunk)
+        module.register_zero3_external()
+        fn = lr_lambda(self.lcfg.lr_schedule, self.lcfg.warmup_steps,
+                       None if not self.total_steps else
+                       int(self.total_steps) * int(self.acfg.ppo_epochs) * int(self.acfg.mini_batches))
+        params = [p for p in module.parameters() if p.requires_grad]
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=module, model_parameters=params, config=self.ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, fn))
+        self.module = module
+        if float(self.acfg.beta) > 0:
+            ref_cfg = build_ds_config(self.lcfg, device=self.device_kind, dtype=self.dtype_name, train=False)
+            ref_hf = self._load_hf(ref_cfg, train=False)
+            ref_hf.requires_grad_(False)
+            ref = LogprobModel(ref_hf, self.temperature, chunk)
+            ref.register_zero3_external()
+            self.ref_engine, *_ = deepspeed.initialize(model=ref, config=ref_cfg)
+            self.ref_engine.eval()
+
+    # ------------------------------------------------------------------ introspection
+
+    def shard_info(self) -> dict:
+        """Parameter counts: the full model (ds_numel) and what this rank holds (ds_tensor)."""
+        total = local = 0
+        for p in self.module.parameters():
+            total += int(getattr(p, "ds_numel", p.numel()))
+            t = getattr(p, "ds_tensor", None)
+            local += int(t.numel()) if t is not None else int(p.numel())
+        return {"rank": self.rank, "total_numel": total, "local_numel": local,
+                "has_ref": self.ref_engine is not None}
+
+    def memory(self) -> dict:
+        import psutil
+
+        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return {"rank": self.rank, "rss_gib": psutil.Process().memory_info().rss / 2**30,
+                "peak_rss_gib": peak_kib / 2**20}
+
+    # ------------------------------------------------------------------ forward helpers
+
+    def _forward(self, engine, batch: TrainBatch, idx: list[int], **flags):
+        from egsw_rl.actors._learner_model import collate
+
+        x = collate(batch.prompt_ids, batch.completion_ids, idx, self.pad_id, self.device)
+        out = engine(x["input_ids"], x["attention_mask"], x["position_ids"], x["rows"], x["cols"],
+                     x["targets"], **flags)
+        return x, out
+
+    def compute_logprobs(self, batch: TrainBatch, micro: list[list[int]], with_old: bool = True,
+                         with_entropy: bool = False, with_clipv: bool = False) -> dict:
+        """Per-sequence arrays for this rank's micro-batches: {"index": [...], name: [array]}."""
+        import torch
+
+        run_policy = with_old or with_entropy or with_clipv
+        out: dict[str, list] = {"index": []}
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for idx in micro:
+                vals: dict[str, Any] = {}
+                if run_policy:
+                    x, (lp, ent, n) = self._forward(self.engine, batch, idx, want_ent=with_entropy,
+                                                    want_clipv=with_clipv)
+                    vals["old_logprobs"] = lp
+                    if ent is not None:
+                        vals["entropy"] = ent
+                    if n is not None:
+                        vals["clipv_n"] = n
+                if self.ref_engine is not None:
+                    x, (rlp, _, _) = self._forward(self.ref_engine, batch, idx)
+                    vals["ref_logprobs"] = rlp
+                if not idx:
+                    continue
+                lens = [len(batch.completion_ids[i]) for i in idx]
+                out["index"] += list(idx)
+                for k, v in vals.items():
+                    parts = torch.split(v.float().cpu(), lens)
+                    out.setdefault(k, []).extend(p.numpy().astype(np.float32) for p in parts)
+        out["seconds"] = time.perf_counter() - t0
+        return out
+
+    def update(self, batch: TrainBatch, steps: list[dict]) -> dict:
+        """Run the optimizer steps planned by the group. steps[k] = {"micro": this rank's
+        micro-batches, "global_tokens", "global_seqs"}. Returns per-step metric sums."""
+        import torch
+
+        from egsw_rl.actors._learner_model import scatter_tokens
+        from egsw_rl.algos import policy_loss, reduce_loss_metrics
+
+        a = self.acfg
+        eng = self.engine
+        eng.train()
+        want_ent = True  # the entropy metric; differentiable only for an entropy bonus
+        grad_ent = float(a.entropy_coef) != 0.0
+        beta = float(a.beta)
+        adv_all = np.asarray(batch.advantages, dtype=np.float32)
+        w_all = None if batch.weights is None else np.asarray(batch.weights, dtype=np.float32)
+        m_all = np.asarray(batch.mask, dtype=bool)
+        old_all = None if batch.old_logprobs is None else np.asarray(batch.old_logprobs, dtype=np.float32)
+        ref_all = None if batch.ref_logprobs is None else np.asarray(batch.ref_logprobs, dtype=np.float32)
+        if beta > 0 and ref_all is None and self.ref_engine is None:
+            raise RuntimeError("beta > 0 but no reference model on this learner")
+        dev = self.device
+        sel = lambda arr, idx, T: torch.from_numpy(np.ascontiguousarray(arr[idx, :T])).to(dev)  # noqa: E731
+        results = []
+        t_start = time.perf_counter()
+        for st in steps:
+            micro = st["micro"]
+            parts = []
+            real = padded = 0
+            for j, idx in enumerate(micro):
+                eng.set_gradient_accumulation_boundary(j == len(micro) - 1)
+                x, (lp_flat, ent_flat, _) = self._forward(eng, batch, idx, want_ent=want_ent,
+                                                          grad_ent=grad_ent)
+                if x["dummy"]:
+                    # An empty micro-batch keeps ranks in step (ZeRO-3 collectives): zero loss.
+                    loss = lp_flat.sum() * 0.0
+                    if ent_flat is not None and grad_ent:
+                        loss = loss + ent_flat.sum() * 0.0
+                    if beta > 0 and ref_all is None:
+                        with torch.no_grad():
+                            self._forward(self.ref_engine, batch, idx)
+                else:
+                    b, T = len(idx), x["T"]
+                    real += int(x["attention_mask"].sum())
+                    padded += int(x["attention_mask"].numel())
+                    lp = scatter_tokens(lp_flat, x["tok_row"], x["tok_col"], b, T)
+                    valid = scatter_tokens(torch.ones_like(lp_flat), x["tok_row"], x["tok_col"], b, T) > 0
+                    mask = sel(m_all, idx, T) & valid
+                    old = lp.detach() if old_all is None else sel(old_all, idx, T)
+                    ent = None if ent_flat is None else scatter_tokens(ent_flat, x["tok_row"], x["tok_col"], b, T)
+                    ref = None
+                    if beta > 0:
+                        if ref_all is not None:
+                            ref = sel(ref_all, idx, T)
+                        else:
+                            with torch.no_grad():
+                                _, (rlp, _, _) = self._forward(self.ref_engine, batch, idx)
+                            ref = scatter_tokens(rlp, x["tok_row"], x["tok_col"], b, T)
+                    loss, metrics = policy_loss(
+                        lp, old, sel(adv_all, idx, T), mask,
+                        weights=None if w_all is None else sel(w_all, idx, T), ref_logprobs=ref,
+                        clip_low=a.clip_low, clip_high=a.clip_high, beta=beta, agg=a.agg,
+                        norm_constant=a.norm_constant, entropy=ent, entropy_coef=a.entropy_coef,
+                        global_tokens=st["global_tokens"], global_seqs=st["global_seqs"])
+                    parts.append(metrics)
+                # DeepSpeed averages gradients over ranks: x world size gives the sum.
+                eng.backward(loss * float(self.world_size), scale_wrt_gas=False)
+            eng.step()
+            gn = eng.get_global_grad_norm()
+            res = reduce_loss_metrics(parts)
+            res.update({"grad_norm": float(gn) if gn is not None else float("nan"),
+                        "real_tokens": real, "padded_tokens": padded, "micro_batches": len(micro)})
+            results.append(res)
+        lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else float(self.lcfg.lr)
+        return {"steps": results, "seconds": time.perf_counter() - t_start, "lr": float(lr)}
+
+    # ------------------------------------------------------------------ gathered weights
+
+    def _named_params(self):
+        """(HF name, parameter) of the policy, shared (tied) parameters once."""
+        return list(self.module.lm.named_parameters())
+
+    def gathered_state_dict(self, bucket_mb: Optional[int] = None) -> Optional[dict]:
+        """Full weights (CPU tensors) on rank 0, None elsewhere. All ranks must call."""
+        import deepspeed
+
+        named = self._named_params()
+        budget = int((bucket_mb or self.lcfg.sync_bucket_mb) * 2**20)
+        out: dict = {} if self.rank == 0 else None
+        i = 0
+        while i < len(named):
+            group, size = [], 0
+            while i < len(named) and (not group or size + self._nbytes(named[i][1]) <= budget):
+                group.append(named[i])
+                size += self._nbytes(named[i][1])
+                i += 1
+            with deepspeed.zero.GatheredParameters([p for _, p in group], modifier_rank=None):
+                if self.rank == 0:
+                    for name, p in group:
+                        out[name] = p.data.detach().cpu().clone()
+        return out
+
+    @staticmethod
+    def _nbytes(p) -> int:
+        return int(getattr(p, "ds_numel", p.numel())) * p.element_size()
+
+    def save_hf(self, path: str) -> Optional[str]:
+        sd = self.gathered_state_dict()
+        if self.rank != 0:
+            return None
+        from transformers import AutoTokenizer
+
+        os.makedirs(path, exist_ok=True)
+        self.module.lm.save_pretrained(path, state_dict=sd, safe_serialization=True)
+        tok = AutoTokenizer.from_pretrained(self.mcfg.tokenizer or self.model_path,
+                                            trust_remote_code=self.mcfg.trust_remote_code)
+        tok.save_pretrained(path)
+        return path
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, directory: str) -> None:
+        self.engine.save_checkpoint(directory)
+
+    def load_checkpoint(self, directory: str) -> None:
+        path, _ = self.engine.load_checkpoint(directory, load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint found in {directory}")
+
+    # ------------------------------------------------------------------ weight sync
+
+    def init_weight_sender(self, master_addr: str, master_port: int, world_size: int) -> dict:
+        """Rank 0 joins the learner -> generators process group; every rank plans the buckets
+        (all ranks take part in every gather)."""
+        from egsw_rl import weight_sync as ws
+
+        meta = ws.param_meta(self.module.lm)
+        self._sync_meta = meta
+        self._sync_buckets = ws.plan_buckets(meta, int(self.lcfg.sync_bucket_mb) * 2**20)
+        if self.rank == 0:
+            backend = "nccl" if self.device_kind == "cuda" else "gloo"
+            self.sender = ws.WeightSender(master_addr, master_port, world_size, backend)
+            self.sender.connect()
+        return {"buckets": len(self._sync_buckets)}
+
+    def sync_meta(self):
+        return self._sync_meta
+
+    def send_weights(self) -> float:
+        t0 = time.perf_counter()
+        from egsw_rl import weight_sync as ws
+
+        sender = self.sender if self.rank == 0 else ws.WeightSender.non_sender()
+        sender.send(self.module.lm, self._sync_buckets, is_sender=self.rank == 0)
+        return time.perf_counter() - t0
+
+    def ping(self) -> int:
+        return self.rank
+
+
+# =============================================================================== the group
+
+
+class LearnerGroup:
+    """The driver's handle on the learner ranks (see the module docstring)."""
+
+    def __init__(self, model_cfg: ModelConfig, learner_cfg: LearnerConfig, algo_cfg: AlgoConfig,
+                 device: str = "auto", sampling_temperature: float = 1.0, *, total_steps: Optional[int] = None,
+                 seed: int = 0, ready_timeout_s: float = 900.0):
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.mcfg = _as_cfg(model_cfg, ModelConfig)
+        self.lcfg = _as_cfg(learner_cfg, LearnerConfig)
+        self.acfg = _as_cfg(algo_cfg, AlgoConfig)
+        self.device = resolve_device(device)
+        self.world_size = n = int(self.lcfg.num_ranks)
+        if n < 1:
+            raise ValueError(f"learner.num_ranks must be >= 1, got {n}")
+        from egsw_rl.models import resolve_model_path
+
+        self.model_path = resolve_model_path(self.mcfg.path)
+        self._step_seed = int(seed)
+        self._updates = 0
+
+        gpu = self.device == "cuda"
+        nodes = max(1, int(self.lcfg.num_nodes))
+        cpus = float(self.lcfg.cpus_per_rank)
+        if nodes == 1:
+            bundles = [{"CPU": cpus, **({"GPU": 1} if gpu else {})} for _ in range(n)]
+            bundle_of = list(range(n))
+            strategy = "STRICT_PACK" if gpu else "PACK"
+        else:
+            per_node = int(self.lcfg.gpus_per_node) if gpu and self.lcfg.gpus_per_node > 0 else -(-n // nodes)
+            if per_node * nodes != n:
+                raise ValueError(f"learner.num_ranks={n} must equal learner.num_nodes={nodes} x "
+                                 f"{'learner.gpus_per_node' if gpu else 'ranks per node'}={per_node}")
+            # One bundle per node, each holding that node's ranks: ranks are contiguous per node.
+            bundles = [{"CPU": cpus * per_node, **({"GPU": per_node} if gpu else {})} for _ in range(nodes)]
+            bundle_of = [r // per_node for r in range(n)]
+            strategy = "STRICT_SPREAD"
+        self.pg = placement_group(bundles, strategy=strategy)
+        ready, _ = ray.wait([self.pg.ready()], timeout=ready_timeout_s)
+        if not ready:
+            ray.util.remove_placement_group(self.pg)
+            raise RuntimeError(f"the learner placement group {bundles} ({strategy}) could not be placed "
+                               f"within {ready_timeout_s:.0f}s: not enough CPUs/GPUs in the Ray cluster")
+        cls = ray.remote(Learner)
+        self.actors = []
+        for r in range(n):
+            opts = dict(num_cpus=cpus, num_gpus=1 if gpu else 0, max_concurrency=1,
+                        scheduling_strategy=PlacementGroupSchedulingStrategy(
+                            placement_group=self.pg, placement_group_bundle_index=bundle_of[r]))
+            self.actors.append(cls.options(**opts).remote(
+                r, n, self.model_path, self.mcfg, self.lcfg, self.acfg, self.device,
+                sampling_temperature, seed, total_steps))
+        addr, port = ray.get(self.actors[0].address.remote())
+        self.master_addr = addr
+        t0 = time.perf_counter()
+        self.shards = self._all([a.init.remote(addr, port) for a in self.actors])
+        self.init_seconds = time.perf_counter() - t0
+        self.has_ref = bool(self.shards[0]["has_ref"])
+        self._sync_ready = False
+
+    # ------------------------------------------------------------------ plumbing
+
+    @staticmethod
+    def _all(refs: list) -> list:
+        """ray.get on every rank, failing fast: a rank that raises would leave the others
+        blocked in a collective, so the first error is raised at once."""
+        import ray
+
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            ray.get(done[0])  # raises this rank's error now
+        return ray.get(list(refs))
+
+    def _lengths(self, batch: TrainBatch) -> list[int]:
+        # forward tokens: prompt + completion minus the last token (its logits are never used)
+        return [len(p) + max(len(c), 1) - 1 for p, c in zip(batch.prompt_ids, batch.completion_ids)]
+
+    def old_logprobs_needed(self, with_entropy: bool = False) -> bool:
+        """False when the old policy provably equals the current one at update time (one epoch,
+        one mini-batch, no exact entropy wanted): `update` then uses its own detached logprobs."""
+        a = self.acfg
+        return bool(a.ppo_epochs > 1 or a.mini_batches > 1 or with_entropy)
+
+    # ------------------------------------------------------------------ the driver's calls
+
+    def compute_logprobs(self, batch: TrainBatch, *, with_entropy: bool = False, with_clipv: bool = False,
+                         with_old: bool = True) -> dict[str, np.ndarray]:
+        """[N, T] float32 arrays (zero-padded): old_logprobs (if with_old or entropy asked),
+        entropy (with_entropy or with_clipv), clipv_n (with_clipv), ref_logprobs (beta > 0)."""
+        import ray
+
+        lengths = self._lengths(batch)
+        micro = plan.plan_pass(lengths, list(range(len(batch))), self.world_size,
+                               int(self.lcfg.micro_batch_tokens))
+        ref = ray.put(batch)
+        parts = self._all([a.compute_logprobs.remote(ref, micro[r], with_old, with_entropy, with_clipv)
+                           for r, a in enumerate(self.actors)])
+        N = len(batch)
+        T = max([1] + [len(c) for c in batch.completion_ids])
+        out: dict[str, np.ndarray] = {}
+        for part in parts:
+            for k, seqs in part.items():
+                if k in ("index", "seconds"):
+                    continue
+                arr = out.setdefault(k, np.zeros((N, T), dtype=np.float32))
+                for i, v in zip(part["index"], seqs):
+                    arr[i, :len(v)] = v
+        return out
+
+    def _plan_update(self, batch: TrainBatch) -> list[dict]:
+        """Per optimizer step: the sequences, their normalisers and every rank's micro-batches."""
+        from egsw_rl.algos import loss_normalizers
+        import torch
+
+        a = self.acfg
+        lengths = self._lengths(batch)
+        n = len(batch)
+        mask = torch.from_numpy(np.asarray(batch.mask, dtype=bool))
+        steps = []
+        for epoch in range(int(a.ppo_epochs)):
+            if int(a.mini_batches) == 1:
+                splits = [list(range(n))]
+            else:
+                splits = plan.mini_batch_split(n, int(a.mini_batches),
+                                               seed=int(np.random.SeedSequence(
+                                                   [self._step_seed, self._updates, epoch]).generate_state(1)[0]))
+            for seqs in splits:
+                if len(splits) == 1 and batch.global_tokens is not None and batch.global_seqs is not None:
+                    norms = {"global_tokens": float(batch.global_tokens), "global_seqs": float(batch.global_seqs)}
+                else:
+                    norms = {k: float(v) for k, v in loss_normalizers(mask[seqs], a.agg).items()}
+                per_rank = plan.plan_pass(lengths, seqs, self.world_size, int(self.lcfg.micro_batch_tokens))
+                steps.append({"seqs": seqs, "per_rank": per_rank, **norms})
+        return steps
+
+    def update(self, batch: TrainBatch) -> dict[str, float]:
+        import ray
+        from egsw_rl.algos import reduce_loss_metrics
+
+        for name in ("advantages", "mask"):
+            if getattr(batch, name) is None:
+                raise ValueError(f"TrainBatch.{name} is required by update()")
+        t0 = time.perf_counter()
+        steps = self._plan_update(batch)
+        ref = ray.put(batch)
+        outs = self._all([
+            a.update.remote(ref, [{"micro": st["per_rank"][r], "global_tokens": st["global_tokens"],
+                                   "global_seqs": st["global_seqs"]} for st in steps])
+            for r, a in enumerate(self.actors)])
+        self._updates += 1
+        per_step = []
+        real = padded = 0
+        for k in range(len(steps)):
+            ranks = [o["steps"][k] for o in outs]
+            m = reduce_loss_metrics(ranks)
+            m["actor/grad_norm"] = ranks[0]["grad_norm"]
+            real += sum(r["real_tokens"] for r in ranks)
+            padded += sum(r["padded_tokens"] for r in ranks)
+            per_step.append(m)
+        keys = sorted({k for m in per_step for k in m if not k.endswith("_sum")})
+        metrics = {k: float(np.mean([m.get(k, 0.0) for m in per_step])) for k in keys}
+        secs = time.perf_counter() - t0
+        metrics.update({
+            "actor/lr": outs[0]["lr"],
+            "actor/optimizer_steps": float(len(steps)),
+            "actor/micro_batches": float(sum(len(st["per_rank"][0]) for st in steps)),
+            "actor/train_tokens": float(real),
+            "actor/padding_frac": float(1.0 - real / padded) if padded else 0.0,
+            "timing/update_s": secs,
+            "perf/train_tokens_per_s": float(real) / max(secs, 1e-9),
+        })
+        return metrics
+
+    # ------------------------------------------------------------------ weights out
+
+    def setup_weight_sync(self, generator_group) -> dict:
+        import ray
+
+        port = ray.get(self.actors[0].address.remote())[1]
+        addr = self.master_addr
+        gen_world = int(generator_group.sync_world_size())
+        world = 1 + gen_world
+        refs = [a.init_weight_sender.remote(addr, port, world) for a in self.actors]
+        gen_refs = generator_group.init_weight_receiver(addr, port, world)
+        info = self._all(refs)
+        if gen_refs is not None:
+            ray.get(gen_refs) if isinstance(gen_refs, list) else None
+        self._sync_meta = ray.get(self.actors[0].sync_meta.remote())
+        self._sync_ready = True
+        return info[0]
+
+    def push_weights(self, generator_group) -> dict:
+        import ray
+
+        if not self._sync_ready:
+            self.setup_weight_sync(generator_group)
+        t0 = time.perf_counter()
+        recv = generator_group.receive_weights(self._sync_meta)
+        sends = self._all([a.send_weights.remote() for a in self.actors])
+        version = ray.get(recv) if isinstance(recv, (list, ray.ObjectRef)) else recv
+        secs = time.perf_counter() - t0
+        out = {"timing/sync_s": secs, "sync/send_s": float(sends[0])}
+        if isinstance(version, dict):
+            out.update({k: v for k, v in version.items() if isinstance(v, (int, float))})
+        return out
+
+    def save_hf(self, path: str) -> str:
+        self._all([a.save_hf.remote(str(path)) for a in self.actors])
+        return str(path)
+
+    def save_checkpoint(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self._all([a.save_checkpoint.remote(str(directory)) for a in self.actors])
+
+    def load_checkpoint(self, directory: str) -> None:
+        self._all([a.load_checkpoint.remote(str(directory)) for a in self.actors])
+
+    # ------------------------------------------------------------------ introspection
+
+    def shard_info(self) -> list[dict]:
+        return list(self.shards)
+
+    def memory(self) -> list[dict]:
+        return self._all([a.memory.remote() for a in self.actors])
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in getattr(self, "actors", []):
+            try:
+                ray.kill(a)
+            except Exception:  # already dead
+                pass
+        self.actors = []
+        pg = getattr(self, "pg", None)
+        if pg is not None:
+            try:
+                ray.util.remove_placement_group(pg)
+            except Exception:
+                pass
+            self.pg = None
