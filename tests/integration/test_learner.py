@@ -1,0 +1,223 @@
+"""Learner group: real Ray, 2 ranks of real DeepSpeed ZeRO-3 over gloo (egsw_rl/actors/learner.py).
+
+The proof that aggregation and ZeRO-3 are right: one update on 2 ranks, with micro-batches of
+different sizes and an empty padding micro-batch on one rank, equals a single-process plain-torch
+update (same loss through `algos.policy_loss`, torch AdamW, same clipping) on the same batch.
+Adam's first step is m/(sqrt(v)+eps) ~ sign(g) for a small eps, which would hide a wrong gradient
+scale; these tests use eps = 1 so the step is ~ lr * g, and also compare the gradient norm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from egsw_rl import algos
+from egsw_rl.batch import TrainBatch
+from egsw_rl.config import AlgoConfig, LearnerConfig, ModelConfig
+
+pytestmark = pytest.mark.integration
+
+TEMP = 0.8  # sampling temperature: logits are divided by it
+LR, EPS, CLIP = 2e-2, 1.0, 1.0
+
+
+def _learner_cfg(**kw) -> LearnerConfig:
+    base = dict(num_ranks=2, cpus_per_rank=1.0, micro_batch_tokens=40, logprob_chunk_tokens=16, lr=LR,
+                adam_eps=EPS, weight_decay=0.01, grad_clip=CLIP, sync_bucket_mb=1)
+    base.update(kw)
+    return LearnerConfig(**base)
+
+
+def make_batch(n: int = 7, seed: int = 0, vocab: int = 400) -> TrainBatch:
+    """Prompts and completions of mixed lengths, signed per-token advantages, positive weights,
+    and a mask with a few tokens filtered out (M' != completion mask)."""
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(5, vocab, size=int(rng.integers(2, 9))).tolist() for _ in range(n)]
+    lens = [int(x) for x in rng.integers(1, 14, size=n)]
+    lens[0] = 22  # one long sequence: its own micro-batch, the other rank gets more, shorter ones
+    comps = [rng.integers(5, vocab, size=L).tolist() for L in lens]
+    T = max(lens)
+    mask = np.zeros((n, T), dtype=bool)
+    for i, L in enumerate(lens):
+        mask[i, :L] = True
+    drop = rng.random((n, T)) < 0.1
+    mask &= ~drop
+    adv = (rng.normal(size=(n, 1)) + 0.3 * rng.normal(size=(n, T))).astype(np.float32) * mask
+    w = (0.5 + rng.random((n, T))).astype(np.float32) * mask
+    return TrainBatch(prompt_ids=prompts, completion_ids=comps, advantages=adv, weights=w, mask=mask)
+
+
+def hf_logprobs(model, batch: TrainBatch, temperature: float = TEMP, grad: bool = False):
+    """[N, T] logprobs of the completion tokens under a plain transformers model, one sequence at a
+    time (no padding at all), full logits."""
+    N = len(batch)
+    T = max(len(c) for c in batch.completion_ids)
+    rows = []
+    ctx = torch.enable_grad() if grad else torch.no_grad()
+    with ctx:
+        for p, c in zip(batch.prompt_ids, batch.completion_ids):
+            ids = torch.tensor([p + c])
+            logits = model(input_ids=ids).logits[0].float() / temperature
+            lp = torch.log_softmax(logits[len(p) - 1:len(p) - 1 + len(c)], -1)
+            tok = lp.gather(-1, torch.tensor(c)[:, None])[:, 0]
+            rows.append(torch.nn.functional.pad(tok, (0, T - len(c))))
+    return torch.stack(rows) if N else torch.zeros(0, T)
+
+
+def reference_update(model_dir, batch: TrainBatch, algo: AlgoConfig, lcfg: LearnerConfig):
+    """Single-process plain torch: same loss, torch AdamW, clip_grad_norm_. Returns (state dict
+    after the step, gradient norm before clipping, loss)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.train()
+    lp = hf_logprobs(model, batch, grad=True)
+    mask = torch.from_numpy(batch.mask)
+    norms = algos.loss_normalizers(mask, algo.agg)
+    loss, _ = algos.policy_loss(
+        lp, torch.from_numpy(batch.old_logprobs), torch.from_numpy(batch.advantages), mask,
+        weights=torch.from_numpy(batch.weights),
+        ref_logprobs=None if batch.ref_logprobs is None else torch.from_numpy(batch.ref_logprobs),
+        clip_low=algo.clip_low, clip_high=algo.clip_high, beta=algo.beta, agg=algo.agg,
+        norm_constant=algo.norm_constant, global_tokens=norms["global_tokens"], global_seqs=norms["global_seqs"])
+    loss.backward()
+    gn = torch.nn.utils.clip_grad_norm_(model.parameters(), lcfg.grad_clip)
+    opt = torch.optim.AdamW(model.parameters(), lr=lcfg.lr, betas=tuple(lcfg.adam_betas), eps=lcfg.adam_eps,
+                            weight_decay=lcfg.weight_decay)
+    opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, float(gn), float(loss.detach())
+
+
+def load_export(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def assert_same_step(w0: dict, got: dict, want: dict, rel: float = 2e-4):
+    """The learner's step (got - w0) equals the reference's (want - w0) for every tensor."""
+    for name, t0 in w0.items():
+        d_got = got[name] - t0
+        d_want = want[name] - t0
+        scale = float(d_want.abs().max())
+        assert scale > 0, f"{name}: the reference did not move it"
+        err = float((d_got - d_want).abs().max())
+        assert err <= rel * scale + 1e-7, f"{name}: step differs by {err:.3g} (step size {scale:.3g})"
+
+
+def check_equals_reference(group, model_dir, algo, lcfg, tmp_path, tag):
+    batch = make_batch(seed=26)
+    out = group.compute_logprobs(batch)
+    rng = np.random.default_rng(1)
+    # old logprobs off the current policy so that some ratios clip
+    batch.old_logprobs = (out["old_logprobs"] + rng.normal(0, 0.25, out["old_logprobs"].shape)
+                          ).astype(np.float32) * batch.mask
+    batch.ref_logprobs = out.get("ref_logprobs")
+    norms = algos.loss_normalizers(torch.from_numpy(batch.mask), algo.agg)
+    batch.global_tokens, batch.global_seqs = float(norms["global_tokens"]), float(norms["global_seqs"])
+
+    # micro-batches of 1 and 2 sequences, and one rank runs an empty (padding) micro-batch
+    (step,) = group._plan_update(batch)
+    assert {len(mb) for r in step["per_rank"] for mb in r} == {0, 1, 2}
+
+    group.save_hf(tmp_path / f"{tag}_before")
+    w0 = load_export(tmp_path / f"{tag}_before")
+    want, gn_ref, loss_ref = reference_update(tmp_path / f"{tag}_before", batch, algo, lcfg)
+    metrics = group.update(batch)
+    group.save_hf(tmp_path / f"{tag}_after")
+    got = load_export(tmp_path / f"{tag}_after")
+
+    assert metrics["actor/micro_batches"] >= 2
+    assert 0.0 < metrics["actor/clip_frac"] < 1.0
+    assert metrics["actor/loss"] == pytest.approx(loss_ref, rel=1e-4, abs=1e-6)
+    assert metrics["actor/grad_norm"] == pytest.approx(gn_ref, rel=1e-4)
+    assert gn_ref > lcfg.grad_clip  # clipping was active on both sides
+    assert set(got) == set(w0)
+    assert_same_step(w0, got, want)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def group_kl(ray_session, tiny_model_dir):
+    """2 ranks, GRPO aggregation, beta > 0 (a reference engine on the same ranks)."""
+    from egsw_rl.actors.learner import LearnerGroup
+
+    algo = AlgoConfig(beta=0.05, agg="seq_mean_token_mean")
+    g = LearnerGroup(ModelConfig(path=str(tiny_model_dir)), _learner_cfg(), algo, "cpu",
+                     sampling_temperature=TEMP)
+    yield g
+    g.shutdown()
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_each_rank_holds_half_the_parameters(group_kl):
+    info = group_kl.shard_info()
+    assert len(info) == 2
+    total = info[0]["total_numel"]
+    for r in info:
+        assert r["total_numel"] == total
+        assert r["local_numel"] == pytest.approx(total / 2, rel=0.02)
+    assert group_kl.has_ref
+
+
+def test_logprobs_entropy_clipv_match_plain_transformers(group_kl, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    batch = make_batch(seed=11)
+    out = group_kl.compute_logprobs(batch, with_entropy=True, with_clipv=True)
+    assert set(out) == {"old_logprobs", "entropy", "clipv_n", "ref_logprobs"}
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    want = hf_logprobs(model, batch).numpy()
+    valid = np.zeros_like(want, dtype=bool)
+    for i, c in enumerate(batch.completion_ids):
+        valid[i, :len(c)] = True
+    for k in out:
+        assert out[k].shape == want.shape and out[k].dtype == np.float32
+        assert np.all(out[k][~valid] == 0)
+    np.testing.assert_allclose(out["old_logprobs"], want, atol=2e-5)
+    np.testing.assert_allclose(out["ref_logprobs"], want, atol=2e-5)
+    # exact entropy / ClipV's N at the sampling temperature, from full logits
+    with torch.no_grad():
+        for i, (p, c) in enumerate(zip(batch.prompt_ids, batch.completion_ids)):
+            logits = model(input_ids=torch.tensor([p + c])).logits[0, len(p) - 1:len(p) - 1 + len(c)] / TEMP
+            h, n = algos.clipv_stats_from_logits(logits)
+            np.testing.assert_allclose(out["entropy"][i, :len(c)], h.numpy(), atol=2e-5)
+            np.testing.assert_allclose(out["clipv_n"][i, :len(c)], n.numpy(), atol=2e-5)
+
+
+def test_update_equals_single_process_reference_kl(group_kl, tiny_model_dir, tmp_path):
+    algo = AlgoConfig(beta=0.05, agg="seq_mean_token_mean")
+    check_equals_reference(group_kl, tiny_model_dir, algo, _learner_cfg(), tmp_path, "kl")
+
+
+def test_reference_stays_fixed_while_policy_moves(group_kl):
+    batch = make_batch(seed=5)
+    batch.advantages = np.abs(batch.advantages) + batch.mask.astype(np.float32)  # all positive
+    first = group_kl.compute_logprobs(batch)
+    kls, lps = [], []
+    for _ in range(3):
+        # old logprobs omitted: one epoch, one mini-batch -> the learner's own detached logprobs;
+        # ref logprobs omitted: computed on the fly by the reference engine
+        assert not group_kl.old_logprobs_needed()
+        b = dataclasses.replace(batch, old_logprobs=None, ref_logprobs=None)
+        m = group_kl.update(b)
+        kls.append(m["actor/ref_kl"])
+        assert m["actor/clip_frac"] == 0.0 and m["actor/approx_kl"] == pytest.approx(0.0, abs=1e-9)
+        lps.append(group_kl.compute_logprobs(batch))
+    valid = batch.mask
+    for out in lps:
+        np.testing.assert_array_equal(out["ref_logprobs"], first["ref_logprobs"])
+    means = [float(first["old_logprobs"][valid].mean())] + [float(o["old_logprobs"][valid].mean()) for o in lps]
+    assert all(b > a for a, b in zip(means, means[1:])), means  # positive advantages raise logprobs
+    # k3 KL to the frozen reference grows from (almost) 0 as the policy moves away
+    assert kls[-1] > kls[0] >= 0.0
+    assert all(b > a for a, b in zip(kls, kls[1:])), kls
