@@ -146,8 +146,14 @@ class RewardConfig:
     wrong_boxed_score: float = 0.0
     no_box_score: float = 0.0
     format_penalty: float = 0.0
+    # boxed_then_latex: the last \boxed{}, else an anchored answer ("#### 42", "answer: 42");
+    # boxed: only a box; boxed_then_any: also the last LaTeX span or number anywhere.
+    extraction: str = "boxed_then_latex"
     # last-number fallback when no \boxed{} is written (small models rarely box unprompted)
     fallback_last_number: bool = False
+    task: str = "math"  # math | choice (multiple choice graded by letter, GPQA)
+    answer_format: str = "auto"  # how golds are written: auto | latex | gsm8k | aime | choice
+    max_answer_chars: int = 1000  # a longer boxed answer is scored wrong without parsing
 
 
 @dataclass
@@ -222,6 +228,10 @@ _CHOICES = {
     "algo.agg": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
     "algo.zscore": ("separate", "joint", "scale_only"),
     "reward.scheme": ("binary", "signed", "format"),
+    "reward.extraction": ("boxed", "boxed_then_latex", "boxed_then_any"),
+    "reward.task": ("math", "choice"),
+    "reward.answer_format": ("auto", "latex", "gsm8k", "aime", "choice"),
+    "data.answer_format": ("auto", "latex", "gsm8k", "aime", "choice"),
     "logger.wandb.mode": ("online", "offline", "disabled"),
     "trainer.device": ("auto", "cpu", "cuda"),
 }

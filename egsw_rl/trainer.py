@@ -82,12 +82,9 @@ class Trainer:
         log.info("starting %d generator(s), %d learner rank(s), reward actor on %s",
                  cfg.rollout.num_generators, cfg.learner.num_ranks, self.device)
         self.generators = GeneratorGroup(model_cfg, OmegaConf.to_object(cfg.rollout), self.device)
-        r = cfg.reward
-        self.rewarder = ray.remote(RewardActor).options(num_cpus=0.5).remote(
-            workers=r.workers, timeout_s=r.timeout_s, scheme=r.scheme,
-            correct_score=r.correct_score, wrong_boxed_score=r.wrong_boxed_score,
-            no_box_score=r.no_box_score, format_penalty=r.format_penalty,
-            fallback_last_number=r.fallback_last_number)
+        # The reward actor mostly waits on its pool's processes: a fractional CPU slot.
+        self.rewarder = RewardActor.options(num_cpus=0.5).remote(
+            **OmegaConf.to_container(cfg.reward, resolve=True))
         self.learners = LearnerGroup(model_cfg, OmegaConf.to_object(cfg.learner), algo_cfg,
                                      self.device, sampling_temperature=cfg.rollout.temperature)
         self.learners.setup_weight_sync(self.generators)

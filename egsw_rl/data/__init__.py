@@ -98,13 +98,17 @@ def _hub_rows(name: str, config: Optional[str], split: str) -> list[dict]:
     return list(ds)
 
 
-def _gold(raw, fmt: str) -> str:
-    from egsw_rl.rewards import gsm8k_gold
+def _gold(raw, fmt: str, name: str) -> str:
+    """The canonical gold, or "" when the row has none (or one the grader cannot read)."""
+    from egsw_rl.rewards import parse_gold
 
-    text = "" if raw is None else str(raw).strip()
-    if fmt == "gsm8k" and "####" in text:
-        text = gsm8k_gold(text)
-    return text
+    if raw is None or not str(raw).strip():
+        return ""
+    try:
+        return parse_gold(raw, fmt, name=name)
+    except ValueError as e:
+        log.warning("%s", e)
+        return ""
 
 
 def _locate(name: str) -> Optional[Path]:
@@ -144,8 +148,6 @@ def load_problems(spec: str, *, split: str = "train", question_key: str = "quest
     else:
         rows = _hub_rows(spec, None, split)
 
-    if answer_format == "auto":
-        answer_format = "latex"
     problems, skipped = [], 0
     for i, row in enumerate(rows):
         if question_key not in row:
@@ -154,11 +156,11 @@ def load_problems(spec: str, *, split: str = "train", question_key: str = "quest
         if answer_format == "choice":
             problems.append(_choice_problem(row, i, seed))
             continue
-        gold = _gold(row.get(answer_key), answer_format)
+        gold = _gold(row.get(answer_key), answer_format, name=f"{where} row {i}")
         question = str(row[question_key] or "").strip()
         if not gold or not question:
             skipped += 1
-            log.warning("%s: row %d skipped: empty %s", where, i,
+            log.warning("%s: row %d skipped: empty or unreadable %s", where, i,
                         answer_key if not gold else question_key)
             continue
         problems.append(Problem(question, gold, id=str(row.get("unique_id", row.get("id", i)))))
