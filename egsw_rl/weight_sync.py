@@ -1,0 +1,557 @@
+"""Learner -> vLLM weight transport (DESIGN.md "Weight sync").
+
+One dedicated process group joins the sender (learner rank 0, rank 0 of the group) and every vLLM
+worker of every generator (ranks 1..W-1). It is built from its own `TCPStore` and a
+`ProcessGroupGloo` (CPU) or `ProcessGroupNCCL` (GPU) object, so it never touches the default
+torch.distributed group that DeepSpeed and vLLM use in those processes. vLLM's own NCCL
+communicator is not used: without NCCL it silently does nothing.
+
+Wire protocol (all broadcasts from rank 0; the receiver needs only the ordered parameter list):
+
+    per bucket:  header int64[4] = [KIND_BUCKET, n_params, n_bytes, 0]
+                 payload uint8[n_bytes]: the bucket's tensors packed in meta order, each at a
+                 16-byte aligned offset, in the sender's dtype
+    at the end:  header int64[4] = [KIND_END, n_probe, 0, 0]
+                 probe ids int64[n_probe], then the sender's probe logprobs float32[n_probe - 1]
+
+Sender side (`param_meta`, `plan_buckets`, `WeightSender`) is written for ZeRO-3: shapes and
+sizes come from `ds_shape` / `ds_numel`, and each bucket is gathered on every learner rank with
+`deepspeed.zero.GatheredParameters` (plain modules are sent as they are). Every learner rank calls
+`send` with the same buckets; only rank 0 holds a process group.
+
+Receiving side (`WorkerExtension`, loaded by vLLM as `worker_extension_cls`) streams the buckets
+into the model runner's layer-wise in-place reload (`reload_weights(weights_iterator=...,
+is_checkpoint_format=True)`): it accepts checkpoint (HF) names, lets vLLM fuse qkv / gate_up and
+re-runs the post-load processing, which on CPU repacks every linear weight. A module whose weight
+aliases another one (the tied embedding / output head) keeps its own kernel-side copy that this
+reload does not refresh, so such modules are re-processed afterwards.
+
+Consistency check: after the buckets, every learner rank runs a forward on a fixed token sequence
+(the "probe"); rank 0 broadcasts its logprobs at temperature 1, and the generator compares them
+with vLLM's own (`sync/logprob_diff_max`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ParamMeta",
+    "param_meta",
+    "plan_buckets",
+    "meta_to_rows",
+    "rows_to_meta",
+    "probe_token_ids",
+    "probe_logprobs",
+    "validate_meta",
+    "WeightSender",
+    "WorkerExtension",
+    "sync_weights",
+    "KIND_BUCKET",
+    "KIND_END",
+]
+
+KIND_BUCKET = 1
+KIND_END = 2
+ALIGN = 16  # byte alignment of each tensor inside a bucket (dtype views need aligned offsets)
+DEFAULT_TIMEOUT_S = 1800.0
+PROBE_LEN = 32
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "float64": torch.float64}
+
+
+# ============================================================================ metadata
+
+
+@dataclass(frozen=True)
+class ParamMeta:
+    """One parameter as it travels: checkpoint name, full (unpartitioned) shape, dtype name."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # "float32" | "bfloat16" | "float16"
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= int(s)
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * _DTYPES[self.dtype].itemsize
+
+    @property
+    def padded_nbytes(self) -> int:
+        return _align(self.nbytes)
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def checkpoint_name(name: str) -> str:
+    """The HF checkpoint name of a module parameter: wrapper prefixes removed."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in ("module.", "_orig_mod.", "_fsdp_wrapped_module."):
+            if name.startswith(prefix):
+                name, changed = name[len(prefix):], True
+    return name.replace("._orig_mod.", ".").replace("._fsdp_wrapped_module.", ".")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise ValueError(f"cannot send parameters of dtype {dtype}")
+    return name
+
+
+def param_meta(module: torch.nn.Module) -> list[ParamMeta]:
+    """Name, full shape and dtype of every parameter of `module`, in `named_parameters` order
+    (shared parameters once: a tied output head travels as the embedding). ZeRO-3 partitioned
+    parameters report their full shape (`ds_shape`), not the empty local one."""
+    out = []
+    for name, p in module.named_parameters():
+        shape = tuple(int(s) for s in (p.ds_shape if hasattr(p, "ds_shape") else p.shape))
+        out.append(ParamMeta(checkpoint_name(name), shape, _dtype_name(p.dtype)))
+    return out
+
+
+def plan_buckets(meta: Sequence[ParamMeta], bucket_bytes: int) -> list[list[ParamMeta]]:
+    """Split `meta` (in order) into buckets of at most `bucket_bytes` (aligned) bytes each; a
+    parameter larger than a bucket travels alone. Sizes come from the full shapes (ds_numel under
+    ZeRO-3), never from a partitioned parameter's local numel()."""
+    if bucket_bytes <= 0:
+        raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
+    buckets: list[list[ParamMeta]] = []
+    cur: list[ParamMeta] = []
+    size = 0
+    for m in meta:
+        if cur and size + m.padded_nbytes > bucket_bytes:
+            buckets.append(cur)
+            cur, size = [], 0
+        cur.append(m)
+        size += m.padded_nbytes
+    if cur:
+        buckets.append(cur)
+    return buckets
+
+
+def meta_to_rows(meta: Sequence[ParamMeta]) -> list[list[Any]]:
+    """Plain lists (msgpack-safe) for vLLM's collective_rpc: [[name, [shape], dtype], ...]."""
+    return [[m.name, list(m.shape), m.dtype] for m in meta]
+
+
+def rows_to_meta(rows: Sequence[Any]) -> list[ParamMeta]:
+    out = []
+    for r in rows:
+        if isinstance(r, ParamMeta):
+            out.append(r)
+        else:
+            name, shape, dtype = r
+            out.append(ParamMeta(str(name), tuple(int(s) for s in shape), str(dtype)))
+    return out
+
+
+# ============================================================================ the probe
+
+
+def probe_token_ids(vocab_size: int, n: int = PROBE_LEN) -> list[int]:
+    """A fixed token sequence for the post-sync consistency check. Ids stay below 256 (and below
+    the vocabulary): byte-level BPE vocabularies hold their byte tokens there, so every tokenizer
+    the engine validates against accepts them."""
+    hi = max(4, min(256, int(vocab_size)))
+    return [(37 * i + 11) % (hi - 3) + 3 for i in range(n)]
+
+
+def _module_vocab_size(module: torch.nn.Module) -> int:
+    cfg = getattr(module, "config", None)
+    v = getattr(cfg, "vocab_size", None)
+    if v:
+        return int(v)
+    emb = module.get_input_embeddings() if hasattr(module, "get_input_embeddings") else None
+    w = getattr(emb, "weight", None)
+    if w is not None:
+        return int(w.ds_shape[0] if hasattr(w, "ds_shape") else w.shape[0])
+    return 256
+
+
+@torch.no_grad()
+def probe_logprobs(module: torch.nn.Module, ids: Sequence[int]) -> torch.Tensor:
+    """log p(ids[t] | ids[:t]) for t >= 1 at temperature 1, float32 on CPU. Under ZeRO-3 every
+    rank must call this (the forward gathers parameters collectively)."""
+    device = next(module.parameters()).device
+    was_training = module.training
+    module.eval()
+    try:
+        x = torch.tensor([list(ids)], dtype=torch.long, device=device)
+        logits = module(input_ids=x, use_cache=False).logits[0, :-1].float()
+        lp = torch.log_softmax(logits, dim=-1).gather(-1, x[0, 1:, None])[:, 0]
+    finally:
+        module.train(was_training)
+    return lp.cpu()
+
+
+# ============================================================================ process group
+
+
+def _local_ip_towards(addr: str) -> str:
+    """This host's address on the route to `addr` (no packet is sent)."""
+    if addr in ("127.0.0.1", "localhost", "::1"):
+        return "127.0.0.1"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((addr, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return socket.gethostbyname(socket.gethostname())
+
+
+def new_group(master_addr: str, master_port: int, rank: int, world_size: int, backend: str,
+              timeout_s: float = DEFAULT_TIMEOUT_S):
+    """A process group over its own TCPStore (rank 0 hosts the store). Collective: every rank
+    must call it at the same time. Returns (group, store, device)."""
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = dist.TCPStore(master_addr, int(master_port), int(world_size), is_master=(rank == 0),
+                          timeout=timeout, wait_for_workers=False)
+    store = dist.PrefixStore("egsw_rl_weight_sync", store)
+    if backend == "gloo":
+        opts = dist.ProcessGroupGloo._Options()
+        opts._timeout = timeout
+        iface = os.environ.get("GLOO_SOCKET_IFNAME")
+        dev = (dist.ProcessGroupGloo.create_device(interface=iface) if iface else
+               dist.ProcessGroupGloo.create_device(hostname=_local_ip_towards(master_addr)))
+        opts._devices = [dev]
+        pg = dist.ProcessGroupGloo(store, rank, world_size, opts)
+        device = torch.device("cpu")
+    elif backend == "nccl":
+        opts = dist.ProcessGroupNCCL.Options()
+        opts._timeout = timeout
+        pg = dist.ProcessGroupNCCL(store, rank, world_size, opts)
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        raise ValueError(f"weight sync backend must be gloo or nccl, got {backend!r}")
+    return pg, store, device
+
+
+def _bcast(pg, tensor: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    opts = dist.BroadcastOptions()
+    opts.rootRank = 0
+    pg.broadcast([tensor], opts).wait()
+    return tensor
+
+
+# ============================================================================ sender
+
+
+def _gathered(params: list[torch.nn.Parameter]):
+    """Gather ZeRO-3 partitioned parameters on all ranks (collective); plain ones as they are."""
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    return contextlib.nullcontext()
+
+
+class WeightSender:
+    """Rank 0 of the sync group (learner rank 0). Other learner ranks use `non_sender()`: they
+    take part in the ZeRO-3 gathers and the probe forward but send nothing."""
+
+    def __init__(self, master_addr: Optional[str], master_port: Optional[int], world_size: int,
+                 backend: str = "gloo", timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.master_addr = master_addr
+        self.master_port = master_port
+        self.world_size = int(world_size)
+        self.backend = backend
+        self.timeout_s = timeout_s
+        self.pg = None
+        self._store = None
+        self.device = torch.device("cpu")
+
+    @classmethod
+    def non_sender(cls) -> "WeightSender":
+        return cls(None, None, 0)
+
+    def connect(self) -> None:
+        """Create the group as its rank 0; the receivers' `init_weight_receiver` must run
+        concurrently."""
+        if self.world_size < 2:
+            raise ValueError(f"world_size must count the sender and >= 1 receiver, got {self.world_size}")
+        self.pg, self._store, self.device = new_group(self.master_addr, self.master_port, 0,
+                                                      self.world_size, self.backend, self.timeout_s)
+
+    def close(self) -> None:
+        self.pg, self._store = None, None
+
+    def _header(self, kind: int, a: int, b: int) -> None:
+        _bcast(self.pg, torch.tensor([kind, a, b, 0], dtype=torch.int64, device=self.device))
+
+    @torch.no_grad()
+    def send(self, module: torch.nn.Module, buckets: Sequence[Sequence[ParamMeta]], is_sender: bool,
+             probe: bool = True) -> dict:
+        """Send `module`'s parameters bucket by bucket. Call on EVERY learner rank with the same
+        buckets (the gathers are collective); only `is_sender` (rank 0) broadcasts."""
+        if is_sender and self.pg is None:
+            raise RuntimeError("WeightSender.send before connect()")
+        params = {checkpoint_name(n): p for n, p in module.named_parameters()}
+        missing = [m.name for b in buckets for m in b if m.name not in params]
+        if missing:
+            raise KeyError(f"parameters not in the module: {missing[:5]}")
+        t0 = time.perf_counter()
+        total = 0
+        for bucket in buckets:
+            plist = [params[m.name] for m in bucket]
+            with _gathered(plist):
+                if not is_sender:
+                    continue
+                nbytes = sum(m.padded_nbytes for m in bucket)
+                flat = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+                off = 0
+                for m, p in zip(bucket, plist):
+                    data = p.data
+                    if tuple(data.shape) != m.shape or _dtype_name(data.dtype) != m.dtype:
+                        raise ValueError(f"{m.name}: module has {tuple(data.shape)} {data.dtype}, "
+                                         f"the plan says {m.shape} {m.dtype}")
+                    view = flat[off:off + m.nbytes].view(_DTYPES[m.dtype]).view(m.shape)
+                    view.copy_(data)
+                    off += m.padded_nbytes
+                self._header(KIND_BUCKET, len(bucket), nbytes)
+                _bcast(self.pg, flat)
+                total += nbytes
+        ids: list[int] = []
+        lp = None
+        if probe:
+            ids = probe_token_ids(_module_vocab_size(module))
+            lp = probe_logprobs(module, ids)  # every rank: a ZeRO-3 forward is collective
+        if is_sender:
+            self._header(KIND_END, len(ids), 0)
+            if ids:
+                _bcast(self.pg, torch.tensor(ids, dtype=torch.int64, device=self.device))
+                _bcast(self.pg, lp.to(self.device, torch.float32).contiguous())
+        secs = time.perf_counter() - t0
+        return {"bytes": total, "seconds": secs}
+
+
+# ============================================================================ receiver
+
+
+def checkpoint_shapes(model_path: str) -> Optional[dict[str, tuple[int, ...]]]:
+    """Names and shapes of the tensors in a model folder's safetensors files (what vLLM's
+    `load_weights` consumes); None when there are none to read."""
+    import glob
+
+    path = model_path
+    if not os.path.isdir(path):
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(model_path, allow_patterns=["*.safetensors"], local_files_only=True)
+        except Exception:  # not a local folder and not in the hub cache: skip the name check
+            return None
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    shapes = {}
+    for f in files:
+        with safe_open(f, framework="pt") as fh:
+            for k in fh.keys():
+                shapes[k] = tuple(int(s) for s in fh.get_slice(k).get_shape())
+    return shapes
+
+
+def _optional_names(expected: dict[str, tuple[int, ...]], tied: bool) -> set[str]:
+    """Checkpoint tensors vLLM skips anyway (a sync need not carry them)."""
+    out = {k for k in expected if "rotary_emb.inv_freq" in k}
+    if tied:
+        out |= {k for k in expected if k == "lm_head.weight" or k.endswith(".lm_head.weight")}
+    return out
+
+
+def validate_meta(meta: Sequence[ParamMeta], expected: Optional[dict[str, tuple[int, ...]]],
+                  tied: bool) -> list[str]:
+    """Problems with a sync plan against the engine's checkpoint: missing names, unknown names,
+    shape or dtype errors. Empty when the plan covers exactly the model."""
+    problems = []
+    names = [m.name for m in meta]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        problems.append(f"duplicate parameter names: {dup[:5]}")
+    for m in meta:
+        if m.dtype not in _DTYPES:
+            problems.append(f"{m.name}: unsupported dtype {m.dtype}")
+    if expected is None:
+        return problems
+    optional = _optional_names(expected, tied)
+    have = set(names)
+    missing = sorted(set(expected) - have - optional)
+    if missing:
+        problems.append(f"missing parameter(s) {missing[:8]}{' ...' if len(missing) > 8 else ''} "
+                        f"({len(missing)} of {len(expected)}): the engine would keep old weights")
+    allowed = set(expected) | ({"lm_head.weight"} if tied else set())
+    unknown = sorted(have - allowed)
+    if unknown:
+        problems.append(f"unknown parameter name(s) {unknown[:8]}: not in the engine's checkpoint")
+    for m in meta:
+        if m.name in expected and tuple(expected[m.name]) != tuple(m.shape):
+            problems.append(f"{m.name}: shape {m.shape}, the engine expects {expected[m.name]}")
+    return problems
+
+
+class WorkerExtension:
+    """Mixed into vLLM's worker (`worker_extension_cls="egsw_rl.weight_sync.WorkerExtension"`).
+    Named methods called with `LLM.collective_rpc("egsw_...")`; plain-list arguments only (no
+    pickled callables, no VLLM_ALLOW_INSECURE_SERIALIZATION). Names are prefixed so they never
+    clash with the worker's own attributes."""
+
+    def egsw_init_receiver(self, master_addr: str, master_port: int, rank_offset: int,
+                           world_size: int, backend: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> int:
+        """Join the sync group as rank `rank_offset + this worker's rank` (tensor parallel
+        workers of one engine take consecutive ranks)."""
+        self.egsw_close_receiver()
+        rank = int(rank_offset) + int(getattr(self, "rank", 0))
+        self._egsw_pg, self._egsw_store, self._egsw_device = new_group(
+            master_addr, master_port, rank, world_size, backend, timeout_s)
+        return rank
+
+    def egsw_close_receiver(self) -> None:
+        self._egsw_pg = None
+        self._egsw_store = None
+
+    def _egsw_expected(self):
+        if not hasattr(self, "_egsw_shapes"):
+            self._egsw_shapes = checkpoint_shapes(self.model_config.model)
+        tied = bool(getattr(self.model_config.hf_config, "tie_word_embeddings", False))
+        return self._egsw_shapes, tied
+
+    def egsw_expected_weights(self) -> dict:
+        """{"names": {name: shape}, "tied": bool} from the engine's checkpoint (None: unknown)."""
+        shapes, tied = self._egsw_expected()
+        return {"shapes": None if shapes is None else {k: list(v) for k, v in shapes.items()},
+                "tied": tied}
+
+    def egsw_reseed(self, seed: int) -> None:
+        """Reset the worker's global RNG (vLLM samples from it when no per-request seed is set)."""
+        from vllm.utils.torch_utils import set_random_seed
+
+        set_random_seed(int(seed))
+
+    def _egsw_header(self) -> tuple[int, int, int]:
+        h = _bcast(self._egsw_pg, torch.empty(4, dtype=torch.int64, device=self._egsw_device)).tolist()
+        return int(h[0]), int(h[1]), int(h[2])
+
+    def _egsw_stream(self, meta: list[ParamMeta], state: dict) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield (name, tensor) bucket by bucket; reads the END message (probe) last."""
+        pos = 0
+        while True:
+            kind, a, b = self._egsw_header()
+            if kind == KIND_BUCKET:
+                flat = _bcast(self._egsw_pg, torch.empty(b, dtype=torch.uint8, device=self._egsw_device))
+                state["bytes"] += b
+                off = 0
+                for m in meta[pos:pos + a]:
+                    t = flat[off:off + m.nbytes].view(_DTYPES[m.dtype]).view(m.shape)
+                    off += m.padded_nbytes
+                    state["names"].append(m.name)
+                    yield m.name, t
+                pos += a
+            elif kind == KIND_END:
+                if a > 0:
+                    ids = _bcast(self._egsw_pg, torch.empty(a, dtype=torch.int64, device=self._egsw_device))
+                    lp = _bcast(self._egsw_pg, torch.empty(a - 1, dtype=torch.float32, device=self._egsw_device))
+                    state["probe_ids"] = ids.cpu().tolist()
+                    state["probe_logprobs"] = lp.cpu().tolist()
+                state["done"] = True
+                return
+            else:
+                raise RuntimeError(f"weight sync: unexpected message kind {kind}")
+
+    def _egsw_drain(self, meta, state) -> None:
+        for _ in self._egsw_stream(meta, state):
+            pass
+
+    def egsw_receive(self, meta_rows: list, strict: bool = True) -> dict:
+        """Receive one whole sync and load it in place. With a plan that does not cover the model
+        exactly, the incoming stream is drained (the sender finishes) and ValueError is raised
+        before any weight changes: the engine keeps serving the old weights."""
+        if getattr(self, "_egsw_pg", None) is None:
+            raise RuntimeError("egsw_receive before egsw_init_receiver")
+        meta = rows_to_meta(meta_rows)
+        state: dict = {"bytes": 0, "names": [], "done": False}
+        t0 = time.perf_counter()
+        shapes, tied = self._egsw_expected()
+        problems = validate_meta(meta, shapes if strict else None, tied)
+        if problems:
+            self._egsw_drain(meta, state)
+            raise ValueError("weight sync rejected, engine weights unchanged: " + "; ".join(problems))
+        stream = self._egsw_stream(meta, state)
+        try:
+            self.reload_weights(weights_iterator=stream, is_checkpoint_format=True)
+        finally:
+            if not state["done"]:  # keep the group in step with the sender whatever happened
+                self._egsw_drain(meta[len(state["names"]):], state)
+        repacked = _reprocess_aliased_modules(self.model_runner.get_model())
+        return {"bytes": state["bytes"], "params": len(state["names"]),
+                "probe_ids": state.get("probe_ids", []),
+                "probe_logprobs": state.get("probe_logprobs", []),
+                "repacked": repacked, "seconds": time.perf_counter() - t0}
+
+
+def _reprocess_aliased_modules(model: torch.nn.Module) -> list[str]:
+    """Re-run post-load processing of modules whose weight is shared with another module (a
+    tied output head). The layer-wise reload refreshes the embedding; the head, which loaded
+    nothing of its own, would otherwise keep the kernel-side copy of the old weight that its
+    processing made (on CPU: the packed oneDNN / sgl matrix)."""
+    by_storage: dict[int, list[tuple[str, torch.nn.Module]]] = {}
+    for name, mod in model.named_modules():
+        qm = getattr(mod, "quant_method", None)
+        w = getattr(mod, "weight", None)
+        if qm is None or not isinstance(w, torch.Tensor) or w.numel() == 0 or w.is_meta:
+            continue
+        by_storage.setdefault(w.data_ptr(), []).append((name, mod))
+    done = []
+    for group in by_storage.values():
+        if len(group) < 2:
+            continue
+        for name, mod in group:
+            mod.quant_method.process_weights_after_loading(mod)
+            done.append(name)
+    return done
+
+
+# ============================================================================ driver helper
+
+
+def sync_weights(send: Callable[[], Any], generators, meta: Sequence[ParamMeta]) -> dict:
+    """Run one sync from the driver: start every generator's receive (`generators` is a
+    GeneratorGroup), then the senders (`send()` returns the learner ranks' ObjectRefs), and wait
+    for both. Returns the generators' summary (version, sync/logprob_diff_max, ...) plus
+    timing/sync_s."""
+    import ray
+
+    t0 = time.perf_counter()
+    recv = generators.receive_weights(meta)
+    sends = send()
+    ray.get(sends if isinstance(sends, list) else [sends])
+    out = dict(ray.get(recv))
+    out["timing/sync_s"] = time.perf_counter() - t0
+    return out
