@@ -408,7 +408,8 @@ class Generator:
         stats = {"sync/version": self._version, "sync/recv_s": recv_s,
                  "sync/bytes": float(res["bytes"]), "sync/params": float(res["params"]),
                  "sync/load_s": float(res["seconds"]),
-                 "sync/mb_per_s": res["bytes"] / 2**20 / max(recv_s, 1e-9)}
+                 "sync/mb_per_s": res["bytes"] / 2**20 / max(recv_s, 1e-9),
+                 "repacked": list(res.get("repacked", []))}
         ids, ref = res.get("probe_ids") or [], res.get("probe_logprobs") or []
         if ids:
             mine = self.logprobs_of(ids[:1], ids[1:], temperature=1.0)
