@@ -361,29 +361,36 @@ class Learner:
     # ------------------------------------------------------------------ weight sync
 
     def init_weight_sender(self, master_addr: str, master_port: int, world_size: int) -> dict:
-        """Rank 0 joins the learner -> generators process group; every rank plans the buckets
-        (all ranks take part in every gather)."""
+        """Every rank plans the same buckets (all ranks take part in every gather); rank 0 also
+        joins the learner -> generators process group as its rank 0 (collective with the
+        generators' `init_weight_receiver`)."""
         from egsw_rl import weight_sync as ws
 
-        meta = ws.param_meta(self.module.lm)
-        self._sync_meta = meta
-        self._sync_buckets = ws.plan_buckets(meta, int(self.lcfg.sync_bucket_mb) * 2**20)
+        self._sync_meta = ws.param_meta(self.module.lm)
+        self._sync_buckets = ws.plan_buckets(self._sync_meta, int(self.lcfg.sync_bucket_mb) * 2**20)
         if self.rank == 0:
             backend = "nccl" if self.device_kind == "cuda" else "gloo"
             self.sender = ws.WeightSender(master_addr, master_port, world_size, backend)
             self.sender.connect()
-        return {"buckets": len(self._sync_buckets)}
+        else:
+            self.sender = ws.WeightSender.non_sender()
+        return {"buckets": len(self._sync_buckets), "params": len(self._sync_meta)}
 
-    def sync_meta(self):
-        return self._sync_meta
-
-    def send_weights(self) -> float:
-        t0 = time.perf_counter()
+    def sync_meta(self) -> list:
         from egsw_rl import weight_sync as ws
 
-        sender = self.sender if self.rank == 0 else ws.WeightSender.non_sender()
-        sender.send(self.module.lm, self._sync_buckets, is_sender=self.rank == 0)
-        return time.perf_counter() - t0
+        return ws.meta_to_rows(self._sync_meta)
+
+    def send_weights(self) -> dict:
+        """One push: gather each bucket on every rank, rank 0 broadcasts it, then the probe
+        forward (every rank) whose logprobs the generators compare with their own."""
+        if self.sender is None:
+            raise RuntimeError("send_weights before init_weight_sender")
+        self.module.lm.eval()
+        try:
+            return self.sender.send(self.module.lm, self._sync_buckets, is_sender=self.rank == 0)
+        finally:
+            self.module.lm.train()
 
     def ping(self) -> int:
         return self.rank
@@ -446,10 +453,14 @@ class LearnerGroup:
             self.actors.append(cls.options(**opts).remote(
                 r, n, self.model_path, self.mcfg, self.lcfg, self.acfg, self.device,
                 sampling_temperature, seed, total_steps))
-        addr, port = ray.get(self.actors[0].address.remote())
-        self.master_addr = addr
-        t0 = time.perf_counter()
-        self.shards = self._all([a.init.remote(addr, port) for a in self.actors])
+        try:
+            addr, port = ray.get(self.actors[0].address.remote())
+            self.master_addr = addr
+            t0 = time.perf_counter()
+            self.shards = self._all([a.init.remote(addr, port) for a in self.actors])
+        except BaseException:
+            self.shutdown()  # no half-started ranks left holding resources
+            raise
         self.init_seconds = time.perf_counter() - t0
         self.has_ref = bool(self.shards[0]["has_ref"])
         self._sync_ready = False
@@ -472,11 +483,15 @@ class LearnerGroup:
         # forward tokens: prompt + completion minus the last token (its logits are never used)
         return [len(p) + max(len(c), 1) - 1 for p, c in zip(batch.prompt_ids, batch.completion_ids)]
 
-    def old_logprobs_needed(self, with_entropy: bool = False) -> bool:
-        """False when the old policy provably equals the current one at update time (one epoch,
-        one mini-batch, no exact entropy wanted): `update` then uses its own detached logprobs."""
+    def old_logprobs_needed(self, with_entropy: bool = False, off_policy: bool = False) -> bool:
+        """Whether the driver must call `compute_logprobs` for old logprobs. False when the old
+        policy provably equals the current one at update time: one epoch, one mini-batch, no exact
+        entropy wanted, data sampled from the current weights (not `off_policy`, e.g. overlap
+        mode). `update` then uses its own detached logprobs (ratio 1, same gradient), and with
+        beta > 0 computes the reference logprobs itself in the same micro-batches. Dropout is
+        disabled in the policy, so the two forwards would be the same function."""
         a = self.acfg
-        return bool(a.ppo_epochs > 1 or a.mini_batches > 1 or with_entropy)
+        return bool(a.ppo_epochs > 1 or a.mini_batches > 1 or with_entropy or off_policy)
 
     # ------------------------------------------------------------------ the driver's calls
 
@@ -571,34 +586,31 @@ class LearnerGroup:
     # ------------------------------------------------------------------ weights out
 
     def setup_weight_sync(self, generator_group) -> dict:
+        """Build the learner rank 0 -> generators process group (rank 0's node IP, a free port
+        there) and the bucket plan. Call once after both groups exist."""
         import ray
 
-        port = ray.get(self.actors[0].address.remote())[1]
-        addr = self.master_addr
-        gen_world = int(generator_group.sync_world_size())
-        world = 1 + gen_world
-        refs = [a.init_weight_sender.remote(addr, port, world) for a in self.actors]
-        gen_refs = generator_group.init_weight_receiver(addr, port, world)
-        info = self._all(refs)
-        if gen_refs is not None:
-            ray.get(gen_refs) if isinstance(gen_refs, list) else None
+        _, port = ray.get(self.actors[0].address.remote())
+        world = 1 + int(generator_group.sync_world_size())
+        refs = [a.init_weight_sender.remote(self.master_addr, port, world) for a in self.actors]
+        refs += list(generator_group.init_weight_receiver(self.master_addr, port, world))
+        info = self._all(refs)[0]
         self._sync_meta = ray.get(self.actors[0].sync_meta.remote())
         self._sync_ready = True
-        return info[0]
+        return info
 
     def push_weights(self, generator_group) -> dict:
-        import ray
-
+        """Send the current weights to every generator. Returns the generators' summary
+        (sync/version, sync/logprob_diff_max: the consistency probe, ...) and timing/sync_s."""
         if not self._sync_ready:
             self.setup_weight_sync(generator_group)
         t0 = time.perf_counter()
-        recv = generator_group.receive_weights(self._sync_meta)
-        sends = self._all([a.send_weights.remote() for a in self.actors])
-        version = ray.get(recv) if isinstance(recv, (list, ray.ObjectRef)) else recv
-        secs = time.perf_counter() - t0
-        out = {"timing/sync_s": secs, "sync/send_s": float(sends[0])}
-        if isinstance(version, dict):
-            out.update({k: v for k, v in version.items() if isinstance(v, (int, float))})
+        recv = generator_group.receive_weights(self._sync_meta)  # validates the plan first
+        sends = [a.send_weights.remote() for a in self.actors]
+        res = self._all(sends + [recv])
+        out = {k: v for k, v in dict(res[-1]).items() if isinstance(v, (int, float))}
+        out["sync/send_s"] = float(res[0]["seconds"])
+        out["timing/sync_s"] = time.perf_counter() - t0
         return out
 
     def save_hf(self, path: str) -> str:

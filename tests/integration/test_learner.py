@@ -281,3 +281,85 @@ def test_checkpoint_restores_model_optimizer_and_schedule(group_plain, tmp_path)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-7)
     assert m1b["actor/loss"] == pytest.approx(m1["actor/loss"], rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- weights out to vLLM
+
+KERNEL_TOL = 5e-3  # vLLM CPU vs transformers on a tiny random model (DESIGN.md facts: ~4e-3)
+
+
+def _rollout_cfg(**kw):
+    from egsw_rl.config import RolloutConfig
+
+    base = dict(num_generators=1, temperature=TEMP, max_tokens=12, n=2, logprobs=0, max_model_len=256,
+                cpu_kvcache_gib=0.25, seed=0, prompt_template="chat")
+    base.update(kw)
+    return RolloutConfig(**base)
+
+
+def _sample(gens, prompts, seed=123):
+    gens.reseed(seed)
+    return gens.generate(prompts)
+
+
+def test_push_then_engine_equals_fresh_engine_from_export(group_plain, untied_model_dir, tmp_path):
+    """After a push the engine samples the same tokens with the same logprobs (1e-5) as a fresh
+    engine loaded from `save_hf` of the same step; its sampled-token logprobs match the learner's
+    (kernel tolerance); the export loads in transformers with the learner's logprobs."""
+    import ray
+    from transformers import AutoModelForCausalLM
+
+    from egsw_rl.actors.generator import GeneratorGroup
+
+    # move the policy well away from the files the engine starts from
+    batch = make_batch(seed=9)
+    batch.advantages = np.abs(batch.advantages) + batch.mask
+    for _ in range(3):
+        group_plain.update(batch)
+    probe = TrainBatch(prompt_ids=[batch.prompt_ids[1]], completion_ids=[batch.completion_ids[1]])
+    learner_probe = group_plain.compute_logprobs(probe)["old_logprobs"][0]
+
+    questions = ["What is 12 + 7?", "Compute 3 * 41.", "How many left: 9 - 4?"]
+    gens = GeneratorGroup(ModelConfig(path=str(untied_model_dir)), _rollout_cfg(), "cpu")
+    try:
+        prompts = gens.render(questions)
+        engine = gens.actors[0]
+        before = ray.get(engine.logprobs_of.remote(probe.prompt_ids[0], probe.completion_ids[0]))
+        group_plain.setup_weight_sync(gens)
+        pushes = [group_plain.push_weights(gens) for _ in range(2)]
+        after = ray.get(engine.logprobs_of.remote(probe.prompt_ids[0], probe.completion_ids[0]))
+        synced = _sample(gens, prompts)
+    finally:
+        gens.shutdown()
+    print("push metrics", pushes)
+    # the engine served the old weights before the push and the learner's after it
+    assert np.abs(before - learner_probe).max() > 20 * KERNEL_TOL, (before, learner_probe)
+    assert np.abs(after - learner_probe).max() < KERNEL_TOL, (after, learner_probe)
+    for p in pushes:
+        assert p["sync/logprob_diff_max"] < KERNEL_TOL
+        assert p["timing/sync_s"] > 0
+    assert pushes[-1]["sync/version"] == 2
+
+    export = tmp_path / "export"
+    group_plain.save_hf(export)
+    fresh_gens = GeneratorGroup(ModelConfig(path=str(export)), _rollout_cfg(), "cpu")
+    try:
+        fresh = _sample(fresh_gens, prompts)
+    finally:
+        fresh_gens.shutdown()
+
+    # synced engine == fresh engine from the export (same seed): tokens and logprobs
+    assert [c.token_ids for c in synced] == [c.token_ids for c in fresh]
+    for a, b in zip(synced, fresh):
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+
+    # the learner's logprobs of the sampled tokens (same temperature) within the kernel tolerance
+    sampled = TrainBatch(prompt_ids=[c.prompt_ids for c in synced], completion_ids=[c.token_ids for c in synced])
+    ours = group_plain.compute_logprobs(sampled)["old_logprobs"]
+    gap = max(float(np.abs(ours[i, :len(c.token_ids)] - c.logprobs).max()) for i, c in enumerate(synced))
+    print("learner vs vLLM sampled-token logprob gap", gap)
+    assert gap < KERNEL_TOL
+
+    # the export in plain transformers: the learner's logprobs to float precision
+    model = AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32)
+    np.testing.assert_allclose(hf_logprobs(model, sampled).numpy(), ours, atol=2e-5)
