@@ -61,9 +61,9 @@ class RunLogger:
         id_file = self.run_dir / "wandb_id.txt"
         if id_file.exists():
             return id_file.read_text().strip()
-        import wandb
+        import uuid
 
-        run_id = wandb.util.generate_id()
+        run_id = uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
         return run_id
 

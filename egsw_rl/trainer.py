@@ -226,6 +226,13 @@ class Trainer:
             **{k: float(v) for k, v in shape_metrics.items()},
             **rollout.metrics,
             **update_metrics,
+            # the headline names of the learner's numbers (README, "Output")
+            "loss": update_metrics.get("actor/loss"),
+            "grad_norm": update_metrics.get("actor/grad_norm"),
+            "kl/mean": update_metrics.get("actor/ref_kl", 0.0),
+            "clip_frac": update_metrics.get("actor/clip_frac"),
+            "approx_kl": update_metrics.get("actor/approx_kl"),
+            "timing/logprobs_s": timer.times.get("timing/logprobs_s", 0.0),
         }
         return metrics
 
