@@ -542,16 +542,20 @@ def _reprocess_aliased_modules(model: torch.nn.Module) -> list[str]:
 
 
 def sync_weights(send: Callable[[], Any], generators, meta: Sequence[ParamMeta]) -> dict:
-    """Run one sync from the driver: start every generator's receive (`generators` is a
-    GeneratorGroup), then the senders (`send()` returns the learner ranks' ObjectRefs), and wait
-    for both. Returns the generators' summary (version, sync/logprob_diff_max, ...) plus
+    """Run one sync from the driver. `generators` is a GeneratorGroup; `send()` starts the
+    sender side: either it returns the learner ranks' ObjectRefs (every rank runs
+    `WeightSender.send`; rank 0 broadcasts) or it sends in this process and returns anything
+    else. Every generator's receive is started first, so the two sides meet. Returns the
+    generators' summary (sync/version, sync/logprob_diff_max, sync/recv_s, ...) plus
     timing/sync_s."""
     import ray
 
     t0 = time.perf_counter()
-    recv = generators.receive_weights(meta)
-    sends = send()
-    ray.get(sends if isinstance(sends, list) else [sends])
+    recv = generators.receive_weights(meta)  # validates the plan; raises before anything starts
+    sent = send()
+    refs = sent if isinstance(sent, list) else [sent]
+    if refs and all(isinstance(r, ray.ObjectRef) for r in refs):
+        ray.get(refs)
     out = dict(ray.get(recv))
     out["timing/sync_s"] = time.perf_counter() - t0
     return out

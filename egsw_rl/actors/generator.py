@@ -30,8 +30,8 @@ before waiting).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, is_dataclass
@@ -482,9 +482,12 @@ class GeneratorGroup:
 
                 o["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     placement_group=placement_group, placement_group_bundle_index=i)
-            self.actors.append(cls.options(**o).remote(self.mcfg, self.rcfg, self.device))
+            # distinct engine seeds: data-parallel shards must not draw the same noise
+            rcfg = dataclasses.replace(self.rcfg, seed=int(self.rcfg.seed) + i)
+            self.actors.append(cls.options(**o).remote(self.mcfg, rcfg, self.device))
         self.info = ray.get([a.ready.remote() for a in self.actors], timeout=ready_timeout_s)
         self._expected: Optional[dict] = None
+        self._collect = ray.remote(num_cpus=0)(_collect_sync)
 
     # ------------------------------------------------------------------ rollout
 
@@ -531,6 +534,7 @@ class GeneratorGroup:
         ray.get([a.set_version.remote(int(v)) for a in self.actors])
 
     def reseed(self, seed: int) -> None:
+        """Actor i restarts its sampling RNG from seed + i (and clears its prefix cache)."""
         import ray
 
         ray.get([a.reseed.remote(int(seed) + i) for i, a in enumerate(self.actors)])
@@ -580,8 +584,7 @@ class GeneratorGroup:
             raise ValueError("weight sync rejected: " + "; ".join(problems))
         rows = meta_to_rows(meta)
         refs = [a.receive_weights.remote(rows) for a in self.actors]
-        collect = ray.remote(num_cpus=0)(_collect_sync)
-        return collect.remote(self.actors, *refs)
+        return self._collect.remote(self.actors, *refs)
 
     def shutdown(self) -> None:
         import ray
