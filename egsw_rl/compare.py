@@ -115,10 +115,11 @@ def load_runs(paths: Sequence[str], *, labels: Optional[Sequence[str]] = None,
         rows = read_metrics(d / "metrics.jsonl")
         if not rows:
             raise CompareError(f"{d}/metrics.jsonl has no rows")
-        # A resumed run may have re-logged steps: keep the last row of each step, in step order.
+        # Rows of one step are merged (an eval row may come apart from the training row); a
+        # resumed run that re-logged a step overrides the earlier values. Then in step order.
         by_step: dict[int, dict] = {}
         for j, r in enumerate(rows):
-            by_step[int(r.get("step", j + 1))] = r
+            by_step.setdefault(int(r.get("step", j + 1)), {}).update(r)
         rows = [by_step[s] for s in sorted(by_step)]
         runs.append(Run(d, name, labels[i] if labels is not None else run_label(d, label_key), rows))
     return runs

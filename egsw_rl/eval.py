@@ -396,7 +396,7 @@ def load_benchmark(name: str, path: Optional[str] = None, *, limit: Optional[int
         if name not in SOURCES and not Path(name).exists():
             known = ", ".join(k for k in SOURCES if k != "simplerl_8k")
             raise EvalError(f"unknown benchmark {name!r}: use one of {known}, or NAME=PATH")
-        problems, _ = load_problems(name, seed=seed)
+        problems, _ = load_problems(name, seed=seed, max_samples=limit)
     else:
         p = Path(path).expanduser()
         if not p.exists():
@@ -410,7 +410,7 @@ def load_benchmark(name: str, path: Optional[str] = None, *, limit: Optional[int
         with tempfile.TemporaryDirectory() as tmp:
             if p.suffix.lower() == ".csv":
                 p = _csv_to_jsonl(p, Path(tmp))
-            problems, _ = load_problems(str(p), seed=seed, **kw)
+            problems, _ = load_problems(str(p), seed=seed, max_samples=limit, **kw)
     return problems[:limit] if limit else problems
 
 

@@ -365,10 +365,13 @@ def test_compare_runs_labels_window_and_resume_duplicates(tmp_path):
         f.write(json.dumps({"step": 2, "reward/mean": 0.7}) + "\n")
         f.write(json.dumps({"step": 3, "reward/mean": 0.9}) + "\n")
         f.write('{"step": 4, "rew')  # torn last line
+    with (a / "metrics.jsonl").open("a") as f:  # a periodic-eval row apart from the step's training row
+        f.write(json.dumps({"step": 4, "eval/math500/accuracy": 0.5}) + "\n")
     md, summary, pngs = cmp.compare_runs([str(a), str(b)], None, labels=["x", "y"], final_window=2,
-                                         metrics=["reward/mean"])
+                                         metrics=["reward/mean", "eval/math500/accuracy"])
     assert pngs == []
     assert summary["runs"]["a"]["reward/mean"]["final"] == pytest.approx(0.35)
+    assert summary["runs"]["a"]["eval/math500/accuracy"]["final"] == pytest.approx(0.5)
     assert summary["runs"]["b"]["reward/mean"]["final"] == pytest.approx(0.8)  # steps 2 (0.7), 3 (0.9)
     assert summary["runs"]["b"]["steps"] == 3
     assert set(summary["labels"]) == {"x", "y"}
