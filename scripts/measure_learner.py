@@ -2,7 +2,9 @@
 seconds per weight push to one vLLM generator.
 
     python scripts/measure_learner.py                     # tiny model, 1 and 2 ranks, 3 updates
-    python scripts/measure_learner.py --model medium      # ~30M parameters: memory halving shows
+    python scripts/measure_learner.py --model medium      # ~25M parameters
+    python scripts/measure_learner.py --model large --seqs 4 --updates 1 --max-completion 48
+                                                          # ~140M: memory halving shows
     python scripts/measure_learner.py --push              # also time weight pushes (starts vLLM)
 
 Prints one JSON line per configuration. CPU only here (2 cores): with 2 ranks both processes
@@ -22,20 +24,23 @@ def model_dir(kind: str) -> str:
 
     if kind == "tiny":
         return str(tiny_model())
-    if kind == "medium":
+    if kind == "medium":  # ~25M parameters
         return str(tiny_model(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=2,
                               intermediate_size=1408, vocab_size=4096))
+    if kind == "large":  # ~140M parameters: parameter and optimizer state dominate the RSS
+        return str(tiny_model(hidden_size=1024, num_layers=12, num_heads=16, num_kv_heads=4,
+                              intermediate_size=2816, vocab_size=4096))
     return kind
 
 
-def make_batch(n: int, seed: int = 0, vocab: int = 480):
+def make_batch(n: int, seed: int = 0, vocab: int = 480, max_completion: int = 160):
     import numpy as np
 
     from egsw_rl.batch import TrainBatch
 
     rng = np.random.default_rng(seed)
     prompts = [rng.integers(5, vocab, size=int(rng.integers(24, 64))).tolist() for _ in range(n)]
-    comps = [rng.integers(5, vocab, size=int(rng.integers(16, 160))).tolist() for _ in range(n)]
+    comps = [rng.integers(5, vocab, size=int(rng.integers(16, max(17, max_completion)))).tolist() for _ in range(n)]
     T = max(len(c) for c in comps)
     mask = np.zeros((n, T), dtype=bool)
     for i, c in enumerate(comps):
@@ -50,6 +55,7 @@ def main() -> None:
     ap.add_argument("--model", default="tiny", help="tiny | medium | an HF folder")
     ap.add_argument("--ranks", default="1,2")
     ap.add_argument("--seqs", type=int, default=32)
+    ap.add_argument("--max-completion", type=int, default=160)
     ap.add_argument("--updates", type=int, default=3)
     ap.add_argument("--micro-batch-tokens", type=int, default=2048)
     ap.add_argument("--push", action="store_true", help="time weight pushes to one vLLM generator")
@@ -69,7 +75,7 @@ def main() -> None:
     from transformers import AutoConfig
 
     vocab = int(AutoConfig.from_pretrained(path).vocab_size)
-    batch = make_batch(args.seqs, vocab=min(vocab, 480))
+    batch = make_batch(args.seqs, vocab=min(vocab, 480), max_completion=args.max_completion)
     for ranks in [int(r) for r in args.ranks.split(",")]:
         lcfg = LearnerConfig(num_ranks=ranks, cpus_per_rank=1.0, micro_batch_tokens=args.micro_batch_tokens,
                              lr=1e-5)
@@ -87,13 +93,16 @@ def main() -> None:
         group.compute_logprobs(batch)
         lp_s = time.perf_counter() - t1
         mem = group.memory()
+        rss_now = [round(x["rss_gib"], 3) for x in mem]
         row = {
             "model": args.model, "ranks": ranks, "params": group.shard_info()[0]["total_numel"],
             "local_params": [s["local_numel"] for s in group.shard_info()],
             "train_tokens_per_update": m["actor/train_tokens"], "padding_frac": m["actor/padding_frac"],
             "train_tokens_per_s": sorted(rates)[len(rates) // 2], "update_s": sorted(secs)[len(secs) // 2],
             "logprob_pass_s": lp_s, "start_s": start_s,
+            "base_rss_gib": [round(x["base_rss_gib"], 3) for x in mem_start],
             "rss_after_load_gib": [round(x["rss_gib"], 3) for x in mem_start],
+            "rss_after_updates_gib": rss_now,
             "peak_rss_gib": [round(x["peak_rss_gib"], 3) for x in mem],
         }
         if args.push:

@@ -38,13 +38,16 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def build_ds_config(lcfg, *, device: str, dtype: str, train: bool) -> dict:
+def build_ds_config(lcfg, *, device: str, dtype: str, train: bool, hidden_size: Optional[int] = None) -> dict:
     """The DeepSpeed config generated from `learner.*` (the user never writes JSON).
 
     ZeRO stage 3; bf16 on GPU (fp32 gradient accumulation), fp32 on CPU; AdamW (torch's on CPU,
     DeepSpeed's fused / CPU Adam on GPU); gradient clipping. Batch sizes are placeholders
     (micro 1, accumulation 1): the learner forms token-budget micro-batches and marks the
-    accumulation boundary itself. `learner.deepspeed` is merged over the result.
+    accumulation boundary itself. With the model's `hidden_size` the ZeRO-3 buffers are sized
+    from it (reduce bucket h^2, prefetch 0.9 h^2, persistence 10 h, the usual recipe) instead of
+    DeepSpeed's fixed 5e8-element reduce bucket, whose full-gradient staging would not shrink
+    with the number of ranks. `learner.deepspeed` is merged over the result.
     """
     on_gpu = device == "cuda"
     zero: dict[str, Any] = {
@@ -53,6 +56,11 @@ def build_ds_config(lcfg, *, device: str, dtype: str, train: bool) -> dict:
         "contiguous_gradients": True,
         "stage3_gather_16bit_weights_on_model_save": False,
     }
+    if hidden_size:
+        h = int(hidden_size)
+        zero["reduce_bucket_size"] = h * h
+        zero["stage3_prefetch_bucket_size"] = int(0.9 * h * h)
+        zero["stage3_param_persistence_threshold"] = 10 * h
     if lcfg.offload_params:
         zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
     if train and lcfg.offload_optimizer:

@@ -58,6 +58,18 @@ def _as_cfg(obj, cls):
     return cls(**dict(obj))
 
 
+def _malloc_trim() -> None:
+    """Return freed heap pages to the OS (glibc); a no-op elsewhere."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 # =============================================================================== one rank
 
 
@@ -121,8 +133,16 @@ class Learner:
         backend = "nccl" if self.device_kind == "cuda" else "gloo"
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
         torch.manual_seed(self.seed)
+        self._rss_base = self._rss()  # libraries + process group, before any model memory
         self._build()
+        _malloc_trim()  # hand the loader's transient buffers (full-size gathers) back to the OS
         return self.shard_info()
+
+    @staticmethod
+    def _rss() -> float:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**30
 
     def _load_hf(self, ds_config: dict, *, train: bool):
         import torch
@@ -143,8 +163,13 @@ class Learner:
 
         from egsw_rl.actors._learner_model import LogprobModel, build_ds_config, lr_lambda
 
+        from transformers import AutoConfig
+
         chunk = int(self.lcfg.logprob_chunk_tokens)
-        self.ds_config = build_ds_config(self.lcfg, device=self.device_kind, dtype=self.dtype_name, train=True)
+        hidden = getattr(AutoConfig.from_pretrained(self.model_path, trust_remote_code=self.mcfg.trust_remote_code),
+                         "hidden_size", None)
+        self.ds_config = build_ds_config(self.lcfg, device=self.device_kind, dtype=self.dtype_name, train=True,
+                                         hidden_size=hidden)
         hf = self._load_hf(self.ds_config, train=True)
         self.pad_id = int(hf.config.pad_token_id if hf.config.pad_token_id is not None else 0)
         self.hf_config = hf.config
@@ -159,7 +184,8 @@ class Learner:
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, fn))
         self.module = module
         if float(self.acfg.beta) > 0:
-            ref_cfg = build_ds_config(self.lcfg, device=self.device_kind, dtype=self.dtype_name, train=False)
+            ref_cfg = build_ds_config(self.lcfg, device=self.device_kind, dtype=self.dtype_name, train=False,
+                                      hidden_size=hidden)
             ref_hf = self._load_hf(ref_cfg, train=False)
             ref_hf.requires_grad_(False)
             ref = LogprobModel(ref_hf, self.temperature, chunk)
@@ -180,11 +206,10 @@ class Learner:
                 "has_ref": self.ref_engine is not None}
 
     def memory(self) -> dict:
-        import psutil
-
+        """RSS now, peak RSS, and the RSS before the model was built (libraries, process group)."""
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return {"rank": self.rank, "rss_gib": psutil.Process().memory_info().rss / 2**30,
-                "peak_rss_gib": peak_kib / 2**20}
+        return {"rank": self.rank, "rss_gib": self._rss(), "peak_rss_gib": peak_kib / 2**20,
+                "base_rss_gib": getattr(self, "_rss_base", float("nan"))}
 
     # ------------------------------------------------------------------ forward helpers
 

@@ -110,3 +110,13 @@ def test_collate_positions_and_targets():
     assert grid.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 0.0]]
     dummy = collate(prompts, comps, [], pad_id=0, device=torch.device("cpu"))
     assert dummy["dummy"] and dummy["input_ids"].shape == (1, 1)
+
+
+def test_zero3_buffers_follow_the_hidden_size_unless_overridden():
+    cfg = build_ds_config(LearnerConfig(), device="cpu", dtype="float32", train=True, hidden_size=64)
+    z = cfg["zero_optimization"]
+    assert z["reduce_bucket_size"] == 4096 and z["stage3_param_persistence_threshold"] == 640
+    assert z["stage3_prefetch_bucket_size"] == int(0.9 * 4096)
+    user = LearnerConfig(deepspeed={"zero_optimization": {"reduce_bucket_size": 10}})
+    assert build_ds_config(user, device="cpu", dtype="float32", train=True,
+                           hidden_size=64)["zero_optimization"]["reduce_bucket_size"] == 10
