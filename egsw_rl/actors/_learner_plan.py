@@ -11,8 +11,8 @@ A batch of N sequences goes to R ranks, then into micro-batches on each rank:
 - `equalize`: with ZeRO-3 every forward and backward all-gathers parameters on all ranks, so all
   ranks must run the same number of micro-batches; short ranks get empty micro-batches (a
   1-token masked forward with zero loss).
-- `mini_batch_split`: PPO-style optimizer steps per batch (`algo.mini_batches`), sequences
-  shuffled per epoch with a seeded generator so every process derives the same split.
+- `mini_batch_split`: PPO-style optimizer steps per batch (`algo.mini_batches`): contiguous
+  parts (whole prompt groups), visited in a seeded random order per epoch.
 """
 
 from __future__ import annotations
@@ -81,14 +81,18 @@ def equalize(per_rank: list[list[list[int]]]) -> list[list[list[int]]]:
 
 
 def mini_batch_split(n: int, mini_batches: int, *, seed: int | None) -> list[list[int]]:
-    """Split range(n) into `mini_batches` near-equal parts. seed None keeps the order (one part
-    covering everything when mini_batches == 1); otherwise a seeded permutation."""
+    """Split range(n) into `mini_batches` contiguous near-equal parts (the driver orders sequences
+    prompt by prompt, so when mini_batches divides the number of prompts each part holds whole
+    groups); with a seed the parts come in a seeded random order."""
     if mini_batches < 1:
         raise ValueError(f"mini_batches must be >= 1, got {mini_batches}")
     if mini_batches > max(n, 1):
         raise ValueError(f"algo.mini_batches={mini_batches} exceeds the {n} sequences of the batch")
-    idx = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
-    return [sorted(int(i) for i in part) for part in np.array_split(idx, mini_batches)]
+    parts = [[int(i) for i in part] for part in np.array_split(np.arange(n), mini_batches)]
+    if seed is not None:
+        order = np.random.default_rng(seed).permutation(len(parts))
+        parts = [parts[k] for k in order]
+    return parts
 
 
 def padding_stats(micro: Sequence[Sequence[int]], lengths: Sequence[int]) -> tuple[int, int]:

@@ -450,19 +450,25 @@ class LearnerGroup:
         gpu = self.device == "cuda"
         nodes = max(1, int(self.lcfg.num_nodes))
         cpus = float(self.lcfg.cpus_per_rank)
-        if nodes == 1:
+        per_node = int(self.lcfg.gpus_per_node) if gpu and self.lcfg.gpus_per_node > 0 else -(-n // nodes)
+        if per_node * nodes < n:
+            raise ValueError(f"learner.num_ranks={n} does not fit learner.num_nodes={nodes} x "
+                             f"learner.gpus_per_node={per_node}")
+        used = -(-n // per_node)  # nodes that get ranks, filled in order: ranks contiguous per node
+        if used == 1:
             bundles = [{"CPU": cpus, **({"GPU": 1} if gpu else {})} for _ in range(n)]
             bundle_of = list(range(n))
             strategy = "STRICT_PACK" if gpu else "PACK"
         else:
-            per_node = int(self.lcfg.gpus_per_node) if gpu and self.lcfg.gpus_per_node > 0 else -(-n // nodes)
-            if per_node * nodes != n:
-                raise ValueError(f"learner.num_ranks={n} must equal learner.num_nodes={nodes} x "
-                                 f"{'learner.gpus_per_node' if gpu else 'ranks per node'}={per_node}")
-            # One bundle per node, each holding that node's ranks: ranks are contiguous per node.
-            bundles = [{"CPU": cpus * per_node, **({"GPU": per_node} if gpu else {})} for _ in range(nodes)]
+            # One bundle per node holding that node's ranks, each bundle on a different node.
+            counts = [min(per_node, n - k * per_node) for k in range(used)]
+            bundles = [{"CPU": cpus * c, **({"GPU": c} if gpu else {})} for c in counts]
             bundle_of = [r // per_node for r in range(n)]
             strategy = "STRICT_SPREAD"
+        # the cosine schedule needs its length: fail here, before any actor starts
+        from egsw_rl.actors._learner_model import lr_lambda
+
+        lr_lambda(self.lcfg.lr_schedule, self.lcfg.warmup_steps, total_steps)
         self.pg = placement_group(bundles, strategy=strategy)
         ready, _ = ray.wait([self.pg.ready()], timeout=ready_timeout_s)
         if not ready:
@@ -577,6 +583,9 @@ class LearnerGroup:
         for name in ("advantages", "mask"):
             if getattr(batch, name) is None:
                 raise ValueError(f"TrainBatch.{name} is required by update()")
+        if batch.old_logprobs is None and (int(self.acfg.ppo_epochs) > 1 or int(self.acfg.mini_batches) > 1):
+            raise ValueError("TrainBatch.old_logprobs is required with algo.ppo_epochs > 1 or "
+                             "algo.mini_batches > 1 (compute_logprobs before update)")
         t0 = time.perf_counter()
         steps = self._plan_update(batch)
         ref = ray.put(batch)

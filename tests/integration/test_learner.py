@@ -240,7 +240,7 @@ def untied_model_dir():
 
 
 @pytest.fixture(scope="module")
-def group_plain(ray_session, untied_model_dir):
+def group_plain(ray_session, untied_model_dir, tmp_path_factory):
     """2 ranks, DAPO token-mean, entropy bonus, beta = 0; gradient checkpointing, parameter and
     optimizer offload; no gradient clipping (so a wrong gradient scale shows in the step)."""
     from egsw_rl.actors.learner import LearnerGroup
@@ -250,6 +250,8 @@ def group_plain(ray_session, untied_model_dir):
                         offload_optimizer=True)
     g = LearnerGroup(ModelConfig(path=str(untied_model_dir)), lcfg, algo, "cpu", sampling_temperature=TEMP)
     g.test_algo, g.test_lcfg = algo, lcfg
+    g.test_init_ckpt = str(tmp_path_factory.mktemp("init") / "ckpt")
+    g.save_checkpoint(g.test_init_ckpt)  # fresh weights and optimizer, for tests that need them
     yield g
     g.shutdown()
 
@@ -263,6 +265,54 @@ def test_no_reference_model_when_beta_is_zero(group_plain):
 def test_update_equals_single_process_reference_token_mean(group_plain, untied_model_dir, tmp_path):
     check_equals_reference(group_plain, untied_model_dir, group_plain.test_algo, group_plain.test_lcfg,
                            tmp_path, "tm")
+
+
+def test_epochs_and_mini_batches_equal_sequential_reference_steps(group_plain, untied_model_dir, tmp_path):
+    """ppo_epochs=2 x mini_batches=2: four optimizer steps, each normalised over its own
+    mini-batch, equal four plain-torch AdamW steps on the same sub-batches in the same order."""
+    from transformers import AutoModelForCausalLM
+
+    g = group_plain
+    g.load_checkpoint(g.test_init_ckpt)
+    algo = dataclasses.replace(g.test_algo, ppo_epochs=2, mini_batches=2)
+    saved_algo, g.acfg = g.acfg, algo
+    try:
+        batch = make_batch(n=8, seed=26)
+        with pytest.raises(ValueError, match="old_logprobs"):
+            g.update(batch)
+        batch.old_logprobs = (g.compute_logprobs(batch)["old_logprobs"] - 0.05 * batch.mask).astype(np.float32)
+        steps = g._plan_update(batch)
+        assert len(steps) == 4
+        for epoch in (steps[:2], steps[2:]):  # each epoch visits both halves (whole groups)
+            assert sorted(s["seqs"] for s in epoch) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+        metrics = g.update(batch)
+        g.save_hf(tmp_path / "after")
+    finally:
+        g.acfg = saved_algo
+    assert metrics["actor/optimizer_steps"] == 4
+
+    lcfg = g.test_lcfg
+    model = AutoModelForCausalLM.from_pretrained(untied_model_dir, dtype=torch.float32)
+    w0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=lcfg.lr, betas=tuple(lcfg.adam_betas), eps=lcfg.adam_eps,
+                            weight_decay=lcfg.weight_decay)
+    for st in steps:
+        sub = TrainBatch(prompt_ids=[batch.prompt_ids[i] for i in st["seqs"]],
+                         completion_ids=[batch.completion_ids[i] for i in st["seqs"]])
+        T = max(len(c) for c in sub.completion_ids)
+        pick = lambda a: torch.from_numpy(a[st["seqs"], :T])  # noqa: E731
+        lp, ent = hf_logprobs(model, sub, grad=True, entropy=True)
+        mask = pick(batch.mask)
+        norms = algos.loss_normalizers(mask, algo.agg)
+        loss, _ = algos.policy_loss(lp, pick(batch.old_logprobs), pick(batch.advantages), mask,
+                                    weights=pick(batch.weights), clip_low=algo.clip_low, clip_high=algo.clip_high,
+                                    agg=algo.agg, entropy=ent, entropy_coef=algo.entropy_coef, **norms)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), lcfg.grad_clip)
+        opt.step()
+    want = {k: v.detach() for k, v in model.state_dict().items()}
+    assert_same_step(w0, load_export(tmp_path / "after"), want, rel=5e-4)
 
 
 def test_checkpoint_restores_model_optimizer_and_schedule(group_plain, tmp_path):

@@ -84,12 +84,13 @@ def test_plan_pass_on_a_subset_keeps_global_ids():
     assert sorted(i for r in per_rank for mb in r for i in mb) == subset
 
 
-def test_mini_batch_split_is_a_seeded_partition():
-    a = plan.mini_batch_split(10, 3, seed=5)
-    b = plan.mini_batch_split(10, 3, seed=5)
-    assert a == b
-    assert sorted(i for p in a for i in p) == list(range(10))
-    assert sorted(len(p) for p in a) == [3, 3, 4]
+def test_mini_batch_split_is_a_seeded_partition_into_contiguous_groups():
+    a = plan.mini_batch_split(12, 3, seed=5)
+    assert a == plan.mini_batch_split(12, 3, seed=5)
+    assert sorted(a) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]  # whole groups of 4 (G=4)
+    orders = {tuple(p[0] for p in plan.mini_batch_split(12, 3, seed=s)) for s in range(20)}
+    assert len(orders) > 1  # the visiting order changes with the seed
+    assert sorted(len(p) for p in plan.mini_batch_split(10, 3, seed=None)) == [3, 3, 4]
     assert plan.mini_batch_split(4, 1, seed=None) == [[0, 1, 2, 3]]
     with pytest.raises(ValueError, match="mini_batches"):
         plan.mini_batch_split(2, 3, seed=0)
