@@ -459,14 +459,18 @@ class WorkerExtension:
         h = _bcast(self._egsw_pg, torch.empty(4, dtype=torch.int64, device=self._egsw_device)).tolist()
         return int(h[0]), int(h[1]), int(h[2])
 
-    def _egsw_stream(self, meta: list[ParamMeta], state: dict) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield (name, tensor) bucket by bucket; reads the END message (probe) last."""
+    def _egsw_stream(self, meta: list[ParamMeta], state: dict,
+                     drain: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield (name, tensor) bucket by bucket; reads the END message (probe) last. With
+        `drain`, receive and discard everything up to END (keeps the group in step)."""
         pos = 0
         while True:
             kind, a, b = self._egsw_header()
             if kind == KIND_BUCKET:
                 flat = _bcast(self._egsw_pg, torch.empty(b, dtype=torch.uint8, device=self._egsw_device))
                 state["bytes"] += b
+                if drain:
+                    continue
                 off = 0
                 for m in meta[pos:pos + a]:
                     t = flat[off:off + m.nbytes].view(_DTYPES[m.dtype]).view(m.shape)
@@ -485,8 +489,8 @@ class WorkerExtension:
             else:
                 raise RuntimeError(f"weight sync: unexpected message kind {kind}")
 
-    def _egsw_drain(self, meta, state) -> None:
-        for _ in self._egsw_stream(meta, state):
+    def _egsw_drain(self, state) -> None:
+        for _ in self._egsw_stream([], state, drain=True):
             pass
 
     def egsw_receive(self, meta_rows: list, strict: bool = True) -> dict:
@@ -501,14 +505,14 @@ class WorkerExtension:
         shapes, tied = self._egsw_expected()
         problems = validate_meta(meta, shapes if strict else None, tied)
         if problems:
-            self._egsw_drain(meta, state)
+            self._egsw_drain(state)
             raise ValueError("weight sync rejected, engine weights unchanged: " + "; ".join(problems))
         stream = self._egsw_stream(meta, state)
         try:
             self.reload_weights(weights_iterator=stream, is_checkpoint_format=True)
         finally:
             if not state["done"]:  # keep the group in step with the sender whatever happened
-                self._egsw_drain(meta[len(state["names"]):], state)
+                self._egsw_drain(state)
         repacked = _reprocess_aliased_modules(self.model_runner.get_model())
         return {"bytes": state["bytes"], "params": len(state["names"]),
                 "probe_ids": state.get("probe_ids", []),

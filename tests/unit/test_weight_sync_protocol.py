@@ -121,10 +121,14 @@ def _port():
         return s.getsockname()[1]
 
 
+_SENDERS: list = []  # the last pair's sender, for tests that reuse its group
+
+
 def _run_pair(model, send_meta, recv_meta, worker, bucket_bytes=64 * 1024):
     """Sender in a thread, receiver here; returns (sender result, receiver result or exception)."""
     port = _port()
     sender = ws.WeightSender("127.0.0.1", port, 2, "gloo", timeout_s=60)
+    _SENDERS.append(sender)
     out = {}
 
     def send_side():
@@ -204,3 +208,30 @@ def test_receiver_rejects_a_bad_plan_without_loading_and_stays_in_step(tiny_lm, 
     assert "model.norm.weight" in str(res) and "weights unchanged" in str(res)
     assert worker.reloads == 0 and worker.loaded == {}
     assert sent["bytes"] > 0  # the sender finished: the stream was drained
+
+
+class FailingWorker(FakeWorker):
+    """A loader that fails part-way through the stream (e.g. a weight_loader error)."""
+
+    def reload_weights(self, weights_iterator, is_checkpoint_format=True):
+        for i, (name, t) in enumerate(weights_iterator):
+            if i == 3:
+                raise RuntimeError("loader exploded")
+
+
+def test_a_loader_error_mid_stream_does_not_hang_the_sender(tiny_lm, tiny_model_dir):
+    meta = ws.param_meta(tiny_lm)
+    worker = FailingWorker(tiny_model_dir)
+    sent, res = _run_pair(tiny_lm, meta, meta, worker, bucket_bytes=16 * 1024)
+    assert isinstance(res, RuntimeError) and "loader exploded" in str(res)
+    assert sent["bytes"] == sum(m.padded_nbytes for m in meta)
+    # and the group is still usable: a second, good sync over the same group
+    good = FakeWorker(tiny_model_dir)
+    good._egsw_pg, good._egsw_device = worker._egsw_pg, worker._egsw_device
+    out = {}
+    t = threading.Thread(target=lambda: out.update(
+        sent=_SENDERS[-1].send(tiny_lm, ws.plan_buckets(meta, 16 * 1024), is_sender=True)))
+    t.start()
+    res2 = good.egsw_receive(ws.meta_to_rows(meta))
+    t.join(timeout=60)
+    assert res2["params"] == len(meta) and set(good.loaded) == {m.name for m in meta}
