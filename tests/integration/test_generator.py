@@ -3,7 +3,6 @@ parallel), checked against transformers running the same weights."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import ray
