@@ -185,7 +185,14 @@ class Trainer:
             entropy = extra["entropy"]
         else:
             entropy = pad([c.entropy for c in comps], T)
-        sampled = batch.old_logprobs if batch.old_logprobs is not None else pad([c.logprobs for c in comps], T)
+        rollout_lp = pad([c.logprobs for c in comps], T)
+        sampled = batch.old_logprobs if batch.old_logprobs is not None else rollout_lp
+        if batch.old_logprobs is not None:  # vLLM vs learner on the same tokens: drift shows here
+            diff = np.abs(batch.old_logprobs - rollout_lp)[mask]
+            extra_metrics = {"rollout/logprob_diff_mean": float(diff.mean()) if diff.size else 0.0,
+                             "rollout/logprob_diff_max": float(diff.max()) if diff.size else 0.0}
+        else:
+            extra_metrics = {}
 
         with timer("shape"):
             A, W, M, shape_metrics = algos.shape_batch(
@@ -226,6 +233,7 @@ class Trainer:
             **{k: float(v) for k, v in shape_metrics.items()},
             **rollout.metrics,
             **update_metrics,
+            **extra_metrics,
             # the headline names of the learner's numbers (README, "Output")
             "loss": update_metrics.get("actor/loss"),
             "grad_norm": update_metrics.get("actor/grad_norm"),
