@@ -69,6 +69,9 @@ class Trainer:
         self.data_skipped = skipped
         self.sampler = PromptSampler(len(self.problems), cfg.data.batch_size,
                                      seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
+        self.eval_sets = {name: load_problems(name, max_samples=cfg.data.eval_samples,
+                                              seed=cfg.trainer.seed)[0][:cfg.data.eval_samples]
+                          for name in cfg.data.eval}
 
         model_cfg = dataclasses.replace(OmegaConf.to_object(cfg.model),
                                         path=resolve_model_path(cfg.model.path))
@@ -244,6 +247,22 @@ class Trainer:
         }
         return metrics
 
+    def evaluate(self, step: int) -> dict:
+        """Accuracy on each `data.eval` set: G samples a problem at the rollout temperature
+        (avg@G), graded by the reward actor. Written to eval.jsonl, returned for the step's row."""
+        import ray
+
+        out: dict = {}
+        for name, problems in self.eval_sets.items():
+            completions, _ = self._generate(problems)
+            golds = [problems[c.prompt_index].answer for c in completions]
+            results, _ = ray.get(self.rewarder.score.remote([c.text for c in completions], golds))
+            out[f"eval/{name}/accuracy"] = sum(r.status == "correct" for r in results) / len(results)
+        if out:
+            with (self.run_dir / "eval.jsonl").open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, **out}) + "\n")
+        return out
+
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> dict:
@@ -254,6 +273,7 @@ class Trainer:
                            config=OmegaConf.to_container(cfg, resolve=True),
                            progress_bar=cfg.logger.progress_bar, start_step=start)
         last: dict = {}
+        before = self.evaluate(0) if start == 0 and self.eval_sets else {}
         inflight = None  # overlap mode: (problems, future of completions) for the next step
         sampler_before_inflight = None
         try:
@@ -283,6 +303,10 @@ class Trainer:
                 lag = [self.version - 1 - c.version for c in rollout.completions]
                 step_s = time.perf_counter() - t0
                 metrics.update(sync_metrics)
+                if self.eval_sets and (step == cfg.trainer.total_steps or (
+                        cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0)):
+                    with timer("eval"):
+                        metrics.update(self.evaluate(step))
                 metrics.update(timer.times)
                 metrics.update({
                     "step": step,
@@ -299,6 +323,10 @@ class Trainer:
                     self.save(step, sampler_state=sampler_before_inflight)
         finally:
             logger.close(plots=cfg.logger.plots)
+        for key, value in before.items():
+            if key in last:
+                log.info("%s: %.3f before training, %.3f after", key, value, last[key])
+                print(f"{key}: {value:.3f} before training -> {last[key]:.3f} after", flush=True)
         return last
 
     def _log_samples(self, step: int, rollout: Rollout) -> None:

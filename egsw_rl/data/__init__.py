@@ -125,8 +125,9 @@ def load_problems(spec: str, *, split: str = "train", question_key: str = "quest
 
     `spec` is a named set (SOURCES, or "arithmetic"), a local .jsonl/.json/.parquet path, or a
     hub data set name. Field names come from the named set or from question_key / answer_key."""
-    if spec == "arithmetic":
-        return arithmetic_problems(max_samples or 4096, seed=seed), 0
+    if spec in ("arithmetic", "arithmetic_heldout"):
+        split = "test" if spec == "arithmetic_heldout" else "train"
+        return arithmetic_problems(max_samples or 4096, seed=seed, split=split), 0
 
     rows: list[dict]
     where = spec
@@ -185,17 +186,28 @@ def _choice_problem(row: dict, i: int, seed: int) -> Problem:
     return Problem(f"{row['Question'].strip()}\n\n{body}", letter, id=str(i), choices=tuple(options))
 
 
-def arithmetic_problems(n: int, *, seed: int = 0, max_operand: int = 15) -> list[Problem]:
-    """Two-operand addition / subtraction word problems with integer answers."""
-    rng = random.Random(seed)
+def _heldout_pair(a: int, b: int) -> bool:
+    return (7 * a + 3 * b) % 5 == 0  # about a fifth of the operand pairs, never trained on
+
+
+def arithmetic_problems(n: int, *, seed: int = 0, max_operand: int = 15,
+                        split: str = "train") -> list[Problem]:
+    """Two-operand addition / subtraction word problems with integer answers. The "test" split
+    uses only operand pairs the "train" split never contains, so its accuracy is held out."""
+    rng = random.Random(f"{seed}-{split}")
     out = []
-    for i in range(n):
+    while len(out) < n:
         a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
-        if rng.random() < 0.5:
-            out.append(Problem(f"What is {a} + {b}?", str(a + b), id=f"arith-{i}"))
-        else:
+        plus = rng.random() < 0.5
+        if not plus:
             a, b = max(a, b), min(a, b)
-            out.append(Problem(f"What is {a} - {b}?", str(a - b), id=f"arith-{i}"))
+        if _heldout_pair(a, b) != (split == "test"):
+            continue
+        i = len(out)
+        if plus:
+            out.append(Problem(f"What is {a} + {b}?", str(a + b), id=f"arith-{split}-{i}"))
+        else:
+            out.append(Problem(f"What is {a} - {b}?", str(a - b), id=f"arith-{split}-{i}"))
     return out
 
 

@@ -15,6 +15,12 @@ def test_arithmetic_is_seeded_and_correct():
         assert int(p.answer) == (int(x) + int(y) if op == "+" else int(x) - int(y))
 
 
+def test_arithmetic_heldout_pairs_never_appear_in_training():
+    pairs = lambda ps: {p.question for p in ps}  # noqa: E731
+    train, test = arithmetic_problems(4000, seed=0), arithmetic_problems(500, seed=0, split="test")
+    assert pairs(train).isdisjoint(pairs(test)) and len(pairs(test)) > 20
+
+
 def test_simplerl_drops_the_two_empty_answers(shared_data, monkeypatch):
     monkeypatch.setenv("EGSW_RL_DATA", str(shared_data))
     problems, skipped = load_problems("simplerl_8k")
