@@ -301,7 +301,7 @@ def compare_runs(paths: Sequence[str], out: Optional[Path] = None, *, labels: Op
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m egsw_rl.compare", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m egsw_rl.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories or sweep folders")
     p.add_argument("--out", default="comparison", help="where PNGs, compare.md, compare.json go (default %(default)s)")
