@@ -5,7 +5,8 @@
     python -m egsw_rl.compare runA runB --labels grpo,egsw --metrics reward/mean,egsw/ess_frac
 
 Each run directory's `metrics.jsonl` (one JSON object per step) is read with
-`egsw_rl.logging.read_metrics`. A directory without one is searched (three levels deep) for run
+`egsw_rl.logging.read_metrics`, together with `eval.jsonl` (the trainer's periodic evaluation,
+including the step-0 row before training) when there is one. A directory without one is searched (three levels deep) for run
 directories, so a Hydra multirun folder can be given as is.
 
 Runs are grouped by label: `--labels` (one per run), else the value of `--label-key` in the
@@ -115,6 +116,8 @@ def load_runs(paths: Sequence[str], *, labels: Optional[Sequence[str]] = None,
         rows = read_metrics(d / "metrics.jsonl")
         if not rows:
             raise CompareError(f"{d}/metrics.jsonl has no rows")
+        # The trainer's periodic eval also goes to eval.jsonl, with the step-0 (before training) row.
+        rows = read_metrics(d / "eval.jsonl") + rows
         # Rows of one step are merged (an eval row may come apart from the training row); a
         # resumed run that re-logged a step overrides the earlier values. Then in step order.
         by_step: dict[int, dict] = {}

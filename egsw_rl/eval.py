@@ -571,7 +571,7 @@ def results_markdown(records: Sequence[Mapping], metric: str = "accuracy") -> st
 
 def load_records(item: str) -> list[dict]:
     """Eval records from a results.json, a directory holding one (an --out dir), a run directory
-    (`<run>/eval/results.json`, else the last periodic-eval row of its metrics.jsonl)."""
+    (`<run>/eval/results.json`, else the last periodic-eval row of its metrics.jsonl / eval.jsonl)."""
     p = Path(item).expanduser()
     candidates = [p] if p.is_file() else [p / "results.json", p / "eval" / "results.json"]
     for c in candidates:
@@ -586,7 +586,7 @@ def load_records(item: str) -> list[dict]:
             for r in recs:
                 r.setdefault("source", str(c))
             return recs
-    if p.is_dir() and (p / "metrics.jsonl").exists():
+    if p.is_dir() and ((p / "metrics.jsonl").exists() or (p / "eval.jsonl").exists()):
         rec = _record_from_metrics(p)
         if rec is not None:
             return [rec]
@@ -597,7 +597,9 @@ def load_records(item: str) -> list[dict]:
 def _record_from_metrics(run_dir: Path) -> Optional[dict]:
     from egsw_rl.logging import read_metrics
 
-    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if any(k.startswith("eval/") for k in r)]
+    rows = [r for name in ("metrics.jsonl", "eval.jsonl") for r in read_metrics(run_dir / name)
+            if any(k.startswith("eval/") for k in r)]
+    rows.sort(key=lambda r: r.get("step", 0))  # stable: eval.jsonl's copy of a step comes last
     if not rows:
         return None
     last = rows[-1]

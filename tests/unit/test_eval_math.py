@@ -284,6 +284,11 @@ def test_compare_reads_periodic_eval_from_run_metrics(tmp_path):
     assert rec["label"] == "clipb" and rec["step"] == 4
     assert rec["benchmarks"]["math500"] == {"accuracy": 0.4, "pass_at_k": {"pass@4": 0.6}}
     assert "mean" not in rec["benchmarks"]
+    only = tmp_path / "only_eval_jsonl"
+    only.mkdir()
+    (only / "eval.jsonl").write_text(json.dumps({"step": 0, "eval/gsm8k/accuracy": 0.25}) + "\n")
+    [rec] = ev.load_records(str(only))
+    assert rec["benchmarks"]["gsm8k"]["accuracy"] == 0.25 and rec["step"] == 0
 
 
 def test_resolve_model_run_and_checkpoint(tmp_path):
@@ -332,9 +337,14 @@ def _fake_run(root: Path, name: str, algo: str, rewards, *, extra=None):
 def test_compare_runs_aggregates_by_algo(tmp_path):
     _fake_run(tmp_path, "grpo_s0", "grpo", [0.1, 0.3, 0.2])
     _fake_run(tmp_path, "grpo_s1", "grpo", [0.2, 0.5, 0.4])
-    _fake_run(tmp_path, "egsw_s0", "egsw", [0.2, 0.4, 0.6], extra={3: {"eval/math500/accuracy": 0.3}})
+    e = _fake_run(tmp_path, "egsw_s0", "egsw", [0.2, 0.4, 0.6], extra={3: {"eval/math500/accuracy": 0.3}})
+    # the trainer's eval.jsonl: a before-training row at step 0 and a copy of the step-3 one
+    (e / "eval.jsonl").write_text(json.dumps({"step": 0, "eval/math500/accuracy": 0.1}) + "\n"
+                                  + json.dumps({"step": 3, "eval/math500/accuracy": 0.3}) + "\n")
     out = tmp_path / "cmp"
     md, summary, pngs = cmp.compare_runs([str(tmp_path)], out)
+    assert summary["runs"]["egsw_s0"]["eval/math500/accuracy"]["points"] == 2
+    assert summary["runs"]["egsw_s0"]["steps"] == 3
     runs = summary["runs"]
     assert set(runs) == {"grpo_s0", "grpo_s1", "egsw_s0"}
     assert runs["grpo_s0"]["reward/mean"]["final"] == pytest.approx(0.2)
