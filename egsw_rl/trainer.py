@@ -248,19 +248,16 @@ class Trainer:
         return metrics
 
     def evaluate(self, step: int) -> dict:
-        """Accuracy on each `data.eval` set: G samples a problem at the rollout temperature
-        (avg@G), graded by the reward actor. Written to eval.jsonl, returned for the step's row."""
-        import ray
+        """`data.eval` sets with the running generators: G samples a problem at the rollout
+        temperature (avg@G and pass@k), graded by the reward actor. Written to eval.jsonl and
+        returned for the step's metrics row."""
+        from egsw_rl.eval import Grader, eval_metrics, evaluate, generator_fn
 
-        out: dict = {}
-        for name, problems in self.eval_sets.items():
-            completions, _ = self._generate(problems)
-            golds = [problems[c.prompt_index].answer for c in completions]
-            results, _ = ray.get(self.rewarder.score.remote([c.text for c in completions], golds))
-            out[f"eval/{name}/accuracy"] = sum(r.status == "correct" for r in results) / len(results)
-        if out:
-            with (self.run_dir / "eval.jsonl").open("a", encoding="utf-8") as f:
-                f.write(json.dumps({"step": step, **out}) + "\n")
+        results = evaluate(generator_fn(self.generators), self.eval_sets, n=self.G, ks=(1, self.G),
+                           grader=Grader(scorers={"math": self.rewarder}))
+        out = eval_metrics(results)
+        with (self.run_dir / "eval.jsonl").open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **out}) + "\n")
         return out
 
     # ------------------------------------------------------------------ the loop
