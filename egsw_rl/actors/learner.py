@@ -331,6 +331,17 @@ class Learner:
 
     # ------------------------------------------------------------------ gathered weights
 
+    def _settle_zero3(self) -> None:
+        """Wait for and release every parameter ZeRO-3 still holds gathered or in flight.
+
+        A no-grad forward ends with prefetches in flight for a backward that never comes, and a
+        forward of the bare HF module (the sync probe) bypasses the engine's step bookkeeping.
+        `GatheredParameters` skips in-flight parameters and then refuses to re-partition them
+        ("Cannot partition a param in flight"), so every gather outside a forward starts and
+        ends from a clean state (`engine.empty_partition_cache`, public DeepSpeed API)."""
+        if self.engine is not None:
+            self.engine.empty_partition_cache()
+
     def _named_params(self):
         """(HF name, parameter) of the policy, shared (tied) parameters once."""
         return list(self.module.lm.named_parameters())
@@ -339,6 +350,7 @@ class Learner:
         """Full weights (CPU tensors) on rank 0, None elsewhere. All ranks must call."""
         import deepspeed
 
+        self._settle_zero3()
         named = self._named_params()
         budget = int((bucket_mb or self.lcfg.sync_bucket_mb) * 2**20)
         out: dict = {} if self.rank == 0 else None
@@ -375,9 +387,11 @@ class Learner:
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, directory: str) -> None:
+        self._settle_zero3()
         self.engine.save_checkpoint(directory)
 
     def load_checkpoint(self, directory: str) -> None:
+        self._settle_zero3()
         path, _ = self.engine.load_checkpoint(directory, load_optimizer_states=True,
                                               load_lr_scheduler_states=True)
         if path is None:
@@ -411,11 +425,13 @@ class Learner:
         forward (every rank) whose logprobs the generators compare with their own."""
         if self.sender is None:
             raise RuntimeError("send_weights before init_weight_sender")
+        self._settle_zero3()
         self.module.lm.eval()
         try:
             return self.sender.send(self.module.lm, self._sync_buckets, is_sender=self.rank == 0)
         finally:
             self.module.lm.train()
+            self._settle_zero3()
 
     def ping(self) -> int:
         return self.rank
