@@ -1,6 +1,8 @@
 """The embedded default's starting model: the tiny Qwen2 given a short supervised warm-up on
-generated arithmetic, so it answers in the `\\boxed{N}` format and is right some of the time.
-RL then has a non-zero signal to climb from within minutes on a laptop CPU.
+generated arithmetic. It writes its answer as `\\boxed{N}` only some of the time (otherwise a bare
+number, which the grader does not accept) and is right some of the time: like a real base model,
+it has a format to learn and a distribution to sharpen, so RL has a signal to climb from step 1
+and visibly does within minutes on a laptop CPU.
 
 Built on first use (about a minute on 2 cores) and cached beside the tiny model; the warm-up
 problems come from a different seed than the RL training problems.
@@ -20,11 +22,11 @@ from egsw_rl.testing import cache_dir, tiny_model
 log = logging.getLogger(__name__)
 
 SETTINGS = dict(hidden_size=128, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=384,
-                steps=300, batch=64, lr=3e-3, seed=1234, max_operand=15, format=2)
+                steps=600, batch=64, lr=3e-3, seed=1234, max_operand=15, boxed_frac=0.5, format=4)
 
 
-def answer_text(answer: str) -> str:
-    return f"\\boxed{{{answer}}}"
+def answer_text(answer: str, boxed: bool) -> str:
+    return f"\\boxed{{{answer}}}" if boxed else answer
 
 
 def ensure_warm_model(root: Path | None = None) -> Path:
@@ -63,11 +65,13 @@ def _warm_up(base: Path, out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     problems = arithmetic_problems(20000, seed=SETTINGS["seed"], max_operand=SETTINGS["max_operand"])
     examples = []
+    fmt_rng = random.Random(SETTINGS["seed"] + 1)
     for p in problems:
         prompt = tok.apply_chat_template([{"role": "user", "content": p.question}],
                                          tokenize=False, add_generation_prompt=True)
         p_ids = tok(prompt, add_special_tokens=False).input_ids
-        a_ids = tok(answer_text(p.answer) + "<|im_end|>", add_special_tokens=False).input_ids
+        boxed = fmt_rng.random() < SETTINGS["boxed_frac"]
+        a_ids = tok(answer_text(p.answer, boxed) + "<|im_end|>", add_special_tokens=False).input_ids
         examples.append((p_ids, a_ids))
 
     opt = torch.optim.AdamW(model.parameters(), lr=SETTINGS["lr"], weight_decay=0.0)
