@@ -53,6 +53,13 @@ def _free_port() -> int:
 def _as_cfg(obj, cls):
     if isinstance(obj, cls):
         return obj
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(obj, DictConfig):
+            obj = OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
     if is_dataclass(obj):
         return cls(**asdict(obj))
     return cls(**dict(obj))
