@@ -89,7 +89,8 @@ class Trainer:
         self.rewarder = RewardActor.options(num_cpus=0.5).remote(
             **OmegaConf.to_container(cfg.reward, resolve=True))
         self.learners = LearnerGroup(model_cfg, OmegaConf.to_object(cfg.learner), algo_cfg,
-                                     self.device, sampling_temperature=cfg.rollout.temperature)
+                                     self.device, sampling_temperature=cfg.rollout.temperature,
+                                     total_steps=cfg.trainer.total_steps, seed=cfg.trainer.seed)
         self.learners.setup_weight_sync(self.generators)
         self.version = 0
         self.step = 0
@@ -161,12 +162,14 @@ class Trainer:
         return Rollout(problems, completions, rewards, results, metrics)
 
     def _needs_old_logprobs(self) -> bool:
-        a = self.algo
         # With one update per batch the old policy IS the current one: the learner uses its own
-        # detached logprobs and we skip a forward pass. Overlap mode trains on data from the
-        # previous weights, so there the old logprobs must be recomputed.
-        return (a.ppo_epochs > 1 or a.mini_batches > 1 or a.beta > 0 or a.entropy_source == "learner"
-                or self.cfg.trainer.overlap)
+        # detached logprobs (and computes reference logprobs inside the update) and a forward
+        # pass is saved. Overlap mode trains on data from the previous weights, so there the old
+        # logprobs must be recomputed.
+        a = self.algo
+        return self.learners.old_logprobs_needed(
+            with_entropy=a.entropy_source == "learner" or a.token_mask == "clipv",
+            off_policy=self.cfg.trainer.overlap)
 
     def train_step(self, rollout: Rollout, timer: Timer) -> dict:
         a, G = self.algo, self.G
