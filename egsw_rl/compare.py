@@ -41,6 +41,7 @@ DEFAULT_METRICS = [
     ("reward/accuracy", "accuracy", True),
     ("response_length/mean", "response length (tokens)", None),
     ("entropy/mean", "entropy (nats)", None),
+    ("egsw/ess_frac", "EGSW effective sample size (fraction)", None),
 ]
 SHORT = {"reward/mean": "reward", "reward/accuracy": "accuracy", "response_length/mean": "length",
          "entropy/mean": "entropy"}

@@ -227,10 +227,6 @@ _CHOICES = {
     "algo.entropy_source": ("rollout", "learner"),
     "algo.agg": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
     "algo.zscore": ("separate", "joint", "scale_only"),
-    "reward.scheme": ("binary", "signed", "format"),
-    "reward.extraction": ("boxed", "boxed_then_latex", "boxed_then_any"),
-    "reward.task": ("math", "choice"),
-    "reward.answer_format": ("auto", "latex", "gsm8k", "aime", "choice"),
     "data.answer_format": ("auto", "latex", "gsm8k", "aime", "choice"),
     "logger.wandb.mode": ("online", "offline", "disabled"),
     "trainer.device": ("auto", "cpu", "cuda"),
@@ -321,6 +317,15 @@ def validate(cfg, *, available_gpus: int | None = None) -> None:
     elif cfg.learner.gpus_per_node:
         errors.append(f"learner.gpus_per_node={cfg.learner.gpus_per_node} on device {device}: "
                       "set it to 0 on CPU")
+
+    # The reward options are checked where they are defined (one list of allowed values).
+    from egsw_rl.rewards.types import RewardOptions
+
+    options = {k: v for k, v in cfg.reward.items() if k not in ("workers", "timeout_s", "num_actors")}
+    try:
+        RewardOptions.build(**options)
+    except ValueError as e:
+        errors.append(str(e))
 
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))

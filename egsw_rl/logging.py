@@ -10,14 +10,6 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-PLOTS = [  # (key, title) as in the EGSW paper's figures
-    ("reward/mean", "reward"),
-    ("reward/accuracy", "accuracy"),
-    ("response_length/mean", "response length (tokens)"),
-    ("entropy/mean", "entropy (nats)"),
-    ("egsw/ess_frac", "EGSW effective sample size (fraction)"),
-]
-
 
 def read_metrics(path: Path) -> list[dict]:
     """metrics.jsonl rows; a torn last line (killed mid-write) is ignored."""
@@ -125,32 +117,15 @@ def summary_line(row: dict, total_steps: int) -> str:
 
 
 def plot_run(run_dir: Path) -> list[Path]:
-    rows = read_metrics(Path(run_dir) / "metrics.jsonl")
-    if not rows:
+    """The run's curves as PNGs in <run_dir>/plots (the comparison tool's plots for one run):
+    reward, accuracy, response length, entropy, EGSW ESS, and eval accuracies when logged."""
+    from egsw_rl.compare import CompareError, load_runs, metric_specs, plot
+
+    try:
+        runs = load_runs([str(run_dir)])
+    except CompareError:  # no rows yet: nothing to draw
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(run_dir) / "plots"
-    out_dir.mkdir(exist_ok=True)
-    paths = []
-    for key, title in PLOTS:
-        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-        if not pts:
-            continue
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot(*zip(*pts), marker="o", ms=3)
-        ax.set_xlabel("step")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / (key.replace("/", "_") + ".png")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+    return plot(runs, metric_specs(runs), Path(run_dir) / "plots")
 
 
 class Timer:

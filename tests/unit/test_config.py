@@ -64,6 +64,8 @@ def test_unknown_preset_lists_the_options():
     (["algo.temperature=0"], "algo.temperature"),
     (["rollout.max_tokens=4096"], "rollout.max_tokens=4096"),
     (["learner.gpus_per_node=8"], "learner.gpus_per_node=8"),
+    (["reward.scheme=ternary"], "reward.scheme"),
+    (["reward.format_penalty=-1"], "reward.format_penalty"),
     (["rollout.top_p=0.9"], "rollout.top_p"),
 ])
 def test_impossible_combinations_name_the_key(overrides, key):
