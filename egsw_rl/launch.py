@@ -65,6 +65,21 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     trainer = Trainer(cfg, run_dir)
     try:
         return trainer.fit()
+    except Exception as e:
+        import ray.exceptions
+
+        if isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError,
+                          ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)):
+            from egsw_rl import checkpoint
+
+            last = checkpoint.latest(run_dir)
+            print(f"egsw_rl: an actor died at step {trainer.step} ({type(e).__name__}: "
+                  f"{str(e).splitlines()[0] if str(e) else ''}). "
+                  + (f"The run's checkpoints are kept; the latest complete one is {last}. Continue "
+                     f"with: python -m egsw_rl.launch <same overrides> hydra.run.dir={run_dir} "
+                     "resume=auto" if last else "No checkpoint had been written yet."),
+                  file=sys.stderr, flush=True)
+        raise
     finally:
         trainer.shutdown()
         if started_local:

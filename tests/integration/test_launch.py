@@ -192,3 +192,40 @@ def test_ray_job_submit_to_a_local_cluster(tmp_path, shared_data):
             except subprocess.TimeoutExpired:
                 os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_a_dead_actor_is_reported_and_the_checkpoints_are_kept(tmp_path, shared_data):
+    import psutil
+
+    run = tmp_path / "run"
+    args = ["conf=tiny_cpu", "trainer.total_steps=60", "trainer.save_every=2", "logger.plots=false",
+            f"hydra.run.dir={run}", *FAST]
+    proc = subprocess.Popen([sys.executable, "-m", "egsw_rl.launch", *args], cwd=REPO,
+                            env=env(shared_data), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 900
+        while not (run / "checkpoints").exists() or not any(
+                (p / "COMPLETE").exists() for p in (run / "checkpoints").iterdir()):
+            assert time.time() < deadline and proc.poll() is None, "no checkpoint was written"
+            time.sleep(0.5)
+        # this run's generator actor: a ray::Generator process descending from the driver
+        victims = [p for p in psutil.process_iter(["pid", "cmdline"])
+                   if "ray::Generator" in " ".join(p.info["cmdline"] or []) and _descends(p, proc.pid)]
+        assert victims, "generator actor process not found"
+        victims[0].kill()
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    assert "an actor died at step" in out and "resume=auto" in out, out[-3000:]
+    assert any((p / "COMPLETE").exists() for p in (run / "checkpoints").iterdir())
+
+
+def _descends(p, ancestor: int) -> bool:
+    try:
+        return any(q.pid == ancestor for q in p.parents())
+    except Exception:  # the process is gone
+        return False
