@@ -1,0 +1,761 @@
+"""`python -m egsw_rl.bench`: where the time of a training step goes, on this machine.
+
+    python -m egsw_rl.bench --quick --out bench.json        # a few minutes on 2 cores (tiny model)
+    python -m egsw_rl.bench --out bench.json                # + SmolLM2-135M (tens of minutes)
+    python -m egsw_rl.bench --only steps,sync --presets tiny_cpu
+    python -m egsw_rl.bench --paper                         # the Qwen2.5-Math-7B estimate only
+
+Sub-benchmarks (`--only`, comma-separated; default all), each printing a table:
+
+  steps    the real trainer (`egsw_rl.launch.run`) on each preset: median over the steps after a
+           warm-up of generate, reward, logprobs (old + reference), update and weight sync, the
+           overhead (step wall time minus those phases: driver work, shaping, RPC latency), and
+           tokens generated per generate-second and trained per update-second.
+  sync     one learner -> vLLM weight push (the trainer's own, same runs) in seconds and MB/s,
+           next to this machine's memcpy bandwidth (a large tensor.copy_) and a bare loopback
+           gloo broadcast, and the ratios.
+  reward   scorings/s and p99 per-sample latency of the reward pool on the MATH-500 human
+           solutions, with 1, 2 and 4 worker processes.
+  learner  the ZeRO-3 learner group alone: training tokens/s, padding fraction and peak RSS per
+           rank, with 1 and 2 ranks.
+  peer     TRL's GRPOTrainer on exactly the same workload (`egsw_rl.bench_peer`), with HF
+           generation and with TRL's vLLM colocate mode, per optimizer step; egsw_rl's ratio.
+  overlap  trainer.overlap true vs false: steps/s and the policy lag.
+
+Numbers are medians over steps after `--warmup` steps. The load average is recorded with every
+measurement: on a shared machine the numbers move with it. `--out FILE` writes everything as
+JSON (and keeps the per-step rows); run directories go under `--workdir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+SUITES = ("steps", "sync", "reward", "learner", "peer", "overlap")
+PHASES = ("generate", "reward", "logprobs", "update", "sync")
+SCHEMA = 1
+
+# ============================================================================ pure helpers
+
+
+def median(xs: Iterable[float]) -> float:
+    """Median of the finite values; NaN when there are none."""
+    vals = [float(x) for x in xs if x is not None and x == x]
+    return float(statistics.median(vals)) if vals else float("nan")
+
+
+def measured(rows: Sequence[dict], warmup: int) -> list[dict]:
+    """The metrics rows after the warm-up steps (all of them if that would leave none)."""
+    rows = sorted(rows, key=lambda r: r.get("step", 0))
+    return list(rows[warmup:]) if len(rows) > warmup else list(rows)
+
+
+def step_overhead(row: dict) -> float:
+    """Step wall time minus the sum of the phases (generate, reward, logprobs, update, sync).
+    In overlap mode the generation of the step's batch ran during the previous step; only the
+    wait for it (timing/generate_wait_s) is on this step's clock."""
+    gen = row.get("timing/generate_wait_s") if "timing/generate_wait_s" in row else row.get("timing/generate_s", 0.0)
+    phases = [gen] + [row.get(f"timing/{p}_s", 0.0) for p in PHASES[1:]]
+    return float(row["timing/step_s"]) - sum(float(x or 0.0) for x in phases)
+
+
+def step_breakdown(rows: Sequence[dict], warmup: int) -> dict:
+    """Medians over the measured steps of every phase, the overhead (absolute and as a fraction
+    of the step), and throughputs: generated tokens per generate-second and per step-second,
+    trained tokens per update-second and per step-second."""
+    rows = measured(rows, warmup)
+    if not rows:
+        raise ValueError("no metrics rows to summarise")
+    out: dict[str, Any] = {"steps": len(rows), "warmup": warmup}
+    out["step_s"] = median(r["timing/step_s"] for r in rows)
+    for p in PHASES:
+        out[f"{p}_s"] = median(r.get(f"timing/{p}_s", 0.0) for r in rows)
+    out["shape_s"] = median(r.get("timing/shape_s", 0.0) for r in rows)
+    out["overhead_s"] = median(step_overhead(r) for r in rows)
+    out["overhead_frac"] = median(step_overhead(r) / r["timing/step_s"] for r in rows)
+    gen = [r.get("tokens/generated", 0) for r in rows]
+    trained = [r.get("actor/train_tokens", 0) for r in rows]
+    out["tokens_generated"] = median(gen)
+    out["tokens_trained"] = median(trained)
+    out["gen_tokens_per_s"] = median(g / r["timing/generate_s"] for g, r in zip(gen, rows)
+                                     if r.get("timing/generate_s"))
+    out["train_tokens_per_s"] = median(t / r["timing/update_s"] for t, r in zip(trained, rows)
+                                       if r.get("timing/update_s"))
+    out["gen_tokens_per_step_s"] = median(g / r["timing/step_s"] for g, r in zip(gen, rows))
+    out["train_tokens_per_step_s"] = median(t / r["timing/step_s"] for t, r in zip(trained, rows))
+    out["padding_frac"] = median(r.get("actor/padding_frac", float("nan")) for r in rows)
+    out["response_len"] = median(r.get("response_length/mean", float("nan")) for r in rows)
+    out["policy_lag"] = median(r.get("policy_lag/mean", 0.0) for r in rows)
+    out["steps_per_s"] = 1.0 / out["step_s"] if out["step_s"] > 0 else float("nan")
+    return out
+
+
+def sync_summary(rows: Sequence[dict], warmup: int, memcpy_bytes_per_s: float,
+                 gloo_bytes_per_s: Optional[float] = None) -> dict:
+    """One push, from the trainer's per-step metrics: bytes, seconds (whole push: ZeRO-3 gathers,
+    broadcast, vLLM in-place reload and repack, probe check), bytes/s, and the ratio to memcpy
+    (and to a bare gloo broadcast when measured). Also the sender's and the loader's share."""
+    rows = measured(rows, warmup)
+    nbytes = median(r.get("sync/bytes", float("nan")) for r in rows)
+    secs = median(r["timing/sync_s"] for r in rows)
+    bps = nbytes / secs if secs > 0 else float("nan")
+    out = {"bytes": nbytes, "sync_s": secs, "bytes_per_s": bps,
+           "send_s": median(r.get("sync/send_s", float("nan")) for r in rows),
+           "recv_s": median(r.get("sync/recv_s", float("nan")) for r in rows),
+           "load_s": median(r.get("sync/load_s", float("nan")) for r in rows),
+           "memcpy_bytes_per_s": memcpy_bytes_per_s,
+           "ratio_to_memcpy": bps / memcpy_bytes_per_s if memcpy_bytes_per_s else float("nan")}
+    if gloo_bytes_per_s:
+        out["gloo_bytes_per_s"] = gloo_bytes_per_s
+        out["ratio_to_gloo"] = bps / gloo_bytes_per_s
+    return out
+
+
+def overlap_summary(off: dict, on: dict) -> dict:
+    """steps/s with and without trainer.overlap (step breakdowns), the speed-up and the lag."""
+    return {"steps_per_s_off": off["steps_per_s"], "steps_per_s_on": on["steps_per_s"],
+            "speedup": on["steps_per_s"] / off["steps_per_s"] if off["steps_per_s"] else float("nan"),
+            "policy_lag_off": off["policy_lag"], "policy_lag_on": on["policy_lag"],
+            "step_s_off": off["step_s"], "step_s_on": on["step_s"],
+            "logprobs_s_on": on["logprobs_s"], "generate_s_on": on["generate_s"],
+            "update_s_off": off["update_s"], "update_s_on": on["update_s"]}
+
+
+def peer_summary(ours_step_s: float, peer: dict) -> dict:
+    """A TRL run's median step (after its warm-up) and egsw_rl's ratio to it, or its error."""
+    steps = list(peer.get("step_s") or [])
+    warm = int(peer.get("warmup", 0))
+    kept = steps[warm:] if len(steps) > warm else steps
+    out = {"mode": peer.get("mode"), "steps_done": len(steps), "error": peer.get("error"),
+           "peak_rss_gib": peer.get("peak_rss_gib"), "step_s": median(kept),
+           "generate_s": median((peer.get("generate_s") or [])[warm:] or (peer.get("generate_s") or [])),
+           "completion_len": median(peer.get("completion_len") or [])}
+    out["ours_over_peer"] = ours_step_s / out["step_s"] if kept and out["step_s"] > 0 else float("nan")
+    return out
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    """A table cell: floats to `digits` significant digits (thousands grouped), NaN/None blank."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if v != v:
+            return ""
+        if v != 0 and (abs(v) >= 10 ** digits):
+            return f"{v:,.0f}"
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def format_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table under a `### title` line; cells through `fmt`."""
+    cells = [[fmt(c) for c in r] for r in rows]
+    lines = [f"### {title}", "", "| " + " | ".join(headers) + " |",
+             "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in cells]
+    return "\n".join(lines) + "\n"
+
+
+def human_bytes(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def machine_info() -> dict:
+    info = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "load_avg": list(os.getloadavg())}
+    try:
+        import psutil
+
+        info["mem_gib"] = psutil.virtual_memory().total / 2**30
+    except ImportError:
+        pass
+    for mod in ("torch", "vllm", "deepspeed", "ray", "transformers", "trl"):
+        try:
+            info[f"{mod}_version"] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - not installed / broken: just not reported
+            pass
+    return info
+
+
+def document(results: dict, *, quick: bool, argv: Sequence[str], info: Optional[dict] = None) -> dict:
+    """The JSON written by --out: schema version, the command, the machine, and one entry per
+    sub-benchmark that ran ({"table": ..., "rows"/"summary": ...} or {"error": ...})."""
+    unknown = sorted(set(results) - set(SUITES) - {"paper"})
+    if unknown:
+        raise ValueError(f"unknown sub-benchmark(s) {unknown}")
+    return {"schema": SCHEMA, "command": "python -m egsw_rl.bench " + " ".join(argv), "quick": bool(quick),
+            "machine": info if info is not None else machine_info(), "results": results}
+
+
+def load_tag() -> str:
+    return "%.1f / %.1f / %.1f" % os.getloadavg()
+
+
+# ============================================================================ on paper
+
+
+# Qwen2.5-Math-7B (config.json of the hub model): 28 layers, hidden 3584, MLP 18944, 28 query and
+# 4 key/value heads of 128, vocabulary 152064, untied input and output embeddings.
+QWEN_MATH_7B = dict(layers=28, hidden=3584, intermediate=18944, heads=28, kv_heads=4, head_dim=128,
+                    vocab=152064, tied=False)
+
+
+def transformer_params(layers: int, hidden: int, intermediate: int, heads: int, kv_heads: int,
+                       head_dim: int, vocab: int, tied: bool) -> int:
+    attn = hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + heads * head_dim * hidden
+    attn_bias = heads * head_dim + 2 * kv_heads * head_dim  # Qwen2: q/k/v biases
+    mlp = 3 * hidden * intermediate
+    norms = 2 * hidden
+    emb = vocab * hidden * (1 if tied else 2)
+    return layers * (attn + attn_bias + mlp + norms) + emb + hidden
+
+
+def paper_estimate(*, prompts: int = 1024, G: int = 8, prompt_tokens: float = 150,
+                   response_tokens: float = 700, learner_gpus: int = 4, vllm_gpus: int = 4,
+                   gpu_tflops: float = 989.0, mfu: float = 0.40, link_gb_s: float = 150.0,
+                   hbm_tb_s: float = 3.35, decode_tokens_per_s_per_gpu: float = 2500.0,
+                   gradient_checkpointing: bool = True, old_logprob_pass: bool = True,
+                   reference: bool = True, bytes_per_param: int = 2, model: Optional[dict] = None) -> dict:
+    """Expected sync and step time split of the `qwen_math_7b` preset on one 8-GPU node, from
+    parameter and FLOP counts. Defaults: H100 SXM (989 dense bf16 TFLOP/s, 3.35 TB/s HBM), 40%
+    MFU for training, an effective 150 GB/s for an NCCL broadcast from one GPU to four over
+    NVLink (bus bandwidth of a 1-to-N broadcast pipeline; NVLink 4 peaks at 450 GB/s a
+    direction), vLLM decoding about 2,500 tokens/s per GPU for a 7B bf16 model at a few hundred
+    concurrent sequences, and 150-token prompts with 700-token mean responses (Qwen2.5-Math-7B's
+    early RL responses on MATH level 3-5; they grow during training)."""
+    m = dict(QWEN_MATH_7B if model is None else model)
+    n_params = transformer_params(**m)
+    seqs = prompts * G
+    sync_bytes = n_params * bytes_per_param
+    # ZeRO-3: every learner rank receives the other ranks' shards (all-gather), then rank 0
+    # broadcasts the full tensors to the vLLM GPUs; on NVLink the two run at link speed.
+    gather_bytes = sync_bytes * (learner_gpus - 1) / learner_gpus
+    sync_s = (gather_bytes + sync_bytes) / (link_gb_s * 1e9) + sync_bytes * 2 / (hbm_tb_s * 1e12)
+    train_tokens = seqs * (prompt_tokens + response_tokens)
+    non_emb = n_params - m["vocab"] * m["hidden"] * (1 if m["tied"] else 2)
+    # forward 2 FLOPs a parameter a token (+ the output head, + attention 4 * L * T * d per token)
+    head = 2 * m["vocab"] * m["hidden"]
+    attn = 4 * m["layers"] * (prompt_tokens + response_tokens) / 2 * m["heads"] * m["head_dim"]
+    fwd_per_token = 2 * non_emb + head + attn
+    passes = 3 + (1 if gradient_checkpointing else 0)  # fwd + bwd (2x) + recomputed fwd
+    update_flops = passes * fwd_per_token * train_tokens
+    logprob_flops = fwd_per_token * train_tokens * ((1 if old_logprob_pass else 0) + (1 if reference else 0))
+    learner_flops_s = learner_gpus * gpu_tflops * 1e12 * mfu
+    gen_tokens = seqs * response_tokens
+    prefill_flops = fwd_per_token * prompts * prompt_tokens  # G samples share the prompt's KV
+    gen_s = gen_tokens / (decode_tokens_per_s_per_gpu * vllm_gpus)
+    out = {
+        "params": n_params, "sync_bytes": sync_bytes, "sync_s": sync_s,
+        "sequences": seqs, "train_tokens": train_tokens, "generated_tokens": gen_tokens,
+        "fwd_flops_per_token": fwd_per_token,
+        "update_flops": update_flops, "logprob_flops": logprob_flops,
+        "update_s": update_flops / learner_flops_s, "logprobs_s": logprob_flops / learner_flops_s,
+        "generate_flops": 2 * non_emb * gen_tokens + prefill_flops, "generate_s": gen_s,
+        "assumptions": {"prompts": prompts, "G": G, "prompt_tokens": prompt_tokens,
+                        "response_tokens": response_tokens, "learner_gpus": learner_gpus,
+                        "vllm_gpus": vllm_gpus, "gpu_tflops": gpu_tflops, "mfu": mfu,
+                        "link_gb_s": link_gb_s, "hbm_tb_s": hbm_tb_s,
+                        "decode_tokens_per_s_per_gpu": decode_tokens_per_s_per_gpu,
+                        "gradient_checkpointing": gradient_checkpointing,
+                        "old_logprob_pass": old_logprob_pass, "reference": reference},
+    }
+    out["step_s"] = out["generate_s"] + out["logprobs_s"] + out["update_s"] + sync_s
+    return out
+
+
+def paper_table(est: dict) -> str:
+    a = est["assumptions"]
+    rows = [
+        ["parameters", f"{est['params'] / 1e9:.2f} B", "Qwen2.5-Math-7B, untied head"],
+        ["bytes per sync", human_bytes(est["sync_bytes"]), "bf16, every parameter once"],
+        ["sync time", f"{est['sync_s']:.2f} s", f"ZeRO-3 all-gather + broadcast at {a['link_gb_s']:g} GB/s (NVLink)"],
+        ["sequences / step", f"{est['sequences']:,}", f"{a['prompts']} prompts x G={a['G']}"],
+        ["generate", f"{est['generate_s']:.0f} s",
+         f"{est['generated_tokens'] / 1e6:.1f} M tokens at {a['decode_tokens_per_s_per_gpu']:,.0f} tok/s x {a['vllm_gpus']} GPUs"],
+        ["logprobs (old + ref)", f"{est['logprobs_s']:.0f} s", f"{est['logprob_flops']:.2e} FLOPs"],
+        ["update", f"{est['update_s']:.0f} s",
+         f"{est['update_flops']:.2e} FLOPs at {a['mfu']:.0%} of {a['gpu_tflops']:g} TFLOP/s x {a['learner_gpus']}"],
+        ["step", f"{est['step_s']:.0f} s", "phases run one after the other (overlap off)"],
+    ]
+    return format_table("On paper: qwen_math_7b on one 8-GPU node (4 learner + 4 vLLM GPUs)",
+                        ["quantity", "value", "from"], rows)
+
+
+# ============================================================================ measurements
+
+
+def memcpy_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 5) -> float:
+    """Bytes/s of the best of `repeats` `dst.copy_(src)` of `nbytes` (uint8, CPU)."""
+    import torch
+
+    src = torch.ones(nbytes, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # fault the pages in
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best
+
+
+def gloo_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 3) -> float:
+    """Bytes/s of the best of `repeats` broadcasts of `nbytes` between two threads of this process
+    over a loopback gloo group (the weight-sync transport without anything around it)."""
+    import socket
+    import threading
+
+    import torch
+
+    from egsw_rl import weight_sync as ws
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    groups = {}
+
+    def join(rank):
+        groups[rank] = ws.new_group("127.0.0.1", port, rank, 2, "gloo", 120)[0]
+
+    t = threading.Thread(target=join, args=(1,))
+    t.start()
+    join(0)
+    t.join()
+    src = torch.ones(nbytes, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t = threading.Thread(target=ws._bcast, args=(groups[1], dst))
+        t0 = time.perf_counter()
+        t.start()
+        ws._bcast(groups[0], src)
+        t.join()
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best
+
+
+def reward_throughput(completions: Sequence[str], golds: Sequence[str], workers: int,
+                      timeout_s: float = 5.0, repeats: int = 2) -> dict:
+    """Score the batch `repeats` times in one fresh pool of `workers` processes; the fastest
+    pass's scorings/s (batch wall time) and its p50 / p99 per-sample latency."""
+    from egsw_rl.rewards.pool import RewardPool
+
+    best: Optional[dict] = None
+    with RewardPool(workers=workers, timeout_s=timeout_s) as pool:
+        for _ in range(repeats):
+            _, m = pool.score(list(completions), list(golds))
+            if best is None or m["reward/latency_s"] < best["reward/latency_s"]:
+                best = m
+    n = len(completions)
+    return {"workers": workers, "samples": n, "scorings_per_s": n / best["reward/latency_s"],
+            "p50_ms": best["reward/sample_p50_s"] * 1e3, "p99_ms": best["reward/sample_p99_s"] * 1e3,
+            "correct": best["reward/correct_count"], "load_avg": os.getloadavg()[0]}
+
+
+def learner_model_dir(kind: str) -> str:
+    """tiny | medium (~25M) | large (~140M random Qwen2) | smollm2 | an HF folder."""
+    from egsw_rl.testing import tiny_model
+
+    if kind == "tiny":
+        return str(tiny_model())
+    if kind == "medium":
+        return str(tiny_model(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=2,
+                              intermediate_size=1408, vocab_size=4096))
+    if kind == "large":
+        return str(tiny_model(hidden_size=1024, num_layers=12, num_heads=16, num_kv_heads=4,
+                              intermediate_size=2816, vocab_size=4096))
+    from egsw_rl.models import resolve_model_path
+
+    return resolve_model_path(kind)
+
+
+def synthetic_batch(n: int, *, seed: int = 0, vocab: int = 480, max_completion: int = 160,
+                    prompt_len: tuple[int, int] = (24, 64), min_completion: int = 16):
+    """A TrainBatch of random token ids: prompt lengths uniform in `prompt_len`, completion
+    lengths uniform in [min_completion, max_completion), advantages N(0, 1) per sequence."""
+    import numpy as np
+
+    from egsw_rl.batch import TrainBatch
+
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(5, vocab, size=int(rng.integers(*prompt_len))).tolist() for _ in range(n)]
+    comps = [rng.integers(5, vocab, size=int(rng.integers(min_completion, max(min_completion + 1, max_completion))))
+             .tolist() for _ in range(n)]
+    T = max(len(c) for c in comps)
+    mask = np.zeros((n, T), dtype=bool)
+    for i, c in enumerate(comps):
+        mask[i, :len(c)] = True
+    adv = (rng.normal(size=(n, 1)) * mask).astype(np.float32)
+    return TrainBatch(prompt_ids=prompts, completion_ids=comps, advantages=adv,
+                      weights=mask.astype(np.float32), mask=mask)
+
+
+def learner_throughput(model: str, ranks: int, *, seqs: int = 32, max_completion: int = 160,
+                       prompt_len: tuple[int, int] = (24, 64), updates: int = 3,
+                       micro_batch_tokens: int = 2048, push: int = 0) -> dict:
+    """Start a LearnerGroup of `ranks` ZeRO-3 ranks on `model` (needs Ray up), one warm-up update,
+    then `updates` timed ones on a synthetic batch: median training tokens/s, padding fraction,
+    one no-grad logprob pass, memory per rank. With `push` > 0, that many weight pushes to one
+    vLLM generator are timed too."""
+    from transformers import AutoConfig
+
+    from egsw_rl.actors.learner import LearnerGroup
+    from egsw_rl.config import AlgoConfig, LearnerConfig, ModelConfig, RolloutConfig
+
+    path = learner_model_dir(model)
+    vocab = int(AutoConfig.from_pretrained(path).vocab_size)
+    batch = synthetic_batch(seqs, vocab=min(vocab, 480), max_completion=max_completion, prompt_len=prompt_len)
+    lcfg = LearnerConfig(num_ranks=ranks, cpus_per_rank=1.0, micro_batch_tokens=micro_batch_tokens, lr=1e-5)
+    t0 = time.perf_counter()
+    group = LearnerGroup(ModelConfig(path=path), lcfg, AlgoConfig(), "cpu", 1.0)
+    try:
+        start_s = time.perf_counter() - t0
+        mem_start = group.memory()
+        group.update(batch)  # warm-up: the first step allocates the optimizer state
+        rates, secs = [], []
+        load = os.getloadavg()[0]
+        for _ in range(updates):
+            m = group.update(batch)
+            rates.append(m["perf/train_tokens_per_s"])
+            secs.append(m["timing/update_s"])
+        t1 = time.perf_counter()
+        group.compute_logprobs(batch)
+        lp_s = time.perf_counter() - t1
+        mem = group.memory()
+        row = {
+            "model": model, "ranks": ranks, "params": group.shard_info()[0]["total_numel"],
+            "local_params": [s["local_numel"] for s in group.shard_info()], "seqs": seqs,
+            "train_tokens_per_update": m["actor/train_tokens"], "padding_frac": m["actor/padding_frac"],
+            "micro_batches": m.get("actor/micro_batches"),
+            "train_tokens_per_s": median(rates), "update_s": median(secs),
+            "logprob_pass_s": lp_s, "start_s": start_s,
+            "base_rss_gib": [round(x["base_rss_gib"], 3) for x in mem_start],
+            "rss_after_load_gib": [round(x["rss_gib"], 3) for x in mem_start],
+            "rss_after_updates_gib": [round(x["rss_gib"], 3) for x in mem],
+            "peak_rss_gib": [round(x["peak_rss_gib"], 3) for x in mem],
+            "load_avg": load,
+        }
+        if push:
+            from egsw_rl.actors.generator import GeneratorGroup
+
+            gens = GeneratorGroup(ModelConfig(path=path), RolloutConfig(num_generators=1, max_model_len=512), "cpu")
+            try:
+                group.setup_weight_sync(gens)
+                pushes = [group.push_weights(gens) for _ in range(push)]
+                row["push_s"] = [round(p["timing/sync_s"], 3) for p in pushes]
+                row["sync_logprob_diff_max"] = [p.get("sync/logprob_diff_max") for p in pushes]
+            finally:
+                gens.shutdown()
+        return row
+    finally:
+        group.shutdown()
+
+
+# ============================================================================ the runner
+
+
+def compose(preset: str, overrides: Sequence[str] = ()):
+    from egsw_rl.bench_peer import compose as _compose
+
+    return _compose(preset, tuple(overrides))
+
+
+BENCH_OVERRIDES = ("trainer.save_every=0", "data.eval=[]", "logger.wandb.mode=disabled",
+                   "logger.progress_bar=false", "logger.plots=false")
+
+
+class Bench:
+    """Runs the sub-benchmarks; trainer runs are cached, so `sync` reuses the `steps` runs and the
+    peer comparison reuses egsw_rl's step times."""
+
+    def __init__(self, workdir: Path, *, quick: bool, presets: Sequence[str], steps: int, warmup: int,
+                 peer_steps: int, peer_warmup: int, peer_timeout_s: float, echo: Callable[[str], None] = print):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.quick = quick
+        self.presets = list(presets)
+        self.steps, self.warmup = steps, warmup
+        self.peer_steps, self.peer_warmup, self.peer_timeout_s = peer_steps, peer_warmup, peer_timeout_s
+        self.echo = echo
+        self._runs: dict[tuple, dict] = {}
+        self._ray_started = False
+
+    # ------------------------------------------------------------------ plumbing
+
+    def ray(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        from egsw_rl.launch import _worker_env
+
+        env = {"env_vars": _worker_env(None)}
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=env, log_to_driver=False)
+        else:
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 4), include_dashboard=False,
+                     _node_ip_address="127.0.0.1", runtime_env=env, log_to_driver=False)
+            self._ray_started = True
+
+    def close(self) -> None:
+        if self._ray_started:
+            import ray
+
+            ray.shutdown()
+
+    def train(self, preset: str, overrides: Sequence[str] = ()) -> dict:
+        """Run the real trainer for warmup + steps steps; {"rows", "summary", "run_dir", ...}."""
+        key = (preset, tuple(overrides))
+        if key in self._runs:
+            return self._runs[key]
+        from egsw_rl.launch import run
+        from egsw_rl.logging import read_metrics
+
+        total = self.warmup + self.steps
+        name = preset + "".join("_" + o.replace("=", "-").replace(".", "_") for o in overrides)
+        run_dir = self.workdir / f"{name}_{time.strftime('%H%M%S')}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg = compose(preset, [*BENCH_OVERRIDES, f"trainer.total_steps={total}", *overrides])
+        self.ray()
+        self.echo(f"[bench] {preset} {' '.join(overrides)}: {total} steps ({self.warmup} warm-up) in {run_dir}")
+        load0 = os.getloadavg()[0]
+        t0 = time.perf_counter()
+        run(cfg, run_dir)
+        rows = read_metrics(run_dir / "metrics.jsonl")
+        res = {"preset": preset, "overrides": list(overrides), "run_dir": str(run_dir),
+               "wall_s": time.perf_counter() - t0, "load_avg_start": load0,
+               "load_avg_end": os.getloadavg()[0], "rows": rows,
+               "summary": step_breakdown(rows, self.warmup)}
+        self._runs[key] = res
+        return res
+
+    # ------------------------------------------------------------------ sub-benchmarks
+
+    def steps_bench(self) -> dict:
+        out = {}
+        for preset in self.presets:
+            r = self.train(preset)
+            out[preset] = {**r["summary"], "load_avg": [r["load_avg_start"], r["load_avg_end"]],
+                           "run_dir": r["run_dir"], "rows": r["rows"]}
+        headers = ["preset", "step s", "generate", "reward", "logprobs", "update", "sync", "overhead",
+                   "overhead %", "gen tok/s", "train tok/s", "padding", "load avg"]
+        rows = [[p, s["step_s"], s["generate_s"], s["reward_s"], s["logprobs_s"], s["update_s"], s["sync_s"],
+                 s["overhead_s"], 100 * s["overhead_frac"], s["gen_tokens_per_s"], s["train_tokens_per_s"],
+                 s["padding_frac"], "%.1f-%.1f" % tuple(s["load_avg"])] for p, s in out.items()]
+        return {"table": format_table("Step breakdown (median seconds per step after warm-up)", headers, rows),
+                "presets": out}
+
+    def sync_bench(self) -> dict:
+        memcpy = memcpy_bandwidth()
+        try:
+            gloo = gloo_bandwidth()
+        except Exception as e:  # noqa: BLE001 - the baseline is optional
+            self.echo(f"[bench] gloo baseline failed: {e}")
+            gloo = None
+        out = {}
+        for preset in self.presets:
+            r = self.train(preset)
+            out[preset] = {**sync_summary(r["rows"], self.warmup, memcpy, gloo),
+                           "load_avg": [r["load_avg_start"], r["load_avg_end"]]}
+        headers = ["preset", "bytes", "push s", "send s", "vLLM load s", "MB/s", "memcpy MB/s",
+                   "ratio", "gloo MB/s", "ratio to gloo"]
+        rows = [[p, human_bytes(s["bytes"]), s["sync_s"], s["send_s"], s["load_s"], s["bytes_per_s"] / 1e6,
+                 s["memcpy_bytes_per_s"] / 1e6, s["ratio_to_memcpy"],
+                 (s.get("gloo_bytes_per_s") or float("nan")) / 1e6, s.get("ratio_to_gloo")]
+                for p, s in out.items()]
+        return {"table": format_table("Weight sync (one learner -> vLLM push)", headers, rows),
+                "presets": out, "memcpy_bytes_per_s": memcpy, "gloo_bytes_per_s": gloo}
+
+    def reward_bench(self, data: Optional[str] = None, workers: Sequence[int] = (1, 2, 4)) -> dict:
+        from egsw_rl.data import data_dirs
+
+        path = Path(data) if data else next((d / "math500.jsonl" for d in data_dirs()
+                                             if (d / "math500.jsonl").exists()), None)
+        if path is None or not path.exists():
+            raise FileNotFoundError("math500.jsonl not found in $EGSW_RL_DATA, ./data or ../shared/data")
+        rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+        comps, golds = [r["solution"] for r in rows], [r["answer"] for r in rows]
+        res = [reward_throughput(comps, golds, w) for w in workers]
+        table = format_table(f"Reward throughput (MATH-500 human solutions, {len(rows)} samples)",
+                             ["workers", "scorings/s", "p50 ms", "p99 ms", "correct", "load avg"],
+                             [[r["workers"], r["scorings_per_s"], r["p50_ms"], r["p99_ms"],
+                               f"{r['correct']}/{r['samples']}", r["load_avg"]] for r in res])
+        return {"table": table, "runs": res, "data": str(path)}
+
+    def learner_bench(self) -> dict:
+        self.ray()
+        configs = [("tiny", dict(seqs=64, max_completion=160, prompt_len=(24, 64), updates=3))]
+        if not self.quick:
+            # the smollm2_cpu batch: 64 sequences, GSM8K prompts of about 150 tokens, <= 128 new
+            configs.append(("smollm2", dict(seqs=64, max_completion=128, prompt_len=(120, 200), updates=2,
+                                            micro_batch_tokens=4096)))
+        runs = []
+        for model, kw in configs:
+            for ranks in (1, 2):
+                self.echo(f"[bench] learner {model}, {ranks} rank(s)")
+                runs.append(learner_throughput(model, ranks, **kw))
+        table = format_table("Learner (ZeRO-3 over gloo, fp32; both ranks share the 2 cores)",
+                             ["model", "ranks", "train tok/s", "update s", "padding", "peak RSS GiB per rank",
+                              "params per rank", "load avg"],
+                             [[r["model"], r["ranks"], r["train_tokens_per_s"], r["update_s"], r["padding_frac"],
+                               " / ".join(f"{x:.2f}" for x in r["peak_rss_gib"]),
+                               " / ".join(f"{x / 1e6:.1f}M" for x in r["local_params"]), r["load_avg"]]
+                              for r in runs])
+        return {"table": table, "runs": runs}
+
+    def peer_run(self, preset: str, mode: str) -> dict:
+        out = self.workdir / f"peer_{preset}_{mode}.json"
+        cmd = [sys.executable, "-m", "egsw_rl.bench_peer", "--preset", preset, "--mode", mode,
+               "--steps", str(self.peer_steps), "--warmup", str(self.peer_warmup), "--out", str(out)]
+        self.echo(f"[bench] peer: TRL GRPOTrainer, {preset}, {mode}")
+        load0 = os.getloadavg()[0]
+        log = self.workdir / f"peer_{preset}_{mode}.log"
+        try:
+            with log.open("w") as f:
+                proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=self.peer_timeout_s)
+            res = json.loads(out.read_text()) if out.exists() else {
+                "mode": mode, "error": f"peer process exited {proc.returncode} without a result (see {log})"}
+        except subprocess.TimeoutExpired:
+            res = json.loads(out.read_text()) if out.exists() else {}
+            res.update({"mode": mode, "error": f"timed out after {self.peer_timeout_s:.0f} s"})
+        res["load_avg"] = [load0, os.getloadavg()[0]]
+        res["log"] = str(log)
+        return res
+
+    def peer_bench(self) -> dict:
+        out = {}
+        rows = []
+        for preset in self.presets:
+            ours = self.train(preset)["summary"]
+            out[preset] = {"egsw_rl_step_s": ours["step_s"], "egsw_rl_response_len": ours["response_len"]}
+            for mode in ("hf", "vllm"):
+                raw = self.peer_run(preset, mode)
+                s = peer_summary(ours["step_s"], raw)
+                s["load_avg"] = raw.get("load_avg")
+                s["raw"] = {k: v for k, v in raw.items() if k != "traceback_tail"}
+                s["traceback_tail"] = raw.get("traceback_tail")
+                out[preset][mode] = s
+                label = {"hf": "TRL, HF generate", "vllm": "TRL, vLLM colocate"}[mode]
+                rows.append([preset, label, s["step_s"] if not s["error"] or s["steps_done"] else None,
+                             s["generate_s"], s["completion_len"], s["peak_rss_gib"], ours["step_s"],
+                             s["ours_over_peer"], s["error"] or "", "%.1f-%.1f" % tuple(s["load_avg"])])
+        table = format_table("Peer: TRL GRPOTrainer on the same workload (median s per optimizer step)",
+                             ["preset", "peer", "peer step s", "peer generate s", "peer resp len",
+                              "peer peak RSS GiB", "egsw_rl step s", "egsw_rl / peer", "error", "load avg"], rows)
+        return {"table": table, "presets": out}
+
+    def overlap_bench(self) -> dict:
+        out = {}
+        for preset in self.presets:
+            off = self.train(preset)
+            on = self.train(preset, ["trainer.overlap=true"])
+            out[preset] = {**overlap_summary(off["summary"], on["summary"]),
+                           "load_avg_off": [off["load_avg_start"], off["load_avg_end"]],
+                           "load_avg_on": [on["load_avg_start"], on["load_avg_end"]],
+                           "rows_on": on["rows"]}
+        table = format_table("Overlap (generate batch k+1 while training on batch k)",
+                             ["preset", "steps/s off", "steps/s on", "speed-up", "policy lag off", "policy lag on",
+                              "old-logprob pass on (s)", "update off / on (s)", "load avg off / on"],
+                             [[p, s["steps_per_s_off"], s["steps_per_s_on"], s["speedup"], s["policy_lag_off"],
+                               s["policy_lag_on"], s["logprobs_s_on"],
+                               f"{s['update_s_off']:.3g} / {s['update_s_on']:.3g}",
+                               "%.1f / %.1f" % (s["load_avg_off"][1], s["load_avg_on"][1])]
+                              for p, s in out.items()])
+        return {"table": table, "presets": out}
+
+
+# ============================================================================ CLI
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="python -m egsw_rl.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny_cpu only, fewer steps: a few minutes on 2 cores")
+    ap.add_argument("--only", default=",".join(SUITES), help=f"comma-separated subset of {','.join(SUITES)}")
+    ap.add_argument("--presets", default=None, help="default: tiny_cpu with --quick, else tiny_cpu,smollm2_cpu")
+    ap.add_argument("--steps", type=int, default=None, help="measured trainer steps (after the warm-up)")
+    ap.add_argument("--warmup", type=int, default=None, help="trainer steps left out of the medians")
+    ap.add_argument("--peer-steps", type=int, default=None)
+    ap.add_argument("--peer-timeout", type=float, default=3600.0, help="seconds per TRL run")
+    ap.add_argument("--reward-data", default=None, help="MATH-500 jsonl (default: the data directories)")
+    ap.add_argument("--workdir", default=None, help="run directories (default: a new temporary one)")
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--paper", action="store_true", help="print only the on-paper Qwen2.5-Math-7B estimate")
+    args = ap.parse_args(argv)
+
+    est = paper_estimate()
+    if args.paper:
+        print(paper_table(est))
+        if args.out:
+            Path(args.out).write_text(json.dumps({"paper": est}, indent=1))
+        return 0
+    suites = [s.strip() for s in args.only.split(",") if s.strip()]
+    bad = sorted(set(suites) - set(SUITES))
+    if bad:
+        ap.error(f"--only: unknown sub-benchmark(s) {bad}; choose from {', '.join(SUITES)}")
+    presets = (args.presets.split(",") if args.presets else
+               (["tiny_cpu"] if args.quick else ["tiny_cpu", "smollm2_cpu"]))
+    steps = args.steps if args.steps is not None else (6 if args.quick else 8)
+    warmup = args.warmup if args.warmup is not None else 2
+    if any(p != "tiny_cpu" for p in presets) and args.steps is None and not args.quick:
+        pass  # the same counts for every preset: medians of like with like
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="egsw_rl_bench_"))
+    bench = Bench(workdir, quick=args.quick, presets=presets, steps=steps, warmup=warmup,
+                  peer_steps=args.peer_steps if args.peer_steps is not None else (3 if args.quick else 2),
+                  peer_warmup=1, peer_timeout_s=args.peer_timeout)
+    info = machine_info()
+    print(f"egsw_rl.bench: {', '.join(suites)} on {', '.join(presets)}; {info['cpus']} CPUs, "
+          f"load average {load_tag()}; run directories in {workdir}", flush=True)
+    results: dict[str, Any] = {}
+    runners = {"steps": bench.steps_bench, "sync": bench.sync_bench,
+               "reward": lambda: bench.reward_bench(args.reward_data), "learner": bench.learner_bench,
+               "peer": bench.peer_bench, "overlap": bench.overlap_bench}
+
+    def write() -> None:
+        if args.out:
+            doc = document({**results, "paper": est}, quick=args.quick, argv=argv, info=info)
+            doc["machine"]["load_avg_end"] = list(os.getloadavg())
+            Path(args.out).write_text(json.dumps(doc, indent=1, default=str))
+
+    try:
+        for name in suites:
+            t0 = time.perf_counter()
+            try:
+                results[name] = runners[name]()
+            except Exception as e:  # noqa: BLE001 - one failing sub-benchmark must not lose the others
+                import traceback
+
+                results[name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
+                print(f"\n[bench] {name} failed: {type(e).__name__}: {e}", flush=True)
+            else:
+                print("\n" + results[name]["table"], flush=True)
+            results[name]["seconds"] = time.perf_counter() - t0
+            results[name]["load_avg_end"] = list(os.getloadavg())
+            write()
+    finally:
+        bench.close()
+    print("\n" + paper_table(est))
+    write()
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""The peer of `python -m egsw_rl.bench`'s fifth sub-benchmark: TRL's `GRPOTrainer` on exactly the
+workload of an egsw_rl preset, timed per optimizer step.
+
+    python -m egsw_rl.bench_peer --preset tiny_cpu --mode hf --steps 4 --warmup 1 --out peer.json
+    python -m egsw_rl.bench_peer --preset smollm2_cpu --mode vllm --steps 2 --out peer.json
+
+The workload is read from the composed egsw_rl config, so both trainers see the same model folder,
+the same prompts in the same order (egsw_rl's data loader and seeded sampler, rendered with
+egsw_rl's prompt template), the same G, new-token budget, sampling temperature, learning rate,
+AdamW settings, gradient clipping, clip range, beta and number of optimizer steps, one optimizer
+step per batch of B x G completions, in fp32 on CPU, graded by the same reward function
+(`egsw_rl.rewards`, in-process here). TRL's `loss_type="grpo"` is the per-sequence token mean with
+group-scaled advantages, egsw_rl's `seq_mean_token_mean`.
+
+`--mode hf` generates with transformers' `generate`; `--mode vllm` uses TRL's vLLM colocate mode
+(the engine inside the trainer process). A run that fails is a result too: the JSON then holds
+the error and its message, and how many steps finished before it.
+
+Runs in its own process (the parent benchmark starts it with a timeout): TRL, accelerate and a
+colocated vLLM engine must not share a process with Ray actors or another engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Optional
+
+
+def compose(preset: str, overrides: tuple[str, ...] = ()):
+    """The egsw_rl config of a preset (plus overrides), as `python -m egsw_rl.launch` builds it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    import egsw_rl.launch  # noqa: F401  (registers the structured schema)
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("egsw_rl.conf", version_base="1.3"):
+        return hydra_compose("config", overrides=[f"conf={preset}", *overrides])
+
+
+def workload(cfg, steps: int) -> dict:
+    """The prompts (rendered) and golds of the first `steps` batches, in the order egsw_rl's
+    trainer draws them, plus the knobs both trainers share."""
+    from transformers import AutoTokenizer
+
+    from egsw_rl.actors.generator import render_prompts
+    from egsw_rl.data import PromptSampler, load_problems
+    from egsw_rl.models import resolve_model_path
+
+    problems, _ = load_problems(cfg.data.train, split=cfg.data.split, question_key=cfg.data.question_key,
+                                answer_key=cfg.data.answer_key, answer_format=cfg.data.answer_format,
+                                max_samples=cfg.data.max_samples, seed=cfg.trainer.seed)
+    sampler = PromptSampler(len(problems), cfg.data.batch_size, seed=cfg.trainer.seed,
+                            shuffle=cfg.data.shuffle)
+    chosen = [problems[i] for _ in range(steps) for i in sampler.next_indices()]
+    path = resolve_model_path(cfg.model.path)
+    tok = AutoTokenizer.from_pretrained(cfg.model.tokenizer or path)
+    prompts = render_prompts(tok, [p.question for p in chosen], cfg.rollout.prompt_template)
+    return {"model_path": path, "prompts": prompts, "golds": [p.answer for p in chosen],
+            "batch_size": int(cfg.data.batch_size), "G": int(cfg.rollout.n),
+            "max_tokens": int(cfg.rollout.max_tokens), "temperature": float(cfg.rollout.temperature),
+            "lr": float(cfg.learner.lr), "beta": float(cfg.algo.beta), "steps": int(steps),
+            "seed": int(cfg.trainer.seed)}
+
+
+def _reward_fn(cfg):
+    from egsw_rl.rewards.grading import grade
+    from egsw_rl.rewards.types import RewardOptions
+
+    from omegaconf import OmegaConf
+
+    opts = {k: v for k, v in OmegaConf.to_container(cfg.reward, resolve=True).items()
+            if k not in ("workers", "timeout_s", "num_actors")}
+    options = RewardOptions.build(**opts)
+
+    def egsw_rl_reward(prompts, completions, gold, **_):
+        return [float(grade(c, g, options).score) for c, g in zip(completions, gold)]
+
+    return egsw_rl_reward
+
+
+def run_peer(preset: str, mode: str, steps: int, warmup: int, micro_batch: int = 16,
+             overrides: tuple[str, ...] = (), kv_fraction: float = 0.05) -> dict:
+    """Train `warmup + steps` optimizer steps with TRL; per-step wall times (on_step_begin to
+    on_step_end), the seconds spent inside TRL's generation call per step, mean completion
+    length, peak RSS. Never raises: an error is recorded with the steps that finished."""
+    if mode not in ("hf", "vllm"):
+        raise ValueError(f"mode must be hf or vllm, got {mode!r}")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    result: dict = {"preset": preset, "mode": mode, "steps_asked": warmup + steps, "warmup": warmup,
+                    "step_s": [], "generate_s": [], "completion_len": [], "error": None}
+    t_start = time.perf_counter()
+    try:
+        import torch
+        import trl
+        from datasets import Dataset
+        from transformers import AutoTokenizer, TrainerCallback
+        from trl import GRPOConfig, GRPOTrainer
+
+        cfg = compose(preset, overrides)
+        w = workload(cfg, warmup + steps)
+        result["workload"] = {k: v for k, v in w.items() if k not in ("prompts", "golds")}
+        result["versions"] = {"trl": trl.__version__, "torch": torch.__version__}
+        n_seq = w["batch_size"] * w["G"]
+        mb = max(1, min(int(micro_batch), n_seq))
+        while n_seq % mb:
+            mb -= 1
+        lc = cfg.learner
+        out_dir = tempfile.mkdtemp(prefix="egsw_rl_peer_")
+        args = GRPOConfig(
+            output_dir=out_dir, use_cpu=True, bf16=False, fp16=False, seed=w["seed"],
+            learning_rate=w["lr"], lr_scheduler_type="constant", warmup_steps=0,
+            weight_decay=float(lc.weight_decay), adam_beta1=float(lc.adam_betas[0]),
+            adam_beta2=float(lc.adam_betas[1]), adam_epsilon=float(lc.adam_eps),
+            max_grad_norm=float(lc.grad_clip), optim="adamw_torch",
+            per_device_train_batch_size=mb, gradient_accumulation_steps=n_seq // mb,
+            num_generations=w["G"], max_completion_length=w["max_tokens"],
+            temperature=w["temperature"], top_p=float(cfg.rollout.top_p), top_k=0,
+            beta=w["beta"], epsilon=float(cfg.algo.clip_low), epsilon_high=float(cfg.algo.clip_high),
+            num_iterations=int(cfg.algo.ppo_epochs), loss_type="grpo", scale_rewards="group",
+            max_steps=warmup + steps, logging_steps=1, save_strategy="no", report_to="none",
+            shuffle_dataset=False, disable_dropout=True, dataloader_num_workers=0,
+            gradient_checkpointing=bool(lc.gradient_checkpointing),
+            model_init_kwargs={"dtype": torch.float32},
+            use_vllm=mode == "vllm", vllm_mode="colocate",
+            vllm_gpu_memory_utilization=kv_fraction,
+            vllm_max_model_length=int(cfg.rollout.max_model_len),
+        )
+        tok = AutoTokenizer.from_pretrained(w["model_path"])
+        data = Dataset.from_dict({"prompt": w["prompts"], "gold": w["golds"]})
+
+        class Timing(TrainerCallback):
+            def __init__(self):
+                self.t0 = None
+                self.gen = 0.0
+
+            def on_step_begin(self, args, state, control, **kw):
+                self.t0 = time.perf_counter()
+                self.gen = 0.0
+
+            def on_step_end(self, args, state, control, **kw):
+                result["step_s"].append(time.perf_counter() - self.t0)
+                result["generate_s"].append(self.gen)
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                if logs and "completions/mean_length" in logs:
+                    result["completion_len"].append(float(logs["completions/mean_length"]))
+
+        timing = Timing()
+        trainer = GRPOTrainer(model=w["model_path"], reward_funcs=_reward_fn(cfg), args=args,
+                              train_dataset=data, processing_class=tok, callbacks=[timing])
+        inner = trainer._generate
+
+        def timed_generate(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return inner(*a, **kw)
+            finally:
+                timing.gen += time.perf_counter() - t
+
+        trainer._generate = timed_generate
+        result["start_s"] = time.perf_counter() - t_start
+        trainer.train()
+    except BaseException as e:  # noqa: BLE001 - the failure is the result
+        lines = [l for l in traceback.format_exception(e)]
+        result["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        result["traceback_tail"] = "".join(lines)[-3000:]
+    result["steps_done"] = len(result["step_s"])
+    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    result["wall_s"] = time.perf_counter() - t_start
+    return result
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny_cpu")
+    ap.add_argument("--mode", default="hf", choices=("hf", "vllm"))
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--micro-batch", type=int, default=16, help="completions per loss micro-batch")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("overrides", nargs="*", help="egsw_rl config overrides, key=value")
+    args = ap.parse_args(argv)
+    res = run_peer(args.preset, args.mode, args.steps, args.warmup, args.micro_batch, tuple(args.overrides))
+    text = json.dumps(res, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(json.dumps({k: v for k, v in res.items() if k != "traceback_tail"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
