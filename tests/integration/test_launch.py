@@ -176,14 +176,18 @@ def test_ray_job_submit_to_a_local_cluster(tmp_path, shared_data):
                 break
             assert head.poll() is None, "ray start --head exited"
             time.sleep(2)
+        # one-step off-policy overlap rides along: batch k+1 generates while batch k trains
         p = subprocess.run([ray, "job", "submit", f"--address={address}",
-                            "--", sys.executable, "-m", "egsw_rl.launch", "trainer.total_steps=1",
-                            "trainer.save_every=0", "logger.plots=false", f"hydra.run.dir={run}",
-                            *FAST],
+                            "--", sys.executable, "-m", "egsw_rl.launch", "trainer.total_steps=2",
+                            "trainer.overlap=true", "trainer.save_every=0", "logger.plots=false",
+                            f"hydra.run.dir={run}", *FAST],
                            cwd=REPO, env=e, capture_output=True, text=True, timeout=900)
         assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
         assert "succeeded" in (p.stdout + p.stderr).lower()
-        assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1]
+        rows = read_jsonl(run / "metrics.jsonl")
+        assert [r["step"] for r in rows] == [1, 2]
+        assert [r["policy_lag/mean"] for r in rows] == [0.0, 1.0]
+        assert rows[1]["rollout/logprob_diff_mean"] > 0  # old logprobs recomputed off-policy
     finally:
         if head.poll() is None:
             os.killpg(head.pid, signal.SIGTERM)
