@@ -352,9 +352,10 @@ def gloo_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 3) -> float:
 
 
 def reward_throughput(completions: Sequence[str], golds: Sequence[str], workers: int,
-                      timeout_s: float = 5.0, repeats: int = 2) -> dict:
-    """Score the batch `repeats` times in one fresh pool of `workers` processes; the fastest
-    pass's scorings/s (batch wall time) and its p50 / p99 per-sample latency."""
+                      timeout_s: float = 5.0, repeats: int = 1) -> dict:
+    """Score the batch in a fresh pool of `workers` processes: scorings/s (batch wall time) and
+    the p50 / p99 per-sample latency. The graders memoise parsed answers, so a second pass over
+    the same batch in the same pool measures the caches: keep `repeats` at 1 for real numbers."""
     from egsw_rl.rewards.pool import RewardPool
 
     best: Optional[dict] = None
@@ -477,6 +478,9 @@ def compose(preset: str, overrides: Sequence[str] = ()):
     return _compose(preset, tuple(overrides))
 
 
+# (warm-up, measured) trainer steps by preset: [full run, --quick]
+DEFAULT_COUNTS = {"tiny_cpu": [(2, 10), (2, 6)], "smollm2_cpu": [(1, 4), (1, 2)]}
+PEER_STEPS = {"tiny_cpu": 4, "smollm2_cpu": 2}  # measured TRL steps (after one warm-up step)
 BENCH_OVERRIDES = ("trainer.save_every=0", "data.eval=[]", "logger.wandb.mode=disabled",
                    "logger.progress_bar=false", "logger.plots=false")
 
@@ -485,8 +489,9 @@ class Bench:
     """Runs the sub-benchmarks; trainer runs are cached, so `sync` reuses the `steps` runs and the
     peer comparison reuses egsw_rl's step times."""
 
-    def __init__(self, workdir: Path, *, quick: bool, presets: Sequence[str], steps: int, warmup: int,
-                 peer_steps: int, peer_warmup: int, peer_timeout_s: float, echo: Callable[[str], None] = print):
+    def __init__(self, workdir: Path, *, quick: bool, presets: Sequence[str], steps: Optional[int],
+                 warmup: Optional[int], peer_steps: Optional[int], peer_warmup: int, peer_timeout_s: float,
+                 echo: Callable[[str], None] = print):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.quick = quick
@@ -498,6 +503,12 @@ class Bench:
         self._ray_started = False
 
     # ------------------------------------------------------------------ plumbing
+
+    def counts(self, preset: str) -> tuple[int, int]:
+        """(warm-up, measured) trainer steps: --warmup / --steps, else by preset (SmolLM2 steps
+        take a minute or more on 2 cores)."""
+        w, s = DEFAULT_COUNTS.get(preset, DEFAULT_COUNTS["tiny_cpu"])[self.quick]
+        return (self.warmup if self.warmup is not None else w, self.steps if self.steps is not None else s)
 
     def ray(self) -> None:
         import ray
@@ -528,13 +539,14 @@ class Bench:
         from egsw_rl.launch import run
         from egsw_rl.logging import read_metrics
 
-        total = self.warmup + self.steps
+        warmup, steps = self.counts(preset)
+        total = warmup + steps
         name = preset + "".join("_" + o.replace("=", "-").replace(".", "_") for o in overrides)
         run_dir = self.workdir / f"{name}_{time.strftime('%H%M%S')}"
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg = compose(preset, [*BENCH_OVERRIDES, f"trainer.total_steps={total}", *overrides])
         self.ray()
-        self.echo(f"[bench] {preset} {' '.join(overrides)}: {total} steps ({self.warmup} warm-up) in {run_dir}")
+        self.echo(f"[bench] {preset} {' '.join(overrides)}: {total} steps ({warmup} warm-up) in {run_dir}")
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
         run(cfg, run_dir)
@@ -542,7 +554,7 @@ class Bench:
         res = {"preset": preset, "overrides": list(overrides), "run_dir": str(run_dir),
                "wall_s": time.perf_counter() - t0, "load_avg_start": load0,
                "load_avg_end": os.getloadavg()[0], "rows": rows,
-               "summary": step_breakdown(rows, self.warmup)}
+               "warmup": warmup, "summary": step_breakdown(rows, warmup)}
         self._runs[key] = res
         return res
 
@@ -572,7 +584,7 @@ class Bench:
         out = {}
         for preset in self.presets:
             r = self.train(preset)
-            out[preset] = {**sync_summary(r["rows"], self.warmup, memcpy, gloo),
+            out[preset] = {**sync_summary(r["rows"], r["warmup"], memcpy, gloo),
                            "load_avg": [r["load_avg_start"], r["load_avg_end"]]}
         headers = ["preset", "bytes", "push s", "send s", "vLLM load s", "MB/s", "memcpy MB/s",
                    "ratio", "gloo MB/s", "ratio to gloo"]
@@ -623,7 +635,7 @@ class Bench:
     def peer_run(self, preset: str, mode: str) -> dict:
         out = self.workdir / f"peer_{preset}_{mode}.json"
         cmd = [sys.executable, "-m", "egsw_rl.bench_peer", "--preset", preset, "--mode", mode,
-               "--steps", str(self.peer_steps), "--warmup", str(self.peer_warmup), "--out", str(out)]
+               "--steps", str(self.peer_steps or PEER_STEPS.get(preset, 2)), "--warmup", str(self.peer_warmup), "--out", str(out)]
         self.echo(f"[bench] peer: TRL GRPOTrainer, {preset}, {mode}")
         load0 = os.getloadavg()[0]
         log = self.workdir / f"peer_{preset}_{mode}.log"
@@ -691,8 +703,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny_cpu only, fewer steps: a few minutes on 2 cores")
     ap.add_argument("--only", default=",".join(SUITES), help=f"comma-separated subset of {','.join(SUITES)}")
     ap.add_argument("--presets", default=None, help="default: tiny_cpu with --quick, else tiny_cpu,smollm2_cpu")
-    ap.add_argument("--steps", type=int, default=None, help="measured trainer steps (after the warm-up)")
-    ap.add_argument("--warmup", type=int, default=None, help="trainer steps left out of the medians")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="measured trainer steps after the warm-up (default: 10 on tiny_cpu, 4 on smollm2_cpu; "
+                         "6 and 2 with --quick)")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="trainer steps left out of the medians (default: 2 on tiny_cpu, 1 on smollm2_cpu)")
     ap.add_argument("--peer-steps", type=int, default=None)
     ap.add_argument("--peer-timeout", type=float, default=3600.0, help="seconds per TRL run")
     ap.add_argument("--reward-data", default=None, help="MATH-500 jsonl (default: the data directories)")
@@ -713,13 +728,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         ap.error(f"--only: unknown sub-benchmark(s) {bad}; choose from {', '.join(SUITES)}")
     presets = (args.presets.split(",") if args.presets else
                (["tiny_cpu"] if args.quick else ["tiny_cpu", "smollm2_cpu"]))
-    steps = args.steps if args.steps is not None else (6 if args.quick else 8)
-    warmup = args.warmup if args.warmup is not None else 2
-    if any(p != "tiny_cpu" for p in presets) and args.steps is None and not args.quick:
-        pass  # the same counts for every preset: medians of like with like
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="egsw_rl_bench_"))
-    bench = Bench(workdir, quick=args.quick, presets=presets, steps=steps, warmup=warmup,
-                  peer_steps=args.peer_steps if args.peer_steps is not None else (3 if args.quick else 2),
+    bench = Bench(workdir, quick=args.quick, presets=presets, steps=args.steps, warmup=args.warmup,
+                  peer_steps=args.peer_steps,
                   peer_warmup=1, peer_timeout_s=args.peer_timeout)
     info = machine_info()
     print(f"egsw_rl.bench: {', '.join(suites)} on {', '.join(presets)}; {info['cpus']} CPUs, "

@@ -65,49 +65,16 @@ def measure_generation(group, args) -> dict:
 
 
 def _copy_baseline(nbytes: int, repeats: int = 5) -> float:
-    import torch
+    from egsw_rl.bench import memcpy_bandwidth
 
-    src = torch.ones(nbytes, dtype=torch.uint8)
-    dst = torch.empty_like(src)
-    best = min(_timed(lambda: dst.copy_(src)) for _ in range(repeats))
-    return nbytes / 2**20 / best
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    return memcpy_bandwidth(nbytes, repeats) / 2**20
 
 
 def _gloo_baseline(nbytes: int, repeats: int = 3) -> float:
     """A bare broadcast of `nbytes` between two threads of this process over loopback gloo."""
-    import threading
+    from egsw_rl.bench import gloo_bandwidth
 
-    import torch
-
-    from egsw_rl import weight_sync as ws
-
-    port = _port()
-    groups = {}
-
-    def join(rank):
-        groups[rank] = ws.new_group("127.0.0.1", port, rank, 2, "gloo", 120)[0]
-
-    t = threading.Thread(target=join, args=(1,))
-    t.start()
-    join(0)
-    t.join()
-    src = torch.ones(nbytes, dtype=torch.uint8)
-    dst = torch.empty_like(src)
-    best = float("inf")
-    for _ in range(repeats):
-        t = threading.Thread(target=ws._bcast, args=(groups[1], dst))
-        t0 = time.perf_counter()
-        t.start()
-        ws._bcast(groups[0], src)
-        t.join()
-        best = min(best, time.perf_counter() - t0)
-    return nbytes / 2**20 / best
+    return gloo_bandwidth(nbytes, repeats) / 2**20
 
 
 def measure_sync(group, model_path: str, args) -> dict:

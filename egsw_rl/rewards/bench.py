@@ -48,12 +48,13 @@ def main() -> None:
     print(f"in-process, 1 thread: {len(rows) / dt:7.1f} scorings/s "
           f"({sum(r.status == 'correct' for r in inproc)}/{len(rows)} correct)")
 
+    from egsw_rl.bench import reward_throughput  # the same measurement as `python -m egsw_rl.bench`
+
     for n in [int(x) for x in args.workers.split(",")]:
-        with RewardPool(workers=n, timeout_s=args.timeout_s) as pool:
-            results, m = pool.score(completions, golds)
-        print(f"pool, {n} worker(s): {len(rows) / m['reward/latency_s']:7.1f} scorings/s, "
-              f"p50 {m['reward/sample_p50_s'] * 1e3:6.1f} ms, p99 {m['reward/sample_p99_s'] * 1e3:6.1f} ms "
-              f"per sample, {m['reward/correct_count']}/{len(rows)} correct")
+        r = reward_throughput(completions, golds, n, timeout_s=args.timeout_s)
+        print(f"pool, {n} worker(s): {r['scorings_per_s']:7.1f} scorings/s, "
+              f"p50 {r['p50_ms']:6.1f} ms, p99 {r['p99_ms']:6.1f} ms "
+              f"per sample, {r['correct']}/{len(rows)} correct (best of 2 passes, load {r['load_avg']:.1f})")
 
     comps, gs = hostile_batch()
     with RewardPool(workers=2, timeout_s=args.timeout_s) as pool:
