@@ -164,6 +164,12 @@ def test_ray_job_submit_to_a_local_cluster(tmp_path, shared_data):
     head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                              f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
                              "--num-cpus=6", "--include-dashboard=true", "--disable-usage-stats",
+                             # ports of our own, so another Ray on the machine cannot take them
+                             *(f"--{flag}={_free_port()}" for flag in (
+                                 "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                 "metrics-export-port", "runtime-env-agent-port",
+                                 "node-manager-port", "object-manager-port",
+                                 "ray-client-server-port")),
                              f"--temp-dir={temp_dir}"],
                             env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -177,11 +183,14 @@ def test_ray_job_submit_to_a_local_cluster(tmp_path, shared_data):
             assert head.poll() is None, "ray start --head exited"
             time.sleep(2)
         # one-step off-policy overlap rides along: batch k+1 generates while batch k trains
-        p = subprocess.run([ray, "job", "submit", f"--address={address}",
-                            "--", sys.executable, "-m", "egsw_rl.launch", "trainer.total_steps=2",
-                            "trainer.overlap=true", "trainer.save_every=0", "logger.plots=false",
-                            f"hydra.run.dir={run}", *FAST],
-                           cwd=REPO, env=e, capture_output=True, text=True, timeout=900)
+        submit = [ray, "job", "submit", f"--address={address}", "--", sys.executable, "-m",
+                  "egsw_rl.launch", "trainer.total_steps=2", "trainer.overlap=true",
+                  "trainer.save_every=0", "logger.plots=false", f"hydra.run.dir={run}", *FAST]
+        for _ in range(20):  # the job agent comes up a little after the dashboard
+            p = subprocess.run(submit, cwd=REPO, env=e, capture_output=True, text=True, timeout=900)
+            if p.returncode == 0 or "No available agent" not in p.stdout + p.stderr:
+                break
+            time.sleep(2)
         assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
         assert "succeeded" in (p.stdout + p.stderr).lower()
         rows = read_jsonl(run / "metrics.jsonl")
