@@ -479,8 +479,14 @@ def compose(preset: str, overrides: Sequence[str] = ()):
 
 
 # (warm-up, measured) trainer steps by preset: [full run, --quick]
-DEFAULT_COUNTS = {"tiny_cpu": [(2, 10), (2, 6)], "smollm2_cpu": [(1, 4), (1, 2)]}
+DEFAULT_COUNTS = {"tiny_cpu": [(2, 10), (2, 6)], "smollm2_cpu": [(1, 2), (1, 2)]}
 PEER_STEPS = {"tiny_cpu": 4, "smollm2_cpu": 2}  # measured TRL steps (after one warm-up step)
+# Overrides the benchmark applies to a preset. smollm2_cpu's own learner.micro_batch_tokens=4096
+# needs about 9 GiB per learner rank in fp32 (decoder activations of 4096 tokens): 2 ranks + the
+# vLLM engine do not fit in 24 GiB. 1024 tokens keep a rank near 4 GiB at the same tokens/s.
+PRESET_OVERRIDES = {"smollm2_cpu": ("learner.micro_batch_tokens=1024",)}
+# TRL's loss micro-batch, in sequences, with about the same token budget as egsw_rl's
+PEER_MICRO_BATCH = {"tiny_cpu": 16, "smollm2_cpu": 4}
 BENCH_OVERRIDES = ("trainer.save_every=0", "data.eval=[]", "logger.wandb.mode=disabled",
                    "logger.progress_bar=false", "logger.plots=false")
 
@@ -491,7 +497,7 @@ class Bench:
 
     def __init__(self, workdir: Path, *, quick: bool, presets: Sequence[str], steps: Optional[int],
                  warmup: Optional[int], peer_steps: Optional[int], peer_warmup: int, peer_timeout_s: float,
-                 echo: Callable[[str], None] = print):
+                 extra: Sequence[str] = (), echo: Callable[[str], None] = print):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.quick = quick
@@ -499,10 +505,14 @@ class Bench:
         self.steps, self.warmup = steps, warmup
         self.peer_steps, self.peer_warmup, self.peer_timeout_s = peer_steps, peer_warmup, peer_timeout_s
         self.echo = echo
+        self.extra = list(extra)
         self._runs: dict[tuple, dict] = {}
         self._ray_started = False
 
     # ------------------------------------------------------------------ plumbing
+
+    def preset_overrides(self, preset: str) -> list[str]:
+        return [*PRESET_OVERRIDES.get(preset, ()), *self.extra]
 
     def counts(self, preset: str) -> tuple[int, int]:
         """(warm-up, measured) trainer steps: --warmup / --steps, else by preset (SmolLM2 steps
@@ -544,7 +554,8 @@ class Bench:
         name = preset + "".join("_" + o.replace("=", "-").replace(".", "_") for o in overrides)
         run_dir = self.workdir / f"{name}_{time.strftime('%H%M%S')}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg = compose(preset, [*BENCH_OVERRIDES, f"trainer.total_steps={total}", *overrides])
+        cfg = compose(preset, [*BENCH_OVERRIDES, f"trainer.total_steps={total}", *self.preset_overrides(preset),
+                               *overrides])
         self.ray()
         self.echo(f"[bench] {preset} {' '.join(overrides)}: {total} steps ({warmup} warm-up) in {run_dir}")
         load0 = os.getloadavg()[0]
@@ -615,9 +626,9 @@ class Bench:
         self.ray()
         configs = [("tiny", dict(seqs=64, max_completion=160, prompt_len=(24, 64), updates=3))]
         if not self.quick:
-            # the smollm2_cpu batch: 64 sequences, GSM8K prompts of about 150 tokens, <= 128 new
-            configs.append(("smollm2", dict(seqs=64, max_completion=128, prompt_len=(120, 200), updates=2,
-                                            micro_batch_tokens=4096)))
+            # half a smollm2_cpu batch: 32 sequences, GSM8K-like prompts of 120-200 tokens, <= 128 new
+            configs.append(("smollm2", dict(seqs=32, max_completion=128, prompt_len=(120, 200), updates=1,
+                                            micro_batch_tokens=1024)))
         runs = []
         for model, kw in configs:
             for ranks in (1, 2):
@@ -635,7 +646,9 @@ class Bench:
     def peer_run(self, preset: str, mode: str) -> dict:
         out = self.workdir / f"peer_{preset}_{mode}.json"
         cmd = [sys.executable, "-m", "egsw_rl.bench_peer", "--preset", preset, "--mode", mode,
-               "--steps", str(self.peer_steps or PEER_STEPS.get(preset, 2)), "--warmup", str(self.peer_warmup), "--out", str(out)]
+               "--steps", str(self.peer_steps or PEER_STEPS.get(preset, 2)), "--warmup", str(self.peer_warmup),
+               "--micro-batch", str(PEER_MICRO_BATCH.get(preset, 16)), "--out", str(out),
+               *self.preset_overrides(preset)]
         self.echo(f"[bench] peer: TRL GRPOTrainer, {preset}, {mode}")
         load0 = os.getloadavg()[0]
         log = self.workdir / f"peer_{preset}_{mode}.log"
@@ -704,7 +717,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--only", default=",".join(SUITES), help=f"comma-separated subset of {','.join(SUITES)}")
     ap.add_argument("--presets", default=None, help="default: tiny_cpu with --quick, else tiny_cpu,smollm2_cpu")
     ap.add_argument("--steps", type=int, default=None,
-                    help="measured trainer steps after the warm-up (default: 10 on tiny_cpu, 4 on smollm2_cpu; "
+                    help="measured trainer steps after the warm-up (default: 10 on tiny_cpu, 2 on smollm2_cpu; "
                          "6 and 2 with --quick)")
     ap.add_argument("--warmup", type=int, default=None,
                     help="trainer steps left out of the medians (default: 2 on tiny_cpu, 1 on smollm2_cpu)")
@@ -713,6 +726,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--reward-data", default=None, help="MATH-500 jsonl (default: the data directories)")
     ap.add_argument("--workdir", default=None, help="run directories (default: a new temporary one)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for every trainer and peer run (repeatable)")
     ap.add_argument("--paper", action="store_true", help="print only the on-paper Qwen2.5-Math-7B estimate")
     args = ap.parse_args(argv)
 
@@ -731,7 +746,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="egsw_rl_bench_"))
     bench = Bench(workdir, quick=args.quick, presets=presets, steps=args.steps, warmup=args.warmup,
                   peer_steps=args.peer_steps,
-                  peer_warmup=1, peer_timeout_s=args.peer_timeout)
+                  peer_warmup=1, peer_timeout_s=args.peer_timeout, extra=args.set)
     info = machine_info()
     print(f"egsw_rl.bench: {', '.join(suites)} on {', '.join(presets)}; {info['cpus']} CPUs, "
           f"load average {load_tag()}; run directories in {workdir}", flush=True)
