@@ -77,6 +77,8 @@ def test_overlap_summary_speedup_and_lag():
     o = bench.overlap_summary(off, on)
     assert o["speedup"] == pytest.approx(off["step_s"] / on["step_s"])
     assert o["policy_lag_on"] == 1.0 and o["policy_lag_off"] == 0.0
+    # own devices: max(generate 1.0, reward 0.1 + update 2.0 + overhead 0.2) + sync 0.5
+    assert o["ideal_speedup_own_devices"] == pytest.approx(3.8 / (2.3 + 0.5))
 
 
 def test_peer_summary_ratio_and_recorded_failure():
