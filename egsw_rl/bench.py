@@ -416,7 +416,8 @@ def synthetic_batch(n: int, *, seed: int = 0, vocab: int = 480, max_completion: 
 
 def learner_throughput(model: str, ranks: int, *, seqs: int = 32, max_completion: int = 160,
                        prompt_len: tuple[int, int] = (24, 64), updates: int = 3,
-                       micro_batch_tokens: int = 2048, push: int = 0) -> dict:
+                       micro_batch_tokens: int = 2048, push: int = 0,
+                       cpus_per_rank: Optional[float] = None) -> dict:
     """Start a LearnerGroup of `ranks` ZeRO-3 ranks on `model` (needs Ray up), one warm-up update,
     then `updates` timed ones on a synthetic batch: median training tokens/s, padding fraction,
     one no-grad logprob pass, memory per rank. With `push` > 0, that many weight pushes to one
@@ -429,7 +430,10 @@ def learner_throughput(model: str, ranks: int, *, seqs: int = 32, max_completion
     path = learner_model_dir(model)
     vocab = int(AutoConfig.from_pretrained(path).vocab_size)
     batch = synthetic_batch(seqs, vocab=min(vocab, 480), max_completion=max_completion, prompt_len=prompt_len)
-    lcfg = LearnerConfig(num_ranks=ranks, cpus_per_rank=1.0, micro_batch_tokens=micro_batch_tokens, lr=1e-5)
+    # every rank gets an equal share of the cores (a rank runs cpus_per_rank torch threads): 1 rank x
+    # 2 threads vs 2 ranks x 1 thread on a 2-core machine, not 1 idle core
+    cpus = cpus_per_rank if cpus_per_rank is not None else float(max(1, (os.cpu_count() or 1) // ranks))
+    lcfg = LearnerConfig(num_ranks=ranks, cpus_per_rank=cpus, micro_batch_tokens=micro_batch_tokens, lr=1e-5)
     t0 = time.perf_counter()
     group = LearnerGroup(ModelConfig(path=path), lcfg, AlgoConfig(), "cpu", 1.0)
     try:
@@ -447,7 +451,7 @@ def learner_throughput(model: str, ranks: int, *, seqs: int = 32, max_completion
         lp_s = time.perf_counter() - t1
         mem = group.memory()
         row = {
-            "model": model, "ranks": ranks, "params": group.shard_info()[0]["total_numel"],
+            "model": model, "ranks": ranks, "cpus_per_rank": cpus, "params": group.shard_info()[0]["total_numel"],
             "local_params": [s["local_numel"] for s in group.shard_info()], "seqs": seqs,
             "train_tokens_per_update": m["actor/train_tokens"], "padding_frac": m["actor/padding_frac"],
             "micro_batches": m.get("actor/micro_batches"),
@@ -641,9 +645,10 @@ class Bench:
                 self.echo(f"[bench] learner {model}, {ranks} rank(s)")
                 runs.append(learner_throughput(model, ranks, **kw))
         table = format_table("Learner (ZeRO-3 over gloo, fp32; both ranks share the 2 cores)",
-                             ["model", "ranks", "train tok/s", "update s", "padding", "peak RSS GiB per rank",
+                             ["model", "ranks x threads", "train tok/s", "update s", "padding", "peak RSS GiB per rank",
                               "params per rank", "load avg"],
-                             [[r["model"], r["ranks"], r["train_tokens_per_s"], r["update_s"], r["padding_frac"],
+                             [[r["model"], f"{r['ranks']} x {r['cpus_per_rank']:g}", r["train_tokens_per_s"],
+                               r["update_s"], r["padding_frac"],
                                " / ".join(f"{x:.2f}" for x in r["peak_rss_gib"]),
                                " / ".join(f"{x / 1e6:.1f}M" for x in r["local_params"]), r["load_avg"]]
                               for r in runs])
