@@ -152,9 +152,17 @@ def load_zero3_causal_lm(path: str, ds_config: dict, dtype, *, rank: int, trust_
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     # No random init (the partitions are empty and get overwritten anyway); no_init_weights also
     # skips tying, so tie explicitly (a tied head then shares the embedding's ZeRO-3 parameter).
-    with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype), no_init_weights():
+    # dtype=None: zero.Init then takes the dtype from the config's bf16 / fp16 flags (set from the
+    # same dtype by build_ds_config). An explicit dtype is not honoured by DeepSpeed 0.19.8: its
+    # fallback chain yields bfloat16 on any accelerator without fp16, every CPU included, and CPU
+    # bf16 matmuls without AVX512-BF16 run a scalar loop, 6-20x slower (deepspeedai/DeepSpeed#8428).
+    with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=None), no_init_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     model.tie_weights()
+    wrong = {str(p.dtype) for p in model.parameters() if p.dtype != dtype}
+    if wrong:
+        raise RuntimeError(f"ZeRO-3 built the model in {sorted(wrong)}, not {dtype}: check the "
+                           "DeepSpeed config's bf16 / fp16 flags against model.dtype")
     named = list(model.named_parameters())  # tied parameters appear once
     where = _checkpoint_index(path) if rank == 0 else {}
     handles: dict[str, Any] = {}
