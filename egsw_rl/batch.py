@@ -50,6 +50,9 @@ class TrainBatch:
     mask: Optional[np.ndarray] = None  # [N, T] bool
     old_logprobs: Optional[np.ndarray] = None  # [N, T] float32
     ref_logprobs: Optional[np.ndarray] = None  # [N, T] float32
+    # vLLM's logprobs of the same tokens: without old_logprobs the update compares its own
+    # (same weights) with them, the per-step check of the weight sync
+    rollout_logprobs: Optional[np.ndarray] = None  # [N, T] float32
     global_tokens: Optional[float] = None
     global_seqs: Optional[float] = None
 

@@ -74,6 +74,10 @@ class LearnerConfig:
     lr_schedule: str = "constant"  # constant | cosine
     warmup_steps: int = 0
     sync_bucket_mb: int = 256
+    # Weight push to the generators. shm: every rank writes its ZeRO-3 shards straight into one
+    # shared-memory buffer the engines load from (CPU, everything on one node); group: gathered
+    # buckets broadcast over a gloo / NCCL process group; auto: shm where it applies.
+    sync_transport: str = "auto"  # auto | shm | group
     # Extra DeepSpeed keys merged over the generated config (advanced users).
     deepspeed: dict[str, Any] = field(default_factory=dict)
 
@@ -217,6 +221,7 @@ _CHOICES = {
     "rollout.entropy_estimator": ("lower_bound", "renorm", "upper_bound"),
     "rollout.overlong_prompt": ("error", "truncate_left"),
     "learner.lr_schedule": ("constant", "cosine"),
+    "learner.sync_transport": ("auto", "shm", "group"),
     "algo.advantage": ("grpo", "dr_grpo", "batch_std", "gtpo", "grpo_s"),
     "algo.weighting": ("egsw", "none"),
     "algo.token_mask": ("none", "clipb", "clipv", "high_entropy"),
@@ -297,6 +302,8 @@ def validate(cfg, *, available_gpus: int | None = None) -> None:
     elif cfg.data.batch_size % cfg.algo.mini_batches:
         errors.append(f"algo.mini_batches={cfg.algo.mini_batches} must divide data.batch_size="
                       f"{cfg.data.batch_size} so each optimizer step sees whole groups")
+    if cfg.learner.sync_transport == "shm" and resolve_device(cfg.trainer.device) == "cuda":
+        errors.append("learner.sync_transport=shm moves CPU tensors; on GPU use group (NCCL) or auto")
     if n_seqs < cfg.learner.num_ranks:
         errors.append(f"learner.num_ranks={cfg.learner.num_ranks} exceeds the {n_seqs} sequences "
                       "of a batch (data.batch_size x rollout.n)")

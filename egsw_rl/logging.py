@@ -112,7 +112,7 @@ def summary_line(row: dict, total_steps: int) -> str:
     return (f"step {row['step']}/{total_steps} | reward {f('reward/mean')} acc {f('reward/accuracy')}"
             f" | len {f('response_length/mean', '{:.1f}')} | H {f('entropy/mean')}"
             f" | ess {f('egsw/ess_frac', '{:.2f}')} | loss {f('loss', '{:.4f}')}"
-            f" | gnorm {f('grad_norm', '{:.3f}')} | sync diff {f('sync/logprob_diff_max', '{:.1e}')}"
+            f" | gnorm {f('grad_norm', '{:.3f}')} | vLLM gap {f('rollout/logprob_diff_max', '{:.1e}')}"
             f" | {f('timing/step_s', '{:.1f}')} s")
 
 

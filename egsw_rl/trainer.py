@@ -192,6 +192,7 @@ class Trainer:
         else:
             entropy = pad([c.entropy for c in comps], T)
         rollout_lp = pad([c.logprobs for c in comps], T)
+        batch.rollout_logprobs = rollout_lp
         sampled = batch.old_logprobs if batch.old_logprobs is not None else rollout_lp
         if batch.old_logprobs is not None:  # vLLM vs learner on the same tokens: drift shows here
             diff = np.abs(batch.old_logprobs - rollout_lp)[mask]

@@ -1,4 +1,11 @@
-"""Learner -> vLLM weight transport (DESIGN.md "Weight sync").
+"""Learner -> vLLM weight transport (DESIGN.md "Weight sync"). Two transports:
+
+- shared memory (CPU, learner ranks and engines on one node): one buffer file mapped by every
+  learner rank and every engine, laid out like one big bucket (`shared_layout`). Each ZeRO-3 rank
+  copies its own partition of every parameter to where it belongs (`write_shards`), so the full
+  tensors appear without a gather or a socket, and the engines load straight from views of it
+  (`WorkerExtension.egsw_load_shared`). The learner side orders write-then-load through Ray.
+- a process group (GPU; CPU across nodes), described below.
 
 One dedicated process group joins the sender (learner rank 0, rank 0 of the group) and every vLLM
 worker of every generator (ranks 1..W-1). It is built from its own `TCPStore` and a
@@ -58,6 +65,10 @@ __all__ = [
     "WeightSender",
     "WorkerExtension",
     "sync_weights",
+    "shared_layout",
+    "shared_dir",
+    "map_shared",
+    "write_shards",
     "KIND_BUCKET",
     "KIND_END",
 ]
@@ -520,6 +531,31 @@ class WorkerExtension:
                 "repacked": repacked, "seconds": time.perf_counter() - t0}
 
 
+    def egsw_open_shared(self, path: str, nbytes: int) -> None:
+        """Map the learners' shared weights file (same node only); kept mapped for every sync."""
+        self._egsw_shared = map_shared(path, int(nbytes))
+
+    def egsw_load_shared(self, meta_rows: list, strict: bool = True) -> dict:
+        """Load the weights the learner ranks wrote into the shared buffer, in place; a plan that
+        does not cover the model exactly raises ValueError before any weight changes."""
+        buf = getattr(self, "_egsw_shared", None)
+        if buf is None:
+            raise RuntimeError("egsw_load_shared before egsw_open_shared")
+        meta = rows_to_meta(meta_rows)
+        t0 = time.perf_counter()
+        shapes, tied = self._egsw_expected()
+        problems = validate_meta(meta, shapes if strict else None, tied)
+        if problems:
+            raise ValueError("weight sync rejected, engine weights unchanged: " + "; ".join(problems))
+        offsets, total = shared_layout(meta)
+        if total > buf.numel():
+            raise ValueError(f"weight sync plan needs {total} bytes, the shared buffer has {buf.numel()}")
+        self.reload_weights(weights_iterator=shared_views(buf, meta, offsets), is_checkpoint_format=True)
+        repacked = _reprocess_aliased_modules(self.model_runner.get_model())
+        return {"bytes": sum(m.nbytes for m in meta), "params": len(meta), "repacked": repacked,
+                "seconds": time.perf_counter() - t0}
+
+
 def _reprocess_aliased_modules(model: torch.nn.Module) -> list[str]:
     """Re-run post-load processing of modules whose weight is shared with another module (a
     tied output head). The layer-wise reload refreshes the embedding; the head, which loaded
@@ -540,6 +576,88 @@ def _reprocess_aliased_modules(model: torch.nn.Module) -> list[str]:
             mod.quant_method.process_weights_after_loading(mod)
             done.append(name)
     return done
+
+
+# ============================================================================ shared memory
+
+
+def shared_layout(meta: Sequence[ParamMeta]) -> tuple[list[int], int]:
+    """Byte offset of every parameter in the shared buffer (meta order, 16-byte aligned) and
+    the buffer's size."""
+    offsets, off = [], 0
+    for m in meta:
+        offsets.append(off)
+        off += m.padded_nbytes
+    return offsets, off
+
+
+def shared_dir(nbytes: int) -> str:
+    """Where the shared weights file goes: /dev/shm (tmpfs) when it has room, else the temp
+    directory (a shared mapping of an ordinary file works as well; Docker's default /dev/shm is
+    64 MB). `$EGSW_RL_SHM_DIR` overrides."""
+    import tempfile
+
+    forced = os.environ.get("EGSW_RL_SHM_DIR")
+    if forced:
+        return forced
+    try:
+        st = os.statvfs("/dev/shm")
+        if st.f_bavail * st.f_frsize > 1.1 * nbytes:
+            return "/dev/shm"
+    except OSError:
+        pass
+    return tempfile.gettempdir()
+
+
+def map_shared(path: str, nbytes: int, create: bool = False) -> torch.Tensor:
+    """A uint8 tensor over the file `path` mapped shared (MAP_SHARED): every process that maps
+    it sees the same memory. `create` makes the file (it must not exist yet)."""
+    if create:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, int(nbytes))
+        finally:
+            os.close(fd)
+    return torch.from_file(path, shared=True, size=int(nbytes), dtype=torch.uint8)
+
+
+def shared_views(buf: torch.Tensor, meta: Sequence[ParamMeta], offsets: Sequence[int]) -> Iterator[tuple[str, torch.Tensor]]:
+    for m, off in zip(meta, offsets):
+        yield m.name, buf[off:off + m.nbytes].view(_DTYPES[m.dtype]).view(m.shape)
+
+
+@torch.no_grad()
+def write_shards(module: torch.nn.Module, meta: Sequence[ParamMeta], offsets: Sequence[int],
+                 buf: torch.Tensor, rank: int) -> int:
+    """Write this rank's part of every parameter into the shared buffer; returns the bytes
+    written. A ZeRO-3 parameter of n elements is stored flat, rank r holding elements
+    [r*s, (r+1)*s) of it in `ds_tensor` (s = the padded partition size, the tail beyond n is
+    padding): each rank copies exactly its slice, so the full tensors appear in the buffer
+    without any gather. A parameter that is not partitioned is written whole by rank 0."""
+    params = {checkpoint_name(n): p for n, p in module.named_parameters()}
+    written = 0
+    for m, off in zip(meta, offsets):
+        p = params.get(m.name)
+        if p is None:
+            raise KeyError(f"parameter {m.name} not in the module")
+        if _dtype_name(p.dtype) != m.dtype:
+            raise ValueError(f"{m.name}: module has {p.dtype}, the plan says {m.dtype}")
+        dst = buf[off:off + m.nbytes].view(_DTYPES[m.dtype])
+        part = getattr(p, "ds_tensor", None)
+        if part is None:
+            if rank == 0:
+                if tuple(p.shape) != m.shape:
+                    raise ValueError(f"{m.name}: module has {tuple(p.shape)}, the plan says {m.shape}")
+                dst.copy_(p.data.reshape(-1))
+                written += m.nbytes
+            continue
+        size = part.numel()
+        start = rank * size
+        count = min(size, m.numel - start)
+        if count > 0:
+            dst[start:start + count].copy_(part.data.reshape(-1)[:count])
+            written += count * dst.element_size()
+    return written
 
 
 # ============================================================================ driver helper

@@ -26,9 +26,10 @@ tokens. vLLM's per-request seeds are not used (they crash the CPU sampler).
 
 `GeneratorGroup` starts `rollout.num_generators` actors, splits a batch of prompts across them
 (data parallel, contiguous chunks) and returns the completions in prompt order. It is also the
-receiving half of the weight sync (`egsw_rl.weight_sync`): `init_weight_receiver`,
-`receive_weights` (returns one ObjectRef to a summary dict, so the caller can start the senders
-before waiting).
+receiving half of the weight sync (`egsw_rl.weight_sync`): over a process group
+(`init_weight_receiver`, `receive_weights`, which returns one ObjectRef to a summary dict, so the
+caller can start the senders before waiting) or from the learners' shared-memory buffer on one
+node (`open_shared`, `load_shared`).
 """
 
 from __future__ import annotations
@@ -395,28 +396,44 @@ class Generator:
         return self.llm.collective_rpc("egsw_expected_weights")[0]
 
     def receive_weights(self, meta) -> int:
-        """Receive one whole sync (blocks until it arrived and is loaded), then check it: vLLM's
-        logprobs of the sender's probe against the sender's own. Returns the new version; the
-        measurements are in `last_sync_stats()`."""
+        """Receive one whole sync over the process group (blocks until it arrived and is loaded),
+        then check it when it carried the probe. Returns the new version; the measurements are
+        in `last_sync_stats()`."""
         from egsw_rl.weight_sync import meta_to_rows, rows_to_meta
 
-        rows = meta_to_rows(rows_to_meta(meta))
         t0 = time.perf_counter()
-        results = self.llm.collective_rpc("egsw_receive", args=(rows,))
-        recv_s = time.perf_counter() - t0
+        res = self.llm.collective_rpc("egsw_receive", args=(meta_to_rows(rows_to_meta(meta)),))[0]
+        return self._synced(res, time.perf_counter() - t0, res.get("probe_ids"), res.get("probe_logprobs"))
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def open_shared(self, path: str, nbytes: int) -> None:
+        self.llm.collective_rpc("egsw_open_shared", args=(str(path), int(nbytes)))
+
+    def load_shared(self, meta, probe_ids: Optional[list] = None, probe_logprobs: Optional[list] = None) -> int:
+        """Load the weights the learners wrote into the shared buffer; like `receive_weights`."""
+        from egsw_rl.weight_sync import meta_to_rows, rows_to_meta
+
+        t0 = time.perf_counter()
+        res = self.llm.collective_rpc("egsw_load_shared", args=(meta_to_rows(rows_to_meta(meta)),))[0]
+        return self._synced(res, time.perf_counter() - t0, probe_ids, probe_logprobs)
+
+    def _synced(self, res: dict, recv_s: float, probe_ids, probe_logprobs) -> int:
         # KV blocks cached under the old weights must never be reused.
         self.llm.reset_prefix_cache()
         self._version += 1
-        res = results[0]
         stats = {"sync/version": self._version, "sync/recv_s": recv_s,
                  "sync/bytes": float(res["bytes"]), "sync/params": float(res["params"]),
                  "sync/load_s": float(res["seconds"]),
                  "sync/mb_per_s": res["bytes"] / 2**20 / max(recv_s, 1e-9),
                  "repacked": list(res.get("repacked", []))}
-        ids, ref = res.get("probe_ids") or [], res.get("probe_logprobs") or []
-        if ids:
-            mine = self.logprobs_of(ids[:1], ids[1:], temperature=1.0)
-            stats["sync/logprob_diff_max"] = float(np.max(np.abs(mine - np.asarray(ref, dtype=np.float32))))
+        if probe_ids:
+            mine = self.logprobs_of(probe_ids[:1], probe_ids[1:], temperature=1.0)
+            ref = np.asarray(probe_logprobs, dtype=np.float32)
+            stats["sync/logprob_diff_max"] = float(np.max(np.abs(mine - ref)))
         self._last_sync = stats
         return self._version
 
@@ -571,12 +588,9 @@ class GeneratorGroup:
             self._expected = ray.get(self.actors[0].expected_weights.remote())
         return self._expected
 
-    def receive_weights(self, meta):
-        """Validate the plan (a missing or unknown parameter raises ValueError here, before any
-        actor or sender starts), start every actor's receive, and return one ObjectRef to the
-        summary dict {"sync/version", "sync/logprob_diff_max", "sync/recv_s", ...}."""
-        import ray
-
+    def check_plan(self, meta) -> list:
+        """Validate a sync plan against the engines' checkpoint: a missing or unknown parameter
+        raises ValueError here, before any sender starts. Returns the plan as plain rows."""
         from egsw_rl.weight_sync import meta_to_rows, rows_to_meta, validate_meta
 
         meta = rows_to_meta(meta)
@@ -585,9 +599,28 @@ class GeneratorGroup:
         problems = validate_meta(meta, shapes, exp["tied"])
         if problems:
             raise ValueError("weight sync rejected: " + "; ".join(problems))
-        rows = meta_to_rows(meta)
-        refs = [a.receive_weights.remote(rows) for a in self.actors]
-        return self._collect.remote(self.actors, *refs)
+        return meta_to_rows(meta)
+
+    def receive_weights(self, meta):
+        """Validate the plan, start every actor's receive over the process group, and return
+        one ObjectRef to the summary dict {"sync/version", "sync/recv_s", ...}."""
+        rows = self.check_plan(meta)
+        return self._collect.remote(self.actors, *[a.receive_weights.remote(rows) for a in self.actors])
+
+    def node_ids(self) -> list[str]:
+        import ray
+
+        return ray.get([a.node_id.remote() for a in self.actors])
+
+    def open_shared(self, path: str, nbytes: int) -> list:
+        """Every engine maps the learners' shared weights file; returns the ObjectRefs."""
+        return [a.open_shared.remote(path, int(nbytes)) for a in self.actors]
+
+    def load_shared(self, meta, probe_ids=None, probe_logprobs=None):
+        """Every engine loads the shared buffer; one ObjectRef to the summary dict."""
+        rows = self.check_plan(meta)
+        return self._collect.remote(self.actors, *[a.load_shared.remote(rows, probe_ids, probe_logprobs)
+                                                   for a in self.actors])
 
     def shutdown(self) -> None:
         import ray

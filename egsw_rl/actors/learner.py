@@ -30,6 +30,7 @@ import os
 import resource
 import socket
 import time
+import uuid
 from dataclasses import asdict, is_dataclass
 from typing import Any, Optional
 
@@ -103,7 +104,8 @@ class Learner:
             torch.set_num_threads(max(1, int(round(float(learner_cfg.cpus_per_rank)))))
         self.engine = None
         self.ref_engine = None
-        self.sender = None
+        self.sender = None  # group transport
+        self._shared = None  # shared-memory transport: the mapped buffer
         self._sync_buckets = None
 
     # ------------------------------------------------------------------ rendezvous / setup
@@ -279,6 +281,11 @@ class Learner:
         m_all = np.asarray(batch.mask, dtype=bool)
         old_all = None if batch.old_logprobs is None else np.asarray(batch.old_logprobs, dtype=np.float32)
         ref_all = None if batch.ref_logprobs is None else np.asarray(batch.ref_logprobs, dtype=np.float32)
+        # no old logprobs: this forward runs the weights that sampled the batch (one update per
+        # batch, data from the last push), so its gap to vLLM's logprobs is the sync's drift
+        vllm_all = (np.asarray(batch.rollout_logprobs, dtype=np.float32)
+                    if old_all is None and batch.rollout_logprobs is not None else None)
+        drift = {"sum": 0.0, "count": 0, "max": 0.0}
         if beta > 0 and ref_all is None and self.ref_engine is None:
             raise RuntimeError("beta > 0 but no reference model on this learner")
         dev = self.device
@@ -309,6 +316,13 @@ class Learner:
                     valid = scatter_tokens(torch.ones_like(lp_flat), x["tok_row"], x["tok_col"], b, T) > 0
                     mask = sel(m_all, idx, T) & valid
                     old = lp.detach() if old_all is None else sel(old_all, idx, T)
+                    if vllm_all is not None:
+                        gap = (old - sel(vllm_all, idx, T)).abs()[valid]
+                        gap = gap[torch.isfinite(gap)]
+                        if gap.numel():
+                            drift["sum"] += float(gap.sum())
+                            drift["count"] += int(gap.numel())
+                            drift["max"] = max(drift["max"], float(gap.max()))
                     ent = None if ent_flat is None else scatter_tokens(ent_flat, x["tok_row"], x["tok_col"], b, T)
                     ref = None
                     if beta > 0:
@@ -334,7 +348,8 @@ class Learner:
                         "real_tokens": real, "padded_tokens": padded, "micro_batches": len(micro)})
             results.append(res)
         lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else float(self.lcfg.lr)
-        return {"steps": results, "seconds": time.perf_counter() - t_start, "lr": float(lr)}
+        return {"steps": results, "seconds": time.perf_counter() - t_start, "lr": float(lr),
+                "drift": drift if vllm_all is not None else None}
 
     # ------------------------------------------------------------------ gathered weights
 
@@ -412,14 +427,25 @@ class Learner:
 
     # ------------------------------------------------------------------ weight sync
 
-    def init_weight_sender(self, master_addr: str, master_port: int, world_size: int) -> dict:
-        """Every rank plans the same buckets (all ranks take part in every gather); rank 0 also
-        joins the learner -> generators process group as its rank 0 (collective with the
-        generators' `init_weight_receiver`)."""
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def _plan_sync(self) -> None:
         from egsw_rl import weight_sync as ws
 
         self._sync_meta = ws.param_meta(self.module.lm)
         self._sync_buckets = ws.plan_buckets(self._sync_meta, int(self.lcfg.sync_bucket_mb) * 2**20)
+
+    def init_weight_sender(self, master_addr: str, master_port: int, world_size: int) -> dict:
+        """Group transport. Every rank plans the same buckets (all ranks take part in every
+        gather); rank 0 also joins the learner -> generators process group as its rank 0
+        (collective with the generators' `init_weight_receiver`)."""
+        from egsw_rl import weight_sync as ws
+
+        self._plan_sync()
+        self._shared = None  # a re-connection replaces whatever transport came before
         if self.rank == 0:
             backend = "nccl" if self.device_kind == "cuda" else "gloo"
             self.sender = ws.WeightSender(master_addr, master_port, world_size, backend)
@@ -428,23 +454,66 @@ class Learner:
             self.sender = ws.WeightSender.non_sender()
         return {"buckets": len(self._sync_buckets), "params": len(self._sync_meta)}
 
+    def open_shared(self, path: Optional[str] = None) -> dict:
+        """Shared-memory transport: rank 0 (no `path`) creates the buffer file, the other ranks
+        map the file it names. Returns {"path", "bytes"}."""
+        from egsw_rl import weight_sync as ws
+
+        self._plan_sync()
+        if self.sender is not None:
+            self.sender.close()
+            self.sender = None
+        self._shared_offsets, nbytes = ws.shared_layout(self._sync_meta)
+        if path is None:
+            path = os.path.join(ws.shared_dir(nbytes), f"egsw_rl_weights_{os.getpid()}_{uuid.uuid4().hex[:8]}")
+        self._shared = ws.map_shared(path, nbytes, create=self.rank == 0)
+        self._shared_path = path
+        return {"path": path, "bytes": nbytes}
+
+    def unlink_shared(self) -> None:
+        """Remove the buffer's name once every process has mapped it: the memory lives on in the
+        mappings and is freed with the last of them, even when a process dies."""
+        path = getattr(self, "_shared_path", None)
+        if path and os.path.exists(path):
+            os.unlink(path)
+
     def sync_meta(self) -> list:
         from egsw_rl import weight_sync as ws
 
         return ws.meta_to_rows(self._sync_meta)
 
-    def send_weights(self) -> dict:
-        """One push: gather each bucket on every rank, rank 0 broadcasts it, then the probe
-        forward (every rank) whose logprobs the generators compare with their own."""
-        if self.sender is None:
-            raise RuntimeError("send_weights before init_weight_sender")
+    def _probe(self) -> dict:
+        from egsw_rl import weight_sync as ws
+
+        ids = ws.probe_token_ids(ws._module_vocab_size(self.module.lm))
+        return {"probe_ids": ids, "probe_logprobs": ws.probe_logprobs(self.module.lm, ids).tolist()}
+
+    def send_weights(self, probe: bool = True) -> dict:
+        """One push. Group transport: gather each bucket on every rank, rank 0 broadcasts it.
+        Shared memory: every rank writes its own shards into the buffer. With `probe`, every
+        rank then runs the probe forward (collective under ZeRO-3), whose logprobs the
+        generators compare with their own."""
+        from egsw_rl import weight_sync as ws
+
+        t0 = time.perf_counter()
         self._settle_zero3()
         self.module.lm.eval()
         try:
-            return self.sender.send(self.module.lm, self._sync_buckets, is_sender=self.rank == 0)
+            if self._shared is not None:
+                out = {"bytes": ws.write_shards(self.module.lm, self._sync_meta, self._shared_offsets,
+                                                self._shared, self.rank)}
+                if probe:
+                    out.update(self._probe())
+            elif self.sender is not None:
+                out = self.sender.send(self.module.lm, self._sync_buckets, is_sender=self.rank == 0,
+                                       probe=probe)
+            else:
+                raise RuntimeError("send_weights before init_weight_sender / open_shared")
         finally:
             self.module.lm.train()
             self._settle_zero3()
+        out["seconds"] = time.perf_counter() - t0
+        return out
 
     def ping(self) -> int:
         return self.rank
@@ -635,6 +704,11 @@ class LearnerGroup:
         keys = sorted({k for m in per_step for k in m if not k.endswith("_sum")})
         metrics = {k: float(np.mean([m.get(k, 0.0) for m in per_step])) for k in keys}
         secs = time.perf_counter() - t0
+        drifts = [o["drift"] for o in outs if o.get("drift")]
+        count = sum(d["count"] for d in drifts)
+        if count:
+            metrics["rollout/logprob_diff_mean"] = sum(d["sum"] for d in drifts) / count
+            metrics["rollout/logprob_diff_max"] = max(d["max"] for d in drifts)
         metrics.update({
             "actor/lr": outs[0]["lr"],
             "actor/optimizer_steps": float(len(steps)),
@@ -648,32 +722,74 @@ class LearnerGroup:
 
     # ------------------------------------------------------------------ weights out
 
-    def setup_weight_sync(self, generator_group) -> dict:
-        """Build the learner rank 0 -> generators process group (rank 0's node IP, a free port
-        there) and the bucket plan. Call once after both groups exist."""
+    def _sync_transport(self, generator_group, want: str) -> str:
         import ray
 
-        _, port = ray.get(self.actors[0].address.remote())
-        world = 1 + int(generator_group.sync_world_size())
-        refs = [a.init_weight_sender.remote(self.master_addr, port, world) for a in self.actors]
-        refs += list(generator_group.init_weight_receiver(self.master_addr, port, world))
-        info = self._all(refs)[0]
+        if want == "group" or (want == "auto" and self.device == "cuda"):
+            return "group"
+        nodes = set(ray.get([a.node_id.remote() for a in self.actors]))
+        nodes |= set(generator_group.node_ids())
+        if len(nodes) == 1 and self.device != "cuda":
+            return "shm"
+        if want == "shm":
+            raise ValueError("learner.sync_transport=shm needs the learner ranks and every generator on one "
+                             f"CPU node; they run on {len(nodes)} nodes (use group or auto)")
+        return "group"
+
+    def setup_weight_sync(self, generator_group, transport: Optional[str] = None) -> dict:
+        """Connect the learners to the generators (call once after both groups exist):
+        shared memory on one CPU node, else a process group from rank 0's node IP and a free
+        port there (gloo / NCCL), plus the parameter plan. `transport` overrides
+        learner.sync_transport. The first push after this carries the consistency probe."""
+        import ray
+
+        self._transport = self._sync_transport(generator_group, str(transport or self.lcfg.sync_transport))
+        if self._transport == "shm":
+            first = ray.get(self.actors[0].open_shared.remote())
+            try:
+                self._all([a.open_shared.remote(first["path"]) for a in self.actors[1:]]
+                          + list(generator_group.open_shared(first["path"], first["bytes"])))
+            finally:
+                ray.get(self.actors[0].unlink_shared.remote())
+            info = {"transport": "shm", **first}
+        else:
+            _, port = ray.get(self.actors[0].address.remote())
+            world = 1 + int(generator_group.sync_world_size())
+            refs = [a.init_weight_sender.remote(self.master_addr, port, world) for a in self.actors]
+            refs += list(generator_group.init_weight_receiver(self.master_addr, port, world))
+            info = {"transport": "group", **self._all(refs)[0]}
         self._sync_meta = ray.get(self.actors[0].sync_meta.remote())
         self._sync_ready = True
+        self._pushes = 0
         return info
 
-    def push_weights(self, generator_group) -> dict:
+    def push_weights(self, generator_group, probe: Optional[bool] = None) -> dict:
         """Send the current weights to every generator. Returns the generators' summary
-        (sync/version, sync/logprob_diff_max: the consistency probe, ...) and timing/sync_s."""
+        (sync/version, sync/load_s, ...), sync/send_s and timing/sync_s; with `probe` (default:
+        the first push after set-up) also sync/logprob_diff_max, vLLM against the learner on a
+        fixed token sequence. Every later step's drift shows in rollout/logprob_diff_* from the
+        update itself, at no cost."""
+        import ray
+
         if not self._sync_ready:
             self.setup_weight_sync(generator_group)
+        probe = self._pushes == 0 if probe is None else bool(probe)
         t0 = time.perf_counter()
-        recv = generator_group.receive_weights(self._sync_meta)  # validates the plan first
-        sends = [a.send_weights.remote() for a in self.actors]
-        res = self._all(sends + [recv])
-        out = {k: v for k, v in dict(res[-1]).items() if isinstance(v, (int, float))}
-        out["sync/send_s"] = float(res[0]["seconds"])
+        if self._transport == "shm":
+            generator_group.check_plan(self._sync_meta)
+            res = self._all([a.send_weights.remote(probe) for a in self.actors])
+            send_s = time.perf_counter() - t0
+            out = dict(ray.get(generator_group.load_shared(self._sync_meta, res[0].get("probe_ids"),
+                                                           res[0].get("probe_logprobs"))))
+        else:
+            recv = generator_group.receive_weights(self._sync_meta)  # validates the plan first
+            res = self._all([a.send_weights.remote(probe) for a in self.actors] + [recv])
+            send_s = float(res[0]["seconds"])
+            out = dict(res[-1])
+        out = {k: v for k, v in out.items() if isinstance(v, (int, float))}
+        out["sync/send_s"] = send_s
         out["timing/sync_s"] = time.perf_counter() - t0
+        self._pushes += 1
         return out
 
     def save_hf(self, path: str) -> str:

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 REQUIRED_KEYS = [
     "step", "reward/mean", "reward/accuracy", "response_length/mean", "entropy/mean",
-    "egsw/weight_max", "egsw/ess_frac", "kl/mean", "loss", "grad_norm", "sync/logprob_diff_max",
+    "egsw/weight_max", "egsw/ess_frac", "kl/mean", "loss", "grad_norm", "rollout/logprob_diff_max",
     "timing/generate_s", "timing/reward_s", "timing/logprobs_s", "timing/update_s",
     "timing/sync_s", "timing/step_s", "reward/correct_count", "reward/wrong_count",
     "reward/no_answer_count", "reward/timeout_count", "reward/error_count",
@@ -63,6 +63,8 @@ def test_three_steps_write_every_metric_plots_and_a_checkpoint(tmp_path, shared_
         assert all(r.get(key) is not None for r in rows), f"metric {key} missing: {rows[-1]}"
     assert rows[-1]["version"] == 3
     assert rows[0]["sync/logprob_diff_max"] < 1e-2  # vLLM agrees with the learner after a sync
+    # ... and on every step's sampled tokens: the weights never drift apart
+    assert max(r["rollout/logprob_diff_max"] for r in rows) < 1e-2
     assert (run / "plots" / "reward_mean.png").stat().st_size > 1000
     assert list((run / "wandb").glob("offline-run-*")), "no offline wandb run written"
     ckpt = run / "checkpoints" / "step_00000003"

@@ -10,6 +10,7 @@ scale; these tests use eps = 1 so the step is ~ lr * g, and also compare the gra
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -352,8 +353,10 @@ def _sample(gens, prompts, seed=123):
     return gens.generate(prompts)
 
 
-def test_push_then_engine_equals_fresh_engine_from_export(group_plain, untied_model_dir, tmp_path):
-    """After a push the engine samples the same tokens with the same logprobs (1e-5) as a fresh
+@pytest.mark.parametrize("transport", ["shm", "group"])
+def test_push_then_engine_equals_fresh_engine_from_export(group_plain, untied_model_dir, tmp_path, transport):
+    """After a push (shared memory: every rank writes its own shards; group: gathered buckets
+    over gloo) the engine samples the same tokens with the same logprobs (1e-5) as a fresh
     engine loaded from `save_hf` of the same step; its sampled-token logprobs match the learner's
     (kernel tolerance); the export loads in transformers with the learner's logprobs."""
     import ray
@@ -375,7 +378,7 @@ def test_push_then_engine_equals_fresh_engine_from_export(group_plain, untied_mo
         prompts = gens.render(questions)
         engine = gens.actors[0]
         before = ray.get(engine.logprobs_of.remote(probe.prompt_ids[0], probe.completion_ids[0]))
-        group_plain.setup_weight_sync(gens)
+        info = group_plain.setup_weight_sync(gens, transport=transport)
         pushes = [group_plain.push_weights(gens) for _ in range(2)]
         after = ray.get(engine.logprobs_of.remote(probe.prompt_ids[0], probe.completion_ids[0]))
         synced = _sample(gens, prompts)
@@ -385,9 +388,13 @@ def test_push_then_engine_equals_fresh_engine_from_export(group_plain, untied_mo
     # the engine served the old weights before the push and the learner's after it
     assert np.abs(before - learner_probe).max() > 20 * KERNEL_TOL, (before, learner_probe)
     assert np.abs(after - learner_probe).max() < KERNEL_TOL, (after, learner_probe)
+    assert info["transport"] == transport
+    if transport == "shm":  # unlinked once mapped: nothing is left behind, even after a crash
+        assert not os.path.exists(info["path"])
+    assert pushes[0]["sync/logprob_diff_max"] < KERNEL_TOL  # the probe rides on the first push only
+    assert "sync/logprob_diff_max" not in pushes[1]
     for p in pushes:
-        assert p["sync/logprob_diff_max"] < KERNEL_TOL
-        assert p["timing/sync_s"] > 0
+        assert p["timing/sync_s"] > 0 and p["sync/bytes"] > 0
     assert pushes[-1]["sync/version"] == 2
 
     export = tmp_path / "export"

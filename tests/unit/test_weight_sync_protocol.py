@@ -235,3 +235,84 @@ def test_a_loader_error_mid_stream_does_not_hang_the_sender(tiny_lm, tiny_model_
     res2 = good.egsw_receive(ws.meta_to_rows(meta))
     t.join(timeout=60)
     assert res2["params"] == len(meta) and set(good.loaded) == {m.name for m in meta}
+
+
+# ---------------------------------------------------------------------------- shared memory
+
+
+class _Stack(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(7, 5)        # 35 + 5 elements: uneven over 2 and 3 ranks
+        self.b = torch.nn.Linear(5, 3, bias=False)
+        self.norm = torch.nn.Parameter(torch.randn(4))
+
+
+def _as_zero3_rank(full: torch.nn.Module, rank: int, world: int, keep_whole=("norm",)) -> torch.nn.Module:
+    """A copy of `full` laid out as ZeRO-3 rank `rank` holds it: every parameter an empty tensor
+    with ds_shape / ds_numel and ds_tensor = this rank's flat slice, zero-padded to ceil(n/world)
+    (names in `keep_whole` stay ordinary, unpartitioned parameters)."""
+    import copy
+
+    mod = copy.deepcopy(full)
+    for name, p in list(mod.named_parameters()):
+        if name in keep_whole:
+            continue
+        flat = p.detach().reshape(-1)
+        size = -(-flat.numel() // world)
+        part = torch.zeros(size)
+        lo, hi = rank * size, min((rank + 1) * size, flat.numel())
+        if hi > lo:
+            part[:hi - lo] = flat[lo:hi]
+        q = torch.nn.Parameter(torch.empty(0))
+        q.ds_shape, q.ds_numel, q.ds_id, q.ds_tensor = p.shape, p.numel(), 0, part
+        owner, _, leaf = name.rpartition(".")
+        setattr(mod.get_submodule(owner) if owner else mod, leaf, q)
+    return mod
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_every_rank_writing_its_shards_reassembles_the_full_tensors(tmp_path, world):
+    torch.manual_seed(world)
+    full = _Stack()
+    meta = ws.param_meta(full)
+    offsets, nbytes = ws.shared_layout(meta)
+    assert nbytes == sum(m.padded_nbytes for m in meta) and all(o % ws.ALIGN == 0 for o in offsets)
+    buf = ws.map_shared(str(tmp_path / "w"), nbytes, create=True)
+    buf.fill_(0xFF)  # anything not written shows up as NaN
+    written = sum(ws.write_shards(_as_zero3_rank(full, r, world), meta, offsets, buf, r) for r in range(world))
+    assert written == sum(m.nbytes for m in meta)
+    got = dict(ws.shared_views(buf, meta, offsets))
+    for name, p in full.named_parameters():
+        torch.testing.assert_close(got[name], p.detach(), rtol=0, atol=0)
+
+
+def test_write_shards_refuses_a_plan_that_does_not_match(tmp_path):
+    full = _Stack()
+    meta = ws.param_meta(full)
+    offsets, nbytes = ws.shared_layout(meta)
+    buf = ws.map_shared(str(tmp_path / "w"), nbytes, create=True)
+    with pytest.raises(KeyError):
+        ws.write_shards(full, [ws.ParamMeta("nope", (3,), "float32")], [0], buf, 0)
+    bad = [ws.ParamMeta(m.name, m.shape, "bfloat16") if m.name == "norm" else m for m in meta]
+    with pytest.raises(ValueError, match="norm"):
+        ws.write_shards(full, bad, offsets, buf, 0)
+
+
+def _child_writes(path, nbytes):
+    buf = ws.map_shared(path, nbytes)
+    buf[:4] = torch.tensor([1, 2, 3, 4], dtype=torch.uint8)
+
+
+def test_the_shared_buffer_is_one_memory_for_every_process(tmp_path):
+    import multiprocessing as mp
+
+    path = str(tmp_path / "w")
+    buf = ws.map_shared(path, 64, create=True)
+    proc = mp.get_context("spawn").Process(target=_child_writes, args=(path, 64))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    assert buf[:4].tolist() == [1, 2, 3, 4]
+    with pytest.raises(FileExistsError):  # never two runs in one buffer
+        ws.map_shared(path, 64, create=True)
