@@ -491,10 +491,6 @@ def compose(preset: str, overrides: Sequence[str] = ()):
 # (warm-up, measured) trainer steps by preset: [full run, --quick]
 DEFAULT_COUNTS = {"tiny_cpu": [(2, 10), (2, 6)], "smollm2_cpu": [(1, 2), (1, 2)]}
 PEER_STEPS = {"tiny_cpu": 4, "smollm2_cpu": 2}  # measured TRL steps (after one warm-up step)
-# Overrides the benchmark applies to a preset. smollm2_cpu's own learner.micro_batch_tokens=4096
-# needs about 9 GiB per learner rank in fp32 (decoder activations of 4096 tokens): 2 ranks + the
-# vLLM engine do not fit in 24 GiB. 1024 tokens keep a rank near 4 GiB at the same tokens/s.
-PRESET_OVERRIDES = {"smollm2_cpu": ("learner.micro_batch_tokens=1024",)}
 # TRL's loss micro-batch, in sequences, with about the same token budget as egsw_rl's
 PEER_MICRO_BATCH = {"tiny_cpu": 16, "smollm2_cpu": 4}
 BENCH_OVERRIDES = ("trainer.save_every=0", "data.eval=[]", "logger.wandb.mode=disabled",
@@ -520,9 +516,6 @@ class Bench:
         self._ray_started = False
 
     # ------------------------------------------------------------------ plumbing
-
-    def preset_overrides(self, preset: str) -> list[str]:
-        return [*PRESET_OVERRIDES.get(preset, ()), *self.extra]
 
     def counts(self, preset: str) -> tuple[int, int]:
         """(warm-up, measured) trainer steps: --warmup / --steps, else by preset (SmolLM2 steps
@@ -564,7 +557,7 @@ class Bench:
         name = preset + "".join("_" + o.replace("=", "-").replace(".", "_") for o in overrides)
         run_dir = self.workdir / f"{name}_{time.strftime('%H%M%S')}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg = compose(preset, [*BENCH_OVERRIDES, f"trainer.total_steps={total}", *self.preset_overrides(preset),
+        cfg = compose(preset, [*BENCH_OVERRIDES, f"trainer.total_steps={total}", *self.extra,
                                *overrides])
         self.ray()
         self.echo(f"[bench] {preset} {' '.join(overrides)}: {total} steps ({warmup} warm-up) in {run_dir}")
@@ -659,7 +652,7 @@ class Bench:
         cmd = [sys.executable, "-m", "egsw_rl.bench_peer", "--preset", preset, "--mode", mode,
                "--steps", str(self.peer_steps or PEER_STEPS.get(preset, 2)), "--warmup", str(self.peer_warmup),
                "--micro-batch", str(PEER_MICRO_BATCH.get(preset, 16)), "--out", str(out),
-               *self.preset_overrides(preset)]
+               *self.extra]
         self.echo(f"[bench] peer: TRL GRPOTrainer, {preset}, {mode}")
         load0 = os.getloadavg()[0]
         log = self.workdir / f"peer_{preset}_{mode}.log"
