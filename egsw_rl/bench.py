@@ -534,7 +534,9 @@ class Bench:
         if os.environ.get("RAY_ADDRESS"):
             ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=env, log_to_driver=False)
         else:
-            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 4), include_dashboard=False,
+            # logical slots: a run's generator (2), learner ranks and reward actor, as launch counts them,
+            # plus headroom for the learner sub-benchmark's own groups
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 8), include_dashboard=False,
                      _node_ip_address="127.0.0.1", runtime_env=env, log_to_driver=False)
             self._ray_started = True
 

@@ -61,6 +61,7 @@ __all__ = [
     "rows_to_meta",
     "probe_token_ids",
     "probe_logprobs",
+    "run_probe",
     "validate_meta",
     "WeightSender",
     "WorkerExtension",
@@ -217,6 +218,13 @@ def probe_logprobs(module: torch.nn.Module, ids: Sequence[int]) -> torch.Tensor:
     return lp.cpu()
 
 
+def run_probe(module: torch.nn.Module) -> tuple[list[int], torch.Tensor]:
+    """The probe sequence for `module` and its logprobs. Every ZeRO-3 rank must call it (the
+    forward is collective)."""
+    ids = probe_token_ids(_module_vocab_size(module))
+    return ids, probe_logprobs(module, ids)
+
+
 # ============================================================================ process group
 
 
@@ -350,8 +358,7 @@ class WeightSender:
         ids: list[int] = []
         lp = None
         if probe:
-            ids = probe_token_ids(_module_vocab_size(module))
-            lp = probe_logprobs(module, ids)  # every rank: a ZeRO-3 forward is collective
+            ids, lp = run_probe(module)
         if is_sender:
             self._header(KIND_END, len(ids), 0)
             if ids:

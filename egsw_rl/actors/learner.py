@@ -482,12 +482,6 @@ class Learner:
 
         return ws.meta_to_rows(self._sync_meta)
 
-    def _probe(self) -> dict:
-        from egsw_rl import weight_sync as ws
-
-        ids = ws.probe_token_ids(ws._module_vocab_size(self.module.lm))
-        return {"probe_ids": ids, "probe_logprobs": ws.probe_logprobs(self.module.lm, ids).tolist()}
-
     def send_weights(self, probe: bool = True) -> dict:
         """One push. Group transport: gather each bucket on every rank, rank 0 broadcasts it.
         Shared memory: every rank writes its own shards into the buffer. With `probe`, every
@@ -503,7 +497,8 @@ class Learner:
                 out = {"bytes": ws.write_shards(self.module.lm, self._sync_meta, self._shared_offsets,
                                                 self._shared, self.rank)}
                 if probe:
-                    out.update(self._probe())
+                    ids, lp = ws.run_probe(self.module.lm)
+                    out.update(probe_ids=ids, probe_logprobs=lp.tolist())
             elif self.sender is not None:
                 out = self.sender.send(self.module.lm, self._sync_buckets, is_sender=self.rank == 0,
                                        probe=probe)
