@@ -14,8 +14,9 @@ What a rank does:
   the world size: the result is the gradient of the single-process whole-batch loss. The
   accumulation boundary is set by hand (`set_gradient_accumulation_boundary`) because ranks run
   a variable number of micro-batches per step (equalised across ranks, see `_learner_plan`).
-- weight push (gather ZeRO-3 buckets on all ranks, rank 0 broadcasts to the generators),
-  DeepSpeed checkpoints, and `save_hf` (an ordinary HF model folder from gathered weights).
+- weight push: on one CPU node every rank writes its own shards into a shared-memory buffer the
+  engines load from; otherwise all ranks gather ZeRO-3 buckets and rank 0 broadcasts them;
+- DeepSpeed checkpoints, and `save_hf` (an ordinary HF model folder from gathered weights).
 
 Old logprobs: when `algo.ppo_epochs == 1`, `algo.mini_batches == 1` and no exact entropy is
 needed, the old policy is the current one and `update` uses its own detached logprobs when
@@ -31,6 +32,7 @@ import resource
 import socket
 import time
 import uuid
+import warnings
 from dataclasses import asdict, is_dataclass
 from typing import Any, Optional
 
@@ -98,6 +100,11 @@ class Learner:
         # DeepSpeed picks its accelerator at import: make it follow `device`, not the machine.
         os.environ["DS_ACCELERATOR"] = "cuda" if self.device_kind == "cuda" else "cpu"
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # DeepSpeed 0.19.8 calls the c10d collectives torch 2.x renamed; torch warns on every call
+        # (thousands of lines a run) about an API that is not ours to change.
+        warnings.filterwarnings(
+            "ignore", category=FutureWarning,
+            message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor|reduce_op)` is deprecated")
         import torch
 
         if self.device_kind == "cpu":

@@ -138,11 +138,16 @@ def load_problems(spec: str, *, split: str = "train", question_key: str = "quest
         local = _locate(src.file) if src.file else None
         if local is not None:
             rows, where = _read_rows(local), str(local)
-        elif src.hub is not None:
+        elif src.file is None:  # hub only
             rows = _hub_rows(*src.hub)
         else:
-            raise DataError(f"data set {spec!r}: no local copy of {src.file} in "
-                            f"{', '.join(map(str, data_dirs()))}; set EGSW_RL_DATA or give a path")
+            missing = f"data set {spec!r}: no local copy of {src.file} in {', '.join(map(str, data_dirs()))}"
+            if src.hub is None:
+                raise DataError(f"{missing}; set EGSW_RL_DATA or give a path")
+            try:
+                rows = _hub_rows(*src.hub)
+            except DataError as e:
+                raise DataError(f"{missing} (set EGSW_RL_DATA), and {e}") from None
     elif Path(spec).expanduser().exists():
         path = Path(spec).expanduser()
         rows = _read_rows(path)

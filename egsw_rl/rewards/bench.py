@@ -54,7 +54,7 @@ def main() -> None:
         r = reward_throughput(completions, golds, n, timeout_s=args.timeout_s)
         print(f"pool, {n} worker(s): {r['scorings_per_s']:7.1f} scorings/s, "
               f"p50 {r['p50_ms']:6.1f} ms, p99 {r['p99_ms']:6.1f} ms "
-              f"per sample, {r['correct']}/{len(rows)} correct (best of 2 passes, load {r['load_avg']:.1f})")
+              f"per sample, {r['correct']}/{len(rows)} correct (one pass, a fresh pool, load {r['load_avg']:.1f})")
 
     comps, gs = hostile_batch()
     with RewardPool(workers=2, timeout_s=args.timeout_s) as pool:

@@ -64,3 +64,17 @@ def test_sampler_resumes_without_repeating_or_skipping():
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
     with pytest.raises(DataError, match="same data"):
         PromptSampler(11, 4).load_state_dict(state)
+
+
+def test_named_set_without_local_copy_says_where_it_looked(tmp_path, monkeypatch):
+    import egsw_rl.data as data
+
+    def offline(name, config, split):
+        raise DataError(f"could not load data set {name!r} from the hub: ConnectionError")
+
+    monkeypatch.setattr(data, "data_dirs", lambda: [tmp_path])
+    monkeypatch.setattr(data, "_hub_rows", offline)
+    with pytest.raises(DataError) as e:
+        load_problems("gsm8k")
+    msg = str(e.value)
+    assert "gsm8k_test.jsonl" in msg and str(tmp_path) in msg and "EGSW_RL_DATA" in msg and "hub" in msg
