@@ -1,7 +1,7 @@
 """`python -m egsw_rl.bench`: where the time of a training step goes, on this machine.
 
     python -m egsw_rl.bench --quick --out bench.json        # a few minutes on 2 cores (tiny model)
-    python -m egsw_rl.bench --out bench.json                # + SmolLM2-135M (tens of minutes)
+    python -m egsw_rl.bench --out bench.json                # + SmolLM2-135M (about 3 hours)
     python -m egsw_rl.bench --only steps,sync --presets tiny_cpu
     python -m egsw_rl.bench --paper                         # the Qwen2.5-Math-7B estimate only
 
