@@ -520,23 +520,30 @@ class WorkerExtension:
         meta = rows_to_meta(meta_rows)
         state: dict = {"bytes": 0, "names": [], "done": False}
         t0 = time.perf_counter()
-        shapes, tied = self._egsw_expected()
-        problems = validate_meta(meta, shapes if strict else None, tied)
-        if problems:
+        rejected = self._egsw_rejected(meta, strict)
+        if rejected:
             self._egsw_drain(state)
-            raise ValueError("weight sync rejected, engine weights unchanged: " + "; ".join(problems))
-        stream = self._egsw_stream(meta, state)
+            raise ValueError(rejected)
         try:
-            self.reload_weights(weights_iterator=stream, is_checkpoint_format=True)
+            repacked = self._egsw_reload(self._egsw_stream(meta, state))
         finally:
             if not state["done"]:  # keep the group in step with the sender whatever happened
                 self._egsw_drain(state)
-        repacked = _reprocess_aliased_modules(self.model_runner.get_model())
         return {"bytes": state["bytes"], "params": len(state["names"]),
                 "probe_ids": state.get("probe_ids", []),
                 "probe_logprobs": state.get("probe_logprobs", []),
                 "repacked": repacked, "seconds": time.perf_counter() - t0}
 
+    def _egsw_rejected(self, meta: Sequence[ParamMeta], strict: bool) -> str:
+        """Why a plan cannot be loaded ('' when it covers the engine's model exactly)."""
+        shapes, tied = self._egsw_expected()
+        problems = validate_meta(meta, shapes if strict else None, tied)
+        return "weight sync rejected, engine weights unchanged: " + "; ".join(problems) if problems else ""
+
+    def _egsw_reload(self, weights: Iterator[tuple[str, torch.Tensor]]) -> list[str]:
+        """vLLM's in-place layer-wise reload from (name, tensor) pairs, then the tied head."""
+        self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+        return _reprocess_aliased_modules(self.model_runner.get_model())
 
     def egsw_open_shared(self, path: str, nbytes: int) -> None:
         """Map the learners' shared weights file (same node only); kept mapped for every sync."""
@@ -550,15 +557,13 @@ class WorkerExtension:
             raise RuntimeError("egsw_load_shared before egsw_open_shared")
         meta = rows_to_meta(meta_rows)
         t0 = time.perf_counter()
-        shapes, tied = self._egsw_expected()
-        problems = validate_meta(meta, shapes if strict else None, tied)
-        if problems:
-            raise ValueError("weight sync rejected, engine weights unchanged: " + "; ".join(problems))
+        rejected = self._egsw_rejected(meta, strict)
+        if rejected:
+            raise ValueError(rejected)
         offsets, total = shared_layout(meta)
         if total > buf.numel():
             raise ValueError(f"weight sync plan needs {total} bytes, the shared buffer has {buf.numel()}")
-        self.reload_weights(weights_iterator=shared_views(buf, meta, offsets), is_checkpoint_format=True)
-        repacked = _reprocess_aliased_modules(self.model_runner.get_model())
+        repacked = self._egsw_reload(shared_views(buf, meta, offsets))
         return {"bytes": sum(m.nbytes for m in meta), "params": len(meta), "repacked": repacked,
                 "seconds": time.perf_counter() - t0}
 
