@@ -41,8 +41,8 @@ def deep_merge(base: dict, extra: dict) -> dict:
 def build_ds_config(lcfg, *, device: str, dtype: str, train: bool, hidden_size: Optional[int] = None) -> dict:
     """The DeepSpeed config generated from `learner.*` (the user never writes JSON).
 
-    ZeRO stage 3; bf16 on GPU (fp32 gradient accumulation), fp32 on CPU; AdamW (torch's on CPU,
-    DeepSpeed's fused / CPU Adam on GPU); gradient clipping. Batch sizes are placeholders
+    ZeRO stage 3; bf16 on GPU (fp32 gradient accumulation), fp32 on CPU; torch's AdamW on every
+    device (fused kernels on GPU); gradient clipping. Batch sizes are placeholders
     (micro 1, accumulation 1): the learner forms token-budget micro-batches and marks the
     accumulation boundary itself. With the model's `hidden_size` the ZeRO-3 buffers are sized
     from it (reduce bucket h^2, prefetch 0.9 h^2, persistence 10 h, the usual recipe) instead of
@@ -85,11 +85,18 @@ def build_ds_config(lcfg, *, device: str, dtype: str, train: bool, hidden_size: 
                 "betas": [float(b) for b in lcfg.adam_betas],
                 "eps": float(lcfg.adam_eps),
                 "weight_decay": float(lcfg.weight_decay),
-                # CPU: torch.optim.AdamW (no compiled DeepSpeed op); GPU: FusedAdam, or
-                # DeepSpeedCPUAdam when the optimizer is offloaded.
-                "torch_adam": not on_gpu,
+                # torch.optim.AdamW everywhere. DeepSpeed's own FusedAdam / DeepSpeedCPUAdam are
+                # C++/CUDA ops JIT-compiled on first use, which needs a CUDA toolkit matching
+                # torch's on every node (DeepSpeed asserts it) and minutes of build per rank;
+                # torch's AdamW ships compiled with torch. With torch_adam DeepSpeed takes this
+                # branch before it looks at offload, so an offloaded optimizer is torch's too.
+                "torch_adam": True,
             },
         }
+        if on_gpu:
+            # torch's fused multi-tensor kernel: FusedAdam's speed without a build. It also has
+            # a CPU kernel, which is where the step runs when the optimizer is offloaded.
+            cfg["optimizer"]["params"]["fused"] = True
     return deep_merge(cfg, dict(lcfg.deepspeed or {}))
 
 
