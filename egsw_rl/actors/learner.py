@@ -137,6 +137,9 @@ class Learner:
         import deepspeed
         import torch
 
+        from egsw_rl.models import resolve_model
+
+        self.model_path = str(resolve_model(self.model_path))  # on this rank's node: a hub id reads its HF cache
         local = self._local_device_index() if self.device_kind == "cuda" else 0
         os.environ.update({"MASTER_ADDR": str(master_addr), "MASTER_PORT": str(master_port),
                            "RANK": str(self.rank), "WORLD_SIZE": str(self.world_size),
