@@ -426,7 +426,7 @@ def load_benchmark(name: str, path: Optional[str] = None, *, limit: Optional[int
 @dataclass
 class ModelSpec:
     spec: str  # as given
-    path: str  # HF folder or hub name
+    path: str  # the local model folder (a hub id resolved through the HF cache)
     name: str  # row label in tables (unique-ish)
     label: str  # group label for --compare (algo name for runs)
     run_dir: Optional[str] = None
@@ -461,41 +461,29 @@ def run_label(run_dir: Path, key: str = "algo.name") -> str:
     return str(value) if value is not None else Path(run_dir).name
 
 
-def _step_of(ckpt: Path) -> Optional[int]:
-    try:
-        return int(ckpt.name.split("_")[-1])
-    except ValueError:
-        return None
-
-
 def resolve_model(spec: str, label: Optional[str] = None) -> ModelSpec:
-    """Model spec -> path to load: a run directory (newest complete checkpoint's hf/), a
-    checkpoint directory (its hf/), an HF folder, a built-in name, or a hub name."""
-    from egsw_rl.checkpoint import is_complete, latest
-    from egsw_rl.models import resolve_model_path
+    """Model spec -> the folder to load, as `model.path` resolves in training
+    (`egsw_rl.models.locate_model`): a run directory (newest complete checkpoint's hf/), a
+    checkpoint directory (its hf/), an HF folder, a built-in name, or a hub repo id (from the
+    Hugging Face cache)."""
+    from egsw_rl.models import ModelNotFoundError, locate_model
 
-    p = Path(spec).expanduser()
-    is_run = p.is_dir() and ((p / "checkpoints").is_dir()
-                             or ((p / "metrics.jsonl").exists() and not (p / "config.json").exists()))
-    if is_run:
-        ckpt = latest(p)
-        if ckpt is None or not (ckpt / "hf" / "config.json").exists():
-            raise EvalError(f"run directory {p} has no complete checkpoint with an hf/ export "
-                            "(trainer.save_every > 0 writes them)")
-        return ModelSpec(spec, str(ckpt / "hf"), f"{p.name}@{_step_of(ckpt)}", label or run_label(p),
-                         run_dir=str(p), step=_step_of(ckpt))
-    if p.is_dir() and (p / "hf" / "config.json").exists():  # one checkpoint
-        if (p / "COMPLETE").exists() and not is_complete(p):
-            log.warning("checkpoint %s does not match its COMPLETE listing", p)
-        run = p.parent.parent if p.parent.name == "checkpoints" else None
-        step = _step_of(p)
-        lab = label or (run_label(run) if run is not None else p.name)
-        name = f"{run.name}@{step}" if run is not None else p.name
-        return ModelSpec(spec, str(p / "hf"), name, lab, run_dir=str(run) if run else None, step=step)
-    if p.is_dir() and (p / "config.json").exists():
-        return ModelSpec(spec, str(p), p.name, label or p.name)
-    path = resolve_model_path(spec)  # tiny / tiny_arith / smollm2 / a hub name
-    return ModelSpec(spec, path, spec, label or spec)
+    try:
+        m = locate_model(spec, key="--model")
+    except ModelNotFoundError as e:
+        raise EvalError(str(e)) from None
+    if m.kind == "run":
+        return ModelSpec(spec, str(m.path), f"{m.run_dir.name}@{m.step}", label or run_label(m.run_dir),
+                         run_dir=str(m.run_dir), step=m.step)
+    if m.kind == "checkpoint":
+        run = m.run_dir
+        ckpt = m.path.parent
+        return ModelSpec(spec, str(m.path), f"{run.name}@{m.step}" if run is not None else ckpt.name,
+                         label or (run_label(run) if run is not None else ckpt.name),
+                         run_dir=str(run) if run is not None else None, step=m.step)
+    if m.kind == "folder":
+        return ModelSpec(spec, str(m.path), m.path.name, label or m.path.name)
+    return ModelSpec(spec, str(m.path), spec, label or spec)  # built-in name or hub repo id
 
 
 # ============================================================================ tables

@@ -6,6 +6,9 @@ the byte-level BPE tokenizer is trained on the spot on a small math corpus. tran
 DeepSpeed and vLLM all load the folder. Folders are cached under `$EGSW_RL_CACHE` (default
 `~/.cache/egsw_rl`) keyed by their settings, and written atomically so concurrent test workers
 never see half a model.
+
+`populate_hf_cache(folder, repo_id, hf_home)` places such a folder in a Hugging Face cache under a
+hub repo id, so runs and tests can load it by id with `HF_HUB_OFFLINE=1` (no network).
 """
 
 from __future__ import annotations
@@ -140,6 +143,73 @@ def tiny_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+# Files the hub stores through LFS (their blob is named by sha256); other files are git blobs
+# (named by git's sha1 of "blob <size>\0" + content).
+_LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".model", ".h5", ".msgpack", ".onnx")
+
+
+def _blob_name(path: Path) -> str:
+    h = hashlib.sha256() if path.suffix in _LFS_SUFFIXES or path.stat().st_size > 10 * 2**20 else hashlib.sha1()
+    if h.name == "sha1":
+        h.update(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def populate_hf_cache(model_dir: Path | str, repo_id: str, hf_home: Path | str, *, revision: str = "main") -> Path:
+    """Place the model folder `model_dir` into the Hugging Face cache of `hf_home` under `repo_id`,
+    in the hub's own layout (`hub/models--org--name/{blobs, snapshots/<commit>, refs/<revision>}`,
+    snapshot files symlinked to content-named blobs), so that with `HF_HUB_OFFLINE=1
+    HF_HOME=<hf_home>` transformers, vLLM and `egsw_rl.models.resolve_model` load it by repo id,
+    exactly as a real download would have left it. The commit is a hash of the files, so placing
+    the same folder again changes nothing. Returns the snapshot folder."""
+    src = Path(model_dir)
+    files = sorted(p for p in src.rglob("*") if p.is_file() and not any(
+        part.startswith(".") for part in p.relative_to(src).parts))
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"{src}: not a model folder (no config.json)")
+    from egsw_rl.models.resolve import looks_like_repo_id
+
+    if not looks_like_repo_id(repo_id):
+        raise ValueError(f"repo id {repo_id!r}: expected 'org/name' or 'name'")
+    repo = Path(hf_home) / "hub" / ("models--" + repo_id.replace("/", "--"))
+    blobs = {str(p.relative_to(src)): _blob_name(p) for p in files}
+    commit = hashlib.sha1(json.dumps(blobs, sort_keys=True).encode()).hexdigest()
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    (repo / "snapshots").mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    for p in files:
+        blob = repo / "blobs" / blobs[str(p.relative_to(src))]
+        if not blob.exists():
+            tmp = blob.with_name(blob.name + f".{os.getpid()}.incomplete")
+            shutil.copyfile(p, tmp)
+            os.replace(tmp, blob)
+    snap = repo / "snapshots" / commit
+    if not snap.is_dir():
+        tmp = Path(tempfile.mkdtemp(dir=repo / "snapshots", prefix=".building-"))
+        for rel, name in blobs.items():
+            link = tmp / rel
+            link.parent.mkdir(parents=True, exist_ok=True)
+            # relative, as the hub client writes them: the cache stays valid when moved or mounted elsewhere
+            target = os.path.relpath(repo / "blobs" / name, (snap / rel).parent)
+            try:
+                os.symlink(target, link)
+            except OSError:  # no symlinks on this file system: the hub client copies then too
+                shutil.copyfile(repo / "blobs" / name, link)
+        try:
+            tmp.rename(snap)
+        except OSError:  # placed concurrently by another process: same content
+            shutil.rmtree(tmp, ignore_errors=True)
+    ref = repo / "refs" / revision
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    tmp_ref = ref.with_name(ref.name + f".{os.getpid()}.tmp")
+    tmp_ref.write_text(commit)  # no newline: the hub client reads the file verbatim
+    os.replace(tmp_ref, ref)
+    return snap
 
 
 if __name__ == "__main__":

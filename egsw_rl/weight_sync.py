@@ -376,14 +376,13 @@ def checkpoint_shapes(model_path: str) -> Optional[dict[str, tuple[int, ...]]]:
     `load_weights` consumes); None when there are none to read."""
     import glob
 
-    path = model_path
-    if not os.path.isdir(path):
-        try:
-            from huggingface_hub import snapshot_download
+    from egsw_rl.models import ModelNotFoundError, resolve_model
 
-            path = snapshot_download(model_path, allow_patterns=["*.safetensors"], local_files_only=True)
-        except Exception:  # not a local folder and not in the hub cache: skip the name check
-            return None
+    try:
+        path = str(resolve_model(model_path))
+    except ModelNotFoundError as e:  # the engine loaded from somewhere else: the check needs the files
+        log.warning("weight sync: no parameter-name check against the checkpoint (%s)", e)
+        return None
     files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
     if not files:
         return None

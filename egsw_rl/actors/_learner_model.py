@@ -125,10 +125,14 @@ def lr_lambda(schedule: str, warmup_steps: int, total_steps: Optional[int]):
 
 
 def _checkpoint_index(path: str) -> dict[str, str]:
-    """tensor name -> safetensors file of an HF model folder."""
+    """tensor name -> safetensors file of an HF model folder (`path` as `model.path` allows: a hub
+    repo id, a run or checkpoint directory, a folder)."""
     import json
     import os
 
+    from egsw_rl.models import resolve_model
+
+    path = str(resolve_model(path))
     single = os.path.join(path, "model.safetensors")
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.exists(index):
@@ -140,7 +144,8 @@ def _checkpoint_index(path: str) -> dict[str, str]:
 
         with safe_open(single, framework="pt") as f:
             return {k: single for k in f.keys()}
-    raise FileNotFoundError(f"{path}: no model.safetensors(.index.json); the learner loads safetensors folders")
+    raise FileNotFoundError(f"{path}: no model.safetensors(.index.json); the learner loads safetensors "
+                            "weights (convert .bin / .pth checkpoints with transformers' save_pretrained)")
 
 
 def load_zero3_causal_lm(path: str, ds_config: dict, dtype, *, rank: int, trust_remote_code: bool = False,
@@ -156,6 +161,10 @@ def load_zero3_causal_lm(path: str, ds_config: dict, dtype, *, rank: int, trust_
 
     from transformers.initialization import no_init_weights
 
+    from egsw_rl.models import resolve_model
+
+    # Every rank resolves `path` on its own node: a hub id names that node's Hugging Face cache.
+    path = str(resolve_model(path))
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     # No random init (the partitions are empty and get overwritten anyway); no_init_weights also
     # skips tying, so tie explicitly (a tied head then shares the embedding's ZeRO-3 parameter).

@@ -117,9 +117,9 @@ class Generator:
         self.mcfg = _as_cfg(model, ModelConfig)
         self.rcfg = _as_cfg(rollout, RolloutConfig)
         self.device = resolve_device(device)
-        from egsw_rl.models import resolve_model_path
+        from egsw_rl.models import resolve_model
 
-        self.model_path = resolve_model_path(self.mcfg.path)
+        self.model_path = str(resolve_model(self.mcfg.path))  # on this actor's node: a hub id reads its HF cache
         self.dtype = resolve_dtype(self.mcfg.dtype, self.device)
         self._version = 0
         self._last_sync: dict = {}

