@@ -122,6 +122,10 @@ class AlgoConfig:
     overlong_shaping: bool = False
     # L_cache; L_max is rollout.max_tokens. None = 20% of it (DAPO: 4096 of 20480).
     overlong_cache: Optional[int] = None
+    # Rollout importance correction: re-weight each token's policy-gradient term by
+    # pi_learner_old / pi_vllm. none | tis (min(ratio, cap)) | mis (0 beyond the cap).
+    rollout_correction: str = "none"
+    rollout_correction_cap: float = 2.0
 
 
 @dataclass
@@ -232,6 +236,7 @@ _CHOICES = {
     "algo.entropy_source": ("rollout", "learner"),
     "algo.agg": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
     "algo.zscore": ("separate", "joint", "scale_only"),
+    "algo.rollout_correction": ("none", "tis", "mis"),
     "data.answer_format": ("auto", "latex", "gsm8k", "aime", "choice"),
     "logger.wandb.mode": ("online", "offline", "disabled"),
     "trainer.device": ("auto", "cpu", "cuda"),
@@ -287,11 +292,24 @@ def validate(cfg, *, available_gpus: int | None = None) -> None:
             or cfg.algo.token_mask in ("clipb", "high_entropy")):
         errors.append("rollout.logprobs=0 gives no entropy estimate; set rollout.logprobs >= 1 "
                       "or algo.entropy_source=learner")
-    if cfg.algo.entropy_source == "rollout" and cfg.algo.weighting == "egsw" and (
-            cfg.rollout.top_p < 1.0 or cfg.rollout.top_k not in (-1, 0)):
-        errors.append("algo.entropy_source=rollout with rollout.top_p < 1 or rollout.top_k set "
-                      "measures the truncated distribution's entropy; sample with top_p=1, "
-                      "top_k=-1 or use algo.entropy_source=learner")
+    if cfg.rollout.top_p < 1.0 or cfg.rollout.top_k not in (-1, 0):
+        # vLLM's top-k logprobs then describe the truncated distribution, and the learner's
+        # entropy (the bonus differentiates it) the untruncated one: neither is the other's.
+        users = [name for name, used in (
+            ("algo.weighting=egsw", cfg.algo.weighting == "egsw"),
+            (f"algo.advantage={cfg.algo.advantage}", cfg.algo.advantage in ("gtpo", "grpo_s")),
+            (f"algo.token_mask={cfg.algo.token_mask}", cfg.algo.token_mask in ("clipb", "high_entropy")),
+        ) if used and cfg.algo.entropy_source == "rollout"]
+        if cfg.algo.entropy_coef > 0:
+            users.append(f"algo.entropy_coef={cfg.algo.entropy_coef}")
+        if users:
+            errors.append(f"rollout.top_p={cfg.rollout.top_p} / rollout.top_k={cfg.rollout.top_k} "
+                          f"truncate the sampling distribution, but {', '.join(users)} use(s) its "
+                          "entropy: sample with top_p=1, top_k=-1 (or use "
+                          "algo.entropy_source=learner for the shaping)")
+    if cfg.algo.rollout_correction_cap < 1:
+        errors.append(f"algo.rollout_correction_cap={cfg.algo.rollout_correction_cap}: must be >= 1 "
+                      "(a cap below 1 cuts tokens the two policies agree on)")
     if cfg.rollout.max_tokens >= cfg.rollout.max_model_len:
         errors.append(f"rollout.max_tokens={cfg.rollout.max_tokens} leaves no room for the prompt "
                       f"in rollout.max_model_len={cfg.rollout.max_model_len}")

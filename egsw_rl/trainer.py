@@ -123,15 +123,17 @@ class Trainer:
         return rewards, results, rmetrics
 
     def _rollout(self, timer: Timer, first: Optional[tuple[list[Problem], list[Completion]]] = None) -> Rollout:
-        """One batch of B groups. With DAPO dynamic sampling, groups whose rewards are all equal
-        are dropped and more are generated, at most algo.max_gen_batches rounds; a batch still
-        short after that is topped up with dropped groups (advantage 0) and the shortfall logged."""
+        """One batch of B groups. With DAPO dynamic sampling, groups whose answers are all right
+        or all wrong are dropped and more are generated, at most algo.max_gen_batches rounds; a
+        batch still short after that is topped up with dropped groups and the shortfall logged
+        (a warning, and dapo/short_groups)."""
         B, G = self.cfg.data.batch_size, self.G
+        dynamic = self.algo.dynamic_sampling
         kept: list[tuple[Problem, list[Completion], np.ndarray, list]] = []
         dropped: list[tuple[Problem, list[Completion], np.ndarray, list]] = []
-        reward_metrics: dict[str, float] = {}
+        round_metrics: list[tuple[dict, int]] = []
         rounds = 0
-        while len(kept) < B and rounds < (self.algo.max_gen_batches if self.algo.dynamic_sampling else 1):
+        while len(kept) < B and rounds < (self.algo.max_gen_batches if dynamic else 1):
             if first is not None:
                 problems, completions = first
                 first = None
@@ -141,16 +143,23 @@ class Trainer:
                 timer.times["timing/generate_s"] = timer.times.get("timing/generate_s", 0.0) + seconds
             rounds += 1
             rewards, results, rmetrics = self._score(problems, completions, timer)
-            for k, v in rmetrics.items():
-                reward_metrics[k] = reward_metrics.get(k, 0.0) + v
+            round_metrics.append((rmetrics, len(results)))
+            informative = algos.dynamic_sampling_keep(
+                torch.tensor([r.status == "correct" for r in results]), group_size=G).tolist()
             for b, problem in enumerate(problems):
                 sl = slice(b * G, (b + 1) * G)
                 group = (problem, completions[sl], rewards[sl], results[sl])
-                informative = not np.all(rewards[sl] == rewards[sl][0])
-                (kept if informative or not self.algo.dynamic_sampling else dropped).append(group)
-        if len(kept) < B:
-            kept += dropped[:B - len(kept)]
+                (kept if informative[b] or not dynamic else dropped).append(group)
         kept = kept[:B]
+        short = B - len(kept)
+        dapo_metrics = {"dapo/gen_rounds": float(rounds), "dapo/kept_groups": float(len(kept)),
+                        "dapo/dropped_groups": float(len(dropped) - min(short, len(dropped))),
+                        "dapo/short_groups": float(short)}
+        if short:
+            log.warning("dynamic sampling: %d of %d groups still all right or all wrong after %d "
+                        "generation rounds (algo.max_gen_batches); the batch is topped up with them",
+                        short, B, rounds)
+            kept += dropped[:short]
         problems = [g[0] for g in kept]
         completions = []
         for b, g in enumerate(kept):
@@ -158,7 +167,9 @@ class Trainer:
                 completions.append(dataclasses.replace(c, prompt_index=b))
         rewards = np.concatenate([g[2] for g in kept])
         results = [r for g in kept for r in g[3]]
-        metrics = {"dapo/gen_rounds": rounds, **reward_metrics} if self.algo.dynamic_sampling else dict(reward_metrics)
+        metrics = merge_reward_metrics(round_metrics, results)
+        if dynamic:
+            metrics.update(dapo_metrics)
         return Rollout(problems, completions, rewards, results, metrics)
 
     def _needs_old_logprobs(self) -> bool:
@@ -399,6 +410,27 @@ class Trainer:
             except Exception as e:  # a dead actor must not hide the real error
                 log.warning("shutdown of %s failed: %s", type(part).__name__, e)
         ray.kill(self.rewarder)
+
+
+def merge_reward_metrics(rounds: list[tuple[dict, int]], kept: list) -> dict[str, float]:
+    """The reward actor's metrics of one step's scoring rounds (metrics, completions scored),
+    each averaged over what it names: status counts and mean_score over the completions the
+    batch trains on (`kept`, the same set as reward/accuracy), grading wall time and worker
+    restarts summed over every round, anything else (the per-sample latency percentiles) the
+    mean of the rounds' values weighted by the completions each scored (exact with one round)."""
+    n = sum(c for _, c in rounds)
+    statuses = [r.status for r in kept]
+    out: dict[str, float] = {}
+    for key in dict.fromkeys(k for m, _ in rounds for k in m):
+        if key.endswith("_count"):
+            out[key] = float(statuses.count(key[len("reward/"):-len("_count")]))
+        elif key == "reward/mean_score":
+            out[key] = float(np.mean([r.score for r in kept])) if kept else 0.0
+        elif key in ("reward/latency_s", "reward/worker_restarts"):
+            out[key] = float(sum(m.get(key, 0.0) for m, _ in rounds))
+        else:
+            out[key] = float(sum(m.get(key, 0.0) * c for m, c in rounds) / n) if n else 0.0
+    return out
 
 
 def _truncate_jsonl(path: Path, step: int) -> None:

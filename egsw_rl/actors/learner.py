@@ -278,7 +278,7 @@ class Learner:
         import torch
 
         from egsw_rl.actors._learner_model import scatter_tokens
-        from egsw_rl.algos import policy_loss, reduce_loss_metrics
+        from egsw_rl.algos import policy_loss, reduce_loss_metrics, rollout_is_weights
 
         a = self.acfg
         eng = self.engine
@@ -296,6 +296,9 @@ class Learner:
         vllm_all = (np.asarray(batch.rollout_logprobs, dtype=np.float32)
                     if old_all is None and batch.rollout_logprobs is not None else None)
         drift = {"sum": 0.0, "count": 0, "max": 0.0}
+        roll_all = (np.asarray(batch.rollout_logprobs, dtype=np.float32)
+                    if batch.rollout_logprobs is not None else None)
+        is_stats: list[dict] = []
         if beta > 0 and ref_all is None and self.ref_engine is None:
             raise RuntimeError("beta > 0 but no reference model on this learner")
         dev = self.device
@@ -304,6 +307,7 @@ class Learner:
         t_start = time.perf_counter()
         for st in steps:
             micro = st["micro"]
+            correction = st.get("rollout_correction", "none")
             parts = []
             real = padded = 0
             for j, idx in enumerate(micro):
@@ -342,9 +346,16 @@ class Learner:
                             with torch.no_grad():
                                 _, (rlp, _, _) = self._forward(self.ref_engine, batch, idx)
                             ref = scatter_tokens(rlp, x["tok_row"], x["tok_col"], b, T)
+                    w = None if w_all is None else sel(w_all, idx, T)
+                    if correction != "none":  # the tokens came from vLLM, not from `old`
+                        isw, stats = rollout_is_weights(
+                            old, sel(roll_all, idx, T), mask,
+                            mode=correction, cap=float(st["rollout_correction_cap"]))
+                        w = isw.to(old.dtype) if w is None else w * isw.to(w.dtype)
+                        is_stats.append({k: float(v) for k, v in stats.items()})
                     loss, metrics = policy_loss(
                         lp, old, sel(adv_all, idx, T), mask,
-                        weights=None if w_all is None else sel(w_all, idx, T), ref_logprobs=ref,
+                        weights=w, ref_logprobs=ref,
                         clip_low=a.clip_low, clip_high=a.clip_high, beta=beta, agg=a.agg,
                         norm_constant=a.norm_constant, entropy=ent, entropy_coef=a.entropy_coef,
                         global_tokens=st["global_tokens"], global_seqs=st["global_seqs"])
@@ -359,7 +370,7 @@ class Learner:
             results.append(res)
         lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else float(self.lcfg.lr)
         return {"steps": results, "seconds": time.perf_counter() - t_start, "lr": float(lr),
-                "drift": drift if vllm_all is not None else None}
+                "drift": drift if vllm_all is not None else None, "rollout_is": is_stats}
 
     # ------------------------------------------------------------------ gathered weights
 
@@ -681,7 +692,7 @@ class LearnerGroup:
 
     def update(self, batch: TrainBatch) -> dict[str, float]:
         import ray
-        from egsw_rl.algos import reduce_loss_metrics
+        from egsw_rl.algos import reduce_loss_metrics, reduce_rollout_is
 
         for name in ("advantages", "mask"):
             if getattr(batch, name) is None:
@@ -689,12 +700,18 @@ class LearnerGroup:
         if batch.old_logprobs is None and (int(self.acfg.ppo_epochs) > 1 or int(self.acfg.mini_batches) > 1):
             raise ValueError("TrainBatch.old_logprobs is required with algo.ppo_epochs > 1 or "
                              "algo.mini_batches > 1 (compute_logprobs before update)")
+        correction = str(self.acfg.rollout_correction)
+        if correction != "none" and batch.rollout_logprobs is None:
+            raise ValueError(f"algo.rollout_correction={correction} needs TrainBatch.rollout_logprobs "
+                             "(vLLM's logprobs of the sampled tokens)")
         t0 = time.perf_counter()
         steps = self._plan_update(batch)
         ref = ray.put(batch)
         outs = self._all([
             a.update.remote(ref, [{"micro": st["per_rank"][r], "global_tokens": st["global_tokens"],
-                                   "global_seqs": st["global_seqs"]} for st in steps])
+                                   "global_seqs": st["global_seqs"], "rollout_correction": correction,
+                                   "rollout_correction_cap": float(self.acfg.rollout_correction_cap)}
+                                  for st in steps])
             for r, a in enumerate(self.actors)])
         self._updates += 1
         per_step = []
@@ -714,6 +731,7 @@ class LearnerGroup:
         if count:
             metrics["rollout/logprob_diff_mean"] = sum(d["sum"] for d in drifts) / count
             metrics["rollout/logprob_diff_max"] = max(d["max"] for d in drifts)
+        metrics.update(reduce_rollout_is([p for o in outs for p in o.get("rollout_is", [])]))
         metrics.update({
             "actor/lr": outs[0]["lr"],
             "actor/optimizer_steps": float(len(steps)),

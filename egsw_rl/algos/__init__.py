@@ -1,4 +1,4 @@
-"""Pure-torch algorithm code (ALGORITHMS.md): advantages, weights, masks, loss, entropy.
+"""Pure-torch algorithm code: advantages, weights, masks, loss, entropy.
 
 No Ray, no I/O, no imports from the rest of egsw_rl: the learner only consumes the tensors
 these functions return. Importing this package fills the registries (registry.py).
@@ -22,7 +22,8 @@ from egsw_rl.algos.gtpo import (
     gtpo_token_rewards,
 )
 from egsw_rl.algos.loss import AGGREGATIONS, agg_loss, k3_kl, loss_normalizers, policy_loss, reduce_loss_metrics
-from egsw_rl.algos.masks import clipb_mask, clipv_mask, entropy_discriminator, high_entropy_mask, masked_quantile
+from egsw_rl.algos.masks import clipb_mask, clipv_mask, entropy_discriminator, high_entropy_mask
+from egsw_rl.algos.rollout_correction import ROLLOUT_CORRECTIONS, reduce_rollout_is, rollout_is_weights
 from egsw_rl.algos.registry import (
     ADVANTAGES,
     MASKS,
@@ -37,13 +38,14 @@ from egsw_rl.algos.registry import (
 from egsw_rl.algos.shaping import PASSTHROUGH_PARAMS, SHAPE_PARAMS, shape_batch
 
 __all__ = [
-    "ADVANTAGES", "ADVANTAGE_MODES", "AGGREGATIONS", "MASKS", "PASSTHROUGH_PARAMS", "SHAPE_PARAMS",
+    "ADVANTAGES", "ADVANTAGE_MODES", "AGGREGATIONS", "MASKS", "PASSTHROUGH_PARAMS", "ROLLOUT_CORRECTIONS",
+    "SHAPE_PARAMS",
     "TOPK_METHODS", "WEIGHTS", "ZSCORE_MODES",
     "agg_loss", "all_equal_groups", "clipb_mask", "clipv_mask", "clipv_stats_from_logits",
     "dynamic_sampling_keep", "egsw_diagnostics", "egsw_weights", "entropy_discriminator",
     "entropy_from_logits", "get_advantage", "get_mask", "get_weighting", "group_advantages",
     "grpo_s_advantages", "grpo_s_rewards", "gtpo_advantages", "gtpo_token_rewards",
-    "high_entropy_mask", "k3_kl", "loss_normalizers", "masked_quantile", "normalized_entropy",
-    "overlong_penalty", "policy_loss", "reduce_loss_metrics", "register_advantage", "register_mask",
-    "register_weighting", "shape_batch", "topk_entropy", "topk_tail_mass",
+    "high_entropy_mask", "k3_kl", "loss_normalizers", "normalized_entropy",
+    "overlong_penalty", "policy_loss", "reduce_loss_metrics", "reduce_rollout_is", "register_advantage", "register_mask",
+    "register_weighting", "rollout_is_weights", "shape_batch", "topk_entropy", "topk_tail_mass",
 ]

@@ -7,7 +7,7 @@ from torch import Tensor
 
 
 def work_dtype(*xs: Tensor | None) -> torch.dtype:
-    """float64 if any input is float64 (tests, references), else float32 (ALGORITHMS.md: fp32)."""
+    """float64 if any input is float64 (tests, references), else float32."""
     return torch.float64 if any(x is not None and x.dtype == torch.float64 for x in xs) else torch.float32
 
 

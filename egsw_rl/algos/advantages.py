@@ -1,7 +1,7 @@
-"""Outcome advantages from scalar rewards (ALGORITHMS.md section 2).
+"""Outcome advantages from scalar rewards.
 
-Why: every method starts from a group-relative advantage; these are the GRPO (DeepSeekMath),
-Dr.GRPO (no std) and batch-std variants. Rewards are ordered group by group: completion j of
+Why: every method starts from a group-relative advantage; these are the GRPO (DeepSeekMath, arXiv 2402.03300),
+Dr.GRPO (arXiv 2503.20783, no std) and batch-std variants. Rewards are ordered group by group: completion j of
 prompt b sits at index b * G + j.
 """
 

@@ -1,8 +1,11 @@
-"""DAPO's batch-level pieces (ALGORITHMS.md section 6; ALGORITHMS-notes.md 1.4).
+"""DAPO's batch-level pieces (arXiv 2503.14476).
 
-Why: dynamic sampling drops prompt groups whose rewards are all equal (no GRPO signal; the
-driver keeps generating until the batch is full), and overlong reward shaping penalises
-completions that run into the generation budget. Clip-Higher and token-mean live in the loss.
+Why: dynamic sampling drops prompt groups whose answers are all right or all wrong (no
+GRPO signal; the driver keeps generating until the batch is full), and overlong reward shaping
+penalises completions that run into the generation budget. Clip-Higher and token-mean live in
+the loss. The filter looks at correctness, not at the shaped reward: DAPO keeps a group when
+0 < #correct < G, so an all-wrong group whose lengths differ inside the overlong window (shaped
+rewards 0, -0.3, -0.7, -1) is still dropped.
 """
 
 from __future__ import annotations
@@ -17,9 +20,13 @@ __all__ = ["dynamic_sampling_keep", "overlong_penalty"]
 
 
 @torch.no_grad()
-def dynamic_sampling_keep(rewards: Tensor, *, group_size: int) -> Tensor:
-    """Bool [B]: True for groups to keep (rewards not all equal). Index b covers rows b*G..b*G+G-1."""
-    return ~all_equal_groups(rewards, group_size=group_size)
+def dynamic_sampling_keep(correct: Tensor, *, group_size: int) -> Tensor:
+    """Bool [B]: True for groups whose correctness varies (some completions right, some wrong).
+    correct: bool (or 0/1) [N], group by group: index b covers rows b*G..b*G+G-1."""
+    c = C.tensor(correct, "correct", 1)
+    if c.is_floating_point() and not bool(((c == 0) | (c == 1)).all()):
+        raise ValueError("correct must be boolean (or 0/1): pass correctness, not the (shaped) reward")
+    return ~all_equal_groups(c.to(torch.float32), group_size=group_size)
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""EGSW: entropy-guided sequence weighting (ALGORITHMS.md section 3, seed 000).
+"""EGSW: entropy-guided sequence weighting (arXiv 2503.22456).
 
 Why: EGSW reweights the policy gradient towards high-advantage, high-entropy sequences with a
 temperature-scaled softmax over sequences, w = softmax((A + alpha * Hn) / P). The weights are a

@@ -1,10 +1,10 @@
 """Per-token entropy: top-k estimates from the generators, exact values from the learner.
 
 Why: EGSW, GTPO, 80/20 and ClipB/ClipV all need the old policy's next-token entropy H_{i,t}.
-The generation workers only see the top-k logprobs (ALGORITHMS.md section 7), so they estimate H
+The generation workers only see the top-k logprobs, so they estimate H
 from the head plus the tail mass; the learner can compute it exactly from full logits, chunk by
-chunk, together with ClipV's N statistic (section 5). Estimator proofs: ALGORITHMS-notes.md
-section 6.2 (H_renorm <= H_LB <= H_true <= H_UB).
+chunk, together with ClipV's N statistic. The estimators are ordered
+H_renorm <= H_LB <= H_true <= H_UB (see `topk_entropy`).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def entropy_from_logits(logits: Tensor, *, chunk_size: int = 256) -> Tensor:
 def clipv_stats_from_logits(logits: Tensor, *, chunk_size: int = 256) -> tuple[Tensor, Tensor]:
     """(H, N) in fp32, detached, with N = H * sum_v p_v^2 + sum_v p_v^2 log p_v (full vocabulary).
 
-    N = E_{v~p}[p_v (H + log p_v)] is ClipV's expected discriminator (ALGORITHMS.md section 5).
+    N = E_{v~p}[p_v (H + log p_v)] is ClipV's expected discriminator.
     """
     flat = _rows(logits, "logits")
     hs, ns = [], []

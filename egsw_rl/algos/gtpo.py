@@ -1,9 +1,8 @@
-"""GTPO and GRPO-S: entropy-shaped token / sequence rewards (ALGORITHMS.md section 4, seed 002).
+"""GTPO and GRPO-S: entropy-shaped token / sequence rewards (arXiv 2508.04349).
 
 Why: GTPO moves credit inside a group towards high-entropy tokens of correct answers and
 towards confident (low-entropy) tokens of wrong answers, then z-scores the shaped token rewards
 into token advantages A[N, T]. GRPO-S does the same per sequence with the mean entropy.
-Equations as reconstructed in ALGORITHMS-notes.md section 3.2; flags from section 3.3.
 
 Sets: O+ = {R > 0}, O- = the rest, per group. The entropy ratios are normalised over the group's
 O+ (O-) sequences with a valid token at position t. Entropy is detached and clamped to
@@ -21,7 +20,6 @@ from egsw_rl.algos.registry import register_advantage
 __all__ = ["gtpo_token_rewards", "gtpo_advantages", "grpo_s_rewards", "grpo_s_advantages", "ZSCORE_MODES"]
 
 ZSCORE_MODES = ("separate", "joint", "scale_only")
-ZSCORE_SCOPES = ("batch", "group")
 
 
 def _inputs(rewards: Tensor, entropy: Tensor, mask: Tensor, group_size: int, floor: float):
@@ -85,28 +83,27 @@ def _zscore(x: Tensor, sel: Tensor, k: int, *, center: bool, eps: float) -> Tens
 @torch.no_grad()
 def gtpo_advantages(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size: int,
                     alpha1: float = 1.0, alpha2: float = 0.1, zscore: str = "separate",
-                    zscore_over: str = "batch", entropy_floor: float = 1e-3, eps: float = 1e-6) -> Tensor:
+                    entropy_floor: float = 1e-3, eps: float = 1e-6) -> Tensor:
     """GTPO token advantages A[N, T] (Eq. 6), 0 on padding.
 
-    zscore: separate (O+ and O- tokens standardised separately, as reconstructed) | joint (one
-    mean/std over all valid tokens) | scale_only (O+ and O- divided by their own std, no mean
-    subtraction, so signs are kept). zscore_over: batch (default, all tokens of the batch) | group.
+    zscore: separate (O+ tokens and O- tokens each standardised over the whole batch, as the
+    reference implementation whitens them) | joint (one mean/std over the union of O+ and O-
+    tokens of each group, which keeps the sign split whenever alpha1 dominates) | scale_only
+    (O+ and O- divided by their own batch std, no mean subtraction, so signs are kept).
     A group of size 1 gives 0, as in GRPO.
     """
     C.choice(zscore, "zscore", ZSCORE_MODES)
-    C.choice(zscore_over, "zscore_over", ZSCORE_SCOPES)
     rt = gtpo_token_rewards(rewards, entropy, mask, group_size=group_size, alpha1=alpha1,
                             alpha2=alpha2, entropy_floor=entropy_floor)
     m = C.mask2d(mask)
     if group_size == 1 or m.numel() == 0:
         return torch.zeros_like(rt)
-    k = 1 if zscore_over == "batch" else m.shape[0] // group_size
     if zscore == "joint":
-        return _zscore(rt, m, k, center=True, eps=eps)
+        return _zscore(rt, m, m.shape[0] // group_size, center=True, eps=eps)
     pos = m & (C.tensor(rewards, "rewards", 1) > 0)[:, None]
     neg = m & ~pos
     center = zscore == "separate"
-    return _zscore(rt, pos, k, center=center, eps=eps) + _zscore(rt, neg, k, center=center, eps=eps)
+    return _zscore(rt, pos, 1, center=center, eps=eps) + _zscore(rt, neg, 1, center=center, eps=eps)
 
 
 @torch.no_grad()
@@ -154,12 +151,12 @@ def _pick(params: dict, keys: tuple[str, ...]) -> dict:
 
 @register_advantage("gtpo")
 def _gtpo_registered(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size: int, **params: object) -> Tensor:
-    kw = _pick(params, ("alpha1", "alpha2", "zscore", "zscore_over", "entropy_floor", "eps"))
+    kw = _pick(params, ("alpha1", "alpha2", "zscore"))
     return gtpo_advantages(rewards, entropy, mask, group_size=group_size, **kw)
 
 
 @register_advantage("grpo_s")
 def _grpo_s_registered(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size: int, **params: object) -> Tensor:
-    kw = _pick(params, ("beta1", "beta2", "entropy_floor", "eps"))
+    kw = _pick(params, ("beta1", "beta2"))
     a = grpo_s_advantages(rewards, entropy, mask, group_size=group_size, **kw)
     return a[:, None] * C.mask2d(mask).to(a.dtype)

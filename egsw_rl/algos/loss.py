@@ -1,4 +1,4 @@
-"""The clipped policy-gradient loss every method shares (ALGORITHMS.md section 1).
+"""The clipped policy-gradient loss every method shares.
 
 Why: algorithms only change three tensors (advantages A, weights W, mask M'); this one loss
 consumes them, so the learner holds no algorithm logic. Aggregations:

@@ -1,13 +1,24 @@
-"""Token masks that remove tokens from the loss (ALGORITHMS.md sections 5 and 6).
+"""Token masks that remove tokens from the loss.
 
-Why: ClipB / ClipV (seed 003) drop the negative-update tokens that would collapse the entropy,
-judged by the entropy discriminator S = p (H + log p) of the sampled token, following the
-authors' released code (ALGORITHMS-notes.md 4.2, 4.3): population statistics over all valid
-tokens of the whole batch. The 80/20 mask keeps only the high-entropy minority of tokens.
-A dropped token leaves the mask, hence also the token-mean denominator.
+Why: ClipB / ClipV (arXiv 2602.03392) drop the negative-update tokens that would collapse the
+entropy, judged by the entropy discriminator S = p (H + log p) of the sampled token, following
+the authors' released code: population statistics over all valid tokens of the whole batch.
+The 80/20 mask ("Beyond the 80/20 Rule", arXiv 2506.01939) keeps only the high-entropy
+minority of tokens.
+
+A dropped token leaves the mask, hence also the token-mean denominator. For the 80/20 mask that
+is the released implementation's convention (github.com/Shenzhi-Wang/Beyond-the-80-20-Rule-RLVR,
+built on verl): its `compute_policy_loss_vanilla` aggregates the policy-gradient term with
+`loss_mask = response_mask * entropy_top_mask`, and verl's `token-mean` is a masked mean, so the
+denominator counts the selected tokens only (the paper's formula divides by all tokens, a
+gradient rho times smaller). With `algo.beta = 0` and no entropy bonus, the recipe the paper
+trains with, our loss is the released one; our KL and entropy-bonus terms share the filtered
+mask, where the release aggregates them over every response token.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -15,7 +26,7 @@ from torch import Tensor
 from egsw_rl.algos import _checks as C
 from egsw_rl.algos.registry import register_mask
 
-__all__ = ["entropy_discriminator", "clipb_mask", "clipv_mask", "high_entropy_mask", "masked_quantile",
+__all__ = ["entropy_discriminator", "clipb_mask", "clipv_mask", "high_entropy_mask",
            "CLIPB_MU", "CLIPV_MU"]
 
 CLIPB_MU = 2.5
@@ -94,27 +105,24 @@ def clipv_mask(advantages: Tensor, sampled_logprobs: Tensor, entropy: Tensor, cl
 
 
 @torch.no_grad()
-def masked_quantile(x: Tensor, mask: Tensor, q: float) -> Tensor:
-    """q-quantile (linear interpolation, as torch.quantile) of x over the valid entries."""
-    vals = x.detach()[C.mask2d(mask)].sort().values
-    if vals.numel() == 0:
-        return x.new_zeros(())
-    pos = float(q) * (vals.numel() - 1)
-    lo = int(pos)
-    hi = min(lo + 1, vals.numel() - 1)
-    return vals[lo] + (pos - lo) * (vals[hi] - vals[lo])
-
-
-@torch.no_grad()
 def high_entropy_mask(entropy: Tensor, mask: Tensor, *, rho: float = 0.2) -> Tensor:
-    """80/20: keep tokens with H >= the (1 - rho) quantile of H over the valid tokens of the batch."""
+    """80/20: keep the ceil(rho * n) valid tokens of the batch with the highest entropy (n valid
+    tokens; at least one), as the released implementation's `get_global_entropy_top_mask`
+    does with a top-k over the flattened valid tokens (ties broken by `torch.topk`)."""
     m = C.mask2d(mask)
     h = C.same_shape(C.tensor(entropy, "entropy", 2), m, "entropy")
     if not 0.0 < float(rho) <= 1.0:
         raise ValueError(f"rho must be in (0, 1], got {rho!r}")
-    h = h.detach().to(C.work_dtype(h))
-    tau = masked_quantile(h, m, 1.0 - float(rho))
-    return m & (h >= tau)
+    n = int(m.sum())
+    if n == 0:
+        return m.clone()
+    # 1e-9 absorbs float error in rho * n (0.2 * 10 is 2.0000000000000004)
+    k = max(1, math.ceil(float(rho) * n - 1e-9))
+    pos = m.reshape(-1).nonzero().squeeze(1)
+    top = h.detach().reshape(-1)[pos].topk(k).indices
+    out = torch.zeros(m.numel(), dtype=torch.bool, device=m.device)
+    out[pos[top]] = True
+    return out.reshape(m.shape)
 
 
 @register_mask("none")

@@ -1,4 +1,4 @@
-"""Name -> function registries so a config selects algorithms by name (ALGORITHMS.md section 1).
+"""Name -> function registries so a config selects algorithms by name.
 
 Every registered function has one of three uniform signatures, so `shape_batch` can chain them:
 

@@ -1,4 +1,4 @@
-"""One call from plain tensors to the (A, W, M') triple the loss consumes (ALGORITHMS.md 1-6).
+"""One call from plain tensors to the (A, W, M') triple the loss consumes .
 
 Why: the driver should not know algorithm internals. It passes rewards, per-token entropy and
 mask (plus the sampled-token logprobs / ClipV's N when a mask needs them) for the WHOLE batch,
@@ -24,12 +24,13 @@ __all__ = ["shape_batch", "SHAPE_PARAMS", "PASSTHROUGH_PARAMS"]
 # algorithm parameters (config keys) that shape_batch forwards to the selected functions
 SHAPE_PARAMS = frozenset({
     "alpha", "temperature", "granularity", "normalize_over", "entropy_norm", "trajectory_entropy", "rescale",
-    "mu", "max_frac", "rho", "alpha1", "alpha2", "beta1", "beta2", "zscore", "zscore_over", "entropy_floor", "eps",
+    "mu", "max_frac", "rho", "alpha1", "alpha2", "beta1", "beta2", "zscore",
 })
 # other `algo.*` config keys: accepted and ignored, so a driver may pass the whole algo section
 PASSTHROUGH_PARAMS = frozenset({
     "name", "entropy_source", "clip_low", "clip_high", "beta", "agg", "norm_constant", "entropy_coef",
     "ppo_epochs", "mini_batches", "dynamic_sampling", "max_gen_batches", "overlong_shaping", "overlong_cache",
+    "rollout_correction", "rollout_correction_cap",
 })
 
 

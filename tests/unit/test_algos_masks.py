@@ -1,4 +1,4 @@
-"""ClipB, ClipV and the 80/20 high-entropy mask (ALGORITHMS.md sections 5 and 6)."""
+"""ClipB, ClipV (arXiv 2602.03392) and the 80/20 high-entropy mask (arXiv 2506.01939)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egsw_rl.algos import clipb_mask, clipv_mask, entropy_discriminator, high_entropy_mask
+from egsw_rl.algos import clipb_mask, clipv_mask, entropy_discriminator, high_entropy_mask, policy_loss, shape_batch
 
 F64 = torch.float64
 
@@ -109,15 +109,43 @@ def test_entropy_discriminator_values():
 def test_high_entropy_mask():
     h = torch.arange(12, dtype=F64).reshape(2, 6)
     mask = torch.ones(2, 6, dtype=torch.bool)
-    mask[1, 4:] = False  # valid values 0..9; 0.8 quantile = 7.2
+    mask[1, 4:] = False  # valid values 0..9 (10 and 11 are padding)
     out = high_entropy_mask(h, mask)
     expect = torch.zeros(2, 6, dtype=torch.bool)
-    expect[1, 2] = expect[1, 3] = True  # values 8 and 9
+    expect[1, 2] = expect[1, 3] = True  # ceil(0.2 * 10) = 2 tokens: values 8 and 9
     assert torch.equal(out, expect)
     assert torch.equal(high_entropy_mask(h, mask, rho=1.0), mask)
-    assert torch.quantile(h[mask], 0.8).item() == pytest.approx(7.2)
     with pytest.raises(ValueError, match="rho"):
         high_entropy_mask(h, mask, rho=0.0)
+
+
+def test_high_entropy_mask_keeps_ceil_rho_n_tokens_even_with_ties():
+    # 7 valid tokens, rho 0.2: the released top-k keeps ceil(1.4) = 2. A quantile threshold with
+    # ">=" would keep all four tied 5.0 tokens; the count must not depend on ties.
+    h = torch.tensor([[5.0, 5.0, 1.0, 5.0], [5.0, 0.5, 2.0, 9.0]], dtype=F64)
+    mask = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    out = high_entropy_mask(h, mask)
+    assert int(out.sum()) == 2 and not bool((out & ~mask).any())
+    assert bool((h[out] == 5.0).all())  # the two highest valid values (9.0 is padding)
+    # 0.2 * 10 is 2.0000000000000004 in floating point: still 2 tokens, not 3
+    assert int(high_entropy_mask(torch.arange(10.0)[None], torch.ones(1, 10, dtype=torch.bool)).sum()) == 2
+    assert int(high_entropy_mask(h, torch.zeros_like(mask)).sum()) == 0
+
+
+def test_high_entropy_mask_denominator_is_the_kept_tokens():
+    """Released convention of arXiv 2506.01939 (verl's token-mean over response_mask * top
+    mask): the token-mean policy-gradient loss averages over the kept tokens only."""
+    gen = torch.Generator().manual_seed(3)
+    h = torch.rand(4, 5, generator=gen, dtype=F64)
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    adv = torch.randn(4, 1, generator=gen, dtype=F64).expand(4, 5)
+    kept = shape_batch(torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=F64), h, mask, group_size=2,
+                       token_mask="high_entropy", rho=0.2)[2]
+    assert int(kept.sum()) == 4
+    lp = torch.zeros(4, 5, dtype=F64, requires_grad=True)
+    loss, _ = policy_loss(lp, lp.detach(), adv, kept, agg="token_mean")
+    # ratio 1: l_pg = -A on every kept token, divided by the 4 kept tokens (not the 20 valid)
+    assert loss.item() == pytest.approx(-adv[kept].sum().item() / 4, rel=1e-12)
 
 
 def test_bad_arguments():

@@ -1,4 +1,4 @@
-"""Registry and shape_batch: from plain tensors to (A, W, M') (ALGORITHMS.md sections 1-6)."""
+"""Registry and shape_batch: from plain tensors to (A, W, M')."""
 
 from __future__ import annotations
 
@@ -124,12 +124,30 @@ def test_bad_arguments():
 
 
 def test_accepts_the_whole_algo_config_section():
+    """A driver may pass the whole algo section: the shaping keys take effect, the others
+    (loss, sampling, DAPO, rollout-correction keys) are ignored."""
     from egsw_rl.config import AlgoConfig
 
     r, h, m, _ = _batch()
     cfg = dataclasses.asdict(AlgoConfig())
     a, w, m2, _ = shape_batch(r, h, m, group_size=4, vocab_size=1000, **cfg)
-    assert a.shape == w.shape == m2.shape == m.shape
+    want = shape_batch(r, h, m, group_size=4, vocab_size=1000, advantage="grpo", weighting="egsw",
+                       token_mask="none", alpha=0.2, temperature=1.0, granularity="step",
+                       normalize_over="batch", entropy_norm="log_vocab", rescale=True)
+    for got, exp in zip((a, w, m2), want[:3]):
+        assert torch.equal(got, exp)
+    passthrough = dict(cfg, clip_low=0.9, beta=0.5, agg="token_mean", rollout_correction="tis",
+                       dynamic_sampling=True, entropy_source="learner")
+    assert torch.equal(shape_batch(r, h, m, group_size=4, vocab_size=1000, **passthrough)[1], w)
+    sharper = shape_batch(r, h, m, group_size=4, vocab_size=1000, **dict(cfg, temperature=0.1))[1]
+    assert (sharper - w)[m].abs().max().item() > 1e-3  # EGSW's P reaches the weights
+
+
+def test_unreachable_params_are_refused():
+    r, h, m, _ = _batch()
+    for key in ("zscore_over", "entropy_floor", "eps"):
+        with pytest.raises(ValueError, match=key):
+            shape_batch(r, h, m, group_size=4, advantage="gtpo", **{key: 1e-3})
 
 
 def test_end_to_end_micro_batches_match_whole_batch():

@@ -33,11 +33,32 @@ def test_every_algo_composes_and_validates(algo):
     validate(cfg)
 
 
-def test_contract_keys_override():
-    cfg = cfg_with("algo.alpha=0.3", "algo.temperature=2", "trainer.total_steps=3",
-                   "logger.wandb.mode=disabled", "resume=auto")
-    assert (cfg.algo.alpha, cfg.algo.temperature, cfg.trainer.total_steps) == (0.3, 2.0, 3)
-    assert cfg.logger.wandb.mode == "disabled" and cfg.resume == "auto"
+def test_egsw_keys_reach_the_weights_and_only_them():
+    """algo.alpha / algo.temperature are EGSW's alpha and P: overridden on the command line they
+    change the weights the trainer's shaping call computes, and leave the sampling temperature
+    (rollout.temperature, the other key of that name) alone."""
+    import dataclasses
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from egsw_rl import algos
+
+    base, cfg = cfg_with(), cfg_with("algo.alpha=0.7", "algo.temperature=0.25")
+    assert cfg.rollout.temperature == base.rollout.temperature == 1.0
+    gen = torch.Generator().manual_seed(0)
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0] * 2, dtype=torch.float64)
+    h = torch.rand(8, 5, generator=gen, dtype=torch.float64) * 3
+    m = torch.ones(8, 5, dtype=torch.bool)
+
+    def weights(c):
+        a = dataclasses.asdict(OmegaConf.to_object(c.algo))
+        return algos.shape_batch(r, h, m, group_size=4, vocab_size=100, **a)[1]
+
+    want = algos.egsw_weights(algos.group_advantages(r, group_size=4)[:, None].expand(8, 5), h, m,
+                              group_size=4, vocab_size=100, alpha=0.7, temperature=0.25)
+    torch.testing.assert_close(weights(cfg), want)
+    assert (weights(cfg) - weights(base)).abs().max().item() > 1e-2
 
 
 def test_typo_key_is_refused_with_its_name():
@@ -67,11 +88,29 @@ def test_unknown_preset_lists_the_options():
     (["reward.scheme=ternary"], "reward.scheme"),
     (["reward.format_penalty=-1"], "reward.format_penalty"),
     (["rollout.top_p=0.9"], "rollout.top_p"),
+    # every consumer of the rollout entropy needs the untruncated distribution
+    (["algo=gtpo", "algo.entropy_source=rollout", "rollout.top_p=0.9"], "algo.advantage=gtpo"),
+    (["algo=grpo_s", "algo.entropy_source=rollout", "rollout.top_k=50"], "algo.advantage=grpo_s"),
+    (["algo=clipb", "algo.entropy_source=rollout", "rollout.top_p=0.9"], "algo.token_mask=clipb"),
+    (["algo=grpo", "algo.token_mask=high_entropy", "rollout.top_k=20"], "algo.token_mask=high_entropy"),
+    (["algo=grpo", "algo.entropy_coef=0.01", "rollout.top_p=0.95"], "algo.entropy_coef=0.01"),
+    (["algo.rollout_correction=is"], "algo.rollout_correction"),
+    (["algo.rollout_correction=tis", "algo.rollout_correction_cap=0.5"], "algo.rollout_correction_cap"),
 ])
 def test_impossible_combinations_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as e:
         validate(cfg_with(*overrides))
     assert key in str(e.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["algo=grpo", "rollout.top_p=0.9"],  # nothing reads the entropy
+    ["algo=gtpo", "rollout.top_p=0.9"],  # the preset's entropy is the learner's exact one
+    ["algo=egsw", "algo.entropy_source=learner", "rollout.top_k=40"],
+    ["algo.rollout_correction=mis", "algo.rollout_correction_cap=1"],
+])
+def test_truncated_sampling_is_fine_when_no_rollout_entropy_is_used(overrides):
+    validate(cfg_with(*overrides))
 
 
 def test_more_gpus_than_the_cluster_has():
