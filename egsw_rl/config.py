@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from egsw_rl.rewards.types import DEFAULT_TIMEOUT_S
+
 
 class ConfigError(ValueError):
     """A run configuration that cannot work; the message names the key."""
@@ -148,7 +150,7 @@ class DataConfig:
 class RewardConfig:
     scheme: str = "binary"  # binary | signed | format
     workers: int = 2
-    timeout_s: float = 5.0
+    timeout_s: float = DEFAULT_TIMEOUT_S
     num_actors: int = 1
     correct_score: float = 1.0
     wrong_boxed_score: float = 0.0
@@ -179,6 +181,9 @@ class LoggerConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     progress_bar: bool = True
     plots: bool = True
+    # info: a progress line and a summary a step, vLLM's known-benign reload lines filtered;
+    # debug: everything, vLLM at DEBUG too
+    level: str = "info"
 
 
 @dataclass
@@ -239,6 +244,7 @@ _CHOICES = {
     "algo.rollout_correction": ("none", "tis", "mis"),
     "data.answer_format": ("auto", "latex", "gsm8k", "aime", "choice"),
     "logger.wandb.mode": ("online", "offline", "disabled"),
+    "logger.level": ("info", "debug"),
     "trainer.device": ("auto", "cpu", "cuda"),
 }
 

@@ -17,14 +17,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from egsw_rl.checkpoint import CheckpointError
 from egsw_rl.config import ConfigError, RunConfig, resolve_device, validate
+from egsw_rl.data import DataError
 
 ConfigStore.instance().store(name="run_schema", node=RunConfig)
 log = logging.getLogger("egsw_rl")
 
 
 def _worker_env(cfg) -> dict:
-    env = {"TOKENIZERS_PARALLELISM": "false"}
+    from egsw_rl.actors.vllm_logs import LEVEL_ENV
+
+    env = {"TOKENIZERS_PARALLELISM": "false", LEVEL_ENV: cfg.logger.level}
     for key in ("EGSW_RL_CACHE", "EGSW_RL_DATA", "WANDB_MODE", "HF_HUB_OFFLINE", "HF_HOME"):
         if os.environ.get(key):
             env[key] = os.environ[key]
@@ -91,12 +95,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if cfg.logger.level == "debug":  # Hydra has configured the root logger already
+        logging.getLogger().setLevel(logging.DEBUG)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     preset = HydraConfig.get().runtime.choices.get("conf")
     log.info("run directory %s (preset %s)", run_dir, preset)
     try:
         last = run(cfg, run_dir)
-    except ConfigError as e:
+    except (ConfigError, DataError, CheckpointError) as e:  # the user's to fix: no traceback
         print(f"egsw_rl: {e}", file=sys.stderr)
         sys.exit(2)
     (run_dir / "final_metrics.json").write_text(json.dumps(last, indent=1, default=str))

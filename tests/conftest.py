@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 # Keep vLLM's CPU KV cache small and threads modest: 2 cores, 24 GiB, several engines per run.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -24,10 +22,11 @@ def tiny_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.exists():
-        pytest.fail(f"data sets not found at {SHARED_DATA} (CI clones main with shared/ beside it)")
-    return SHARED_DATA
+def dataset():
+    """rows = dataset("math500"): the rows of a data set shipped in the package."""
+    from egsw_rl.data import dataset_path, read_rows
+
+    return lambda name: read_rows(dataset_path(name))
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,10 @@
-"""Problems (question + gold answer) from local files, hub data sets or a seeded generator, and a
-resumable sampler over them. A row without a usable answer is skipped and counted, never given a
-silent wrong reward."""
+"""Problems (question + gold answer) from the data sets shipped in the package, local files, hub
+data sets or a seeded generator, and a resumable sampler over them. A row without a usable answer
+is skipped and counted, never given a silent wrong reward."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -34,7 +35,9 @@ class Source:
     answer_format: str
 
 
-# Named data sets. Local copies are searched in $EGSW_RL_DATA, ./data and ../shared/data.
+# Named data sets. Files are looked up in $EGSW_RL_DATA, ./data and the copies shipped in the
+# package (egsw_rl/data/sets, see its README for sources and licences), plain or gzipped.
+PACKAGE_DATA = Path(__file__).resolve().parent / "sets"
 SOURCES = {
     "math500": Source("math500.jsonl", ("HuggingFaceH4/MATH-500", None, "test"), "problem", "answer", "latex"),
     "aime24": Source("aime24.jsonl", ("math-ai/aime24", None, "test"), "problem", "answer", "aime"),
@@ -52,19 +55,26 @@ class DataError(ValueError):
 
 
 def data_dirs() -> list[Path]:
+    """Where named data sets are looked up, first match wins: $EGSW_RL_DATA, ./data, the package."""
     dirs = []
     if os.environ.get("EGSW_RL_DATA"):
         dirs.append(Path(os.environ["EGSW_RL_DATA"]))
-    dirs += [Path.cwd() / "data", Path(__file__).resolve().parents[3] / "shared" / "data",
-             Path.cwd().parent / "shared" / "data"]
-    return dirs
+    return dirs + [Path.cwd() / "data", PACKAGE_DATA]
 
 
-def _read_rows(path: Path) -> list[dict]:
-    suffix = path.suffix.lower()
+def _open_text(path: Path):
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open(encoding="utf-8")
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a .jsonl / .json / .parquet file, each optionally gzipped (.jsonl.gz)."""
+    path = Path(path)
+    suffix = Path(path.stem).suffix.lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
     if suffix == ".jsonl":
         rows = []
-        with path.open(encoding="utf-8") as f:
+        with _open_text(path) as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -74,7 +84,8 @@ def _read_rows(path: Path) -> list[dict]:
                     raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
         return rows
     if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with _open_text(path) as f:
+            data = json.load(f)
         if isinstance(data, dict):  # {"data": [...]} or column-oriented
             data = data.get("data", data.get("rows", data))
         if not isinstance(data, list):
@@ -84,7 +95,8 @@ def _read_rows(path: Path) -> list[dict]:
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
-    raise DataError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json or .parquet)")
+    raise DataError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json or .parquet, "
+                    "optionally gzipped)")
 
 
 def _hub_rows(name: str, config: Optional[str], split: str) -> list[dict]:
@@ -98,24 +110,61 @@ def _hub_rows(name: str, config: Optional[str], split: str) -> list[dict]:
     return list(ds)
 
 
-def _gold(raw, fmt: str, name: str) -> str:
-    """The canonical gold, or "" when the row has none (or one the grader cannot read)."""
+_FORMAT_HINT = {
+    "gsm8k": "GSM8K worked answers ending '#### N'",
+    "aime": "integers",
+    "latex": "LaTeX math-verify can parse",
+    "choice": "choice letters",
+}
+
+
+def _gold(raw, fmt: str) -> tuple[str, str]:
+    """(canonical gold, "") or ("", why the row has none the grader can read)."""
     from egsw_rl.rewards import parse_gold
 
     if raw is None or not str(raw).strip():
-        return ""
+        return "", "empty answer"
     try:
-        return parse_gold(raw, fmt, name=name)
-    except ValueError as e:
-        log.warning("%s", e)
-        return ""
+        return parse_gold(raw, fmt), ""
+    except ValueError:
+        return "", f"answer not readable as {fmt}"
 
 
-def _locate(name: str) -> Optional[Path]:
+def _drop_report(where: str, dropped: dict[str, list], total: int, answer_format: str) -> str:
+    """One line: how many rows were dropped for which reason, an example of each, the key that
+    changes it."""
+    parts = []
+    for why, rows in dropped.items():
+        i, key, value, count = rows
+        part = f"{count} {why} (e.g. row {i}: {key}={str(value)[:60]!r})"
+        if why.startswith("answer not readable") and answer_format != "auto":
+            part += (f"; data.answer_format={answer_format} expects "
+                     f"{_FORMAT_HINT.get(answer_format, answer_format)}, "
+                     "data.answer_format=auto reads GSM8K, integers and LaTeX")
+        parts.append(part)
+    n = sum(r[3] for r in dropped.values())
+    return f"{where}: {n} of {total} rows dropped: " + "; ".join(parts)
+
+
+def locate(file: str) -> Optional[Path]:
+    """The first of data_dirs() holding `file` or `file.gz`."""
     for d in data_dirs():
-        if (d / name).is_file():
-            return d / name
+        for candidate in (d / file, d / f"{file}.gz"):
+            if candidate.is_file():
+                return candidate
     return None
+
+
+def dataset_path(name: str) -> Path:
+    """The local file of a named data set (SOURCES), or DataError naming where it looked."""
+    if name not in SOURCES or SOURCES[name].file is None:
+        raise DataError(f"{name!r} is not a data set shipped with egsw_rl "
+                        f"(shipped: {', '.join(n for n, s in SOURCES.items() if s.file)})")
+    path = locate(SOURCES[name].file)
+    if path is None:
+        raise DataError(f"data set {name!r}: no {SOURCES[name].file}[.gz] in "
+                        f"{', '.join(map(str, data_dirs()))}")
+    return path
 
 
 def load_problems(spec: str, *, split: str = "train", question_key: str = "question",
@@ -135,9 +184,9 @@ def load_problems(spec: str, *, split: str = "train", question_key: str = "quest
         src = SOURCES[spec]
         question_key, answer_key = src.question_key, src.answer_key
         answer_format = src.answer_format if answer_format == "auto" else answer_format
-        local = _locate(src.file) if src.file else None
+        local = locate(src.file) if src.file else None
         if local is not None:
-            rows, where = _read_rows(local), str(local)
+            rows, where = read_rows(local), str(local)
         elif src.file is None:  # hub only
             rows = _hub_rows(*src.hub)
         else:
@@ -150,34 +199,38 @@ def load_problems(spec: str, *, split: str = "train", question_key: str = "quest
                 raise DataError(f"{missing} (set EGSW_RL_DATA), and {e}") from None
     elif Path(spec).expanduser().exists():
         path = Path(spec).expanduser()
-        rows = _read_rows(path)
+        rows = read_rows(path)
     else:
         rows = _hub_rows(spec, None, split)
 
-    problems, skipped = [], 0
+    problems = []
+    dropped: dict[str, list] = {}  # reason -> [first row, its field, the value, count]
     for i, row in enumerate(rows):
-        if question_key not in row:
-            raise DataError(f"{where}: row {i} has no field {question_key!r} (data.question_key); "
-                            f"fields are {sorted(row)}")
+        if not isinstance(row, dict) or question_key not in row:
+            fields = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise DataError(f"{where}: row {i} has no field {question_key!r} (set "
+                            f"data.question_key); its fields are {fields}")
         if answer_format == "choice":
             problems.append(_choice_problem(row, i, seed))
             continue
-        gold = _gold(row.get(answer_key), answer_format, name=f"{where} row {i}")
         question = str(row[question_key] or "").strip()
-        if not gold or not question:
-            skipped += 1
-            log.warning("%s: row %d skipped: empty or unreadable %s", where, i,
-                        answer_key if not gold else question_key)
+        gold, why = _gold(row.get(answer_key), answer_format)
+        key = answer_key
+        if not question:
+            why, key = "empty question", question_key
+        if why:
+            dropped.setdefault(why, [i, key, row.get(key), 0])[3] += 1
             continue
         problems.append(Problem(question, gold, id=str(row.get("unique_id", row.get("id", i)))))
         if max_samples and len(problems) >= max_samples:
             break
-    if skipped:
-        log.warning("%s: %d of %d rows skipped for an empty question or answer", where, skipped,
-                    len(rows))
+    skipped = sum(r[3] for r in dropped.values())
     if not problems:
-        raise DataError(f"{where}: no usable problems (checked fields {question_key!r}, "
-                        f"{answer_key!r})")
+        report = _drop_report(where, dropped, len(rows), answer_format) if dropped \
+            else f"{where}: no rows"
+        raise DataError(f"no usable problems in {report}")
+    if skipped:
+        log.warning("%s", _drop_report(where, dropped, len(rows), answer_format))
     return problems, skipped
 
 

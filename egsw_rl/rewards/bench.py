@@ -1,4 +1,4 @@
-"""Throughput / latency of the reward pool: python -m egsw_rl.rewards.bench [--data math500.jsonl]
+"""Throughput / latency of the reward pool: python -m egsw_rl.rewards.bench [--data FILE]
 
 Scores the 500 MATH-500 human solutions against their answers with 1, 2 and 4 workers (a fresh
 pool each), then a batch of hostile completions, and prints one line per run.
@@ -7,10 +7,10 @@ pool each), then a batch of hostile completions, and prints one line per run.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
+from egsw_rl.data import dataset_path, read_rows
 from egsw_rl.rewards.grading import math_reward
 from egsw_rl.rewards.pool import RewardPool
 
@@ -34,16 +34,17 @@ def hostile_batch() -> tuple[list[str], list[str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data", default=str(Path.cwd().parent / "shared" / "data" / "math500.jsonl"))
+    ap.add_argument("--data", default=None, help="a .jsonl[.gz] with solution / answer fields "
+                    "(default: the MATH-500 copy shipped in the package)")
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--timeout-s", type=float, default=5.0)
     args = ap.parse_args()
-    rows = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()]
+    rows = read_rows(Path(args.data) if args.data else dataset_path("math500"))
     completions = [r["solution"] for r in rows]
     golds = [r["answer"] for r in rows]
 
     t0 = time.perf_counter()
-    inproc = [math_reward(c, g) for c, g in zip(completions, golds)]
+    inproc = [math_reward(c, g, timeout_s=None) for c, g in zip(completions, golds)]
     dt = time.perf_counter() - t0
     print(f"in-process, 1 thread: {len(rows) / dt:7.1f} scorings/s "
           f"({sum(r.status == 'correct' for r in inproc)}/{len(rows)} correct)")

@@ -1,9 +1,11 @@
 """Pure reward functions: gold parsing, math grading with math-verify, multiple-choice grading.
 
-No timeouts here: math-verify's own `signal.alarm` timeouts are switched off
-(`parsing_timeout=None`, `timeout_seconds=None`) because they fail off the main thread, so these
-functions are safe to call from any thread. A wall-clock limit is the caller's job: `RewardPool`
-runs them in worker processes and kills a worker that overruns.
+math-verify's own `signal.alarm` timeouts are switched off (`parsing_timeout=None`,
+`timeout_seconds=None`) because they fail off the main thread and then score everything 0. The
+wall-clock limit comes from outside instead: `math_reward` / `choice_reward` grade in a worker
+process of a small `RewardPool` and get status `timeout` when it overruns (SymPy can sit in one C
+call for hours on a power tower, which no thread can interrupt); `grade` is the bare function
+those workers run, with no limit of its own.
 
 Model output is never executed: answers go through math-verify's LaTeX parser (ANTLR grammar to
 SymPy objects) and, in `boxed_then_any` mode, through its plain-expression path, whose regex only
@@ -13,8 +15,11 @@ admits digits and arithmetic operators before SymPy's `parse_expr`.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import threading
 import time
+from collections import OrderedDict
 from functools import lru_cache
 from typing import Optional, Sequence
 
@@ -31,6 +36,7 @@ from egsw_rl.rewards.extract import (
     strip_thousands,
 )
 from egsw_rl.rewards.types import (
+    DEFAULT_TIMEOUT_S,
     CORRECT,
     ERROR,
     NO_ANSWER,
@@ -362,8 +368,10 @@ def _grade_choice(completion: object, gold: object, opts: RewardOptions,
     return RewardResult(opts.score_for(ok, boxed), CORRECT if ok else WRONG, shown, boxed)
 
 
-def math_reward(completion: str, gold: str, **options) -> RewardResult:
-    """Grade one completion against a gold answer; never raises for bad model output.
+def math_reward(completion: str, gold: str, *, timeout_s: Optional[float] = DEFAULT_TIMEOUT_S,
+                **options) -> RewardResult:
+    """Grade one completion against a gold answer; never raises for bad model output and returns
+    within `timeout_s` seconds (status 'timeout' past it), from any thread or process.
 
     Options (all keyword, the config keys under `reward.`): scheme (binary | signed | format),
     correct_score, wrong_boxed_score, no_box_score, format_penalty, extraction (boxed |
@@ -371,18 +379,78 @@ def math_reward(completion: str, gold: str, **options) -> RewardResult:
     task (math | choice: a choice task is graded by `choice_reward`), choices (choice task only).
     An unknown option or a bad option value raises ValueError (a configuration error).
     An empty or unparseable gold gives status 'error', not an exception.
+
+    Grading runs in a worker process that is killed at the deadline; the first call starts it
+    (a few seconds: math-verify's imports), later calls cost a pipe round trip. To score many
+    completions at once use `RewardPool`. `timeout_s=None` grades in this process with no limit.
     """
     choices = options.pop("choices", None)
-    return grade(completion, gold, _options(options), choices)
+    return _graded(completion, gold, _options(options), choices, timeout_s)
 
 
-def choice_reward(completion: str, gold: str, choices: Optional[Sequence[str]] = None, **options) -> RewardResult:
+def choice_reward(completion: str, gold: str, choices: Optional[Sequence[str]] = None, *,
+                  timeout_s: Optional[float] = DEFAULT_TIMEOUT_S, **options) -> RewardResult:
     """Multiple-choice grading by letter (GPQA style): the last \\boxed{} holding a letter ('B',
     '(B)', '\\text{B}', 'B) text'), or, when `choices` (the option texts, in letter order) are
     given, holding exactly one option's text; unboxed, the last 'answer is (B)' / 'Answer: B'
-    unless extraction='boxed'. The gold is a letter ('B', '(B)')."""
+    unless extraction='boxed'. The gold is a letter ('B', '(B)'). `timeout_s` as in
+    `math_reward`."""
     options["task"] = "choice"
-    return grade(completion, gold, _options(options), choices)
+    return _graded(completion, gold, _options(options), choices, timeout_s)
+
+
+def _graded(completion, gold, opts: RewardOptions, choices, timeout_s: Optional[float]) -> RewardResult:
+    if timeout_s is None:
+        return grade(completion, gold, opts, choices)
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
+        raise ValueError(f"timeout_s must be a number of seconds > 0 or None (got {timeout_s!r})")
+    import multiprocessing as mp
+
+    if mp.current_process().daemon:  # may not start a worker: grade here, without a deadline
+        if not _warned_daemon:
+            _warn_daemon()
+        return grade(completion, gold, opts, choices)
+    pool = _deadline_pool(opts, float(timeout_s))
+    results, _ = pool.score([completion], [gold], None if choices is None else [choices])
+    return results[0]
+
+
+_warned_daemon = False
+
+
+def _warn_daemon() -> None:
+    global _warned_daemon
+    _warned_daemon = True
+    log.warning("math_reward called in a daemonic process, which may not start the grading "
+                "worker that enforces timeout_s: grading without a deadline here")
+
+
+# One single-worker pool per (options, timeout) in use, a few at most; rebuilt after a fork.
+_POOLS: "OrderedDict[tuple, object]" = OrderedDict()
+_POOLS_LOCK = threading.Lock()
+_POOLS_PID = os.getpid()
+_MAX_POOLS = 4
+
+
+def _deadline_pool(opts: RewardOptions, timeout_s: float):
+    from dataclasses import asdict
+
+    from egsw_rl.rewards.pool import RewardPool
+
+    global _POOLS_PID
+    key = (tuple(sorted(asdict(opts).items())), timeout_s)
+    with _POOLS_LOCK:
+        if _POOLS_PID != os.getpid():  # a forked child must not share its parent's pipes
+            _POOLS.clear()
+            _POOLS_PID = os.getpid()
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = RewardPool(workers=1, timeout_s=timeout_s, **asdict(opts))
+            _POOLS[key] = pool
+            if len(_POOLS) > _MAX_POOLS:
+                _POOLS.popitem(last=False)[1].close()
+        _POOLS.move_to_end(key)
+        return pool
 
 
 def _options(options: dict) -> RewardOptions:

@@ -11,6 +11,8 @@ NO_ANSWER = "no_answer"
 TIMEOUT = "timeout"
 ERROR = "error"
 STATUSES = (CORRECT, WRONG, NO_ANSWER, TIMEOUT, ERROR)
+# Seconds one completion may take to grade (reward.timeout_s, math_reward's timeout_s).
+DEFAULT_TIMEOUT_S = 5.0
 
 SCHEMES = ("binary", "signed", "format")
 TASKS = ("math", "choice")

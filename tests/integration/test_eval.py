@@ -47,7 +47,7 @@ def run_cli(module: str, *args: str, timeout: float = 85) -> subprocess.Complete
     return proc
 
 
-def test_eval_on_tiny_run_then_compare(tiny_model_dir, shared_data, tmp_path):
+def test_eval_on_tiny_run_then_compare(tiny_model_dir, tmp_path):
     run_a = make_run(tmp_path, "tiny_grpo", "grpo", tiny_model_dir, [0.1, 0.2, 0.3])
     run_b = make_run(tmp_path, "tiny_egsw", "egsw", tiny_model_dir, [0.2, 0.3, 0.5],
                      extra_rows=[{"step": 3, "reward/mean": 0.5, "eval/math500/accuracy": 0.2,

@@ -21,8 +21,8 @@ TIMEOUT_S = 2.0
 
 
 @pytest.fixture(scope="module")
-def pairs(shared_data: Path) -> tuple[list[str], list[str]]:
-    rows = [json.loads(line) for line in (shared_data / "math500.jsonl").read_text().splitlines()]
+def pairs(dataset) -> tuple[list[str], list[str]]:
+    rows = dataset("math500")
     rng = random.Random(7)
     picked = rng.sample(rows, 50)
     completions = [r["solution"] for r in picked]
@@ -61,14 +61,19 @@ def test_actor_and_threads_score_a_correct_answer_one(ray_session, actor):
     # main thread, where math-verify's signal.alarm timeouts would fail and score 0)
     @ray.remote(num_cpus=0, max_concurrency=2)
     class Threaded:
-        def grade(self, c, g):
-            return threading.current_thread() is threading.main_thread(), math_reward(c, g)
+        def grade(self, c, g, timeout_s=5.0):
+            t0 = time.monotonic()
+            res = math_reward(c, g, timeout_s=timeout_s)
+            return threading.current_thread() is threading.main_thread(), res, time.monotonic() - t0
 
     th = Threaded.remote()
-    on_main, res = ray.get(th.grade.remote(completion, gold), timeout=60)
+    on_main, res, _ = ray.get(th.grade.remote(completion, gold), timeout=60)
+    # and its deadline holds there too: the grading worker is killed, the call returns
+    _, tower, elapsed = ray.get(th.grade.remote(r"\boxed{9^{9^{9^{9^{9}}}}}", "1", 1.5), timeout=60)
     ray.kill(th)
     assert on_main is False
     assert (res.score, res.status) == (1.0, "correct")
+    assert (tower.score, tower.status) == (0.0, "timeout") and elapsed < 3.5
 
 
 def test_actor_and_thread_scores_equal_main_process_scores(ray_session, actor, pairs):

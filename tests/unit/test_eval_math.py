@@ -176,10 +176,9 @@ def test_parse_benchmarks():
         ev._parse_benchmarks("math500,math500", None)
 
 
-def test_load_benchmarks_local_and_gpqa_csv(shared_data, tmp_path, monkeypatch):
+def test_load_benchmarks_local_and_gpqa_csv(tmp_path):
     import csv
 
-    monkeypatch.setenv("EGSW_RL_DATA", str(shared_data))
     math500 = ev.load_benchmark("math500", limit=5)
     assert len(math500) == 5 and all(p.answer for p in math500)
     aime = ev.load_benchmark("aime24")

@@ -1,7 +1,5 @@
-"""Pure reward functions: gold parsing, extraction, schemes, multiple choice, hostile text.
-
-Fast inputs only (everything here runs in-process, without a timeout); inputs that really take
-long (a power tower) are exercised through the pool in test_rewards_pool.py.
+"""Reward functions: gold parsing, extraction, schemes, multiple choice, hostile text, and the
+deadline `math_reward` / `choice_reward` keep (batches through the pool: test_rewards_pool.py).
 """
 
 from __future__ import annotations
@@ -9,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -35,8 +34,8 @@ def _rows(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def math500(shared_data: Path) -> list[dict]:
-    rows = _rows(shared_data / "math500.jsonl")
+def math500(dataset) -> list[dict]:
+    rows = dataset("math500")
     assert len(rows) == 500
     return rows
 
@@ -73,9 +72,9 @@ def test_math500_solutions_score_wrong_against_a_different_problems_answer(math5
     assert not false_pos, false_pos[:10]
 
 
-@pytest.mark.parametrize("name", ["aime24.jsonl", "aime25.jsonl"])
-def test_aime_zero_padded_answers(shared_data, name):
-    rows = _rows(shared_data / name)
+@pytest.mark.parametrize("name", ["aime24", "aime25"])
+def test_aime_zero_padded_answers(dataset, name):
+    rows = dataset(name)
     assert len(rows) == 30
     padded = 0
     for row in rows:
@@ -86,12 +85,12 @@ def test_aime_zero_padded_answers(shared_data, name):
         assert math_reward(f"so the answer is $\\boxed{{{n}}}$", gold).status == "correct", gold
         assert math_reward(f"\\boxed{{{n:03d}}}", gold).status == "correct", gold
         assert math_reward(f"\\boxed{{{n + 1}}}", gold).status == "wrong", gold
-    if name == "aime24.jsonl":
+    if name == "aime24":
         assert padded > 0  # the file really has zero-padded golds ("025")
 
 
-def test_gsm8k_worked_answers(shared_data):
-    rows = _rows(shared_data / "gsm8k_test.jsonl")[::3]  # 440 rows: enough, and fast
+def test_gsm8k_worked_answers(dataset):
+    rows = dataset("gsm8k")[::3]  # 440 rows: enough, and fast
     assert len(rows) > 400
     failures = []
     for row in rows:
@@ -158,8 +157,8 @@ def test_parse_gold_refuses_empty_or_unparseable_gold_naming_the_row(gold):
         parse_gold(gold, name="simplerl row 5054")
 
 
-def test_simplerl_training_golds_parse_except_the_two_empty_rows(shared_data):
-    rows = _rows(shared_data / "simplerl_math_level3to5_8k.jsonl")
+def test_simplerl_training_golds_parse_except_the_two_empty_rows(dataset):
+    rows = dataset("simplerl_8k")
     refused = []
     for row in rows[::4] + [rows[5054], rows[5158]]:
         try:
@@ -333,19 +332,71 @@ def test_long_boxed_answer_is_refused_before_parsing():
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(alphabet=st.sampled_from(list("\\boxed{}()[]$^_+-*/=.,0123456789xab \n\x00\ud800")), max_size=60))
-def test_arbitrary_short_text_never_raises(text):
-    res = math_reward(text, "5", extraction="boxed_then_any", fallback_last_number=True)
-    assert res.status in STATUSES and isinstance(res.score, float)
+def test_arbitrary_short_text_is_graded_without_an_internal_error(text):
+    # `grade` turns any exception into status "error": a grader that raised on model text would
+    # still return a result, so the check is that none of these needed that safety net
+    res = math_reward(text, "5", extraction="boxed_then_any", fallback_last_number=True, timeout_s=None)
+    assert res.status in {"correct", "wrong", "no_answer"}, (text, res)
+    assert res.score == (1.0 if res.status == "correct" else 0.0)
 
 
-def test_pure_function_works_off_the_main_thread():
+@pytest.mark.parametrize("timeout_s", [None, 5.0], ids=["in-process", "deadline worker"])
+def test_grading_works_off_the_main_thread(timeout_s):
     """math-verify's own timeouts use signal.alarm, which raises off the main thread and scores
-    everything 0; ours are off, so a thread gets the same results."""
+    everything 0; ours are off, so a thread gets the same results, in process or through the
+    deadline worker."""
     cases = [(r"\boxed{\frac{\pi}{2}}", r"\frac{\pi}{2}"), (r"\boxed{3}", "4"), ("nothing", "4")]
-    main = [math_reward(c, g) for c, g in cases]
+    main = [math_reward(c, g, timeout_s=timeout_s) for c, g in cases]
     out: list = []
-    t = threading.Thread(target=lambda: out.extend(math_reward(c, g) for c, g in cases))
+    t = threading.Thread(target=lambda: out.extend(math_reward(c, g, timeout_s=timeout_s) for c, g in cases))
     t.start()
-    t.join(30)
+    t.join(60)
     assert [r.status for r in out] == ["correct", "wrong", "no_answer"]
+    assert [r.score for r in out] == [1.0, 0.0, 0.0]
     assert out == main
+
+
+HOSTILE = {
+    # SymPy evaluates the tower in one C call: no thread can stop it, only a process kill
+    "power tower": (r"\boxed{9^{9^{9^{9^{9}}}}}", {"timeout"}),
+    "20,000-term sum": (r"\boxed{" + "+".join(["1"] * 20_000) + "}", {"timeout", "wrong"}),
+    "10,000 nested braces": (r"\boxed{" + "{" * 10_000 + "5" + "}" * 10_000 + "}", {"timeout", "wrong"}),
+}
+
+
+@pytest.mark.parametrize("where", ["main thread", "worker thread"])
+def test_plain_functions_return_within_their_timeout(where):
+    timeout = 1.5
+    assert math_reward(r"\boxed{1}", "1", timeout_s=timeout).score == 1.0  # start the worker
+    results = {}
+
+    def run():
+        for name, (completion, _) in HOSTILE.items():
+            # max_answer_chars would refuse the long ones before parsing; let them reach the grader
+            t0 = time.monotonic()
+            res = math_reward(completion, "1", timeout_s=timeout, max_answer_chars=10**6)
+            results[name] = (res, time.monotonic() - t0)
+        t0 = time.monotonic()
+        res = choice_reward(r"\boxed{9^{9^{9^{9^{9}}}}}", "B", timeout_s=timeout, max_answer_chars=10**6,
+                            choices=["1", r"9^{9^{9^{9^{9}}}}"])
+        results["choice"] = (res, time.monotonic() - t0)
+
+    if where == "main thread":
+        run()
+    else:
+        t = threading.Thread(target=run)
+        t.start()
+        t.join(120)
+    for name, (res, elapsed) in results.items():
+        want = HOSTILE[name][1] if name in HOSTILE else {"correct", "timeout"}
+        assert res.status in want and elapsed < timeout + 2.0, (name, res, elapsed)
+        assert res.score == (1.0 if res.status == "correct" else 0.0)
+    assert results["power tower"][0].message == "no result within 1.5 s"
+    # and the worker that replaced the killed one grades normally
+    assert math_reward(r"\boxed{\frac{1}{2}}", "0.5", timeout_s=timeout).status == "correct"
+
+
+def test_timeout_keyword_is_checked():
+    with pytest.raises(ValueError, match="timeout_s"):
+        math_reward(r"\boxed{1}", "1", timeout_s=0)
+    assert math_reward(r"\boxed{1}", "1", timeout_s=None).status == "correct"

@@ -29,8 +29,8 @@ def pool():
 
 
 @pytest.fixture(scope="module")
-def math500(shared_data: Path) -> list[dict]:
-    return [json.loads(line) for line in (shared_data / "math500.jsonl").read_text().splitlines()]
+def math500(dataset) -> list[dict]:
+    return dataset("math500")
 
 
 def test_pool_matches_in_process_scores_in_input_order(pool, math500):
