@@ -190,3 +190,19 @@ def test_populate_hf_cache_loads_by_repo_id_in_transformers(tmp_path, tiny_model
     vocab = json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
     n_tok = len(AutoTokenizer.from_pretrained(str(tiny_model_dir)))
     assert out.stdout.split()[-3:] == [str(vocab), str(n_tok), "Qwen2ForCausalLM"]
+
+
+def test_online_download_failure_is_reported(tmp_path, monkeypatch):
+    """Without HF_HUB_OFFLINE a missing id is downloaded; an unreachable hub (a closed local port
+    here) ends in the same error, naming the failed download."""
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hc, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelNotFoundError, match=r"no snapshot for revision main; download into .*hub: "):
+        resolve_model("egsw-rl-test/absent")
