@@ -49,11 +49,12 @@ class RolloutConfig:
     stop: list[str] = field(default_factory=list)
     logprobs: int = 20  # top-k per token for the entropy estimate (<= vLLM's max_logprobs)
     entropy_estimator: str = "lower_bound"  # lower_bound | renorm | upper_bound
-    # chat: the model's chat template; qwen_math: chat template + the boxed instruction;
-    # any other string is a Python format template with {question}.
+    # qwen_math | qwen_math_user | chat | a plain template with {question} (egsw_rl/prompts.py);
+    # evaluation renders with the same function
     prompt_template: str = "qwen_math"
-    # What to do with a prompt longer than max_model_len - max_tokens: error | truncate_left
-    overlong_prompt: str = "error"
+    # A prompt longer than max_model_len - max_tokens: drop (training rows left out at load time,
+    # eval problems scored overlong_prompt) | truncate_left | error (refused before the run)
+    overlong_prompt: str = "drop"
 
 
 @dataclass
@@ -228,7 +229,7 @@ def resolve_dtype(dtype: str, device: str) -> str:
 _CHOICES = {
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "rollout.entropy_estimator": ("lower_bound", "renorm", "upper_bound"),
-    "rollout.overlong_prompt": ("error", "truncate_left"),
+    "rollout.overlong_prompt": ("drop", "truncate_left", "error"),
     "learner.lr_schedule": ("constant", "cosine"),
     "learner.sync_transport": ("auto", "shm", "group"),
     "algo.advantage": ("grpo", "dr_grpo", "batch_std", "gtpo", "grpo_s"),

@@ -14,9 +14,12 @@ Benchmarks: math500, aime24, aime25, gsm8k (local copies via `egsw_rl.data.load_
 the hub), gpqa_diamond (gated, never shipped: `gpqa_diamond=PATH` to a .csv / .jsonl / .parquet
 with the original columns, or the hub when logged in), or NAME=PATH for any other problem file.
 
-Prompt (`--prompt qwen_math`, the paper's): the model's chat template with one user message
-"{question}\\nPlease reason step by step, and put your final answer within \\boxed{}.". Each
-problem gets n samples; grading is `egsw_rl.rewards` (math-verify; GPQA by answer letter) in a
+Prompt (`--prompt`): a template name of `egsw_rl.prompts`, the renderer training uses. A trained
+run is evaluated with its own `rollout.prompt_template` unless `--prompt` names another; any
+other model with `qwen_math` (Qwen2.5-Math's: the instruction "Please reason step by step, and
+put your final answer within \\boxed{}." as the system turn). A problem whose prompt does not fit
+the context beside `--max-tokens` is not generated: it is scored 0 with status
+`overlong_prompt` and counted in the results. Each problem gets n samples; grading is `egsw_rl.rewards` (math-verify; GPQA by answer letter) in a
 process pool with a per-sample timeout. Reported per benchmark: avg@n (mean accuracy over all
 samples; with n=1 and temperature 0 that is greedy accuracy), pass@k (unbiased estimator) for
 each k <= n, the fraction of completions with a \\boxed{} answer, status counts, response length
@@ -48,14 +51,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
+from egsw_rl import prompts
+
 log = logging.getLogger(__name__)
 
 RESULTS_FORMAT = 1
 DEFAULT_BENCHMARKS = ("math500", "aime24", "aime25")
 DISPLAY = {"math500": "MATH-500", "aime24": "AIME24", "aime25": "AIME25",
            "gpqa_diamond": "GPQA-D", "gsm8k": "GSM8K"}
-BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-PROMPTS = ("qwen_math", "qwen_math_system", "chat")
+PROMPTS = prompts.CHAT_TEMPLATES
+OVERLONG = "overlong_prompt"  # a problem whose prompt does not fit: not generated, scored 0
 
 # generate_fn(questions, n) -> one list of n completions per question; a completion is a str or
 # an object with .text (and optionally .token_ids, .finish_reason, e.g. egsw_rl.batch.Completion).
@@ -103,31 +108,13 @@ def fmt_pct(value: Optional[float], std: Optional[float] = None, digits: int = 1
 
 
 def render_prompts(tokenizer, questions: Sequence[str], prompt: str = "qwen_math") -> list[str]:
-    """Prompt strings for `questions`.
-
-    qwen_math:        chat template, user message "{question}\\n" + BOXED_INSTRUCTION (the paper's)
-    qwen_math_system: chat template, BOXED_INSTRUCTION as the system message, question as the user
-                      message (what `rollout.prompt_template=qwen_math` renders in training)
-    chat:             chat template, the bare question
-    anything else:    a plain template where "{question}" is replaced
-    """
-    if prompt in PROMPTS:
-        if not getattr(tokenizer, "chat_template", None):
-            raise EvalError(f"--prompt {prompt} needs a chat template and this tokenizer has none; "
-                            "give a plain template containing {question}")
-        out = []
-        for q in questions:
-            if prompt == "qwen_math":
-                msgs = [{"role": "user", "content": f"{q}\n{BOXED_INSTRUCTION}"}]
-            elif prompt == "qwen_math_system":
-                msgs = [{"role": "system", "content": BOXED_INSTRUCTION}, {"role": "user", "content": q}]
-            else:
-                msgs = [{"role": "user", "content": q}]
-            out.append(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
-        return out
-    if "{question}" not in prompt:
-        raise EvalError(f"--prompt {prompt!r}: use {', '.join(PROMPTS)} or a template containing {{question}}")
-    return [prompt.replace("{question}", q) for q in questions]
+    """Prompt strings for `questions`: `egsw_rl.prompts.render_prompts`, the renderer training
+    uses, so a template name means the same text in both (qwen_math, qwen_math_user, chat, or a
+    plain template containing {question})."""
+    try:
+        return prompts.render_prompts(tokenizer, questions, prompt)
+    except prompts.PromptError as e:
+        raise EvalError(f"--prompt: {e}") from None
 
 
 # ============================================================================ grading
@@ -219,7 +206,8 @@ def _text(c) -> str:
 def evaluate(generate_fn: GenerateFn, benchmarks: Mapping[str, Sequence], *, n: int = 1,
              ks: Iterable[int] = (1,), grader: Optional[Grader] = None, batch_size: Optional[int] = None,
              samples_out: Optional[list] = None,
-             progress: Optional[Callable[[str], None]] = None) -> dict[str, BenchmarkResult]:
+             progress: Optional[Callable[[str], None]] = None,
+             too_long: Optional[Callable[[Sequence[str]], Sequence[bool]]] = None) -> dict[str, BenchmarkResult]:
     """Evaluate with any generator: `{benchmark name: BenchmarkResult}`.
 
     generate_fn(questions, n): for each question (the raw problem text) a list of n completions,
@@ -232,6 +220,8 @@ def evaluate(generate_fn: GenerateFn, benchmarks: Mapping[str, Sequence], *, n: 
     batch_size: questions per generate_fn call (default: all of a benchmark at once).
     samples_out: a list to append one dict per graded completion to (benchmark, id, sample, gold,
         status, parsed, boxed, text).
+    too_long(questions): True for each question whose prompt does not fit the context; those are
+        not generated, and their n samples score 0 with status `overlong_prompt`.
 
     The trainer's periodic eval (metrics `eval/<benchmark>/accuracy`):
 
@@ -251,22 +241,33 @@ def evaluate(generate_fn: GenerateFn, benchmarks: Mapping[str, Sequence], *, n: 
             if not problems:
                 raise EvalError(f"benchmark {name}: no problems")
             t0 = time.perf_counter()
-            comps: list[list] = []
-            step = batch_size or len(problems)
-            for s in range(0, len(problems), step):
-                chunk = problems[s:s + step]
-                got = list(generate_fn([p.question for p in chunk], n))
+            over = set(i for i, flag in enumerate(too_long([p.question for p in problems])) if flag) \
+                if too_long else set()
+            if over and progress:
+                progress(f"{name}: {len(over)} of {len(problems)} prompts do not fit the context: "
+                         f"scored 0 as {OVERLONG}")
+            todo = [i for i in range(len(problems)) if i not in over]
+            comps: list[list] = [[""] * n for _ in problems]
+            step = batch_size or max(1, len(todo))
+            for s in range(0, len(todo), step):
+                chunk = todo[s:s + step]
+                got = list(generate_fn([problems[i].question for i in chunk], n))
                 if len(got) != len(chunk) or any(len(g) != n for g in got):
                     raise EvalError(f"generate_fn returned {[len(g) for g in got]} completions for "
                                     f"{len(chunk)} questions x n={n}")
-                comps += [list(g) for g in got]
+                for i, g in zip(chunk, got):
+                    comps[i] = list(g)
                 if progress:
-                    progress(f"{name}: generated {min(s + step, len(problems))}/{len(problems)} problems")
+                    progress(f"{name}: generated {min(s + step, len(todo))}/{len(todo)} problems")
             gen_s = time.perf_counter() - t0
             t1 = time.perf_counter()
             results: list = [None] * (len(problems) * n)
+            for i in over:
+                for j in range(n):
+                    results[i * n + j] = _overlong_result()
             for task in ("math", "choice"):
-                idx = [i for i, p in enumerate(problems) if (task == "choice") == bool(p.choices)]
+                idx = [i for i, p in enumerate(problems)
+                       if (task == "choice") == bool(p.choices) and i not in over]
                 if not idx:
                     continue
                 flat = [(i, j) for i in idx for j in range(n)]
@@ -294,11 +295,17 @@ def evaluate(generate_fn: GenerateFn, benchmarks: Mapping[str, Sequence], *, n: 
     return out
 
 
+def _overlong_result():
+    from egsw_rl.rewards import RewardResult
+
+    return RewardResult(0.0, OVERLONG, None, False, "prompt longer than the context allows")
+
+
 def _summarise(name, problems, comps, results, n, ks, gen_s, grade_s) -> BenchmarkResult:
     from egsw_rl.rewards import STATUSES
 
     correct = [sum(results[i * n + j].status == "correct" for j in range(n)) for i in range(len(problems))]
-    status = {s: 0 for s in STATUSES}
+    status = {s: 0 for s in (*STATUSES, OVERLONG)}
     for r in results:
         status[r.status] = status.get(r.status, 0) + 1
     flat = [c for row in comps for c in row]
@@ -329,6 +336,8 @@ def eval_metrics(results: Mapping[str, BenchmarkResult], prefix: str = "eval") -
         m[f"{prefix}/{name}/boxed_rate"] = r.boxed_rate
         if r.mean_response_tokens is not None:
             m[f"{prefix}/{name}/response_length"] = r.mean_response_tokens
+        if r.status.get(OVERLONG):
+            m[f"{prefix}/{name}/{OVERLONG}"] = r.status[OVERLONG] / r.n
     if results:
         m[f"{prefix}/mean/accuracy"] = statistics.fmean(r.accuracy for r in results.values())
     return m
@@ -654,24 +663,35 @@ def _settings(args) -> dict:
             "fallback_last_number": args.fallback_last_number}
 
 
-def _max_model_len(path: str, tokenizer, prompts: Sequence[str], max_tokens: int, requested: Optional[int]) -> int:
-    longest = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
-    need = longest + max_tokens + 8
+def _max_model_len(path: str, lengths: Sequence[int], max_tokens: int, requested: Optional[int]) -> int:
+    """The engine's context: --max-model-len, else the longest prompt + --max-tokens, capped at the
+    model's positions (prompts that then do not fit are scored `overlong_prompt`, not fatal)."""
+    if requested:
+        return requested
+    need = max(lengths, default=0) + max_tokens + 8
     try:
         from transformers import AutoConfig
 
         limit = int(getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", 0) or 0)
     except Exception:
         limit = 0
-    if requested:
-        if requested < need:
-            raise EvalError(f"--max-model-len {requested} < longest prompt ({longest}) + --max-tokens "
-                            f"({max_tokens}); raise it or lower --max-tokens")
-        return requested
     if limit and need > limit:
-        raise EvalError(f"longest prompt ({longest} tokens) + --max-tokens ({max_tokens}) exceeds the model's "
-                        f"{limit} positions; lower --max-tokens")
+        if max_tokens >= limit:
+            raise EvalError(f"--max-tokens {max_tokens} leaves no room for a prompt in the model's "
+                            f"{limit} positions; lower --max-tokens")
+        return limit
     return ((need + 63) // 64) * 64
+
+
+def _prompt_for(model: "ModelSpec", requested: Optional[str]) -> str:
+    """--prompt, else the template the run was trained with, else qwen_math."""
+    if requested:
+        return requested
+    if model.run_dir:
+        trained = _dotted(_run_config(Path(model.run_dir)), "rollout.prompt_template")
+        if trained:
+            return str(trained)
+    return "qwen_math"
 
 
 def evaluate_model(model: ModelSpec, problems: Mapping[str, list], args, grader: Grader,
@@ -685,11 +705,16 @@ def evaluate_model(model: ModelSpec, problems: Mapping[str, list], args, grader:
 
     device = resolve_device(args.device)
     tok = AutoTokenizer.from_pretrained(model.path, trust_remote_code=args.trust_remote_code)
-    rendered = {b: render_prompts(tok, [p.question for p in ps], args.prompt) for b, ps in problems.items()}
-    all_prompts = [p for ps in rendered.values() for p in ps]
-    max_len = _max_model_len(model.path, tok, all_prompts, args.max_tokens, args.max_model_len)
+    prompt = _prompt_for(model, args.prompt)
+    rendered = {b: render_prompts(tok, [p.question for p in ps], prompt) for b, ps in problems.items()}
+    length = {}
+    for b, ps in problems.items():
+        for p, ids in zip(ps, prompts.encode_prompts(tok, rendered[b], prompt)):
+            length[p.question] = len(ids)
+    max_len = _max_model_len(model.path, list(length.values()), args.max_tokens, args.max_model_len)
+    budget = max_len - args.max_tokens
     enforce_eager = args.enforce_eager if args.enforce_eager is not None else device == "cpu"
-    template = "chat" if args.prompt in PROMPTS else args.prompt  # chat: no extra special tokens
+    template = "chat" if prompt in PROMPTS else prompt  # chat: no extra special tokens
     rollout = RolloutConfig(num_generators=1, tensor_parallel_size=args.tensor_parallel_size,
                             gpu_memory_utilization=args.gpu_memory_utilization,
                             cpu_kvcache_gib=args.kv_cache_gib, max_model_len=max_len,
@@ -709,7 +734,7 @@ def evaluate_model(model: ModelSpec, problems: Mapping[str, list], args, grader:
         fn = generator_fn(gen, render=lambda qs: [by_question[q] for q in qs])
         t1 = time.perf_counter()
         res = evaluate(fn, problems, n=args.n, ks=args.ks, grader=grader, batch_size=args.batch_size,
-                       samples_out=samples_out,
+                       samples_out=samples_out, too_long=lambda qs: [length[q] > budget for q in qs],
                        progress=lambda m: print(f"[eval] {model.name}: {m}", file=sys.stderr, flush=True))
         total_s = time.perf_counter() - t1
     finally:
@@ -717,7 +742,8 @@ def evaluate_model(model: ModelSpec, problems: Mapping[str, list], args, grader:
     tokens = sum(r.tokens or 0 for r in res.values())
     gen_s = sum(r.generate_s for r in res.values())
     return {"name": model.name, "label": model.label, "model": model.spec, "model_path": model.path,
-            "run_dir": model.run_dir, "step": model.step, "settings": _settings(args),
+            "run_dir": model.run_dir, "step": model.step, "settings": {**_settings(args), "prompt": prompt,
+                                                                         "max_model_len": max_len},
             "benchmarks": {b: r.to_json() for b, r in res.items()},
             "timing": {"engine_start_s": start_s, "eval_s": total_s, "generate_s": gen_s,
                        "tokens": tokens, "tokens_per_s": tokens / gen_s if gen_s else None,
@@ -751,8 +777,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=-1)
     p.add_argument("--max-tokens", type=int, default=3000, help="new tokens per completion (default %(default)s)")
     p.add_argument("--max-model-len", type=int, default=None, help="default: longest prompt + max-tokens")
-    p.add_argument("--prompt", default="qwen_math", help="qwen_math (default, the paper's), qwen_math_system, "
-                   "chat, or a template containing {question}")
+    p.add_argument("--prompt", default=None, help="qwen_math, qwen_math_user, chat, or a template containing "
+                   "{question} (default: a run's own rollout.prompt_template, else qwen_math)")
     p.add_argument("--extraction", default="boxed_then_latex", help="answer extraction of egsw_rl.rewards "
                    "(boxed | boxed_then_latex | boxed_then_any)")
     p.add_argument("--fallback-last-number", action="store_true", help="grade the last number when nothing "

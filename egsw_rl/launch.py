@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from egsw_rl.checkpoint import CheckpointError
 from egsw_rl.config import ConfigError, RunConfig, resolve_device, validate
 from egsw_rl.data import DataError
+from egsw_rl.prompts import PromptError
 
 ConfigStore.instance().store(name="run_schema", node=RunConfig)
 log = logging.getLogger("egsw_rl")
@@ -102,7 +103,7 @@ def main(cfg: DictConfig) -> float | None:
     log.info("run directory %s (preset %s)", run_dir, preset)
     try:
         last = run(cfg, run_dir)
-    except (ConfigError, DataError, CheckpointError) as e:  # the user's to fix: no traceback
+    except (ConfigError, DataError, CheckpointError, PromptError) as e:  # the user's to fix: no traceback
         print(f"egsw_rl: {e}", file=sys.stderr)
         sys.exit(2)
     (run_dir / "final_metrics.json").write_text(json.dumps(last, indent=1, default=str))

@@ -25,9 +25,10 @@ from omegaconf import OmegaConf
 from egsw_rl import algos, checkpoint
 from egsw_rl.batch import Completion, TrainBatch
 from egsw_rl.config import resolve_device
-from egsw_rl.data import Problem, PromptSampler, load_problems
+from egsw_rl.data import Problem, PromptSampler, load_run_data
 from egsw_rl.logging import RunLogger, Timer
 from egsw_rl.models import resolve_model_path, vocab_size
+from egsw_rl.prompts import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +63,18 @@ class Trainer:
         self.G = cfg.rollout.n
         self._seed_everything(cfg.trainer.seed)
 
-        self.problems, skipped = load_problems(
-            cfg.data.train, split=cfg.data.split, question_key=cfg.data.question_key,
-            answer_key=cfg.data.answer_key, answer_format=cfg.data.answer_format,
-            max_samples=cfg.data.max_samples, seed=cfg.trainer.seed)
-        self.data_skipped = skipped
-        self.sampler = PromptSampler(len(self.problems), cfg.data.batch_size,
-                                     seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
-        self.eval_sets = {name: load_problems(name, max_samples=cfg.data.eval_samples,
-                                              seed=cfg.trainer.seed)[0][:cfg.data.eval_samples]
-                          for name in cfg.data.eval}
-
         model_cfg = dataclasses.replace(OmegaConf.to_object(cfg.model),
                                         path=resolve_model_path(cfg.model.path))
         self.model_path = model_cfg.path
         self.vocab_size = vocab_size(model_cfg.path)
+
+        data = load_run_data(cfg, load_tokenizer(model_cfg.path, model_cfg.tokenizer,
+                                                 model_cfg.trust_remote_code))
+        self.problems, self.data_skipped = data.train, data.skipped
+        self.sampler = PromptSampler(len(self.problems), cfg.data.batch_size,
+                                     seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
+        self.eval_sets = data.eval_sets
+        self.eval_overlong = set().union(*data.eval_overlong.values())
         algo_cfg = OmegaConf.to_object(cfg.algo)
         if algo_cfg.norm_constant is None:  # Dr.GRPO divides by the generation budget
             algo_cfg.norm_constant = float(cfg.rollout.max_tokens)
@@ -269,7 +267,8 @@ class Trainer:
         from egsw_rl.eval import Grader, eval_metrics, evaluate, generator_fn
 
         results = evaluate(generator_fn(self.generators), self.eval_sets, n=self.G, ks=(1, self.G),
-                           grader=Grader(scorers={"math": self.rewarder}))
+                           grader=Grader(scorers={"math": self.rewarder}),
+                           too_long=lambda qs: [q in self.eval_overlong for q in qs])
         out = eval_metrics(results)
         with (self.run_dir / "eval.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **out}) + "\n")

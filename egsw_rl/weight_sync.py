@@ -541,6 +541,9 @@ class WorkerExtension:
 
     def _egsw_reload(self, weights: Iterator[tuple[str, torch.Tensor]]) -> list[str]:
         """vLLM's in-place layer-wise reload from (name, tensor) pairs, then the tied head."""
+        from egsw_rl.actors.vllm_logs import quiet_benign_reload
+
+        quiet_benign_reload(tied_head=self._egsw_expected()[1])
         self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
         return _reprocess_aliased_modules(self.model_runner.get_model())
 

@@ -43,15 +43,15 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from egsw_rl.actors import vllm_logs
 from egsw_rl.batch import Completion
 from egsw_rl.config import ModelConfig, RolloutConfig, resolve_device, resolve_dtype
+from egsw_rl.prompts import BOXED_INSTRUCTION, CHAT_TEMPLATES, render_prompts
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Generator", "GeneratorGroup", "render_prompts", "BOXED_INSTRUCTION"]
 
-BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-CHAT_TEMPLATES = ("chat", "qwen_math")
 # SamplingParams fields a caller may override per generate() call (evaluation, tests).
 SAMPLING_OVERRIDES = ("temperature", "top_p", "top_k", "max_tokens", "stop", "logprobs",
                       "entropy_estimator")
@@ -70,41 +70,6 @@ def _as_cfg(obj, cls):
     except ImportError:
         pass
     return cls(**dict(obj))
-
-
-# ============================================================================ prompts
-
-
-def render_prompts(tokenizer, questions: Sequence[str], template: str) -> list[str]:
-    """Render questions into prompt strings.
-
-    template: "chat" (the tokenizer's chat template, one user turn), "qwen_math" (chat template
-    with the Qwen math system instruction: reason step by step, answer in \\boxed{}), or any
-    other string: a plain template where "{question}" is replaced (other braces are kept as
-    they are, so "\\boxed{}" needs no escaping)."""
-    if template in CHAT_TEMPLATES:
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"rollout.prompt_template={template!r} needs a chat template, and this "
-                             "tokenizer has none: set rollout.prompt_template to a plain template "
-                             "containing {question}")
-        out = []
-        for q in questions:
-            user = [{"role": "user", "content": q}]
-            if template == "qwen_math":
-                msgs = [{"role": "system", "content": BOXED_INSTRUCTION}] + user
-                try:
-                    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-                except Exception:  # templates without a system role: put it in the user turn
-                    msgs = [{"role": "user", "content": f"{q}\n{BOXED_INSTRUCTION}"}]
-                    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            else:
-                text = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-            out.append(text)
-        return out
-    if "{question}" not in template:
-        raise ValueError(f"rollout.prompt_template={template!r}: use chat, qwen_math or a plain "
-                         "template containing {question}")
-    return [template.replace("{question}", q) for q in questions]
 
 
 # ============================================================================ one engine
@@ -144,6 +109,7 @@ class Generator:
     def _setup_env(self) -> None:
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        vllm_logs.before_engine_start()
         # Engine core in this process: requests of one generate() call all enter the scheduler
         # before its first step, so batches (and the sampling RNG stream) do not depend on IPC
         # timing and a fixed seed reproduces the same tokens. The weight-sync process group

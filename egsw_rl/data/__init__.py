@@ -312,3 +312,50 @@ class PromptSampler:
                             f"this run has {self.size}: resume with the same data")
         self.epoch, self.position, self.seed = state["epoch"], state["position"], state["seed"]
         self._make_order()
+
+
+@dataclass
+class RunData:
+    """A run's problems after the prompt budget (`egsw_rl.prompts.fit_to_budget`) was applied:
+    training rows that do not fit are left out here, once, so a run never meets one mid-way; eval
+    problems that do not fit stay, named in `eval_overlong`, and are scored `overlong_prompt`."""
+
+    train: list[Problem]
+    skipped: int  # rows without a usable question or answer
+    dropped_overlong: int
+    eval_sets: dict[str, list[Problem]]
+    eval_overlong: dict[str, set[str]]  # benchmark -> questions whose prompt does not fit
+    reports: list[str]  # one line per set that has prompts over the budget
+
+
+def load_run_data(cfg, tokenizer) -> RunData:
+    """Training and eval problems of a run config (`cfg.data`, `cfg.rollout` budget and template)."""
+    from egsw_rl.prompts import fit_to_budget, prompt_budget
+
+    d, r = cfg.data, cfg.rollout
+    train, skipped = load_problems(d.train, split=d.split, question_key=d.question_key,
+                                   answer_key=d.answer_key, answer_format=d.answer_format,
+                                   max_samples=d.max_samples, seed=cfg.trainer.seed)
+    budget = prompt_budget(r.max_model_len, r.max_tokens)
+    fit = fit_to_budget(tokenizer, [p.question for p in train], r.prompt_template, budget,
+                        r.overlong_prompt, where=f"data.train={d.train}")
+    reports = [fit.report(f"data.train={d.train}") + f": {len(fit.overlong)} rows left out"
+               if r.overlong_prompt == "drop" else fit.report(f"data.train={d.train}")] if fit.overlong else []
+    dropped = len(train) - len(fit.kept)
+    train = [train[i] for i in fit.kept]
+    if not train:
+        raise DataError(f"data.train={d.train}: no problem fits the prompt budget ({reports[0]})")
+    eval_sets, eval_overlong = {}, {}
+    for name in d.eval:
+        problems = load_problems(name, max_samples=d.eval_samples, seed=cfg.trainer.seed)[0][:d.eval_samples]
+        efit = fit_to_budget(tokenizer, [p.question for p in problems], r.prompt_template, budget,
+                             "drop" if r.overlong_prompt == "error" else r.overlong_prompt, where=name)
+        eval_sets[name] = problems
+        eval_overlong[name] = {problems[i].question for i, _ in efit.overlong} \
+            if r.overlong_prompt != "truncate_left" else set()
+        if efit.overlong:
+            reports.append(efit.report(f"data.eval {name}") + (
+                ": scored overlong_prompt" if r.overlong_prompt != "truncate_left" else ": cut from the left"))
+    for line in reports:
+        log.warning("%s", line)
+    return RunData(train, skipped, dropped, eval_sets, eval_overlong, reports)

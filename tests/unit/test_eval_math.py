@@ -153,19 +153,49 @@ def test_real_grader_math_and_choice():
 # ---------------------------------------------------------------- prompts and benchmarks
 
 
-def test_render_prompts(tiny_model_dir):
+def test_one_renderer_for_training_and_evaluation(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
+    from egsw_rl.actors import generator
+    from egsw_rl.prompts import render_prompts
+
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    [p] = ev.render_prompts(tok, ["What is 1+1?"], "qwen_math")
-    assert p.endswith("<|im_start|>assistant\n")
-    assert ("<|im_start|>user\nWhat is 1+1?\nPlease reason step by step, and put your final answer "
-            "within \\boxed{}.<|im_end|>") in p
-    [s] = ev.render_prompts(tok, ["Q"], "qwen_math_system")
+    for name in ("qwen_math", "qwen_math_user", "chat", "Question: {question}\\boxed{}"):
+        assert (ev.render_prompts(tok, ["What is 1+1?"], name) == render_prompts(tok, ["What is 1+1?"], name)
+                == generator.render_prompts(tok, ["What is 1+1?"], name)), name
+    [s] = ev.render_prompts(tok, ["Q"], "qwen_math")  # Qwen2.5-Math's: the instruction is the system turn
     assert s.index("<|im_start|>system\nPlease reason") < s.index("<|im_start|>user\nQ<|im_end|>")
+    [u] = ev.render_prompts(tok, ["What is 1+1?"], "qwen_math_user")  # SimpleRL-Zoo's: in the user turn
+    assert ("<|im_start|>user\nWhat is 1+1?\nPlease reason step by step, and put your final answer "
+            "within \\boxed{}.<|im_end|>") in u and u.endswith("<|im_start|>assistant\n")
     assert ev.render_prompts(tok, ["Q"], "Question: {question}\\boxed{}") == ["Question: Q\\boxed{}"]
     with pytest.raises(ev.EvalError):
         ev.render_prompts(tok, ["Q"], "no placeholder")
+    # a trained run is evaluated with the template it was trained with, unless told otherwise
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("rollout:\n  prompt_template: qwen_math_user\n")
+    spec = ev.ModelSpec("x", str(tiny_model_dir), "x", "x", run_dir=str(run))
+    assert ev._prompt_for(spec, None) == "qwen_math_user"
+    assert ev._prompt_for(spec, "chat") == "chat"
+    assert ev._prompt_for(ev.ModelSpec("m", "m", "m", "m"), None) == "qwen_math"
+
+
+def test_a_prompt_that_does_not_fit_is_scored_overlong_not_generated():
+    from egsw_rl.data import Problem
+
+    asked = []
+
+    def gen(questions, n):
+        asked.extend(questions)
+        return [[r"\boxed{2}"] * n for _ in questions]
+
+    probs = [Problem("What is 1+1?", "2", id="a"), Problem("long " * 50, "2", id="b")]
+    res = ev.evaluate(gen, {"b": probs}, n=2, too_long=lambda qs: [len(q) > 100 for q in qs])["b"]
+    assert asked == ["What is 1+1?"]
+    assert res.status["overlong_prompt"] == 2 and res.status["correct"] == 2
+    assert res.accuracy == 0.5 and res.per_problem_correct == [2, 0]
+    assert ev.eval_metrics({"b": res})["eval/b/overlong_prompt"] == 1
 
 
 def test_parse_benchmarks():
