@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from egsw_rl.checkpoint import CheckpointError
 from egsw_rl.config import ConfigError, RunConfig, resolve_device, validate
 from egsw_rl.data import DataError
+from egsw_rl.models import ModelNotFoundError
+from egsw_rl.placement import PlacementError
 from egsw_rl.prompts import PromptError
 
 ConfigStore.instance().store(name="run_schema", node=RunConfig)
@@ -30,7 +32,8 @@ def _worker_env(cfg) -> dict:
     from egsw_rl.actors.vllm_logs import LEVEL_ENV
 
     env = {"TOKENIZERS_PARALLELISM": "false", LEVEL_ENV: cfg.logger.level}
-    for key in ("EGSW_RL_CACHE", "EGSW_RL_DATA", "WANDB_MODE", "HF_HUB_OFFLINE", "HF_HOME"):
+    for key in ("EGSW_RL_CACHE", "EGSW_RL_DATA", "WANDB_MODE", "HF_HUB_OFFLINE", "HF_HOME",
+                "HF_HUB_CACHE", "HF_ENDPOINT"):
         if os.environ.get(key):
             env[key] = os.environ[key]
     return env
@@ -103,7 +106,8 @@ def main(cfg: DictConfig) -> float | None:
     log.info("run directory %s (preset %s)", run_dir, preset)
     try:
         last = run(cfg, run_dir)
-    except (ConfigError, DataError, CheckpointError, PromptError) as e:  # the user's to fix: no traceback
+    except (ConfigError, DataError, CheckpointError, PromptError, ModelNotFoundError,
+            PlacementError) as e:  # the user's to fix: no traceback
         print(f"egsw_rl: {e}", file=sys.stderr)
         sys.exit(2)
     (run_dir / "final_metrics.json").write_text(json.dumps(last, indent=1, default=str))
