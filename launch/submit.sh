@@ -15,45 +15,49 @@
 #   `export RAY_AUTH_TOKEN=...` here.
 # - One runtime env: launch/runtime_env.yaml plus the variables below that are set in your shell
 #   (Ray's job CLI takes either --runtime-env or --runtime-env-json, never both). It goes to Ray
-#   through a pipe, so no key is written to disk or shows in `ps`; the job's runtime env
-#   (dashboard) does hold it.
+#   through a pipe, so no key is written to disk or shows in `ps` (the job's runtime env holds
+#   it: `ray job list` shows it to whoever can reach the cluster).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PASS_THROUGH="WANDB_API_KEY WANDB_MODE WANDB_ENTITY WANDB_PROJECT WANDB_BASE_URL HF_TOKEN HF_ENDPOINT HF_HUB_OFFLINE"
-say() { echo "submit.sh: $*" >&2; }
 
-ray_bin=$(command -v ray) || { say "no 'ray' on PATH: activate the environment egsw_rl is installed in"; exit 2; }
-py="$(dirname "$ray_bin")/python"
-[ -x "$py" ] || py=python3
+# All in one function, read whole before it runs: `ray job submit` tails the job for as long as it
+# runs, and bash would otherwise read an edited (git pull) script mid-run.
+main() {
+    cd "$(dirname "$0")/.."
+    PASS_THROUGH="WANDB_API_KEY WANDB_MODE WANDB_ENTITY WANDB_PROJECT WANDB_BASE_URL HF_TOKEN HF_ENDPOINT HF_HUB_OFFLINE"
+    say() { echo "submit.sh: $*" >&2; }
 
-if [ -n "${RAY_ADDRESS:-}" ]; then
-    say "cluster: RAY_ADDRESS=$RAY_ADDRESS"
-else
-    say "cluster: RAY_ADDRESS is unset; Ray looks for one started on this machine (ray start --head)"
-fi
+    ray_bin=$(command -v ray) || { say "no 'ray' on PATH: activate the environment egsw_rl is installed in"; exit 2; }
+    py="$(dirname "$ray_bin")/python"
+    [ -x "$py" ] || py=python3
 
-if [ -n "${RAY_AUTH_MODE:-}" ]; then
-    say "auth: RAY_AUTH_MODE=$RAY_AUTH_MODE (from your shell)"
-else
-    token_from=""
-    if [ -n "${RAY_AUTH_TOKEN:-}" ]; then
-        token_from="RAY_AUTH_TOKEN"
-    elif [ -n "${RAY_AUTH_TOKEN_PATH:-}" ]; then
-        token_from="RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH"
-    elif [ -s "$HOME/.ray/auth_token" ]; then
-        token_from="$HOME/.ray/auth_token"
-    fi
-    if [ -n "$token_from" ]; then
-        export RAY_AUTH_MODE=token
-        say "auth: token from $token_from; set RAY_AUTH_MODE=token so ray job submit sends it"
+    if [ -n "${RAY_ADDRESS:-}" ]; then
+        say "cluster: RAY_ADDRESS=$RAY_ADDRESS"
     else
-        say "auth: no Ray token here (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token); submitting" \
-            "without one. If the cluster answers 'Missing authentication token', run" \
-            "'ray get-auth-token' on its head and export RAY_AUTH_TOKEN=<that token>"
+        say "cluster: RAY_ADDRESS is unset; Ray looks for one started on this machine (ray start --head)"
     fi
-fi
 
-runtime_env=$(PASS_THROUGH="$PASS_THROUGH" "$py" - launch/runtime_env.yaml <<'EOF'
+    if [ -n "${RAY_AUTH_MODE:-}" ]; then
+        say "auth: RAY_AUTH_MODE=$RAY_AUTH_MODE (from your shell)"
+    else
+        token_from=""
+        if [ -n "${RAY_AUTH_TOKEN:-}" ]; then
+            token_from="RAY_AUTH_TOKEN"
+        elif [ -n "${RAY_AUTH_TOKEN_PATH:-}" ]; then
+            token_from="RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH"
+        elif [ -s "$HOME/.ray/auth_token" ]; then
+            token_from="$HOME/.ray/auth_token"
+        fi
+        if [ -n "$token_from" ]; then
+            export RAY_AUTH_MODE=token
+            say "auth: token from $token_from; set RAY_AUTH_MODE=token so ray job submit sends it"
+        else
+            say "auth: no Ray token here (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token); submitting" \
+                "without one. If the cluster answers 'Missing authentication token', run" \
+                "'ray get-auth-token' on its head and export RAY_AUTH_TOKEN=<that token>"
+        fi
+    fi
+
+    runtime_env=$(PASS_THROUGH="$PASS_THROUGH" "$py" - launch/runtime_env.yaml <<'EOF'
 import json, os, sys
 
 import yaml
@@ -66,7 +70,11 @@ print("submit.sh: runtime env: %s + %s" % (sys.argv[1], ", ".join(names) or "no 
       file=sys.stderr)
 print(json.dumps(env))
 EOF
-)
+    )
 
-# JSON is YAML: Ray's --runtime-env reads it from the pipe.
-"$ray_bin" job submit --runtime-env <(printf '%s\n' "$runtime_env") -- python -m egsw_rl.launch "$@"
+    # JSON is YAML: Ray's --runtime-env reads it from the pipe.
+    "$ray_bin" job submit --runtime-env <(printf '%s\n' "$runtime_env") -- python -m egsw_rl.launch "$@"
+}
+
+main "$@"
+exit
