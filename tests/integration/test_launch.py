@@ -156,9 +156,17 @@ def _free_port() -> int:
 
 
 def test_ray_job_submit_to_a_local_cluster(tmp_path, shared_data):
+    """From `ray start --head` to a finished job through launch/submit.sh, as a new user has it:
+    a Ray token file on the machine (which turns the head's token auth on), no RAY_AUTH_MODE in
+    any shell, and a WANDB_API_KEY in the submitting one."""
     e = env(shared_data)
-    # Ray 2.60 clusters require a token by default: the head and the submitting client share one.
-    e.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(16))
+    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        e.pop(key, None)
+    e["RAY_AUTH_TOKEN_PATH"] = str(token)
+    # the activated environment: `ray` and the job's `python` are this venv's
+    e["PATH"] = str(Path(sys.executable).parent) + os.pathsep + e.get("PATH", "")
     ray = str(Path(sys.executable).with_name("ray"))
     port, dash = _free_port(), _free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
@@ -178,23 +186,35 @@ def test_ray_job_submit_to_a_local_cluster(tmp_path, shared_data):
     try:
         run = tmp_path / "job"
         address = f"http://127.0.0.1:{dash}"
+        with_mode = dict(e, RAY_AUTH_MODE="token")
         for _ in range(45):  # the dashboard's job API takes a few seconds to come up
-            if subprocess.run([ray, "job", "list", f"--address={address}"], env=e,
+            if subprocess.run([ray, "job", "list", f"--address={address}"], env=with_mode,
                               capture_output=True, timeout=60).returncode == 0:
                 break
             assert head.poll() is None, "ray start --head exited"
             time.sleep(2)
+        # The head did turn token auth on: a job client without RAY_AUTH_MODE is refused.
+        p = subprocess.run([ray, "job", "list", f"--address={address}"], env=e, capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode != 0 and "authentication" in (p.stdout + p.stderr).lower(), p.stdout + p.stderr
+        key = "dummy-" + secrets.token_hex(8)
+        user = dict(e, RAY_ADDRESS=address, WANDB_API_KEY=key, WANDB_MODE="offline")
         # one-step off-policy overlap rides along: batch k+1 generates while batch k trains
-        submit = [ray, "job", "submit", f"--address={address}", "--", sys.executable, "-m",
-                  "egsw_rl.launch", "trainer.total_steps=2", "trainer.overlap=true",
+        submit = [str(REPO / "launch" / "submit.sh"), "trainer.total_steps=2", "trainer.overlap=true",
                   "trainer.save_every=0", "logger.plots=false", f"hydra.run.dir={run}", *FAST]
         for _ in range(20):  # the job agent comes up a little after the dashboard
-            p = subprocess.run(submit, cwd=REPO, env=e, capture_output=True, text=True, timeout=900)
+            p = subprocess.run(submit, cwd=tmp_path, env=user, capture_output=True, text=True, timeout=900)
             if p.returncode == 0 or "No available agent" not in p.stdout + p.stderr:
                 break
             time.sleep(2)
-        assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
-        assert "succeeded" in (p.stdout + p.stderr).lower()
+        out = p.stdout + p.stderr
+        assert p.returncode == 0, out[-4000:]
+        assert "succeeded" in out.lower()
+        assert "RAY_AUTH_MODE=token" in out and "WANDB_API_KEY" in out  # it says what it did
+        assert key not in out
+        jobs = subprocess.run([ray, "job", "list", f"--address={address}"], env=with_mode,
+                              capture_output=True, text=True, timeout=60).stdout
+        assert key in jobs and "WANDB_MODE" in jobs  # the job's runtime env has both
         rows = read_jsonl(run / "metrics.jsonl")
         assert [r["step"] for r in rows] == [1, 2]
         assert [r["policy_lag/mean"] for r in rows] == [0.0, 1.0]
