@@ -134,3 +134,80 @@ def test_the_check_sees_the_hardware_it_is_given():
         validate(cfg, available_gpus=8)
     assert hardware("# one 8-GPU node") == 8 and hardware("2 x 8-GPU nodes") == 16
     assert runs_of(["-m", "a=1,2", "b=3"]) == [["a=1", "b=3"], ["a=2", "b=3"]]
+
+
+# ----------------------------------------------------------------------------- launch/submit.sh
+
+FAKE_RAY = r'''#!/usr/bin/env python3
+# Records what launch/submit.sh hands `ray`: its arguments, the runtime env file's content, the mode.
+import json, os, sys
+args = sys.argv[1:]
+files = {a: open(a).read() for a, flag in zip(args[1:], args) if flag == "--runtime-env"}
+json.dump({"args": args, "files": files, "auth_mode": os.environ.get("RAY_AUTH_MODE")},
+          open(os.environ["FAKE_RAY_OUT"], "w"))
+'''
+
+
+def run_submit(tmp_path, env_extra: dict, args: list[str]):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "ray").write_text(FAKE_RAY.replace("/usr/bin/env python3", sys.executable))
+    (bin_dir / "ray").chmod(0o755)
+    (bin_dir / "python").unlink(missing_ok=True)
+    (bin_dir / "python").symlink_to(sys.executable)
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WANDB_", "HF_"))}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", HOME=str(home),
+               FAKE_RAY_OUT=str(tmp_path / "ray.json"), **env_extra)
+    p = subprocess.run([str(REPO / "launch" / "submit.sh"), *args], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return json.loads((tmp_path / "ray.json").read_text()), p.stderr
+
+
+def test_submit_sh_gives_ray_one_runtime_env_with_the_wandb_key(tmp_path):
+    from ray.dashboard.modules.dashboard_sdk import parse_runtime_env_args
+
+    seen, said = run_submit(tmp_path, {"WANDB_API_KEY": "dummy-key", "WANDB_MODE": "offline"},
+                            ["conf=qwen_math_7b", "data.eval=[math500,aime24]", "a b"])
+    args = seen["args"]
+    assert args[:2] == ["job", "submit"]
+    cut = args.index("--")
+    assert args[cut + 1:] == ["python", "-m", "egsw_rl.launch", "conf=qwen_math_7b", "data.eval=[math500,aime24]", "a b"]
+    flags = args[:cut]
+    # Ray's job CLI reads them with this function, which refuses --runtime-env with --runtime-env-json
+    runtime_env_file = flags[flags.index("--runtime-env") + 1] if "--runtime-env" in flags else None
+    runtime_env_json = flags[flags.index("--runtime-env-json") + 1] if "--runtime-env-json" in flags else None
+    if runtime_env_file:
+        (tmp_path / "renv.yaml").write_text(seen["files"][runtime_env_file])
+        runtime_env_file = str(tmp_path / "renv.yaml")
+    env = parse_runtime_env_args(runtime_env=runtime_env_file, runtime_env_json=runtime_env_json,
+                                 working_dir=flags[flags.index("--working-dir") + 1] if "--working-dir" in flags else None)
+    shipped = yaml.safe_load((REPO / "launch" / "runtime_env.yaml").read_text())
+    assert env["working_dir"] == "." and env["excludes"] == shipped["excludes"]
+    assert env["env_vars"] == {**shipped["env_vars"], "WANDB_API_KEY": "dummy-key", "WANDB_MODE": "offline"}
+    assert not any("dummy-key" in a for a in args) and "dummy-key" not in said  # not in argv / ps
+    assert "WANDB_API_KEY" in said
+
+
+@pytest.mark.parametrize("token_env, mode", [
+    ({"RAY_AUTH_TOKEN": "t0k"}, "token"),
+    ({"RAY_AUTH_TOKEN_PATH": "/some/token"}, "token"),
+    ({"~": "t0k"}, "token"),                        # ~/.ray/auth_token, as any local ray.init leaves it
+    ({}, None),                                     # no token: nothing to send
+    ({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "t0k"}, "disabled"),  # the user's choice stands
+])
+def test_submit_sh_sets_ray_auth_mode_when_there_is_a_token(tmp_path, token_env, mode):
+    token_env = dict(token_env)
+    if "~" in token_env:
+        (tmp_path / "home" / ".ray").mkdir(parents=True)
+        (tmp_path / "home" / ".ray" / "auth_token").write_text(token_env.pop("~"))
+    seen, said = run_submit(tmp_path, token_env, ["conf=tiny_cpu"])
+    assert seen["auth_mode"] == mode
+    assert f"RAY_AUTH_MODE={mode}" in said if mode else "no Ray token" in said
