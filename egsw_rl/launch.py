@@ -60,15 +60,29 @@ def connect_ray(cfg, device: str):
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
+    from egsw_rl.placement import assign, free_resources, make_plan
+    from egsw_rl.preflight import cheap_checks
     from egsw_rl.trainer import Trainer
 
     device = resolve_device(cfg.trainer.device)
-    validate(cfg)  # before any actor starts
+    cheap_checks(cfg)  # the config, the model's context and chat template: before Ray starts
     started_local = connect_ray(cfg, device)
-    if device == "cuda":
-        import ray
+    try:
+        if device == "cuda":
+            import ray
 
-        validate(cfg, available_gpus=int(ray.cluster_resources().get("GPU", 0)))
+            validate(cfg, available_gpus=int(ray.cluster_resources().get("GPU", 0)))
+        # every actor's resources against what the cluster's nodes offer: seconds, not a
+        # placement group that waits forever
+        plan = make_plan(cfg, device)
+        assign(plan, free_resources())
+        log.info("placement: %s", plan.describe())
+    except BaseException:
+        if started_local:
+            import ray
+
+            ray.shutdown()
+        raise
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer = Trainer(cfg, run_dir)
     try:

@@ -346,8 +346,10 @@ def load_run_data(cfg, tokenizer) -> RunData:
     if not train:
         raise DataError(f"data.train={d.train}: no problem fits the prompt budget ({reports[0]})")
     eval_sets, eval_overlong = {}, {}
-    for name in d.eval:
-        problems = load_problems(name, max_samples=d.eval_samples, seed=cfg.trainer.seed)[0][:d.eval_samples]
+    for spec in d.eval:
+        # a named set keeps its name in the metrics (eval/math500/...), a file its stem
+        name = spec if spec in SOURCES or not Path(spec).expanduser().exists() else Path(spec).name.split(".")[0]
+        problems = load_problems(spec, max_samples=d.eval_samples, seed=cfg.trainer.seed)[0][:d.eval_samples]
         efit = fit_to_budget(tokenizer, [p.question for p in problems], r.prompt_template, budget,
                              "drop" if r.overlong_prompt == "error" else r.overlong_prompt, where=name)
         eval_sets[name] = problems

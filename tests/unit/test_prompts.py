@@ -56,13 +56,13 @@ def test_run_data_drops_long_training_rows_once_and_marks_long_eval_problems(tok
     caplog.set_level("WARNING")
     data = load_run_data(_cfg(train, [ev], "drop", 64 + short, 64), tok)
     assert [p.answer for p in data.train] == ["1", "2", "3", "4", "5", "6"] and data.dropped_overlong == 1
-    assert data.eval_overlong[str(ev)] == {long_q} and len(data.eval_sets[str(ev)]) == 2
+    assert data.eval_overlong["ev"] == {long_q} and len(data.eval_sets["ev"]) == 2
     assert len(data.reports) == 2 and "1 rows left out" in data.reports[0]
     assert sum("prompt" in r.message and "budget" in r.message for r in caplog.records) == 2
 
     with pytest.raises(PromptError, match="1 of 7 prompts longer"):
         load_run_data(_cfg(train, [], "error", 64 + short, 64), tok)
     kept = load_run_data(_cfg(train, [ev], "truncate_left", 64 + short, 64), tok)
-    assert len(kept.train) == 7 and kept.eval_overlong[str(ev)] == set()
+    assert len(kept.train) == 7 and kept.eval_overlong["ev"] == set()
     with pytest.raises(DataError, match="no problem fits"):
         load_run_data(_cfg(train, [], "drop", 64 + 5, 64), tok)
