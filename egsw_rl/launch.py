@@ -59,6 +59,19 @@ def connect_ray(cfg, device: str):
     return True
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """Under `ray job submit` the driver runs in Ray's temporary copy of --working-dir, which is
+    deleted with the job: a run directory inside it would lose the checkpoints."""
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:  # set by Ray for a job's driver
+        return
+    where = str(Path(run_dir).resolve())
+    if "runtime_resources" in where or "working_dir_files" in where:
+        raise ConfigError(f"hydra.run.dir resolves to {where}, inside Ray's temporary copy of the job's "
+                          "working directory, which is deleted when the job ends: set hydra.run.dir (and "
+                          "hydra.sweep.dir for -m) to an absolute path on persistent storage every node "
+                          "mounts, e.g. hydra.run.dir=/shared/runs/qwen7b")
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     from egsw_rl.placement import assign, free_resources, make_plan
     from egsw_rl.preflight import cheap_checks
@@ -66,6 +79,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     device = resolve_device(cfg.trainer.device)
     cheap_checks(cfg)  # the config, the model's context and chat template: before Ray starts
+    check_run_dir(run_dir)
     started_local = connect_ray(cfg, device)
     try:
         if device == "cuda":
@@ -75,8 +89,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         # every actor's resources against what the cluster's nodes offer: seconds, not a
         # placement group that waits forever
         plan = make_plan(cfg, device)
-        assign(plan, free_resources())
+        nodes = free_resources()
+        assign(plan, nodes)
         log.info("placement: %s", plan.describe())
+        if len(nodes) > 1:  # learner ranks write checkpoints on their nodes, the driver reads them
+            from egsw_rl.preflight import _run_dir_check
+
+            shared = _run_dir_check(cfg, run_dir)
+            if not shared.ok:
+                raise ConfigError(f"{shared.detail}: set {shared.fix}")
     except BaseException:
         if started_local:
             import ray
