@@ -272,15 +272,18 @@ class Learner:
         out["seconds"] = time.perf_counter() - t0
         return out
 
-    def update(self, batch: TrainBatch, steps: list[dict]) -> dict:
+    def update(self, batch: TrainBatch, steps: list[dict], algo: Optional[AlgoConfig] = None) -> dict:
         """Run the optimizer steps planned by the group. steps[k] = {"micro": this rank's
-        micro-batches, "global_tokens", "global_seqs"}. Returns per-step metric sums."""
+        micro-batches, "global_tokens", "global_seqs"}; `algo`: the group's algorithm config
+        (the loss keys are read from it, so the planner and the loss never disagree).
+        Returns per-step metric sums."""
         import torch
 
         from egsw_rl.actors._learner_model import scatter_tokens
         from egsw_rl.algos import policy_loss, reduce_loss_metrics, rollout_is_weights
 
-        a = self.acfg
+        a = self.acfg if algo is None else _as_cfg(algo, AlgoConfig)
+        correction = str(a.rollout_correction)
         eng = self.engine
         eng.train()
         want_ent = True  # the entropy metric; differentiable only for an entropy bonus
@@ -307,7 +310,6 @@ class Learner:
         t_start = time.perf_counter()
         for st in steps:
             micro = st["micro"]
-            correction = st.get("rollout_correction", "none")
             parts = []
             real = padded = 0
             for j, idx in enumerate(micro):
@@ -350,7 +352,7 @@ class Learner:
                     if correction != "none":  # the tokens came from vLLM, not from `old`
                         isw, stats = rollout_is_weights(
                             old, sel(roll_all, idx, T), mask,
-                            mode=correction, cap=float(st["rollout_correction_cap"]))
+                            mode=correction, cap=float(a.rollout_correction_cap))
                         w = isw.to(old.dtype) if w is None else w * isw.to(w.dtype)
                         is_stats.append({k: float(v) for k, v in stats.items()})
                     loss, metrics = policy_loss(
@@ -709,9 +711,7 @@ class LearnerGroup:
         ref = ray.put(batch)
         outs = self._all([
             a.update.remote(ref, [{"micro": st["per_rank"][r], "global_tokens": st["global_tokens"],
-                                   "global_seqs": st["global_seqs"], "rollout_correction": correction,
-                                   "rollout_correction_cap": float(self.acfg.rollout_correction_cap)}
-                                  for st in steps])
+                                   "global_seqs": st["global_seqs"]} for st in steps], self.acfg)
             for r, a in enumerate(self.actors)])
         self._updates += 1
         per_step = []

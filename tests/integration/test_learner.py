@@ -420,3 +420,55 @@ def test_push_then_engine_equals_fresh_engine_from_export(group_plain, untied_mo
     # the export in plain transformers: the learner's logprobs to float precision
     model = AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32)
     np.testing.assert_allclose(hf_logprobs(model, sampled).numpy(), ours, atol=2e-5)
+
+
+def test_rollout_correction_weights_are_one_against_an_fp32_engine(group_plain, untied_model_dir, tmp_path):
+    """vLLM (fp32, CPU) sampling from the learner's own weights: pi_old / pi_vllm is within 1e-3
+    of 1 on every sampled token, so TIS leaves the update as it was; a token vLLM made 4x less
+    likely than the learner does is truncated to the cap and changes the loss."""
+    from egsw_rl.actors.generator import GeneratorGroup
+
+    g = group_plain
+    export = g.save_hf(tmp_path / "export")
+    gens = GeneratorGroup(ModelConfig(path=str(export)), _rollout_cfg(n=4), "cpu")
+    try:
+        comps = _sample(gens, gens.render(["What is 12 + 7?", "Compute 3 * 41."]))
+    finally:
+        gens.shutdown()
+    T = max(len(c.token_ids) for c in comps)
+    mask = np.zeros((len(comps), T), dtype=bool)
+    roll = np.zeros((len(comps), T), dtype=np.float32)
+    for i, c in enumerate(comps):
+        mask[i, :len(c.token_ids)] = True
+        roll[i, :len(c.token_ids)] = c.logprobs
+    rng = np.random.default_rng(4)
+    batch = TrainBatch(prompt_ids=[c.prompt_ids for c in comps], completion_ids=[c.token_ids for c in comps],
+                       advantages=(rng.normal(size=(len(comps), 1)) * mask).astype(np.float32),
+                       weights=mask.astype(np.float32), mask=mask, rollout_logprobs=roll)
+    ckpt = str(tmp_path / "ckpt")
+    g.save_checkpoint(ckpt)
+    saved = g.acfg
+    try:
+        g.acfg = dataclasses.replace(saved, rollout_correction="tis", rollout_correction_cap=2.0)
+        tis = g.update(batch)
+        g.load_checkpoint(ckpt)
+        far = roll.copy()
+        far[0, 0] -= np.log(4.0)  # vLLM's probability a quarter of the learner's: ratio 4 -> cap 2
+        tis_far = g.update(dataclasses.replace(batch, rollout_logprobs=far))
+        g.load_checkpoint(ckpt)
+        g.acfg = saved
+        plain = g.update(batch)
+    finally:
+        g.acfg = saved
+        g.load_checkpoint(ckpt)
+    print("rollout_is", {k: v for k, v in tis.items() if k.startswith("rollout_is/")})
+    assert abs(tis["rollout_is/mean"] - 1.0) < 1e-3
+    assert 1.0 - 1e-3 < tis["rollout_is/min"] <= tis["rollout_is/max"] < 1.0 + 1e-3
+    assert tis["rollout_is/clipped_frac"] == 0.0
+    assert not any(k.startswith("rollout_is/") for k in plain)
+    assert tis["actor/loss"] == pytest.approx(plain["actor/loss"], rel=1e-3, abs=1e-6)
+    assert tis_far["rollout_is/max"] == pytest.approx(4.0, rel=1e-2)
+    assert tis_far["rollout_is/clipped_frac"] == pytest.approx(1.0 / mask.sum())
+    # the truncated token's -w A term moved by (2 - 1) A_0 / n_tokens
+    want = plain["actor/loss"] - float(batch.advantages[0, 0]) / mask.sum()
+    assert tis_far["actor/loss"] == pytest.approx(want, rel=1e-3, abs=1e-5)
