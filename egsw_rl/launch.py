@@ -36,7 +36,11 @@ def _worker_env(cfg) -> dict:
                 "HF_HUB_CACHE", "HF_ENDPOINT"):
         if os.environ.get(key):
             env[key] = os.environ[key]
-    return env
+    # Under `ray job submit` the job's runtime env already reaches every actor, and Ray refuses a
+    # ray.init that names one of its variables again: add only what the job did not set.
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    taken = set(((job.get("runtime_env") or {}).get("env_vars") or {}))
+    return {k: v for k, v in env.items() if k not in taken}
 
 
 def connect_ray(cfg, device: str):
@@ -51,8 +55,9 @@ def connect_ray(cfg, device: str):
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=env, log_to_driver=True)
         return False
-    need = (cfg.learner.num_ranks * cfg.learner.cpus_per_rank
-            + cfg.rollout.num_generators * cfg.rollout.cpus_per_generator + 1)
+    from egsw_rl.placement import make_plan
+
+    need = make_plan(cfg, device).need().get("CPU", 0.0)
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
              include_dashboard=False, _node_ip_address="127.0.0.1", runtime_env=env,
              log_to_driver=True)
@@ -72,12 +77,32 @@ def check_run_dir(run_dir: Path) -> None:
                           "mounts, e.g. hydra.run.dir=/shared/runs/qwen7b")
 
 
+def prepare_rehearsal(cfg) -> None:
+    """`rehearsal=cpu`: the tiny Qwen2 goes into an offline Hugging Face cache under
+    rehearsal.repo_id (the rehearsal's model.path), and this process and every actor (through
+    _worker_env) are pointed at that cache, so the run loads its model by hub id as the preset
+    does on a cluster. Runs before transformers is imported: huggingface_hub reads these once."""
+    r = cfg.rehearsal
+    if r.name == "none":
+        return
+    from egsw_rl import testing
+
+    hf_home = testing.rehearsal_hf_home(r.hf_home)
+    os.environ.update(HF_HOME=str(hf_home), HF_HUB_CACHE=str(hf_home / "hub"), HF_HUB_OFFLINE="1")
+    snapshot = testing.populate_hf_cache(testing.tiny_model(), r.repo_id, hf_home)
+    swapped = [f"{k}={OmegaConf.select(cfg, k)}" for k in testing.rehearsal_keys(r.name) if k != "rehearsal.name"]
+    print(f"egsw_rl: this is a rehearsal (rehearsal={r.name}): the preset with only these keys replaced: "
+          f"{', '.join(swapped)}; {r.repo_id} is a tiny Qwen2 in the offline Hugging Face cache {hf_home} "
+          f"(HF_HUB_OFFLINE=1, snapshot {snapshot})", flush=True)
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     from egsw_rl.placement import assign, free_resources, make_plan
     from egsw_rl.preflight import cheap_checks
     from egsw_rl.trainer import Trainer
 
     device = resolve_device(cfg.trainer.device)
+    prepare_rehearsal(cfg)
     cheap_checks(cfg)  # the config, the model's context and chat template: before Ray starts
     check_run_dir(run_dir)
     started_local = connect_ray(cfg, device)

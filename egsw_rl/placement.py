@@ -8,7 +8,7 @@ a node (ZeRO-3 wants its ranks packed), different node groups on different nodes
 reward actors take what is left, first fit. The assignment is computed on the driver from what
 each node offers, so a plan the cluster cannot hold fails in seconds with the plan, the cluster
 and the fix printed, instead of a placement group that waits forever; a plan that fits is
-reserved with every bundle pinned to its node (Ray's `node:<ip>` resource).
+reserved with every bundle pinned to its node (the node-id label every Ray node carries).
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ class Plan:
             res = self.bundles[idx[0]].resources
             each = ", ".join(f"{v:g} {k}" for k, v in res.items())
             where = ""
-            if self.nodes:
-                where = " on " + ", ".join(sorted({self.nodes[i] for i in idx}))
+            if self.nodes:  # node ids are long hex strings: their head is enough to tell them apart
+                where = " on node " + ", ".join(sorted({self.nodes[i][:8] for i in idx}))
             rows.append(f"{len(idx)} {role}{'s' if len(idx) > 1 else ''} x ({each}){where}")
         total = ", ".join(f"{v:g} {k}" for k, v in sorted(self.need().items()))
         return "; ".join(rows) + f" = {total}"
@@ -152,15 +152,11 @@ def _refusal(plan: Plan, nodes: dict, what: str) -> str:
 
 
 def free_resources() -> dict[str, dict[str, float]]:
-    """{node ip: free CPU / GPU} of the live Ray nodes (the driver must be connected)."""
+    """{node id (hex): free CPU / GPU} of the live Ray nodes (the driver must be connected)."""
     from ray._private.state import available_resources_per_node  # a DeveloperAPI of Ray 2.60
 
-    out = {}
-    for res in available_resources_per_node().values():
-        ips = [k[len("node:"):] for k in res if k.startswith("node:") and not k.startswith("node:__")]
-        if ips:
-            out[ips[0]] = {"CPU": float(res.get("CPU", 0.0)), "GPU": float(res.get("GPU", 0.0))}
-    return out
+    return {nid: {"CPU": float(res.get("CPU", 0.0)), "GPU": float(res.get("GPU", 0.0))}
+            for nid, res in available_resources_per_node().items()}
 
 
 def reserve(plan: Plan, timeout_s: float = 120.0):
@@ -170,9 +166,10 @@ def reserve(plan: Plan, timeout_s: float = 120.0):
     from ray.util.placement_group import placement_group
 
     nodes = assign(plan, free_resources())
-    bundles = [{**{k: v for k, v in b.resources.items() if v}, f"node:{nid}": 0.001}
-               for b, nid in zip(plan.bundles, nodes)]
-    pg = placement_group(bundles, strategy="PACK")
+    bundles = [{k: v for k, v in b.resources.items() if v} for b in plan.bundles]
+    # every node carries its id as the label ray.io/node-id: each bundle goes where it was assigned
+    pg = placement_group(bundles, strategy="PACK",
+                         bundle_label_selector=[{"ray.io/node-id": nid} for nid in nodes])
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
     if not ready:
         ray.util.remove_placement_group(pg)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from egsw_rl import algos, checkpoint
+from egsw_rl import algos, checkpoint, placement
 from egsw_rl.batch import Completion, TrainBatch
 from egsw_rl.config import resolve_device
 from egsw_rl.data import Problem, PromptSampler, load_run_data
@@ -55,7 +55,7 @@ class Trainer:
 
         from egsw_rl.actors.generator import GeneratorGroup
         from egsw_rl.actors.learner import LearnerGroup
-        from egsw_rl.actors.reward import RewardActor
+        from egsw_rl.actors.reward import RewardGroup, node_cpus, plan_workers
 
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -80,16 +80,24 @@ class Trainer:
             algo_cfg.norm_constant = float(cfg.rollout.max_tokens)
         self.algo = algo_cfg
 
-        log.info("starting %d generator(s), %d learner rank(s), reward actor on %s",
-                 cfg.rollout.num_generators, cfg.learner.num_ranks, self.device)
-        self.generators = GeneratorGroup(model_cfg, OmegaConf.to_object(cfg.rollout), self.device)
-        # The reward actor mostly waits on its pool's processes: a fractional CPU slot.
-        self.rewarder = RewardActor.options(num_cpus=0.5).remote(
-            **OmegaConf.to_container(cfg.reward, resolve=True))
+        # every actor's resources reserved at once, each bundle on the node the plan chose
+        self.plan = placement.make_plan(cfg, self.device)
+        self.pg = placement.reserve(self.plan)
+        log.info("placement: %s", self.plan.describe())
+        self.generators = GeneratorGroup(model_cfg, OmegaConf.to_object(cfg.rollout), self.device,
+                                         placement_group=self.pg, bundle_indices=self.plan.of("generator"))
+        # one reward actor per reward bundle, each scoring a slice of every batch
+        self.rewarder = RewardGroup(
+            OmegaConf.to_container(cfg.reward, resolve=True),
+            plan_workers(cfg.reward.workers, self.plan, node_cpus()),
+            placement_group=self.pg, bundle_indices=self.plan.of("reward"), num_cpus=placement.REWARD_CPUS)
+        log.info("reward: %d actor(s), grading processes %s", len(self.rewarder.workers), self.rewarder.workers)
         self.learners = LearnerGroup(model_cfg, OmegaConf.to_object(cfg.learner), algo_cfg,
                                      self.device, sampling_temperature=cfg.rollout.temperature,
-                                     total_steps=cfg.trainer.total_steps, seed=cfg.trainer.seed)
-        self.learners.setup_weight_sync(self.generators)
+                                     total_steps=cfg.trainer.total_steps, seed=cfg.trainer.seed,
+                                     placement=(self.pg, self.plan.of("learner")))
+        sync = self.learners.setup_weight_sync(self.generators)
+        log.info("weight sync: %s transport", sync["transport"])
         self.version = 0
         self.step = 0
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="generate")
@@ -100,17 +108,47 @@ class Trainer:
         return [self.problems[i] for i in self.sampler.next_indices(count)]
 
     def _generate(self, problems: list[Problem]) -> tuple[list[Completion], float]:
-        t0 = time.perf_counter()
-        prompts = self.generators.render([p.question for p in problems])
-        completions = self.generators.generate(prompts, n=self.G)
-        return completions, time.perf_counter() - t0
+        completions, seconds, _ = self._generate_scored(problems, score=False)
+        return completions, seconds
 
-    def _score(self, problems: list[Problem], completions: list[Completion], timer: Timer):
+    def _generate_scored(self, problems: list[Problem], score: bool = True):
+        """Generate the problems' groups. With `score`, each engine's share goes to the reward
+        actors the moment it returns, so grading runs while slower engines still generate and
+        only the last share's grading is left for `_score`. Returns the completions (prompt
+        order), the generation seconds and the scoring jobs (share order; None without score)."""
         import ray
 
+        t0 = time.perf_counter()
+        prompts = self.generators.render([p.question for p in problems])
+        shares = self.generators.generate_shares(prompts, n=self.G)
+        start_of = {ref: s for s, ref in shares}
+        pending = [ref for _, ref in shares]
+        parts: dict[int, list[Completion]] = {}
+        jobs: dict[int, object] = {}
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            s = start_of[ready[0]]
+            parts[s] = ray.get(ready[0])
+            for c in parts[s]:
+                c.prompt_index += s
+            if score:
+                jobs[s] = self.rewarder.submit([c.text for c in parts[s]],
+                                               [problems[c.prompt_index].answer for c in parts[s]])
+        completions = [c for s in sorted(parts) for c in parts[s]]
+        return completions, time.perf_counter() - t0, ([jobs[s] for s in sorted(jobs)] if score else None)
+
+    def _score(self, problems: list[Problem], completions: list[Completion], timer: Timer, jobs=None):
+        """Rewards of the completions: collected from `jobs` (submitted share by share during
+        generation) or, without them, scored now. reward/hidden_frac is the share of the grading
+        time (the busiest reward actor's) that did not show in timing/reward_s."""
+        t0 = time.perf_counter()
         with timer("reward"):
-            golds = [problems[c.prompt_index].answer for c in completions]
-            results, rmetrics = ray.get(self.rewarder.score.remote([c.text for c in completions], golds))
+            if jobs is None:
+                jobs = [self.rewarder.submit([c.text for c in completions],
+                                             [problems[c.prompt_index].answer for c in completions])]
+            results, rmetrics = self.rewarder.result(jobs)
+        busy = rmetrics.get("reward/latency_s", 0.0)
+        rmetrics["reward/hidden_frac"] = min(1.0, max(0.0, 1.0 - (time.perf_counter() - t0) / busy)) if busy > 0 else 0.0
         rewards = np.array([res.score for res in results], dtype=np.float32)
         if self.algo.overlong_shaping:
             lengths = np.array([len(c.token_ids) for c in completions])
@@ -135,12 +173,13 @@ class Trainer:
             if first is not None:
                 problems, completions = first
                 first = None
+                jobs = None
             else:
                 problems = self._next_problems(B if rounds == 0 else B - len(kept))
-                completions, seconds = self._generate(problems)
+                completions, seconds, jobs = self._generate_scored(problems)
                 timer.times["timing/generate_s"] = timer.times.get("timing/generate_s", 0.0) + seconds
             rounds += 1
-            rewards, results, rmetrics = self._score(problems, completions, timer)
+            rewards, results, rmetrics = self._score(problems, completions, timer, jobs)
             round_metrics.append((rmetrics, len(results)))
             informative = algos.dynamic_sampling_keep(
                 torch.tensor([r.status == "correct" for r in results]), group_size=G).tolist()
@@ -408,7 +447,8 @@ class Trainer:
                 part.shutdown()
             except Exception as e:  # a dead actor must not hide the real error
                 log.warning("shutdown of %s failed: %s", type(part).__name__, e)
-        ray.kill(self.rewarder)
+        self.rewarder.shutdown()
+        ray.util.remove_placement_group(self.pg)
 
 
 def merge_reward_metrics(rounds: list[tuple[dict, int]], kept: list) -> dict[str, float]:
@@ -425,7 +465,7 @@ def merge_reward_metrics(rounds: list[tuple[dict, int]], kept: list) -> dict[str
             out[key] = float(statuses.count(key[len("reward/"):-len("_count")]))
         elif key == "reward/mean_score":
             out[key] = float(np.mean([r.score for r in kept])) if kept else 0.0
-        elif key in ("reward/latency_s", "reward/worker_restarts"):
+        elif key in ("reward/latency_s", "reward/worker_restarts", "reward/actor_restarts"):
             out[key] = float(sum(m.get(key, 0.0) for m, _ in rounds))
         else:
             out[key] = float(sum(m.get(key, 0.0) * c for m, c in rounds) / n) if n else 0.0

@@ -434,6 +434,13 @@ def validate_meta(meta: Sequence[ParamMeta], expected: Optional[dict[str, tuple[
     return problems
 
 
+def receiver_rank_offsets(num_engines: int, tensor_parallel_size: int) -> list[int]:
+    """The sync group's first rank of each engine: rank 0 is the sender, and engine i's
+    `tensor_parallel_size` workers take the consecutive ranks from offset i (worker rank added),
+    so every worker of every engine is one receiver of every broadcast bucket."""
+    return [1 + i * int(tensor_parallel_size) for i in range(int(num_engines))]
+
+
 class WorkerExtension:
     """Mixed into vLLM's worker (`worker_extension_cls="egsw_rl.weight_sync.WorkerExtension"`).
     Named methods called with `LLM.collective_rpc("egsw_...")`; plain-list arguments only (no

@@ -443,8 +443,8 @@ class GeneratorGroup:
 
     def __init__(self, model_cfg: ModelConfig, rollout_cfg: RolloutConfig, device: str = "auto", *,
                  num_cpus: Optional[float] = None, num_gpus: Optional[float] = None,
-                 placement_group=None, actor_options: Optional[dict] = None,
-                 ready_timeout_s: float = 900.0):
+                 placement_group=None, bundle_indices: Optional[Sequence[int]] = None,
+                 actor_options: Optional[dict] = None, ready_timeout_s: float = 900.0):
         import ray
 
         self.mcfg = _as_cfg(model_cfg, ModelConfig)
@@ -467,7 +467,8 @@ class GeneratorGroup:
                 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
                 o["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                    placement_group=placement_group, placement_group_bundle_index=i)
+                    placement_group=placement_group,
+                    placement_group_bundle_index=i if bundle_indices is None else int(bundle_indices[i]))
             # distinct engine seeds: data-parallel shards must not draw the same noise
             rcfg = dataclasses.replace(self.rcfg, seed=int(self.rcfg.seed) + i)
             self.actors.append(cls.options(**o).remote(self.mcfg, rcfg, self.device))
@@ -509,6 +510,16 @@ class GeneratorGroup:
             out.extend(comps)
         return out
 
+    def generate_shares(self, prompts: Sequence[str], n: Optional[int] = None,
+                        **overrides) -> list[tuple[int, Any]]:
+        """`generate` without the wait: (first prompt index, ObjectRef of that engine's
+        completions) per engine, so the caller can use each share as soon as it is ready. The
+        completions' prompt_index is relative to their share (add the first index)."""
+        prompts = list(prompts)
+        parts = [(s, e) for s, e in self._chunks(len(prompts)) if e > s]
+        return [(s, self.actors[i].generate.remote(prompts[s:e], n, **overrides))
+                for i, (s, e) in enumerate(parts)]
+
     def versions(self) -> list[int]:
         import ray
 
@@ -543,9 +554,11 @@ class GeneratorGroup:
         if world_size != 1 + self.sync_world_size():
             raise ValueError(f"sync world size {world_size} != 1 sender + {self.sync_world_size()} "
                              "vLLM workers")
-        return [a.init_weight_receiver.remote(master_addr, int(master_port), 1 + i * self.tp,
-                                              int(world_size), backend)
-                for i, a in enumerate(self.actors)]
+        from egsw_rl.weight_sync import receiver_rank_offsets
+
+        offsets = receiver_rank_offsets(len(self.actors), self.tp)
+        return [a.init_weight_receiver.remote(master_addr, int(master_port), offset, int(world_size), backend)
+                for offset, a in zip(offsets, self.actors)]
 
     def expected_weights(self) -> dict:
         import ray

@@ -545,7 +545,9 @@ class LearnerGroup:
 
     def __init__(self, model_cfg: ModelConfig, learner_cfg: LearnerConfig, algo_cfg: AlgoConfig,
                  device: str = "auto", sampling_temperature: float = 1.0, *, total_steps: Optional[int] = None,
-                 seed: int = 0, ready_timeout_s: float = 900.0):
+                 seed: int = 0, ready_timeout_s: float = 900.0, placement: Optional[tuple] = None):
+        """`placement`: (placement group, bundle index per rank) from the run's plan
+        (`egsw_rl.placement`); without it the group reserves its own ranks."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -585,18 +587,22 @@ class LearnerGroup:
         from egsw_rl.actors._learner_model import lr_lambda
 
         lr_lambda(self.lcfg.lr_schedule, self.lcfg.warmup_steps, total_steps)
-        self.pg = placement_group(bundles, strategy=strategy)
-        ready, _ = ray.wait([self.pg.ready()], timeout=ready_timeout_s)
-        if not ready:
-            ray.util.remove_placement_group(self.pg)
-            raise RuntimeError(f"the learner placement group {bundles} ({strategy}) could not be placed "
-                               f"within {ready_timeout_s:.0f}s: not enough CPUs/GPUs in the Ray cluster")
+        if placement is not None:  # the run's plan: the group neither reserves nor releases it
+            pg, bundle_of = placement
+            self.pg = None
+        else:
+            self.pg = pg = placement_group(bundles, strategy=strategy)
+            ready, _ = ray.wait([pg.ready()], timeout=ready_timeout_s)
+            if not ready:
+                ray.util.remove_placement_group(pg)
+                raise RuntimeError(f"the learner placement group {bundles} ({strategy}) could not be placed "
+                                   f"within {ready_timeout_s:.0f}s: not enough CPUs/GPUs in the Ray cluster")
         cls = ray.remote(Learner)
         self.actors = []
         for r in range(n):
             opts = dict(num_cpus=cpus, num_gpus=1 if gpu else 0, max_concurrency=1,
                         scheduling_strategy=PlacementGroupSchedulingStrategy(
-                            placement_group=self.pg, placement_group_bundle_index=bundle_of[r]))
+                            placement_group=pg, placement_group_bundle_index=bundle_of[r]))
             self.actors.append(cls.options(**opts).remote(
                 r, n, self.model_path, self.mcfg, self.lcfg, self.acfg, self.device,
                 sampling_temperature, seed, total_steps))

@@ -316,3 +316,47 @@ def test_the_shared_buffer_is_one_memory_for_every_process(tmp_path):
     assert buf[:4].tolist() == [1, 2, 3, 4]
     with pytest.raises(FileExistsError):  # never two runs in one buffer
         ws.map_shared(path, 64, create=True)
+
+
+# ------------------------------------------------------------------ tensor-parallel engines
+
+
+def test_every_tensor_parallel_worker_of_every_engine_receives_every_bucket(tiny_lm, tiny_model_dir):
+    """Two engines of tensor_parallel_size 2: four vLLM workers, ranks 1-4 of one group, each
+    loading the whole sync from the sender's broadcasts."""
+    engines, tp = 2, 2
+    offsets = ws.receiver_rank_offsets(engines, tp)
+    assert offsets == [1, 3]
+    ranks = sorted(o + r for o in offsets for r in range(tp))
+    assert ranks == list(range(1, 1 + engines * tp))  # each rank once, none for the sender
+    meta = ws.param_meta(tiny_lm)
+    world = 1 + engines * tp
+    port = _port()
+    sender = ws.WeightSender("127.0.0.1", port, world, "gloo", timeout_s=60)
+    workers = []
+    for o in offsets:
+        for r in range(tp):
+            w = FakeWorker(tiny_model_dir)
+            w.rank = r  # vLLM's worker rank within its engine
+            workers.append((o, w))
+    results: dict = {}
+
+    def receive(i, offset, worker):
+        results[("rank", i)] = worker.egsw_init_receiver("127.0.0.1", port, offset, world, "gloo", 60)
+        results[i] = worker.egsw_receive(ws.meta_to_rows(meta))
+
+    threads = [threading.Thread(target=receive, args=(i, o, w)) for i, (o, w) in enumerate(workers)]
+    for t in threads:
+        t.start()
+    sender.connect()
+    sender.send(tiny_lm, ws.plan_buckets(meta, 64 * 1024), is_sender=True)
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert sorted(results[("rank", i)] for i in range(len(workers))) == ranks
+    params = dict(tiny_lm.named_parameters())
+    for i, (_, w) in enumerate(workers):
+        assert results[i]["params"] == len(meta)
+        assert set(w.loaded) == set(params)
+        assert all(torch.equal(w.loaded[n], p.detach()) for n, p in params.items())
+    sender.close()
