@@ -199,6 +199,18 @@ class TrainerConfig:
 
 
 @dataclass
+class RehearsalConfig:
+    # none | cpu. `rehearsal=cpu` (egsw_rl/conf/rehearsal/cpu.yaml) runs a preset on CPU with only
+    # its hardware and size keys replaced; launch places the tiny Qwen2 in an offline Hugging Face
+    # cache under repo_id, which the rehearsal's model.path names, so the model loads by hub id.
+    name: str = "none"
+    repo_id: str = "egsw-rl-rehearsal/tiny-qwen2"
+    # HF_HOME of that cache; None: rehearsal/hf under $EGSW_RL_CACHE (default ~/.cache/egsw_rl).
+    # Several nodes: a path every node mounts.
+    hf_home: Optional[str] = None
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -208,6 +220,7 @@ class RunConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    rehearsal: RehearsalConfig = field(default_factory=RehearsalConfig)
     # none | auto (latest valid checkpoint in the run directory) | a checkpoint path
     resume: str = "none"
 
@@ -247,6 +260,7 @@ _CHOICES = {
     "logger.wandb.mode": ("online", "offline", "disabled"),
     "logger.level": ("info", "debug"),
     "trainer.device": ("auto", "cpu", "cuda"),
+    "rehearsal.name": ("none", "cpu"),
 }
 
 

@@ -8,7 +8,8 @@ DeepSpeed and vLLM all load the folder. Folders are cached under `$EGSW_RL_CACHE
 never see half a model.
 
 `populate_hf_cache(folder, repo_id, hf_home)` places such a folder in a Hugging Face cache under a
-hub repo id, so runs and tests can load it by id with `HF_HUB_OFFLINE=1` (no network).
+hub repo id, so runs and tests can load it by id with `HF_HUB_OFFLINE=1` (no network);
+`rehearsal=cpu` does that with the tiny model.
 """
 
 from __future__ import annotations
@@ -210,6 +211,34 @@ def populate_hf_cache(model_dir: Path | str, repo_id: str, hf_home: Path | str, 
     tmp_ref.write_text(commit)  # no newline: the hub client reads the file verbatim
     os.replace(tmp_ref, ref)
     return snap
+
+
+# ----------------------------------------------------------------------------- rehearsal
+
+
+def rehearsal_keys(name: str) -> list[str]:
+    """The dotted keys `rehearsal=<name>` sets (egsw_rl/conf/rehearsal/<name>.yaml): all that a
+    rehearsal replaces in a preset."""
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).resolve().parent / "conf" / "rehearsal" / f"{name}.yaml"
+    conf = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+
+    def flat(node: dict, prefix: str) -> list[str]:
+        out = []
+        for key, value in node.items():
+            if key == "defaults":
+                continue
+            out += flat(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+        return out
+
+    return flat(conf, "")
+
+
+def rehearsal_hf_home(hf_home: Path | str | None = None) -> Path:
+    """Where a rehearsal's offline Hugging Face cache lives: `rehearsal.hf_home`, else
+    rehearsal/hf under the egsw_rl cache."""
+    return Path(hf_home).expanduser().absolute() if hf_home else cache_dir() / "rehearsal" / "hf"
 
 
 if __name__ == "__main__":
