@@ -150,9 +150,11 @@ class DataConfig:
 @dataclass
 class RewardConfig:
     scheme: str = "binary"  # binary | signed | format
-    workers: int = 2
+    # grading processes per reward actor: a number, or auto (from the CPUs Ray reports on the
+    # actor's node minus what the run's other bundles reserve there: actors/reward.auto_workers)
+    workers: Any = 2
     timeout_s: float = DEFAULT_TIMEOUT_S
-    num_actors: int = 1
+    num_actors: int = 1  # reward actors; each scores a contiguous slice of every batch
     correct_score: float = 1.0
     wrong_boxed_score: float = 0.0
     no_box_score: float = 0.0
@@ -291,8 +293,11 @@ def validate(cfg, *, available_gpus: int | None = None) -> None:
                 "learner.micro_batch_tokens", "learner.logprob_chunk_tokens", "learner.lr",
                 "learner.sync_bucket_mb", "algo.ppo_epochs", "algo.mini_batches",
                 "algo.max_gen_batches", "data.batch_size", "trainer.total_steps",
-                "reward.workers", "reward.timeout_s", "reward.num_actors"):
+                "reward.timeout_s", "reward.num_actors"):
         positive(key)
+    workers = cfg.reward.workers
+    if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        errors.append(f"reward.workers={workers!r}: must be an integer >= 1 or auto")
     for key in ("algo.alpha", "algo.beta", "algo.clip_low", "algo.clip_high", "algo.entropy_coef",
                 "trainer.save_every", "trainer.eval_every", "rollout.logprobs"):
         positive(key, strict=False)

@@ -1,21 +1,41 @@
-"""The reward actor: a thin Ray wrapper around `egsw_rl.rewards.RewardPool`.
+"""The reward actors: thin Ray wrappers around `egsw_rl.rewards.RewardPool`, and the driver's
+handle on `reward.num_actors` of them.
 
-    from egsw_rl.actors.reward import RewardActor
-    actor = RewardActor.options(num_cpus=cfg.reward.workers).remote(
-        workers=cfg.reward.workers, timeout_s=cfg.reward.timeout_s, scheme=cfg.reward.scheme, ...)
-    results, metrics = ray.get(actor.score.remote(completions, golds))
+    from egsw_rl.actors.reward import RewardGroup
+    group = RewardGroup(reward_options, workers=[8, 8], placement_group=pg, bundle_indices=[5, 6])
+    job = group.submit(texts, golds)          # returns at once; each actor scores its slice
+    results, metrics = group.result([job])    # input order; a dead actor's slice retried once
 
-The pool's worker processes are children of the actor process (forkserver), killed with it.
+A batch (or each generator's share of one, as it arrives) is split in contiguous slices, one per
+actor, so `num_actors` actors with `workers` processes each score in parallel. An actor that dies
+costs a retry of its slices on a fresh actor in the same placement bundle (with a warning); a
+second death of the same slice raises the Ray error, which ends the run as any dead actor does.
+
+`reward.workers: auto` sizes each actor's pool from the node: see `auto_workers`. The pool's
+worker processes are children of the actor process (forkserver), killed with it.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import dataclasses
+import logging
+import math
+import time
+from typing import Any, Optional, Sequence
 
 import ray
 
 from egsw_rl.rewards.pool import RewardPool
 from egsw_rl.rewards.types import RewardResult
+
+log = logging.getLogger(__name__)
+
+# `reward.workers: auto`: CPUs left on a node for the driver, raylet and vLLM's frontends
+AUTO_HEADROOM_CPUS = 2.0
+# and at most this many grading processes per actor: one actor's dispatch loop (one pipe message
+# per sample) keeps up with thousands of scorings/s, far more than 32 graders produce, and each
+# grader holds its own sympy / math-verify import (about 100 MB)
+AUTO_MAX_WORKERS = 32
 
 
 class RewardWorkerPool:
@@ -30,10 +50,20 @@ class RewardWorkerPool:
     def __init__(self, workers: int = 2, timeout_s: float = 5.0, num_actors: Optional[int] = None,
                  **reward_options) -> None:
         self._pool = RewardPool(workers=workers, timeout_s=timeout_s, **reward_options)
+        self._scored = 0
 
     def score(self, completions: Sequence[str], golds: Sequence[str],
               choices: Optional[Sequence[Optional[Sequence[str]]]] = None) -> tuple[list[RewardResult], dict]:
-        return self._pool.score(list(completions), list(golds), choices)
+        out = self._pool.score(list(completions), list(golds), choices)
+        self._scored += len(completions)
+        return out
+
+    def scored(self) -> int:
+        """Completions scored since the actor started (tests check every sample is scored once)."""
+        return self._scored
+
+    def workers(self) -> int:
+        return self._pool.workers
 
     def worker_pids(self) -> list[int]:
         return self._pool.worker_pids()
@@ -46,3 +76,223 @@ class RewardWorkerPool:
 
 
 RewardActor = ray.remote(RewardWorkerPool)
+
+
+# ============================================================================ pure parts
+
+
+def split_shares(n: int, k: int) -> list[tuple[int, int]]:
+    """[start, end) of k contiguous slices of n items, sizes differing by at most one, larger
+    first; slices past n are empty (start == end)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    base, extra = divmod(max(0, int(n)), k)
+    out, start = [], 0
+    for i in range(k):
+        size = base + (1 if i < extra else 0)
+        out.append((start, start + size))
+        start += size
+    return out
+
+
+def gather_in_order(n: int, pieces: Sequence[tuple[int, int, Sequence]]) -> list:
+    """The n results of a batch from its slices' results (start, end, results), whatever order
+    they arrive in; refuses a slice of the wrong length and any index covered twice or never."""
+    out: list = [None] * n
+    seen = [False] * n
+    for start, end, res in pieces:
+        if len(res) != end - start:
+            raise ValueError(f"slice [{start}, {end}) returned {len(res)} results")
+        for i in range(start, end):
+            if seen[i]:
+                raise ValueError(f"sample {i} scored twice")
+            seen[i] = True
+        out[start:end] = list(res)
+    missing = [i for i, s in enumerate(seen) if not s]
+    if missing:
+        raise ValueError(f"{len(missing)} samples never scored (first: {missing[0]})")
+    return out
+
+
+def auto_workers(node_cpus: float, reserved_cpus: float, actors_on_node: int, *,
+                 headroom: float = AUTO_HEADROOM_CPUS, cap: int = AUTO_MAX_WORKERS) -> int:
+    """Grading processes per reward actor for `reward.workers: auto`:
+
+        min(cap, max(1, floor((node_cpus - reserved_cpus - headroom) / actors_on_node)))
+
+    node_cpus: the CPUs Ray reports for the node; reserved_cpus: what the run's bundles on that
+    node take (learner ranks, engines and the reward actors' own slots). The graders are
+    unaccounted processes, so they get the CPUs nobody reserved, split between the node's reward
+    actors, a little left for the driver and Ray's own processes."""
+    if actors_on_node < 1:
+        raise ValueError(f"actors_on_node must be >= 1, got {actors_on_node}")
+    free = float(node_cpus) - float(reserved_cpus) - float(headroom)
+    return int(min(cap, max(1, math.floor(free / actors_on_node + 1e-9))))
+
+
+def plan_workers(workers: Any, plan, node_cpus: dict[str, float]) -> list[int]:
+    """Workers of each reward actor (in `plan.of("reward")` order): `workers` itself when it is a
+    number, else (`auto`) `auto_workers` on the node the plan assigned each actor to.
+    `node_cpus`: {node id: CPUs Ray reports}; the plan must be assigned (`plan.nodes`)."""
+    idx = plan.of("reward")
+    if workers != "auto":
+        return [int(workers)] * len(idx)
+    if not plan.nodes:
+        raise ValueError("reward.workers=auto needs the placement plan assigned to nodes")
+    reserved: dict[str, float] = {}
+    for b, nid in zip(plan.bundles, plan.nodes):
+        reserved[nid] = reserved.get(nid, 0.0) + float(b.resources.get("CPU", 0.0))
+    actors: dict[str, int] = {}
+    for i in idx:
+        actors[plan.nodes[i]] = actors.get(plan.nodes[i], 0) + 1
+    return [auto_workers(node_cpus.get(plan.nodes[i], 0.0), reserved[plan.nodes[i]], actors[plan.nodes[i]])
+            for i in idx]
+
+
+def node_cpus() -> dict[str, float]:
+    """{node id (hex): CPUs Ray reports} of the live nodes (the driver must be connected)."""
+    return {n["NodeID"]: float(n.get("Resources", {}).get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")}
+
+
+def merge_share_metrics(parts: Sequence[tuple[int, dict, int]]) -> dict[str, float]:
+    """One batch's metrics from its slices' pool metrics, parts = (actor, metrics, samples):
+    counts and worker restarts summed, mean score and p50 weighted by samples, p99 the largest,
+    `reward/latency_s` the busiest actor's grading time (the batch's wall time had it been scored
+    at once; slices of one actor run one after another)."""
+    out: dict[str, float] = {}
+    n = sum(c for _, _, c in parts)
+    busy: dict[int, float] = {}
+    for actor, m, _ in parts:
+        busy[actor] = busy.get(actor, 0.0) + float(m.get("reward/latency_s", 0.0))
+    keys = dict.fromkeys(k for _, m, _ in parts for k in m)
+    for key in keys:
+        vals = [(float(m.get(key, 0.0)), c) for _, m, c in parts]
+        if key == "reward/latency_s":
+            out[key] = max(busy.values()) if busy else 0.0
+        elif key.endswith("_count") or key == "reward/worker_restarts":
+            out[key] = sum(v for v, _ in vals)
+        elif key == "reward/sample_p99_s":
+            out[key] = max((v for v, c in vals if c), default=0.0)
+        else:
+            out[key] = sum(v * c for v, c in vals) / n if n else 0.0
+    return out
+
+
+# ============================================================================ the driver's handle
+
+
+@dataclasses.dataclass
+class _Slice:
+    actor: int
+    start: int
+    end: int
+    ref: Any
+    handle: Any  # the actor handle the slice was sent to
+    retried: bool = False
+
+
+@dataclasses.dataclass
+class Scoring:
+    """One submitted batch: its inputs (kept for a retry) and one slice per actor."""
+    texts: list
+    golds: list
+    choices: Optional[list]
+    slices: list
+    submitted: float
+
+
+class RewardGroup:
+    """`num_actors` RewardActors, one per placement bundle (`bundle_indices`), `workers[i]`
+    grading processes in actor i. `score` has the signature of `RewardPool.score`, so the group is
+    also the evaluator's grader (`eval.Grader(scorers=...)`)."""
+
+    def __init__(self, reward_options: dict, workers: Sequence[int], *, placement_group=None,
+                 bundle_indices: Optional[Sequence[int]] = None, num_cpus: float = 0.5,
+                 ready_timeout_s: float = 300.0) -> None:
+        self.options = {k: v for k, v in dict(reward_options).items() if k not in ("workers", "num_actors")}
+        self.workers = [int(w) for w in workers]
+        if not self.workers:
+            raise ValueError("a RewardGroup needs at least one actor")
+        self.pg = placement_group
+        self.bundles = list(bundle_indices) if bundle_indices is not None else [None] * len(self.workers)
+        self.num_cpus = float(num_cpus)
+        self.restarts = 0
+        self.actors = [self._start(i) for i in range(len(self.workers))]
+        ray.get([a.ready.remote() for a in self.actors], timeout=ready_timeout_s)
+
+    def _start(self, i: int):
+        opts: dict[str, Any] = {"num_cpus": self.num_cpus}
+        if self.pg is not None:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                placement_group=self.pg, placement_group_bundle_index=int(self.bundles[i]))
+        return RewardActor.options(**opts).remote(workers=self.workers[i], **self.options)
+
+    def submit(self, texts: Sequence[str], golds: Sequence[str],
+               choices: Optional[Sequence[Optional[Sequence[str]]]] = None) -> Scoring:
+        """Send each actor its contiguous slice; returns at once."""
+        texts, golds = list(texts), list(golds)
+        if len(golds) != len(texts):
+            raise ValueError(f"{len(texts)} completions but {len(golds)} gold answers")
+        choices = None if choices is None else list(choices)
+        job = Scoring(texts, golds, choices, [], time.perf_counter())
+        for a, (s, e) in enumerate(split_shares(len(texts), len(self.actors))):
+            if e > s:
+                job.slices.append(self._send(a, s, e, job))
+        return job
+
+    def _send(self, a: int, s: int, e: int, job: Scoring, retried: bool = False) -> _Slice:
+        handle = self.actors[a]
+        ref = handle.score.remote(job.texts[s:e], job.golds[s:e],
+                                  None if job.choices is None else job.choices[s:e])
+        return _Slice(a, s, e, ref, handle, retried)
+
+    def _get(self, sl: _Slice, job: Scoring):
+        try:
+            return ray.get(sl.ref)
+        except ray.exceptions.RayActorError as e:
+            if sl.retried:
+                raise
+            if self.actors[sl.actor] is sl.handle:  # the first slice to see this death replaces it
+                log.warning("reward actor %d died (%s); starting a fresh one and scoring its %d "
+                            "samples again", sl.actor, type(e).__name__, sl.end - sl.start)
+                try:
+                    ray.kill(sl.handle)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+                self.actors[sl.actor] = self._start(sl.actor)
+                self.restarts += 1
+            return self._get(self._send(sl.actor, sl.start, sl.end, job, retried=True), job)
+
+    def result(self, jobs: Sequence[Scoring]) -> tuple[list[RewardResult], dict]:
+        """Results of the jobs, concatenated in submission order, each in its input order, and
+        their merged metrics plus reward/actor_restarts (actors replaced while collecting)."""
+        restarts0 = self.restarts
+        results: list[RewardResult] = []
+        parts: list[tuple[int, dict, int]] = []
+        for job in jobs:
+            pieces = []
+            for sl in job.slices:
+                res, m = self._get(sl, job)
+                pieces.append((sl.start, sl.end, res))
+                parts.append((sl.actor, m, sl.end - sl.start))
+            results.extend(gather_in_order(len(job.texts), pieces))
+        metrics = merge_share_metrics(parts)
+        metrics["reward/actor_restarts"] = float(self.restarts - restarts0)
+        return results, metrics
+
+    def score(self, completions: Sequence[str], golds: Sequence[str],
+              choices: Optional[Sequence[Optional[Sequence[str]]]] = None) -> tuple[list[RewardResult], dict]:
+        return self.result([self.submit(completions, golds, choices)])
+
+    def scored(self) -> list[int]:
+        return ray.get([a.scored.remote() for a in self.actors])
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            try:
+                ray.kill(a)
+            except Exception:  # noqa: BLE001 - a dead actor must not hide the real error
+                pass
+        self.actors = []
