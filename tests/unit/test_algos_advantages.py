@@ -46,6 +46,16 @@ def test_hand_values():
     assert dynamic_sampling_keep(r, group_size=4).tolist() == [True, False]
 
 
+@pytest.mark.parametrize("mode", ["grpo", "dr_grpo", "batch_std"])
+def test_all_equal_group_is_exactly_zero_in_fp32(mode):
+    # 0.1 is not exact in fp32: its group mean differs from it by rounding, which grpo's
+    # 1/(std + 1e-6) would blow up to |A| ~ 1e-2
+    r = torch.tensor([0.1] * 8 + [0.0, 1.0] * 4, dtype=torch.float32)
+    a = group_advantages(r, group_size=8, mode=mode)
+    assert torch.equal(a[:8], torch.zeros(8))
+    assert a[8:].abs().min() > 0.1
+
+
 def test_group_of_one_gives_zero():
     r = torch.tensor([1.0, 0.0, 3.0])
     for mode in ("grpo", "dr_grpo", "batch_std"):
