@@ -33,6 +33,7 @@ def test_overlong_prompts_are_dropped_from_training_and_scored_in_a_step0_eval(t
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
     log = p.stdout + p.stderr
+    assert "Failed to load weights" not in log  # vLLM's benign reload chatter is filtered
     # reported once each, at load time
     assert log.count("1 of 12 prompts longer than the 128-token budget") == 1, log[-3000:]
     assert log.count("1 rows left out") == 1
