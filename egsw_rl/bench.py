@@ -14,8 +14,10 @@ Sub-benchmarks (`--only`, comma-separated; default all), each printing a table:
   sync     one learner -> vLLM weight push (the trainer's own, same runs) in seconds and MB/s,
            next to this machine's memcpy bandwidth (a large tensor.copy_) and a bare loopback
            gloo broadcast, and the ratios.
-  reward   scorings/s and p99 per-sample latency of the reward pool on the MATH-500 human
-           solutions, with 1, 2 and 4 worker processes.
+  reward   scorings/s and p99 per-sample latency of fresh reward pools (one pass) on the MATH-500
+           human solutions, with 1, 2 and this machine's cores worker processes in total;
+           reward_hidden_frac, the share of grading hidden behind generation in a real tiny_cpu
+           run with 2 engines and 2 reward actors; the paper's 8,192 completions on paper.
   learner  the ZeRO-3 learner group alone: training tokens/s, padding fraction and peak RSS per
            rank, with 1 and 2 ranks.
   peer     TRL's GRPOTrainer on exactly the same workload (`egsw_rl.bench_peer`), with HF
@@ -376,6 +378,50 @@ def reward_throughput(completions: Sequence[str], golds: Sequence[str], workers:
             "correct": best["reward/correct_count"], "load_avg": os.getloadavg()[0]}
 
 
+def paper_reward_workers(node_cpus: float = 64.0) -> list[int]:
+    """Grading processes per reward actor of the `qwen_math_7b` preset's defaults on one 8-GPU
+    node with `node_cpus` CPUs (reward.workers: auto, as the trainer resolves it)."""
+    from egsw_rl import placement
+    from egsw_rl.actors.reward import plan_workers
+
+    cfg = compose("qwen_math_7b")
+    plan = placement.make_plan(cfg, "cuda")
+    placement.assign(plan, {"node": {"CPU": float(node_cpus), "GPU": 8.0}})
+    return plan_workers(cfg.reward.workers, plan, {"node": float(node_cpus)})
+
+
+def reward_paper_estimate(per_worker_per_s: float, workers: Sequence[int], *, step_s: float,
+                          completions: int = 1024 * 8, engines: int = 4, before_workers: int = 2) -> dict:
+    """The paper's batch graded at `per_worker_per_s` scorings/s per grading process, scaling
+    linearly with processes (the 1 / 2 / cores measurement checks that), against `step_s`, the
+    on-paper step without grading. `all_s`: every completion graded after generation, the case
+    when the engines finish together; `last_share_s`: only the last engine's share left, when
+    they finish apart. `before_s`: one actor with `before_workers` processes, whole batch."""
+    total = int(sum(workers))
+    rate = per_worker_per_s * total
+    all_s = completions / rate
+    last = completions / engines / rate
+    before = completions / (per_worker_per_s * before_workers)
+    return {"completions": completions, "actors": len(workers), "workers": total,
+            "per_worker_per_s": per_worker_per_s, "scorings_per_s": rate,
+            "all_s": all_s, "all_frac": all_s / (step_s + all_s),
+            "last_share_s": last, "last_share_frac": last / (step_s + last),
+            "before_workers": before_workers, "before_s": before, "before_frac": before / (step_s + before),
+            "step_s": step_s}
+
+
+def reward_hidden_summary(rows: Sequence[dict], warmup: int) -> dict:
+    """Medians over the measured steps of a run: timing/reward_s (grading left after the last
+    generator share), reward/latency_s (the busiest reward actor's grading time) and
+    reward/hidden_frac (the share of that grading time hidden behind generation)."""
+    rows = measured(rows, warmup)
+    return {"steps": len(rows),
+            "reward_s": median(r.get("timing/reward_s", 0.0) for r in rows),
+            "grading_s": median(r.get("reward/latency_s", 0.0) for r in rows),
+            "generate_s": median(r.get("timing/generate_s", 0.0) for r in rows),
+            "reward_hidden_frac": median(r.get("reward/hidden_frac", 0.0) for r in rows)}
+
+
 def learner_model_dir(kind: str) -> str:
     """tiny | medium (~25M) | large (~140M random Qwen2) | smollm2 | an HF folder."""
     from egsw_rl.testing import tiny_model
@@ -611,21 +657,41 @@ class Bench:
         return {"table": format_table("Weight sync (one learner -> vLLM push)", headers, rows),
                 "presets": out, "memcpy_bytes_per_s": memcpy, "gloo_bytes_per_s": gloo}
 
-    def reward_bench(self, data: Optional[str] = None, workers: Sequence[int] = (1, 2, 4)) -> dict:
-        from egsw_rl.data import data_dirs
+    def reward_bench(self, data: Optional[str] = None, workers: Optional[Sequence[int]] = None) -> dict:
+        """Scorings/s of fresh pools (one pass each) with 1, 2 and this machine's cores worker
+        processes in total; reward_hidden_frac of a real tiny_cpu run with two engines and two
+        reward actors (one engine returns one share: nothing to hide); the paper's batch on
+        paper from the 1-worker rate."""
+        from egsw_rl.data import dataset_path, read_rows
 
-        path = Path(data) if data else next((d / "math500.jsonl" for d in data_dirs()
-                                             if (d / "math500.jsonl").exists()), None)
-        if path is None or not path.exists():
-            raise FileNotFoundError("math500.jsonl not found in $EGSW_RL_DATA, ./data or ../shared/data")
-        rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+        path = Path(data) if data else dataset_path("math500")
+        rows = read_rows(path)
         comps, golds = [r["solution"] for r in rows], [r["answer"] for r in rows]
+        workers = sorted(set(workers or (1, 2, os.cpu_count() or 1)))
         res = [reward_throughput(comps, golds, w) for w in workers]
-        table = format_table(f"Reward throughput (MATH-500 human solutions, {len(rows)} samples)",
-                             ["workers", "scorings/s", "p50 ms", "p99 ms", "correct", "load avg"],
-                             [[r["workers"], r["scorings_per_s"], r["p50_ms"], r["p99_ms"],
-                               f"{r['correct']}/{r['samples']}", r["load_avg"]] for r in res])
-        return {"table": table, "runs": res, "data": str(path)}
+        table = format_table(f"Reward throughput (MATH-500 human solutions, {len(rows)} samples, fresh pools)",
+                             ["workers", "scorings/s", "per worker", "p50 ms", "p99 ms", "correct", "load avg"],
+                             [[r["workers"], r["scorings_per_s"], r["scorings_per_s"] / r["workers"], r["p50_ms"],
+                               r["p99_ms"], f"{r['correct']}/{r['samples']}", r["load_avg"]] for r in res])
+        overrides = ["rollout.num_generators=2", "reward.num_actors=2"]
+        run = self.train("tiny_cpu", overrides)
+        hidden = {**reward_hidden_summary(run["rows"], run["warmup"]), "overrides": overrides,
+                  "load_avg": [run["load_avg_start"], run["load_avg_end"]], "run_dir": run["run_dir"]}
+        table += "\n" + format_table("Grading behind generation (tiny_cpu, 2 engines, 2 reward actors)",
+                                     ["generate s", "grading s", "reward s (left)", "reward_hidden_frac", "load avg"],
+                                     [[hidden["generate_s"], hidden["grading_s"], hidden["reward_s"],
+                                       hidden["reward_hidden_frac"], "%.1f-%.1f" % tuple(hidden["load_avg"])]])
+        paper = reward_paper_estimate(res[0]["scorings_per_s"] / res[0]["workers"], paper_reward_workers(),
+                                      step_s=paper_estimate()["step_s"])
+        table += "\n" + format_table(
+            "On paper: qwen_math_7b's 8,192 completions on a 64-core node (per-worker rate measured here)",
+            ["setting", "workers", "grading s", "share of step"],
+            [["before: 1 actor, workers 2", paper["before_workers"], paper["before_s"], paper["before_frac"]],
+             [f"{paper['actors']} actors, workers auto, all after generation", paper["workers"],
+              paper["all_s"], paper["all_frac"]],
+             ["same, last engine's share only", paper["workers"], paper["last_share_s"], paper["last_share_frac"]]])
+        return {"table": table, "runs": res, "data": str(path), "tiny_cpu": hidden,
+                "reward_hidden_frac": hidden["reward_hidden_frac"], "paper": paper}
 
     def learner_bench(self) -> dict:
         self.ray()
