@@ -35,36 +35,43 @@ FAST = ["data.batch_size=4", "rollout.n=4", "rollout.max_tokens=16", "algo.beta=
         "logger.progress_bar=false"]
 
 
-def env(shared_data):
+def env():
     e = dict(os.environ)
-    e.update(EGSW_RL_DATA=str(shared_data), WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false",
-             PYTHONUNBUFFERED="1")
+    e.update(WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     e.pop("RAY_ADDRESS", None)
+    e.pop("EGSW_RL_DATA", None)  # the data sets shipped in the package
     return e
 
 
-def launch(args, shared_data, timeout=900, **kw):
+def launch(args, timeout=900, **kw):
     return subprocess.run([sys.executable, "-m", "egsw_rl.launch", *args], cwd=REPO,
-                          env=env(shared_data), capture_output=True, text=True, timeout=timeout, **kw)
+                          env=env(), capture_output=True, text=True, timeout=timeout, **kw)
 
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_three_steps_write_every_metric_plots_and_a_checkpoint(tmp_path, shared_data):
+def test_three_steps_write_every_metric_plots_and_a_checkpoint(tmp_path):
     run = tmp_path / "run"
-    p = launch(["conf=tiny_cpu", "trainer.total_steps=3", "trainer.save_every=3",
-                f"hydra.run.dir={run}", *FAST], shared_data)
+    # two epochs over each batch: the old-policy logprob pass runs (and is timed) too
+    p = launch(["conf=tiny_cpu", "trainer.total_steps=3", "trainer.save_every=3", "algo.ppo_epochs=2",
+                f"hydra.run.dir={run}", *FAST])
     assert p.returncode == 0, p.stderr[-4000:]
     rows = read_jsonl(run / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
     for key in REQUIRED_KEYS:
         assert all(r.get(key) is not None for r in rows), f"metric {key} missing: {rows[-1]}"
+    for key in ("timing/generate_s", "timing/reward_s", "timing/logprobs_s", "timing/update_s",
+                "timing/sync_s", "timing/step_s", "grad_norm"):
+        assert all(r[key] > 0 for r in rows), (key, [r[key] for r in rows])
+    assert all(r["kl/mean"] > 0 for r in rows[1:])  # the policy has left the reference
     assert rows[-1]["version"] == 3
-    assert rows[0]["sync/logprob_diff_max"] < 1e-2  # vLLM agrees with the learner after a sync
+    # vLLM agrees with the learner after a sync, to the kernels' own tolerance (conftest's
+    # KERNEL_TOL; measured about 3e-6 here) ...
+    assert rows[0]["sync/logprob_diff_max"] < 1e-3
     # ... and on every step's sampled tokens: the weights never drift apart
-    assert max(r["rollout/logprob_diff_max"] for r in rows) < 1e-2
+    assert max(r["rollout/logprob_diff_max"] for r in rows) < 1e-3
     assert (run / "plots" / "reward_mean.png").stat().st_size > 1000
     assert list((run / "wandb").glob("offline-run-*")), "no offline wandb run written"
     ckpt = run / "checkpoints" / "step_00000003"
@@ -72,30 +79,36 @@ def test_three_steps_write_every_metric_plots_and_a_checkpoint(tmp_path, shared_
     assert "step 3/3" in p.stdout + p.stderr
 
 
-def test_config_errors_name_the_key_before_anything_starts(shared_data):
-    p = launch(["algo.alhpa=0.3"], shared_data, timeout=120)
+def test_config_errors_name_the_key_before_anything_starts():
+    p = launch(["algo.alhpa=0.3"], timeout=120)
     assert p.returncode != 0 and "algo.alhpa" in p.stderr
     t0 = time.time()
-    p = launch(["algo=clipv", "algo.entropy_source=rollout", "rollout.n=1"], shared_data, timeout=120)
+    p = launch(["algo=clipv", "algo.entropy_source=rollout", "rollout.n=1"], timeout=120)
     assert p.returncode == 2
     assert "algo.entropy_source=learner" in p.stderr and "rollout.n=1" in p.stderr
     assert time.time() - t0 < 60  # refused before Ray or any engine started
 
 
-def test_multirun_two_by_two_writes_four_runs_and_a_summary(tmp_path, shared_data):
+def test_multirun_two_by_two_writes_four_runs_and_a_summary(tmp_path):
     sweep = tmp_path / "sweep"
     p = launch(["-m", "algo.alpha=0.1,0.3", "algo.temperature=1,2", "trainer.total_steps=1",
                 "trainer.save_every=0", "logger.plots=false", f"hydra.sweep.dir={sweep}", *FAST],
-               shared_data, timeout=1500)
+               timeout=1500)
     assert p.returncode == 0, p.stderr[-4000:]
     runs = sorted(d for d in sweep.iterdir() if (d / "metrics.jsonl").exists())
     assert len(runs) == 4
-    seen = set()
+    import yaml
+
+    by_pair = {}
     for run in runs:
-        cfg = (run / "config.yaml").read_text()
-        alpha = next(l for l in cfg.splitlines() if l.strip().startswith("alpha:")).split()[-1]
-        seen.add(alpha)
-    assert seen == {"0.1", "0.3"}
+        algo = yaml.safe_load((run / "config.yaml").read_text())["algo"]
+        rows = read_jsonl(run / "metrics.jsonl")
+        assert rows[0]["grad_norm"] > 0
+        by_pair[(algo["alpha"], algo["temperature"])] = rows[0]
+    assert set(by_pair) == {(0.1, 1.0), (0.1, 2.0), (0.3, 1.0), (0.3, 2.0)}
+    # same seed, same first batch: EGSW's P changes the weights it gives
+    for alpha in (0.1, 0.3):
+        assert by_pair[(alpha, 1.0)]["egsw/weight_max"] != by_pair[(alpha, 2.0)]["egsw/weight_max"]
     summary = (sweep / "summary.md").read_text()
     assert len([l for l in summary.splitlines() if "algo.alpha=" in l]) == 4
     assert "final reward/mean" in summary
@@ -112,13 +125,13 @@ def _wait_for_step(path: Path, step: int, proc, timeout: float) -> None:
     raise TimeoutError(f"step {step} not reached in {timeout} s")
 
 
-def test_sigkill_then_resume_continues_without_repeating_or_skipping(tmp_path, shared_data):
+def test_sigkill_then_resume_continues_without_repeating_or_skipping(tmp_path):
     run = tmp_path / "run"
     total = 40
     args = ["conf=tiny_cpu", f"trainer.total_steps={total}", "trainer.save_every=2",
             "trainer.keep_checkpoints=3", "logger.plots=false", f"hydra.run.dir={run}", *FAST]
     proc = subprocess.Popen([sys.executable, "-m", "egsw_rl.launch", *args], cwd=REPO,
-                            env=env(shared_data), stdout=subprocess.DEVNULL,
+                            env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         _wait_for_step(run / "metrics.jsonl", 7, proc, timeout=900)
@@ -134,7 +147,7 @@ def test_sigkill_then_resume_continues_without_repeating_or_skipping(tmp_path, s
     victim = next(p for p in sorted((newest / "hf").iterdir()) if p.suffix == ".safetensors")
     victim.write_bytes(victim.read_bytes()[:100])
 
-    p = launch([*args, "resume=auto"], shared_data)
+    p = launch([*args, "resume=auto"])
     assert p.returncode == 0, p.stderr[-4000:]
     out = p.stdout + p.stderr
     assert f"{newest.name} is incomplete or corrupted" in out
@@ -155,11 +168,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ray_job_submit_to_a_local_cluster(tmp_path, shared_data):
+def test_ray_job_submit_to_a_local_cluster(tmp_path):
     """From `ray start --head` to a finished job through launch/submit.sh, as a new user has it:
     a Ray token file on the machine (which turns the head's token auth on), no RAY_AUTH_MODE in
     any shell, and a WANDB_API_KEY in the submitting one."""
-    e = env(shared_data)
+    e = env()
     token = tmp_path / "auth_token"
     token.write_text(secrets.token_hex(16))
     for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
@@ -229,14 +242,14 @@ def test_ray_job_submit_to_a_local_cluster(tmp_path, shared_data):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_a_dead_actor_is_reported_and_the_checkpoints_are_kept(tmp_path, shared_data):
+def test_a_dead_actor_is_reported_and_the_checkpoints_are_kept(tmp_path):
     import psutil
 
     run = tmp_path / "run"
     args = ["conf=tiny_cpu", "trainer.total_steps=60", "trainer.save_every=2", "logger.plots=false",
             f"hydra.run.dir={run}", *FAST]
     proc = subprocess.Popen([sys.executable, "-m", "egsw_rl.launch", *args], cwd=REPO,
-                            env=env(shared_data), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
         deadline = time.time() + 900
