@@ -115,8 +115,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         # placement group that waits forever
         plan = make_plan(cfg, device)
         nodes = free_resources()
-        assign(plan, nodes)
-        log.info("placement: %s", plan.describe())
+        assign(plan, nodes)  # the trainer reserves it and logs where everything went
         if len(nodes) > 1:  # learner ranks write checkpoints on their nodes, the driver reads them
             from egsw_rl.preflight import _run_dir_check
 

@@ -105,13 +105,18 @@ class Trainer:
     # ------------------------------------------------------------------ phases
 
     def _next_problems(self, count: Optional[int] = None) -> list[Problem]:
+        # The engines' sampling seed for these problems comes from where they were drawn (the
+        # sampler's epoch and position, restored on resume) and nothing else: a resumed run
+        # samples what the uninterrupted run sampled, however many calls the engines served.
+        state = self.sampler.state_dict()
+        self._draw_seed = sampling_seed(self.cfg.rollout.seed, state["epoch"], state["position"])
         return [self.problems[i] for i in self.sampler.next_indices(count)]
 
-    def _generate(self, problems: list[Problem]) -> tuple[list[Completion], float]:
-        completions, seconds, _ = self._generate_scored(problems, score=False)
+    def _generate(self, problems: list[Problem], seed: int) -> tuple[list[Completion], float]:
+        completions, seconds, _ = self._generate_scored(problems, score=False, seed=seed)
         return completions, seconds
 
-    def _generate_scored(self, problems: list[Problem], score: bool = True):
+    def _generate_scored(self, problems: list[Problem], score: bool = True, seed: Optional[int] = None):
         """Generate the problems' groups. With `score`, each engine's share goes to the reward
         actors the moment it returns, so grading runs while slower engines still generate and
         only the last share's grading is left for `_score`. Returns the completions (prompt
@@ -119,6 +124,7 @@ class Trainer:
         import ray
 
         t0 = time.perf_counter()
+        self.generators.reseed(self._draw_seed if seed is None else seed)
         prompts = self.generators.render([p.question for p in problems])
         shares = self.generators.generate_shares(prompts, n=self.G)
         start_of = {ref: s for s, ref in shares}
@@ -305,6 +311,8 @@ class Trainer:
         returned for the step's metrics row."""
         from egsw_rl.eval import Grader, eval_metrics, evaluate, generator_fn
 
+        self.generators.reseed(sampling_seed(self.cfg.rollout.seed, EVAL_EPOCH, step))  # as a resumed run does
+
         results = evaluate(generator_fn(self.generators), self.eval_sets, n=self.G, ks=(1, self.G),
                            grader=Grader(scorers={"math": self.rewarder}),
                            too_long=lambda qs: [q in self.eval_overlong for q in qs])
@@ -343,7 +351,7 @@ class Trainer:
                 if cfg.trainer.overlap and step < cfg.trainer.total_steps:
                     sampler_before_inflight = self.sampler.state_dict()
                     nxt = self._next_problems()
-                    inflight = (nxt, self._pool.submit(self._generate, nxt))
+                    inflight = (nxt, self._pool.submit(self._generate, nxt, self._draw_seed))
                 metrics = self.train_step(rollout, timer)
                 if inflight is not None:  # the engine is busy until the next batch is sampled
                     inflight[1].result()
@@ -404,6 +412,7 @@ class Trainer:
             # overlap mode: the batch in flight was never trained on, so resume before it
             "sampler": sampler_state or self.sampler.state_dict(),
             "rng": checkpoint.rng_state(),
+            "learner_updates": self.learners.updates,  # seeds the mini-batch shuffle
         })
         checkpoint.mark_complete(path)
         checkpoint.prune(self.run_dir, self.cfg.trainer.keep_checkpoints)
@@ -424,11 +433,12 @@ class Trainer:
         self.learners.load_checkpoint(str(path / "learner"))
         self.sampler.load_state_dict(state["sampler"])
         checkpoint.set_rng_state(state["rng"])
-        self.version = state["version"]
-        self.generators.set_version(self.version)
+        self.learners.updates = int(state.get("learner_updates", state["step"]))
         self.learners.push_weights(self.generators)  # generators restart from the base weights
-        # metrics.jsonl rows past the checkpoint belong to steps that will be redone
-        for name in ("metrics.jsonl", "samples.jsonl"):
+        self.version = state["version"]
+        self.generators.set_version(self.version)  # after the push, which counted one more
+        # rows past the checkpoint belong to steps that will be redone
+        for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl"):
             _truncate_jsonl(self.run_dir / name, state["step"])
         log.info("resumed from %s at step %d", path, state["step"])
         return int(state["step"])
@@ -449,6 +459,14 @@ class Trainer:
                 log.warning("shutdown of %s failed: %s", type(part).__name__, e)
         self.rewarder.shutdown()
         ray.util.remove_placement_group(self.pg)
+
+
+EVAL_EPOCH = 1 << 30  # the evaluation's seeds: (seed, EVAL_EPOCH, step), apart from any batch's
+
+
+def sampling_seed(base: int, epoch: int, position: int) -> int:
+    """The engines' seed for a batch drawn at (epoch, position) of the prompt sampler."""
+    return int(np.random.SeedSequence([int(base), int(epoch), int(position)]).generate_state(1)[0] >> 1)
 
 
 def merge_reward_metrics(rounds: list[tuple[dict, int]], kept: list) -> dict[str, float]:

@@ -563,7 +563,7 @@ class LearnerGroup:
 
         self.model_path = resolve_model_path(self.mcfg.path)
         self._step_seed = int(seed)
-        self._updates = 0
+        self.updates = 0  # updates so far: seeds each update's mini-batch shuffle (checkpointed)
 
         gpu = self.device == "cuda"
         nodes = max(1, int(self.lcfg.num_nodes))
@@ -688,7 +688,7 @@ class LearnerGroup:
             else:
                 splits = plan.mini_batch_split(n, int(a.mini_batches),
                                                seed=int(np.random.SeedSequence(
-                                                   [self._step_seed, self._updates, epoch]).generate_state(1)[0]))
+                                                   [self._step_seed, self.updates, epoch]).generate_state(1)[0]))
             for seqs in splits:
                 if len(splits) == 1 and batch.global_tokens is not None and batch.global_seqs is not None:
                     norms = {"global_tokens": float(batch.global_tokens), "global_seqs": float(batch.global_seqs)}
@@ -719,7 +719,7 @@ class LearnerGroup:
             a.update.remote(ref, [{"micro": st["per_rank"][r], "global_tokens": st["global_tokens"],
                                    "global_seqs": st["global_seqs"]} for st in steps], self.acfg)
             for r, a in enumerate(self.actors)])
-        self._updates += 1
+        self.updates += 1
         per_step = []
         real = padded = 0
         for k in range(len(steps)):
