@@ -39,7 +39,7 @@ def test_plain_template_keeps_other_braces(tok):
     t = "Question: {question}\n" + BOXED_INSTRUCTION + "\nAnswer:"
     (p,) = render_prompts(tok, ["What is {x}?"], t)
     assert p == "Question: What is {x}?\n" + BOXED_INSTRUCTION + "\nAnswer:"
-    with pytest.raises(ValueError, match="rollout.prompt_template"):
+    with pytest.raises(ValueError, match="prompt template .no placeholder here.: use qwen_math"):
         render_prompts(tok, ["q"], "no placeholder here")
 
 
