@@ -470,11 +470,12 @@ def sampling_seed(base: int, epoch: int, position: int) -> int:
 
 
 def merge_reward_metrics(rounds: list[tuple[dict, int]], kept: list) -> dict[str, float]:
-    """The reward actor's metrics of one step's scoring rounds (metrics, completions scored),
+    """The reward actors' metrics of one step's scoring rounds (metrics, completions scored),
     each averaged over what it names: status counts and mean_score over the completions the
-    batch trains on (`kept`, the same set as reward/accuracy), grading wall time and worker
-    restarts summed over every round, anything else (the per-sample latency percentiles) the
-    mean of the rounds' values weighted by the completions each scored (exact with one round)."""
+    batch trains on (`kept`, the same set as reward/accuracy), grading time and worker / actor
+    restarts summed over every round, anything else (the per-sample latency percentiles,
+    reward/hidden_frac) the mean of the rounds' values weighted by the completions each scored
+    (exact with one round)."""
     n = sum(c for _, c in rounds)
     statuses = [r.status for r in kept]
     out: dict[str, float] = {}
