@@ -11,9 +11,13 @@ Sub-benchmarks (`--only`, comma-separated; default all), each printing a table:
            warm-up of generate, reward, logprobs (old + reference), update and weight sync, the
            overhead (step wall time minus those phases: driver work, shaping, RPC latency), and
            tokens generated per generate-second and trained per update-second.
-  sync     one learner -> vLLM weight push (the trainer's own, same runs) in seconds and MB/s,
-           next to this machine's memcpy bandwidth (a large tensor.copy_) and a bare loopback
-           gloo broadcast, and the ratios.
+  sync     weight pushes alone (2 ZeRO-3 ranks, 1 vLLM engine, no training; `sync_rig`) on
+           shared memory and on the process group at three bucket sizes: seconds from the first
+           byte sent until the engine has loaded and bumped its version, split into gather,
+           transfer and load; the cost of one bucket (slope over the bucket count) and of one
+           tensor in vLLM's layer-wise load (fit over the presets' models), next to this machine's
+           memcpy and a bare loopback gloo broadcast. With `steps` in the same run, also the
+           trainer's own pushes.
   reward   scorings/s and p99 per-sample latency of fresh reward pools (one pass) on the MATH-500
            human solutions, with 1, 2 and this machine's cores worker processes in total;
            reward_hidden_frac, the share of grading hidden behind generation in a real tiny_cpu
@@ -121,6 +125,46 @@ def sync_summary(rows: Sequence[dict], warmup: int, memcpy_bytes_per_s: float,
         out["gloo_bytes_per_s"] = gloo_bytes_per_s
         out["ratio_to_gloo"] = bps / gloo_bytes_per_s
     return out
+
+
+SYNC_SPLIT = ("total_s", "gather_s", "transfer_s", "load_s", "other_s", "header_s", "buckets")
+
+
+def sync_push_summary(pushes: Sequence[dict]) -> dict:
+    """Medians of the split of timed pushes (`LearnerGroup.push_weights`' sync/* keys)."""
+    if not pushes:
+        raise ValueError("sync_push_summary needs at least one push")
+    return {k: median(p.get(f"sync/{k}", float("nan")) for p in pushes) for k in SYNC_SPLIT}
+
+
+def fit_line(xs: Sequence[float], ys: Sequence[float]) -> dict:
+    """Least-squares y = fixed + slope * x (e.g. a sync's transfer seconds against its number of
+    buckets: the slope is the cost of one bucket, the fixed part what every sync pays)."""
+    n = len(xs)
+    if n < 2 or len(set(float(x) for x in xs)) < 2:
+        raise ValueError("fit_line needs two distinct x values")
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    return {"slope": slope, "fixed": my - slope * mx}
+
+
+def fit_load(tensors: Sequence[float], nbytes: Sequence[float], seconds: Sequence[float]) -> dict:
+    """Least squares of an engine's load time, seconds = per_tensor_s * tensors + per_byte_s *
+    bytes, over models of different sizes: the per-tensor part is vLLM's layer-wise bookkeeping
+    (buffering each checkpoint tensor, materializing and finalizing its layer), which is host
+    work on any device; the per-byte part is copying and, on CPU, repacking."""
+    if len(seconds) < 2:
+        raise ValueError("fit_load needs two models")
+    a11 = sum(t * t for t in tensors)
+    a12 = sum(t * b for t, b in zip(tensors, nbytes))
+    a22 = sum(b * b for b in nbytes)
+    y1 = sum(t * s for t, s in zip(tensors, seconds))
+    y2 = sum(b * s for b, s in zip(nbytes, seconds))
+    det = a11 * a22 - a12 * a12
+    if abs(det) <= 1e-12 * a11 * a22:
+        raise ValueError("fit_load needs models whose tensor counts and sizes are not proportional")
+    return {"per_tensor_s": (y1 * a22 - y2 * a12) / det, "per_byte_s": (a11 * y2 - a12 * y1) / det}
 
 
 def overlap_summary(off: dict, on: dict) -> dict:
@@ -235,12 +279,43 @@ def transformer_params(layers: int, hidden: int, intermediate: int, heads: int, 
     return layers * (attn + attn_bias + mlp + norms) + emb + hidden
 
 
+def transformer_tensors(layers: int, hidden: int, intermediate: int, heads: int, kv_heads: int,
+                        head_dim: int, vocab: int, tied: bool) -> list[int]:
+    """Element counts of a Qwen2 checkpoint's tensors, in the order a sync sends them: the
+    embedding, per layer q/k/v (weights and biases), o, gate, up, down and two norms, the final
+    norm and (untied) the output head."""
+    q, kv = heads * head_dim, kv_heads * head_dim
+    layer = [hidden * q, q, hidden * kv, kv, hidden * kv, kv, q * hidden,
+             hidden * intermediate, hidden * intermediate, intermediate * hidden, hidden, hidden]
+    return [vocab * hidden] + layer * layers + [hidden] + ([] if tied else [vocab * hidden])
+
+
+def bucket_count(tensor_bytes: Sequence[int], bucket_bytes: int) -> int:
+    """Buckets `weight_sync.plan_buckets` makes of tensors of these sizes (16-byte aligned, a
+    tensor larger than a bucket alone)."""
+    from egsw_rl.weight_sync import ParamMeta, plan_buckets
+
+    meta = [ParamMeta(f"t{i}", (int(b),), "float16") for i, b in enumerate(b // 2 for b in tensor_bytes)]
+    return len(plan_buckets(meta, int(bucket_bytes)))
+
+
+# To be measured here (`python -m egsw_rl.bench --only sync`; provisional values): the cost of
+# one more bucket on the group transport (header broadcast and the receiver's wait for it, the
+# payload's own set-up), and vLLM's layer-wise reload cost per checkpoint tensor, host-side
+# bookkeeping that a GPU host pays as well.
+MEASURED_PER_BUCKET_S = 2.0e-3
+MEASURED_PER_TENSOR_LOAD_S = 1.0e-3
+
+
 def paper_estimate(*, prompts: int = 1024, G: int = 8, prompt_tokens: float = 150,
                    response_tokens: float = 700, learner_gpus: int = 4, vllm_gpus: int = 4,
                    gpu_tflops: float = 989.0, mfu: float = 0.40, link_gb_s: float = 150.0,
                    hbm_tb_s: float = 3.35, decode_tokens_per_s_per_gpu: float = 2500.0,
                    gradient_checkpointing: bool = True, old_logprob_pass: bool = True,
-                   reference: bool = True, bytes_per_param: int = 2, model: Optional[dict] = None) -> dict:
+                   reference: bool = True, bytes_per_param: int = 2, model: Optional[dict] = None,
+                   bucket_mb: int = 256, per_bucket_s: float = MEASURED_PER_BUCKET_S,
+                   per_tensor_load_s: float = MEASURED_PER_TENSOR_LOAD_S,
+                   load_hbm_passes: int = 4) -> dict:
     """Expected sync and step time split of the `qwen_math_7b` preset on one 8-GPU node, from
     parameter and FLOP counts. Defaults: H100 SXM (989 dense bf16 TFLOP/s, 3.35 TB/s HBM), 40%
     MFU for training, an effective 150 GB/s for an NCCL broadcast from one GPU to four over
@@ -255,7 +330,20 @@ def paper_estimate(*, prompts: int = 1024, G: int = 8, prompt_tokens: float = 15
     # ZeRO-3: every learner rank receives the other ranks' shards (all-gather), then rank 0
     # broadcasts the full tensors to the vLLM GPUs; on NVLink the two run at link speed.
     gather_bytes = sync_bytes * (learner_gpus - 1) / learner_gpus
-    sync_s = (gather_bytes + sync_bytes) / (link_gb_s * 1e9) + sync_bytes * 2 / (hbm_tb_s * 1e12)
+    link_only_s = (gather_bytes + sync_bytes) / (link_gb_s * 1e9) + sync_bytes * 2 / (hbm_tb_s * 1e12)
+    # What a sync also pays, one bucket after the other (an engine loads bucket k before it reads
+    # bucket k+1's header, and the sender's next broadcast waits for that): a header round trip
+    # per bucket, and vLLM's layer-wise reload, per checkpoint tensor on the host and, on the
+    # device, `load_hbm_passes` passes over the bytes (read and write of the loader's copy into a
+    # fresh layer and of the copy back into the engine's own tensors).
+    tensors = transformer_tensors(**m)
+    buckets = bucket_count([t * bytes_per_param for t in tensors], bucket_mb * 2**20)
+    sync_parts = {"gather_s": gather_bytes / (link_gb_s * 1e9),
+                  "broadcast_s": sync_bytes / (link_gb_s * 1e9),
+                  "header_s": buckets * per_bucket_s,
+                  "load_host_s": len(tensors) * per_tensor_load_s,
+                  "load_device_s": load_hbm_passes * sync_bytes / (hbm_tb_s * 1e12)}
+    sync_s = sum(sync_parts.values())
     train_tokens = seqs * (prompt_tokens + response_tokens)
     non_emb = n_params - m["vocab"] * m["hidden"] * (1 if m["tied"] else 2)
     # forward 2 FLOPs a parameter a token (+ the output head, + attention 4 * L * T * d per token)
@@ -270,7 +358,8 @@ def paper_estimate(*, prompts: int = 1024, G: int = 8, prompt_tokens: float = 15
     prefill_flops = fwd_per_token * prompts * prompt_tokens  # G samples share the prompt's KV
     gen_s = gen_tokens / (decode_tokens_per_s_per_gpu * vllm_gpus)
     out = {
-        "params": n_params, "sync_bytes": sync_bytes, "sync_s": sync_s,
+        "params": n_params, "sync_bytes": sync_bytes, "sync_s": sync_s, "sync_link_only_s": link_only_s,
+        "sync_parts": sync_parts, "sync_buckets": buckets, "sync_tensors": len(tensors),
         "sequences": seqs, "train_tokens": train_tokens, "generated_tokens": gen_tokens,
         "fwd_flops_per_token": fwd_per_token,
         "update_flops": update_flops, "logprob_flops": logprob_flops,
@@ -282,7 +371,9 @@ def paper_estimate(*, prompts: int = 1024, G: int = 8, prompt_tokens: float = 15
                         "link_gb_s": link_gb_s, "hbm_tb_s": hbm_tb_s,
                         "decode_tokens_per_s_per_gpu": decode_tokens_per_s_per_gpu,
                         "gradient_checkpointing": gradient_checkpointing,
-                        "old_logprob_pass": old_logprob_pass, "reference": reference},
+                        "old_logprob_pass": old_logprob_pass, "reference": reference,
+                        "bucket_mb": bucket_mb, "per_bucket_s": per_bucket_s,
+                        "per_tensor_load_s": per_tensor_load_s, "load_hbm_passes": load_hbm_passes},
     }
     out["step_s"] = out["generate_s"] + out["logprobs_s"] + out["update_s"] + sync_s
     return out
@@ -293,7 +384,16 @@ def paper_table(est: dict) -> str:
     rows = [
         ["parameters", f"{est['params'] / 1e9:.2f} B", "Qwen2.5-Math-7B, untied head"],
         ["bytes per sync", human_bytes(est["sync_bytes"]), "bf16, every parameter once"],
-        ["sync time", f"{est['sync_s']:.2f} s", f"ZeRO-3 all-gather + broadcast at {a['link_gb_s']:g} GB/s (NVLink)"],
+        ["sync time", f"{est['sync_s']:.2f} s",
+         f"sum of the five rows below, one after the other (link only, as before: {est['sync_link_only_s']:.2f} s)"],
+        ["  ZeRO-3 gather", f"{est['sync_parts']['gather_s']:.3f} s", f"3/4 of the bytes at {a['link_gb_s']:g} GB/s (NVLink)"],
+        ["  broadcast", f"{est['sync_parts']['broadcast_s']:.3f} s", f"all bytes at {a['link_gb_s']:g} GB/s"],
+        ["  bucket headers", f"{est['sync_parts']['header_s']:.3f} s",
+         f"{est['sync_buckets']} buckets of {a['bucket_mb']} MiB x {a['per_bucket_s'] * 1e3:.2g} ms (measured here)"],
+        ["  layer-wise load, host", f"{est['sync_parts']['load_host_s']:.3f} s",
+         f"{est['sync_tensors']} tensors x {a['per_tensor_load_s'] * 1e3:.2g} ms (measured here)"],
+        ["  layer-wise load, device", f"{est['sync_parts']['load_device_s']:.3f} s",
+         f"{a['load_hbm_passes']} passes over the bytes at {a['hbm_tb_s']:g} TB/s HBM"],
         ["sequences / step", f"{est['sequences']:,}", f"{a['prompts']} prompts x G={a['G']}"],
         ["generate", f"{est['generate_s']:.0f} s",
          f"{est['generated_tokens'] / 1e6:.1f} M tokens at {a['decode_tokens_per_s_per_gpu']:,.0f} tok/s x {a['vllm_gpus']} GPUs"],
@@ -525,6 +625,75 @@ def learner_throughput(model: str, ranks: int, *, seqs: int = 32, max_completion
         group.shutdown()
 
 
+# ============================================================================ weight sync
+
+# bucket sizes the group transport is timed at, by model: from about one tensor a bucket to the
+# preset's 256 MiB, so the per-bucket cost is the slope of the transfer time over the count
+SYNC_BUCKETS = {"tiny": [16 * 2**10, 128 * 2**10, 256 * 2**20],
+                "smollm2": [2**20, 16 * 2**20, 256 * 2**20]}
+SYNC_MODELS = {"tiny_cpu": "tiny", "smollm2_cpu": "smollm2"}
+
+
+def _replan_buckets(learner, bucket_bytes: int) -> int:
+    from egsw_rl import weight_sync as ws
+
+    learner._sync_buckets = ws.plan_buckets(learner._sync_meta, int(bucket_bytes))
+    return len(learner._sync_buckets)
+
+
+def sync_rig(model: str, *, pushes: int, warmup: int = 1, bucket_bytes: Optional[Sequence[int]] = None,
+             echo: Callable[[str], None] = print) -> dict:
+    """Weight pushes alone (needs Ray up): two ZeRO-3 learner ranks over gloo (one core each)
+    and one vLLM CPU engine on `model`, `warmup` + `pushes` pushes over shared memory and then
+    over the process group at each bucket size. Every push is the trainer's own
+    (`LearnerGroup.push_weights`, without the probe), timed from the first byte sent until the
+    engine has loaded and bumped its version, and split into gather, transfer and load."""
+    import ray
+
+    from egsw_rl.actors.generator import GeneratorGroup
+    from egsw_rl.actors.learner import LearnerGroup
+    from egsw_rl.config import AlgoConfig, LearnerConfig, ModelConfig, RolloutConfig
+
+    path = learner_model_dir(model)
+    sizes = list(bucket_bytes or SYNC_BUCKETS.get(model, SYNC_BUCKETS["smollm2"]))
+    group = LearnerGroup(ModelConfig(path=path), LearnerConfig(num_ranks=2, cpus_per_rank=1.0),
+                         AlgoConfig(beta=0.0), "cpu", 1.0)
+    gens = None
+    out: dict = {"model": model, "runs": []}
+    try:
+        gens = GeneratorGroup(ModelConfig(path=path), RolloutConfig(num_generators=1, max_model_len=512,
+                                                                    cpu_kvcache_gib=0.25), "cpu")
+        meta = ray.get(group.actors[0].sync_meta.remote())
+        out["tensors"] = len(meta)
+        for transport, size in [("shm", None)] + [("group", b) for b in sizes]:
+            if size is None or size == sizes[0]:
+                group.setup_weight_sync(gens, transport=transport)
+                group.push_weights(gens, probe=True)  # the consistency check, untimed
+            if size is not None:
+                n = ray.get([a.__ray_call__.remote(_replan_buckets, size) for a in group.actors])[0]
+            load0 = os.getloadavg()[0]
+            rows = [group.push_weights(gens, probe=False) for _ in range(warmup + pushes)][warmup:]
+            run = {"transport": transport, "bucket_bytes": size, **sync_push_summary(rows),
+                   "bytes": median(r.get("sync/bytes", float("nan")) for r in rows),
+                   "load_avg": [load0, os.getloadavg()[0]], "pushes": rows}
+            if size is not None:
+                run["planned_buckets"] = n
+            echo(f"[bench] sync {model} {transport} {size or ''}: total {run['total_s']:.3f} s, "
+                 f"gather {run['gather_s']:.3f}, transfer {run['transfer_s']:.3f}, load {run['load_s']:.3f}, "
+                 f"buckets {run['buckets']}, load avg {load0:.1f}")
+            out["runs"].append(run)
+        group_runs = [r for r in out["runs"] if r["transport"] == "group"]
+        if len({r["buckets"] for r in group_runs}) >= 2:
+            for key in ("transfer_s", "total_s"):
+                f = fit_line([r["buckets"] for r in group_runs], [r[key] for r in group_runs])
+                out[f"per_bucket_{key}"] = f["slope"]
+        return out
+    finally:
+        if gens is not None:
+            gens.shutdown()
+        group.shutdown()
+
+
 # ============================================================================ the runner
 
 
@@ -637,25 +806,51 @@ class Bench:
                 "presets": out}
 
     def sync_bench(self) -> dict:
-        memcpy = memcpy_bandwidth()
+        self.ray()
+        out: dict = {"memcpy_bytes_per_s": memcpy_bandwidth()}
         try:
-            gloo = gloo_bandwidth()
+            out["gloo_bytes_per_s"] = gloo_bandwidth()
         except Exception as e:  # noqa: BLE001 - the baseline is optional
             self.echo(f"[bench] gloo baseline failed: {e}")
-            gloo = None
-        out = {}
+        warmup, pushes = (1, 3) if self.quick else (1, 5)
+        presets: dict = {}
+        rows = []
         for preset in self.presets:
-            r = self.train(preset)
-            out[preset] = {**sync_summary(r["rows"], r["warmup"], memcpy, gloo),
-                           "load_avg": [r["load_avg_start"], r["load_avg_end"]]}
-        headers = ["preset", "bytes", "push s", "send s", "vLLM load s", "MB/s", "memcpy MB/s",
-                   "ratio", "gloo MB/s", "ratio to gloo"]
-        rows = [[p, human_bytes(s["bytes"]), s["sync_s"], s["send_s"], s["load_s"], s["bytes_per_s"] / 1e6,
-                 s["memcpy_bytes_per_s"] / 1e6, s["ratio_to_memcpy"],
-                 (s.get("gloo_bytes_per_s") or float("nan")) / 1e6, s.get("ratio_to_gloo")]
-                for p, s in out.items()]
-        return {"table": format_table("Weight sync (one learner -> vLLM push)", headers, rows),
-                "presets": out, "memcpy_bytes_per_s": memcpy, "gloo_bytes_per_s": gloo}
+            model = SYNC_MODELS.get(preset, preset)
+            r = sync_rig(model, pushes=pushes, warmup=warmup, echo=self.echo)
+            trainer = self._runs.get((preset, ()))  # the trainer's own pushes, when `steps` ran
+            if trainer is not None:
+                r["trainer"] = sync_summary(trainer["rows"], trainer["warmup"], out["memcpy_bytes_per_s"],
+                                            out.get("gloo_bytes_per_s"))
+            presets[preset] = r
+            for run in r["runs"]:
+                rows.append([preset, run["transport"], human_bytes(run["bytes"]),
+                             "" if run["bucket_bytes"] is None else human_bytes(run["bucket_bytes"]),
+                             run["buckets"], run["total_s"], run["gather_s"], run["transfer_s"],
+                             run["load_s"], run["other_s"], run["bytes"] / run["total_s"] / 1e6,
+                             run["bytes"] / run["total_s"] / out["memcpy_bytes_per_s"],
+                             "%.1f-%.1f" % tuple(run["load_avg"])])
+        fits = {p: {k: r.get(k) for k in ("tensors", "per_bucket_transfer_s", "per_bucket_total_s")}
+                for p, r in presets.items()}
+        shm = {p: next(x for x in r["runs"] if x["transport"] == "shm") for p, r in presets.items()}
+        if len(shm) >= 2:
+            try:
+                out["load_fit"] = fit_load([presets[p]["tensors"] for p in shm], [shm[p]["bytes"] for p in shm],
+                                           [shm[p]["load_s"] for p in shm])
+            except ValueError as e:
+                self.echo(f"[bench] load fit: {e}")
+        out["fits"] = fits
+        table = format_table(
+            "Weight sync (learner ranks -> vLLM, first byte sent to every engine loaded and versioned)",
+            ["preset", "transport", "bytes", "bucket", "buckets", "total s", "gather s", "transfer s",
+             "load s", "other s", "MB/s", "of memcpy", "load avg"], rows)
+        extra = [f"per bucket ({p}, group): transfer {fmt(f['per_bucket_transfer_s'])} s, "
+                 f"total {fmt(f['per_bucket_total_s'])} s; {f['tensors']} tensors" for p, f in fits.items()]
+        if "load_fit" in out:
+            lf = out["load_fit"]
+            extra.append(f"engine load fit: {lf['per_tensor_s'] * 1e3:.3g} ms a tensor + "
+                         f"{lf['per_byte_s'] * 1e9:.3g} s a GB")
+        return {"table": table + "\n" + "\n".join(extra) + "\n", "presets": presets, **out}
 
     def reward_bench(self, data: Optional[str] = None, workers: Optional[Sequence[int]] = None) -> dict:
         """Scorings/s of fresh pools (one pass each) with 1, 2 and this machine's cores worker

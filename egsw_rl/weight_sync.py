@@ -72,6 +72,10 @@ __all__ = [
     "write_shards",
     "KIND_BUCKET",
     "KIND_END",
+    "Laps",
+    "lap_intervals",
+    "lap_lists",
+    "split_sync",
 ]
 
 KIND_BUCKET = 1
@@ -278,6 +282,88 @@ def _bcast(pg, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+# ============================================================================ timing
+
+
+class Laps:
+    """Consecutive intervals of one timeline, each labelled by the mark that closes it. On a CUDA
+    device a stamp is an event on the current stream: a collective's `wait()` there only makes
+    the stream wait (the host goes on), so a host clock would time the enqueue, not the transfer.
+    Events end an interval when the device got there; they are read once, after one
+    synchronize, in `intervals()`. On CPU the stamps are `perf_counter()`."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.device = torch.device(device)
+        self._labels: list[Optional[str]] = []
+        self._stamps: list[Any] = []
+        self.mark(None)
+
+    def mark(self, label: Optional[str]) -> None:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record(torch.cuda.current_stream(self.device))
+            self._stamps.append(ev)
+        else:
+            self._stamps.append(time.perf_counter())
+        self._labels.append(label)
+
+    def intervals(self) -> list[tuple[str, float]]:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            first = self._stamps[0]
+            stamps = [0.0] + [first.elapsed_time(e) / 1e3 for e in self._stamps[1:]]
+        else:
+            stamps = list(self._stamps)
+        return lap_intervals(self._labels, stamps)
+
+
+def lap_intervals(labels: Sequence[Optional[str]], stamps: Sequence[float]) -> list[tuple[str, float]]:
+    """(label of the closing mark, seconds since the previous mark) for every mark after the
+    first, consecutive intervals of the same label merged (a bucket's gather and the release of
+    the previous one are one gather)."""
+    out: list[tuple[str, float]] = []
+    for i in range(1, len(stamps)):
+        label, dt = str(labels[i]), float(stamps[i]) - float(stamps[i - 1])
+        if out and out[-1][0] == label:
+            out[-1] = (label, out[-1][1] + dt)
+        else:
+            out.append((label, dt))
+    return out
+
+
+def lap_lists(intervals: Sequence[tuple[str, float]]) -> dict[str, list[float]]:
+    """The intervals grouped by label, in order."""
+    out: dict[str, list[float]] = {}
+    for label, dt in intervals:
+        out.setdefault(label, []).append(dt)
+    return out
+
+
+def split_sync(gathers: Sequence[float], headers: Sequence[float], payloads: Sequence[float],
+               load_s: float) -> dict:
+    """One group-transport sync on the receiving engine's timeline, split into gather, transfer
+    and load. The engine alternates: wait for bucket k's header (the sender is gathering and
+    packing bucket k, or the header is on the wire), wait for its payload (the wire: the sender
+    broadcasts it right after the header), load it. So bucket k's header wait `headers[k]` holds
+    the part of the sender's gather `gathers[k]` not hidden behind the engine's load of bucket
+    k-1 (at most `gathers[k]`) and the header's own round trip; the first header wait holds the
+    sender's start-up instead (the push's RPC, settling ZeRO-3), counted apart as `start_s`.
+
+    Returns gather_s (gather the engine waited for), gather_hidden_s (gather done while it was
+    loading), header_s (header round trips, buckets after the first), transfer_s (header_s + the
+    payload waits), load_s, start_s and buckets."""
+    n = len(payloads)
+    if len(headers) < n or len(gathers) < n:
+        raise ValueError(f"{n} payloads need as many headers and gathers, got {len(headers)} and {len(gathers)}")
+    exposed = [min(float(headers[k]), float(gathers[k])) for k in range(n)]
+    header_s = sum(float(headers[k]) - exposed[k] for k in range(1, n))
+    start_s = float(headers[0]) - exposed[0] if n else 0.0
+    return {"gather_s": sum(exposed), "gather_hidden_s": sum(float(g) for g in gathers[:n]) - sum(exposed),
+            "header_s": header_s, "transfer_s": header_s + sum(float(p) for p in payloads),
+            "load_s": float(load_s), "start_s": start_s, "buckets": n}
+
+
 # ============================================================================ sender
 
 
@@ -335,6 +421,7 @@ class WeightSender:
         if missing:
             raise KeyError(f"parameters not in the module: {missing[:5]}")
         t0 = time.perf_counter()
+        laps = Laps(self.device if is_sender else torch.device("cpu"))
         total = 0
         for bucket in buckets:
             plist = [params[m.name] for m in bucket]
@@ -352,20 +439,30 @@ class WeightSender:
                     view = flat[off:off + m.nbytes].view(_DTYPES[m.dtype]).view(m.shape)
                     view.copy_(data)
                     off += m.padded_nbytes
+                laps.mark("gather")  # the previous bucket's release (re-partition) counts here too
                 self._header(KIND_BUCKET, len(bucket), nbytes)
+                laps.mark("header")
                 _bcast(self.pg, flat)
+                laps.mark("payload")
                 total += nbytes
+        laps.mark("gather")
         ids: list[int] = []
         lp = None
         if probe:
             ids, lp = run_probe(module)
+        laps.mark("probe")
         if is_sender:
             self._header(KIND_END, len(ids), 0)
             if ids:
                 _bcast(self.pg, torch.tensor(ids, dtype=torch.int64, device=self.device))
                 _bcast(self.pg, lp.to(self.device, torch.float32).contiguous())
+            laps.mark("end")
+        lists = lap_lists(laps.intervals())  # on GPU: synchronizes, the broadcasts have completed
         secs = time.perf_counter() - t0
-        return {"bytes": total, "seconds": secs}
+        return {"bytes": total, "seconds": secs, "buckets": len(lists.get("payload", [])),
+                "gathers": lists.get("gather", []), "gather_s": sum(lists.get("gather", [])),
+                "header_s": sum(lists.get("header", [])), "payload_s": sum(lists.get("payload", [])),
+                "probe_s": sum(lists.get("probe", []))}
 
 
 # ============================================================================ receiver
@@ -488,10 +585,14 @@ class WorkerExtension:
         """Yield (name, tensor) bucket by bucket; reads the END message (probe) last. With
         `drain`, receive and discard everything up to END (keeps the group in step)."""
         pos = 0
+        laps = state.setdefault("laps", Laps(self._egsw_device))
         while True:
+            laps.mark("load")  # the loader's time since the last tensor was handed to it
             kind, a, b = self._egsw_header()
+            laps.mark("header" if kind == KIND_BUCKET else "end")
             if kind == KIND_BUCKET:
                 flat = _bcast(self._egsw_pg, torch.empty(b, dtype=torch.uint8, device=self._egsw_device))
+                laps.mark("payload")
                 state["bytes"] += b
                 if drain:
                     continue
@@ -508,6 +609,7 @@ class WorkerExtension:
                     lp = _bcast(self._egsw_pg, torch.empty(a - 1, dtype=torch.float32, device=self._egsw_device))
                     state["probe_ids"] = ids.cpu().tolist()
                     state["probe_logprobs"] = lp.cpu().tolist()
+                laps.mark("end")
                 state["done"] = True
                 return
             else:
@@ -535,10 +637,15 @@ class WorkerExtension:
         finally:
             if not state["done"]:  # keep the group in step with the sender whatever happened
                 self._egsw_drain(state)
+        laps = state["laps"]
+        laps.mark("load")  # vLLM's finalize and the tied head's re-processing
+        lists = lap_lists(laps.intervals())  # on GPU: synchronizes, the engine has loaded
         return {"bytes": state["bytes"], "params": len(state["names"]),
                 "probe_ids": state.get("probe_ids", []),
                 "probe_logprobs": state.get("probe_logprobs", []),
-                "repacked": repacked, "seconds": time.perf_counter() - t0}
+                "repacked": repacked, "seconds": time.perf_counter() - t0,
+                "header_waits": lists.get("header", []), "payload_waits": lists.get("payload", []),
+                "end_wait_s": sum(lists.get("end", [])), "load_s": sum(lists.get("load", []))}
 
     def _egsw_rejected(self, meta: Sequence[ParamMeta], strict: bool) -> str:
         """Why a plan cannot be loaded ('' when it covers the engine's model exactly)."""
@@ -572,9 +679,11 @@ class WorkerExtension:
         offsets, total = shared_layout(meta)
         if total > buf.numel():
             raise ValueError(f"weight sync plan needs {total} bytes, the shared buffer has {buf.numel()}")
+        t1 = time.perf_counter()
         repacked = self._egsw_reload(shared_views(buf, meta, offsets))
+        t2 = time.perf_counter()
         return {"bytes": sum(m.nbytes for m in meta), "params": len(meta), "repacked": repacked,
-                "seconds": time.perf_counter() - t0}
+                "seconds": t2 - t0, "load_s": t2 - t1}
 
 
 def _reprocess_aliased_modules(model: torch.nn.Module) -> list[str]:

@@ -389,13 +389,20 @@ class Generator:
 
     def _synced(self, res: dict, recv_s: float, probe_ids, probe_logprobs) -> int:
         # KV blocks cached under the old weights must never be reused.
+        t0 = time.perf_counter()
         self.llm.reset_prefix_cache()
         self._version += 1
+        recv_s += time.perf_counter() - t0  # the receipt ends when the new version is in place
         stats = {"sync/version": self._version, "sync/recv_s": recv_s,
                  "sync/bytes": float(res["bytes"]), "sync/params": float(res["params"]),
-                 "sync/load_s": float(res["seconds"]),
+                 "sync/load_s": float(res.get("load_s", res["seconds"])),
                  "sync/mb_per_s": res["bytes"] / 2**20 / max(recv_s, 1e-9),
-                 "repacked": list(res.get("repacked", []))}
+                 "repacked": list(res.get("repacked", [])),
+                 # the engine's own timeline (group transport): per-bucket waits, for the split
+                 "detail": {"recv_s": recv_s, "load_s": float(res.get("load_s", res["seconds"])),
+                            "header_waits": list(res.get("header_waits", [])),
+                            "payload_waits": list(res.get("payload_waits", [])),
+                            "end_wait_s": float(res.get("end_wait_s", 0.0))}}
         if probe_ids:
             mine = self.logprobs_of(probe_ids[:1], probe_ids[1:], temperature=1.0)
             ref = np.asarray(probe_logprobs, dtype=np.float32)
@@ -433,6 +440,7 @@ def _collect_sync(actors, *versions) -> dict:
             out[key] = float(max(vals)) if key != "sync/mb_per_s" else float(min(vals))
     if stats and "sync/bytes" in stats[0]:
         out["sync/bytes"] = float(stats[0]["sync/bytes"])
+    out["engines"] = [s["detail"] for s in stats if "detail" in s]
     if len(set(int(v) for v in versions)) > 1:
         raise RuntimeError(f"generators disagree on the weight version after a sync: {versions}")
     return out

@@ -517,8 +517,10 @@ class Learner:
         self.module.lm.eval()
         try:
             if self._shared is not None:
+                t1 = time.perf_counter()
                 out = {"bytes": ws.write_shards(self.module.lm, self._sync_meta, self._shared_offsets,
                                                 self._shared, self.rank)}
+                out["write_s"] = time.perf_counter() - t1
                 if probe:
                     ids, lp = ws.run_probe(self.module.lm)
                     out.update(probe_ids=ids, probe_logprobs=lp.tolist())
@@ -800,23 +802,40 @@ class LearnerGroup:
         update itself, at no cost."""
         import ray
 
+        from egsw_rl.weight_sync import split_sync
+
         if not self._sync_ready:
             self.setup_weight_sync(generator_group)
         probe = self._pushes == 0 if probe is None else bool(probe)
+        generator_group.check_plan(self._sync_meta)  # cached: validates before anything is sent
         t0 = time.perf_counter()
         if self._transport == "shm":
-            generator_group.check_plan(self._sync_meta)
             res = self._all([a.send_weights.remote(probe) for a in self.actors])
             send_s = time.perf_counter() - t0
             out = dict(ray.get(generator_group.load_shared(self._sync_meta, res[0].get("probe_ids"),
                                                            res[0].get("probe_logprobs"))))
+            total_s = time.perf_counter() - t0
+            # nothing is gathered: every rank writes its own shards at once, the slowest one counts
+            split = {"gather_s": 0.0, "transfer_s": max(float(r.get("write_s", 0.0)) for r in res),
+                     "load_s": float(out.get("sync/load_s", 0.0))}
         else:
-            recv = generator_group.receive_weights(self._sync_meta)  # validates the plan first
+            recv = generator_group.receive_weights(self._sync_meta)
             res = self._all([a.send_weights.remote(probe) for a in self.actors] + [recv])
+            total_s = time.perf_counter() - t0
             send_s = float(res[0]["seconds"])
             out = dict(res[-1])
+            sent = res[0]
+            # each engine's timeline against the sender's gathers; the slowest engine counts
+            parts = [split_sync(sent.get("gathers", []), e["header_waits"], e["payload_waits"], e["load_s"])
+                     for e in out.get("engines", []) if e.get("payload_waits") is not None]
+            split = {k: max(float(p[k]) for p in parts) for k in parts[0]} if parts else {}
+            split["gather_total_s"] = float(sent.get("gather_s", 0.0))
         out = {k: v for k, v in out.items() if isinstance(v, (int, float))}
+        out.update({f"sync/{k}": float(v) for k, v in split.items()})
         out["sync/send_s"] = send_s
+        # first byte sent -> every engine has loaded (device synchronized) and bumped its version
+        out["sync/total_s"] = total_s
+        out["sync/other_s"] = total_s - sum(split.get(k, 0.0) for k in ("gather_s", "transfer_s", "load_s"))
         out["timing/sync_s"] = time.perf_counter() - t0
         self._pushes += 1
         return out
