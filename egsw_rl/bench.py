@@ -303,12 +303,14 @@ def bucket_count(tensor_bytes: Sequence[int], bucket_bytes: int) -> int:
     return len(plan_buckets(meta, int(bucket_bytes)))
 
 
-# To be measured here (`python -m egsw_rl.bench --only sync`; provisional values): the cost of
-# one more bucket on the group transport (header broadcast and the receiver's wait for it, the
-# payload's own set-up), and vLLM's layer-wise reload cost per checkpoint tensor, host-side
-# bookkeeping that a GPU host pays as well.
-MEASURED_PER_BUCKET_S = 2.0e-3
-MEASURED_PER_TENSOR_LOAD_S = 1.0e-3
+# Measured here (`python -m egsw_rl.bench --only sync`, 2 cores at load average 46-68; README
+# "Weight sync"): one more bucket on the group transport costs 2.1 ms of transfer on SmolLM2
+# (1.5 ms on tiny: the slope over 3 to 211 buckets; header broadcast, the engine's wait for it,
+# the payload's set-up), and vLLM's layer-wise load 1.8 ms per checkpoint tensor besides
+# 1.9 s/GB (fit over tiny and SmolLM2). The per-tensor part is the loader's bookkeeping and, on
+# CPU, each layer's repack set-up: a GPU host pays the first, so this is an upper bound there.
+MEASURED_PER_BUCKET_S = 2.1e-3
+MEASURED_PER_TENSOR_LOAD_S = 1.8e-3
 
 
 def paper_estimate(*, prompts: int = 1024, G: int = 8, prompt_tokens: float = 150,
@@ -667,12 +669,12 @@ def sync_rig(model: str, *, pushes: int, warmup: int = 1, bucket_bytes: Optional
     try:
         gens = GeneratorGroup(ModelConfig(path=path), RolloutConfig(num_generators=1, max_model_len=512,
                                                                     cpu_kvcache_gib=0.25), "cpu")
-        meta = ray.get(group.actors[0].sync_meta.remote())
-        out["tensors"] = len(meta)
         for transport, size in [("shm", None)] + [("group", b) for b in sizes]:
             if size is None or size == sizes[0]:
                 group.setup_weight_sync(gens, transport=transport)
-                group.push_weights(gens, probe=True)  # the consistency check, untimed
+                check = group.push_weights(gens, probe=True)  # the consistency check, untimed
+                out.setdefault("logprob_diff_max", {})[transport] = check.get("sync/logprob_diff_max")
+                out["tensors"] = len(group._sync_meta)
             if size is not None:
                 n = ray.get([a.__ray_call__.remote(_replan_buckets, size) for a in group.actors])[0]
             load0 = os.getloadavg()[0]
