@@ -150,7 +150,7 @@ def _cluster_check(cfg, device: str) -> list[Check]:
         cpus = float(os.cpu_count() or 1)
         # launch raises a private local Ray's logical CPUs to what the actors ask for
         cpus = max(cpus, plan.need().get("CPU", 0.0))
-        nodes = {"this machine": {"CPU": cpus, "GPU": float(gpus)}}
+        nodes = {"local": {"CPU": cpus, "GPU": float(gpus)}}
         where = f"this machine ({gpus} GPUs; no RAY_ADDRESS)"
     try:
         assign(plan, nodes)
@@ -317,6 +317,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = compose("config", overrides=argv, return_hydra_config=True)
     run_dir = Path(cfg.hydra.run.dir)
     cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
+    egsw_rl.launch.prepare_rehearsal(cfg)  # rehearsal=cpu: its offline model cache, as launch has it
     checks = run_checks(cfg, run_dir)
     print(render(checks))
     return 0 if all(c.ok for c in checks) else 1
