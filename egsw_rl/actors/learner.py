@@ -825,10 +825,12 @@ class LearnerGroup:
             send_s = float(res[0]["seconds"])
             out = dict(res[-1])
             sent = res[0]
-            # each engine's timeline against the sender's gathers; the slowest engine counts
-            parts = [split_sync(sent.get("gathers", []), e["header_waits"], e["payload_waits"], e["load_s"])
-                     for e in out.get("engines", []) if e.get("payload_waits") is not None]
-            split = {k: max(float(p[k]) for p in parts) for k in parts[0]} if parts else {}
+            # the slowest engine's timeline against the sender's gathers (one engine's parts, so
+            # they add up within its receipt)
+            engines = [e for e in out.get("engines", []) if e.get("payload_waits") is not None]
+            slowest = max(engines, key=lambda e: float(e.get("recv_s", 0.0)), default=None)
+            split = {} if slowest is None else dict(split_sync(
+                sent.get("gathers", []), slowest["header_waits"], slowest["payload_waits"], slowest["load_s"]))
             split["gather_total_s"] = float(sent.get("gather_s", 0.0))
         out = {k: v for k, v in out.items() if isinstance(v, (int, float))}
         out.update({f"sync/{k}": float(v) for k, v in split.items()})
