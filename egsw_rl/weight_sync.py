@@ -1,4 +1,4 @@
-"""Learner -> vLLM weight transport (DESIGN.md "Weight sync"). Two transports:
+"""Learner -> vLLM weight transport. Two transports:
 
 - shared memory (CPU, learner ranks and engines on one node): one buffer file mapped by every
   learner rank and every engine, laid out like one big bucket (`shared_layout`). Each ZeRO-3 rank
@@ -36,6 +36,11 @@ reload does not refresh, so such modules are re-processed afterwards.
 Consistency check: after the buckets, every learner rank runs a forward on a fixed token sequence
 (the "probe"); rank 0 broadcasts its logprobs at temperature 1, and the generator compares them
 with vLLM's own (`sync/logprob_diff_max`).
+
+Timing: the sender and every receiver stamp their own timelines (`Laps`: CUDA events on GPU,
+where a collective's `wait()` returns before the transfer is done). The sender reports each
+bucket's gather; a receiver its wait for each header and payload and the loader's time in
+between. `split_sync` turns one receiver's timeline into gather, transfer and load.
 """
 
 from __future__ import annotations
