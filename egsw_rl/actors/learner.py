@@ -150,6 +150,11 @@ class Learner:
         else:
             self.device = torch.device("cpu")
         backend = "nccl" if self.device_kind == "cuda" else "gloo"
+        if self.device_kind != "cuda":
+            # On CPU DeepSpeed JIT-compiles a C++ shared-memory all-reduce at init. It serves only
+            # inference all-reduce, never ZeRO-3 training, and a build killed midway leaves a
+            # lock file that every later rank on the machine waits on forever: skip it.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
         torch.manual_seed(self.seed)
         self._rss_base = self._rss()  # libraries + process group, before any model memory
