@@ -128,9 +128,11 @@ class Learner:
         import ray
 
         ids = [str(i) for i in ray.get_gpu_ids()]
-        visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v != ""]
+        visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
         if ids and visible and ids[0] in visible:
             return visible.index(ids[0])
+        if ids and not visible:  # RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES: every GPU is visible
+            return int(ids[0])
         return 0
 
     def init(self, master_addr: str, master_port: int) -> dict:
