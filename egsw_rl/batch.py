@@ -16,7 +16,7 @@ class Completion:
     Arrays have one entry per completion token (length T = len(token_ids)), float32:
     `logprobs` is the sampled token's logprob under the distribution actually sampled from
     (vLLM processed_logprobs, after the sampling temperature); `entropy` is the top-k estimate of
-    the next-token entropy in nats (ALGORITHMS.md section 7) and `tail_mass` the probability
+    the next-token entropy in nats (README, Algorithms: Entropy source) and `tail_mass` the probability
     outside the returned top-k.
     """
 
@@ -37,7 +37,7 @@ class TrainBatch:
     """What the learner group receives: N sequences and per-token tensors aligned with the
     completion tokens, right-padded to T = the longest completion.
 
-    `advantages`, `weights`, `mask` are the only algorithm inputs (ALGORITHMS.md section 1): the
+    `advantages`, `weights`, `mask` are the only algorithm inputs: the
     learner knows nothing about EGSW. `global_tokens` / `global_seqs` are the whole batch's
     loss normalisers, so gradients do not depend on how the batch is split over ranks and
     micro-batches.

@@ -95,7 +95,7 @@ class AlgoConfig:
     advantage: str = "grpo"  # grpo | dr_grpo | batch_std | gtpo | grpo_s
     weighting: str = "egsw"  # egsw | none
     token_mask: str = "none"  # none | clipb | clipv | high_entropy
-    # EGSW (ALGORITHMS.md section 3); temperature is EGSW's P, not the sampling temperature.
+    # EGSW; temperature is EGSW's P, not the sampling temperature.
     alpha: float = 0.2
     temperature: float = 1.0
     granularity: str = "step"  # step | trajectory

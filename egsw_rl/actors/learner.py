@@ -1,4 +1,4 @@
-"""The learner group: N ranks of DeepSpeed ZeRO-3 as Ray actors (DESIGN.md "Learner group").
+"""The learner group: N ranks of DeepSpeed ZeRO-3 as Ray actors.
 
 `Learner` is one rank (a plain class; the group makes it a Ray actor). `LearnerGroup` is what the
 driver holds: it places the ranks (a placement group), does the rendezvous (rank 0's IP and a

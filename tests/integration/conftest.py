@@ -12,7 +12,7 @@ import pytest
 # this machine (scripts/measure_rollout.py's set-up, 64 sequences x up to 128 tokens):
 #   tiny random Qwen2: max 8e-7 at T=1, 1.1e-6 at T=0.7 (eager and torch.compile alike);
 #   SmolLM2-135M-Instruct: max 5.3e-5 at T=1.
-# DESIGN.md quotes up to ~4e-3 from an earlier set-up; the bound sits between the two, still
+# An earlier set-up saw up to ~4e-3; the bound sits between the two, still
 # 100x below what one stale layer or a stale tied head does to the logprobs (0.3 to 5).
 KERNEL_TOL = 1e-3
 # Same engine, same weights: decode-time logprobs versus prefill-time prompt_logprobs.

@@ -1,4 +1,4 @@
-"""Outcome advantages and DAPO helpers (ALGORITHMS.md sections 2 and 6)."""
+"""Outcome advantages and DAPO helpers (GRPO arXiv 2402.03300, Dr.GRPO 2503.20783, DAPO 2503.14476)."""
 
 from __future__ import annotations
 

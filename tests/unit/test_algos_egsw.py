@@ -1,4 +1,4 @@
-"""EGSW weights and diagnostics (ALGORITHMS.md section 3)."""
+"""EGSW weights and diagnostics (README, Algorithms: EGSW)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Top-k entropy estimators and exact entropy helpers (ALGORITHMS.md section 7)."""
+"""Top-k entropy estimators and exact entropy helpers (README, Algorithms: Entropy source)."""
 
 from __future__ import annotations
 

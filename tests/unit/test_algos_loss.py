@@ -1,4 +1,4 @@
-"""The shared clipped PG loss, aggregations and micro-batch exactness (ALGORITHMS.md section 1)."""
+"""The shared clipped PG loss, aggregations and micro-batch exactness (README, Algorithms: Loss keys)."""
 
 from __future__ import annotations
 
