@@ -58,3 +58,17 @@ class TrainBatch:
 
     def __len__(self) -> int:
         return len(self.completion_ids)
+
+
+def split_shares(n: int, k: int) -> list[tuple[int, int]]:
+    """[start, end) of k contiguous slices of n items, sizes differing by at most one, larger
+    first; slices past n are empty (start == end)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    base, extra = divmod(max(0, int(n)), k)
+    out, start = [], 0
+    for i in range(k):
+        size = base + (1 if i < extra else 0)
+        out.append((start, start + size))
+        start += size
+    return out

@@ -61,7 +61,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from egsw_rl.actors import vllm_logs
-from egsw_rl.batch import Completion
+from egsw_rl.batch import Completion, split_shares
 from egsw_rl.config import ModelConfig, RolloutConfig, resolve_device, resolve_dtype
 from egsw_rl.prompts import BOXED_INSTRUCTION, CHAT_TEMPLATES, render_prompts
 
@@ -674,16 +674,6 @@ class GeneratorGroup:
 
         return ray.get(self.actors[0].render.remote(list(questions)))
 
-    def _chunks(self, n_prompts: int) -> list[tuple[int, int]]:
-        k = len(self.actors)
-        base, extra = divmod(n_prompts, k)
-        out, start = [], 0
-        for i in range(k):
-            size = base + (1 if i < extra else 0)
-            out.append((start, start + size))
-            start += size
-        return out
-
     def generate(self, prompts: Sequence[str], n: Optional[int] = None, **overrides) -> list[Completion]:
         """Split the prompts across the actors (contiguous chunks), return all completions in
         prompt order (b*G + j) with prompt_index relative to `prompts`."""
@@ -692,7 +682,7 @@ class GeneratorGroup:
         prompts = list(prompts)
         if not prompts:
             return []
-        parts = [(s, e) for s, e in self._chunks(len(prompts)) if e > s]
+        parts = [(s, e) for s, e in split_shares(len(prompts), len(self.actors)) if e > s]
         refs = [self.actors[i].generate.remote(prompts[s:e], n, **overrides) for i, (s, e) in enumerate(parts)]
         out: list[Completion] = []
         for (s, _), comps in zip(parts, ray.get(refs)):
@@ -707,7 +697,7 @@ class GeneratorGroup:
         completions) per engine, so the caller can use each share as soon as it is ready. The
         completions' prompt_index is relative to their share (add the first index)."""
         prompts = list(prompts)
-        parts = [(s, e) for s, e in self._chunks(len(prompts)) if e > s]
+        parts = [(s, e) for s, e in split_shares(len(prompts), len(self.actors)) if e > s]
         return [(s, self.actors[i].generate.remote(prompts[s:e], n, **overrides))
                 for i, (s, e) in enumerate(parts)]
 

@@ -25,6 +25,7 @@ from typing import Any, Optional, Sequence
 
 import ray
 
+from egsw_rl.batch import split_shares
 from egsw_rl.rewards.pool import RewardPool
 from egsw_rl.rewards.types import RewardResult
 
@@ -79,20 +80,6 @@ RewardActor = ray.remote(RewardWorkerPool)
 
 
 # ============================================================================ pure parts
-
-
-def split_shares(n: int, k: int) -> list[tuple[int, int]]:
-    """[start, end) of k contiguous slices of n items, sizes differing by at most one, larger
-    first; slices past n are empty (start == end)."""
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    base, extra = divmod(max(0, int(n)), k)
-    out, start = [], 0
-    for i in range(k):
-        size = base + (1 if i < extra else 0)
-        out.append((start, start + size))
-        start += size
-    return out
 
 
 def gather_in_order(n: int, pieces: Sequence[tuple[int, int, Sequence]]) -> list:
