@@ -22,20 +22,16 @@ from egsw_rl.logging import read_metrics
 pytestmark = pytest.mark.integration
 
 B, G, MAX_TOKENS = 8, 4, 16
-BASE = ["conf=tiny_cpu", f"data.batch_size={B}", f"rollout.n={G}", f"rollout.max_tokens={MAX_TOKENS}",
+BASE = [f"data.batch_size={B}", f"rollout.n={G}", f"rollout.max_tokens={MAX_TOKENS}",
         "data.eval=[]", "trainer.total_steps=2", "trainer.save_every=0", "logger.plots=false",
         "logger.progress_bar=false", "logger.wandb.mode=disabled"]
 
 
 def compose(*overrides):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
-    import egsw_rl.launch  # noqa: F401  registers the schema
+    from egsw_rl.bench_peer import compose as compose_preset  # as `launch` composes it
     from egsw_rl.config import validate
 
-    with initialize_config_module("egsw_rl.conf", version_base="1.3"):
-        cfg = hydra_compose("config", overrides=[*BASE, *overrides])
+    cfg = compose_preset("tiny_cpu", (*BASE, *overrides))
     validate(cfg)
     return cfg
 

@@ -15,7 +15,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 B, G = 6, 4
-BASE = ["conf=tiny_cpu", f"data.batch_size={B}", f"rollout.n={G}", "rollout.max_tokens=12",
+BASE = [f"data.batch_size={B}", f"rollout.n={G}", "rollout.max_tokens=12",
         "rollout.num_generators=2", "rollout.cpus_per_generator=1", "rollout.cpu_kvcache_gib=0.25",
         "reward.num_actors=2", "reward.workers=1", "data.eval=[]", "trainer.total_steps=1",
         "trainer.save_every=0", "logger.plots=false", "logger.progress_bar=false",
@@ -23,14 +23,10 @@ BASE = ["conf=tiny_cpu", f"data.batch_size={B}", f"rollout.n={G}", "rollout.max_
 
 
 def compose(*overrides):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
-    import egsw_rl.launch  # noqa: F401  registers the schema
+    from egsw_rl.bench_peer import compose as compose_preset  # as `launch` composes it
     from egsw_rl.config import validate
 
-    with initialize_config_module("egsw_rl.conf", version_base="1.3"):
-        cfg = hydra_compose("config", overrides=[*BASE, *overrides])
+    cfg = compose_preset("tiny_cpu", (*BASE, *overrides))
     validate(cfg)
     return cfg
 
