@@ -55,10 +55,9 @@ def connect_ray(cfg, device: str):
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=env, log_to_driver=True)
         return False
-    from egsw_rl.placement import make_plan
+    from egsw_rl.placement import local_cpus, make_plan
 
-    need = make_plan(cfg, device).need().get("CPU", 0.0)
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
+    ray.init(address="local", num_cpus=local_cpus(make_plan(cfg, device)),
              include_dashboard=False, _node_ip_address="127.0.0.1", runtime_env=env,
              log_to_driver=True)
     return True
@@ -117,9 +116,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         nodes = free_resources()
         assign(plan, nodes)  # the trainer reserves it and logs where everything went
         if len(nodes) > 1:  # learner ranks write checkpoints on their nodes, the driver reads them
-            from egsw_rl.preflight import _run_dir_check
+            from egsw_rl.preflight import run_dir_check
 
-            shared = _run_dir_check(cfg, run_dir)
+            shared = run_dir_check(cfg, run_dir)
             if not shared.ok:
                 raise ConfigError(f"{shared.detail}: set {shared.fix}")
     except BaseException:

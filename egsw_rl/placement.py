@@ -151,6 +151,16 @@ def _refusal(plan: Plan, nodes: dict, what: str) -> str:
             f"{have}. " + " ".join(fixes))
 
 
+def local_cpus(plan: Plan) -> int:
+    """Logical CPUs of a private local Ray: the machine's, raised to what the plan asks for. On a
+    2-core laptop the actors mostly wait on each other: they take turns rather than refuse to
+    schedule."""
+    import math
+    import os
+
+    return max(os.cpu_count() or 1, math.ceil(plan.need().get("CPU", 0.0) - 1e-9))
+
+
 def free_resources() -> dict[str, dict[str, float]]:
     """{node id (hex): free CPU / GPU} of the live Ray nodes (the driver must be connected)."""
     from ray._private.state import available_resources_per_node  # a DeveloperAPI of Ray 2.60

@@ -129,7 +129,7 @@ def _data_check(cfg) -> list[Check]:
 
 
 def _cluster_check(cfg, device: str) -> list[Check]:
-    from egsw_rl.placement import PlacementError, assign, free_resources, make_plan
+    from egsw_rl.placement import PlacementError, assign, free_resources, local_cpus, make_plan
 
     plan = make_plan(cfg, device)
     address = os.environ.get("RAY_ADDRESS")
@@ -147,10 +147,7 @@ def _cluster_check(cfg, device: str) -> list[Check]:
             gpus = torch.cuda.device_count()
         except Exception:  # noqa: BLE001
             pass
-        cpus = float(os.cpu_count() or 1)
-        # launch raises a private local Ray's logical CPUs to what the actors ask for
-        cpus = max(cpus, plan.need().get("CPU", 0.0))
-        nodes = {"local": {"CPU": cpus, "GPU": float(gpus)}}
+        nodes = {"local": {"CPU": float(local_cpus(plan)), "GPU": float(gpus)}}  # as launch starts it
         where = f"this machine ({gpus} GPUs; no RAY_ADDRESS)"
     try:
         assign(plan, nodes)
@@ -160,7 +157,7 @@ def _cluster_check(cfg, device: str) -> list[Check]:
     return [Check("placement", True, f"{where} holds {plan.describe()}")]
 
 
-def _run_dir_check(cfg, run_dir: Path) -> Check:
+def run_dir_check(cfg, run_dir: Path) -> Check:
     """Learner nodes write the checkpoints, the driver reads them: a file written from every node
     must be readable here."""
     created = not run_dir.exists()
@@ -282,7 +279,7 @@ def run_checks(cfg, run_dir: Path) -> list[Check]:
         else:
             checks.append(Check(name, True, "not checked: needs the model's tokenizer and config", skipped=True))
     _run(checks, "placement", lambda: _cluster_check(cfg, device))
-    _run(checks, "run directory", lambda: _run_dir_check(cfg, run_dir), "hydra.run.dir=<writable shared path>")
+    _run(checks, "run directory", lambda: run_dir_check(cfg, run_dir), "hydra.run.dir=<writable shared path>")
     _run(checks, "versions", lambda: _versions_check(cfg))
     _run(checks, "wandb", lambda: _wandb_check(cfg))
     return checks
