@@ -279,10 +279,13 @@ class Learner:
         out["seconds"] = time.perf_counter() - t0
         return out
 
-    def update(self, batch: TrainBatch, steps: list[dict], algo: Optional[AlgoConfig] = None) -> dict:
+    def update(self, batch: TrainBatch, steps: list[dict], algo: Optional[AlgoConfig] = None,
+               keep_policy: bool = False) -> dict:
         """Run the optimizer steps planned by the group. steps[k] = {"micro": this rank's
         micro-batches, "global_tokens", "global_seqs"}; `algo`: the group's algorithm config
         (the loss keys are read from it, so the planner and the loss never disagree).
+        `keep_policy` (one step only): also return, from the same forward, the pre-update
+        policy's per-token old_logprobs / entropy / clipv_n, as `compute_logprobs` would.
         Returns per-step metric sums."""
         import torch
 
@@ -309,6 +312,9 @@ class Learner:
         roll_all = (np.asarray(batch.rollout_logprobs, dtype=np.float32)
                     if batch.rollout_logprobs is not None else None)
         is_stats: list[dict] = []
+        policy: dict[str, list] = {"index": []}
+        if keep_policy and (len(steps) != 1 or grad_ent):
+            raise ValueError("keep_policy needs one optimizer step and no entropy bonus")
         if beta > 0 and ref_all is None and self.ref_engine is None:
             raise RuntimeError("beta > 0 but no reference model on this learner")
         dev = self.device
@@ -321,8 +327,14 @@ class Learner:
             real = padded = 0
             for j, idx in enumerate(micro):
                 eng.set_gradient_accumulation_boundary(j == len(micro) - 1)
-                x, (lp_flat, ent_flat, _) = self._forward(eng, batch, idx, want_ent=want_ent,
-                                                          grad_ent=grad_ent)
+                x, (lp_flat, ent_flat, n_flat) = self._forward(eng, batch, idx, want_ent=want_ent,
+                                                               grad_ent=grad_ent, want_clipv=keep_policy)
+                if keep_policy and idx:
+                    lens = [len(batch.completion_ids[i]) for i in idx]
+                    policy["index"] += list(idx)
+                    for k, v in (("old_logprobs", lp_flat), ("entropy", ent_flat), ("clipv_n", n_flat)):
+                        parts_k = torch.split(v.detach().float().cpu(), lens)
+                        policy.setdefault(k, []).extend(p.numpy().astype(np.float32) for p in parts_k)
                 if x["dummy"]:
                     # An empty micro-batch keeps ranks in step (ZeRO-3 collectives): zero loss.
                     loss = lp_flat.sum() * 0.0
@@ -379,7 +391,8 @@ class Learner:
             results.append(res)
         lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else float(self.lcfg.lr)
         return {"steps": results, "seconds": time.perf_counter() - t_start, "lr": float(lr),
-                "drift": drift if vllm_all is not None else None, "rollout_is": is_stats}
+                "drift": drift if vllm_all is not None else None, "rollout_is": is_stats,
+                "policy": policy if keep_policy else None}
 
     # ------------------------------------------------------------------ gathered weights
 
@@ -549,6 +562,21 @@ class Learner:
 # =============================================================================== the group
 
 
+def _assemble(parts: list[dict], batch: TrainBatch) -> dict[str, np.ndarray]:
+    """Ranks' per-sequence arrays ({"index": [...], name: [array]}) -> [N, T] float32, zero-padded."""
+    N = len(batch)
+    T = max([1] + [len(c) for c in batch.completion_ids])
+    out: dict[str, np.ndarray] = {}
+    for part in parts:
+        for k, seqs in part.items():
+            if k in ("index", "seconds"):
+                continue
+            arr = out.setdefault(k, np.zeros((N, T), dtype=np.float32))
+            for i, v in zip(part["index"], seqs):
+                arr[i, :len(v)] = v
+    return out
+
+
 class LearnerGroup:
     """The driver's handle on the learner ranks (see the module docstring)."""
 
@@ -669,17 +697,7 @@ class LearnerGroup:
         ref = ray.put(batch)
         parts = self._all([a.compute_logprobs.remote(ref, micro[r], with_old, with_entropy, with_clipv)
                            for r, a in enumerate(self.actors)])
-        N = len(batch)
-        T = max([1] + [len(c) for c in batch.completion_ids])
-        out: dict[str, np.ndarray] = {}
-        for part in parts:
-            for k, seqs in part.items():
-                if k in ("index", "seconds"):
-                    continue
-                arr = out.setdefault(k, np.zeros((N, T), dtype=np.float32))
-                for i, v in zip(part["index"], seqs):
-                    arr[i, :len(v)] = v
-        return out
+        return _assemble(parts, batch)
 
     def _plan_update(self, batch: TrainBatch) -> list[dict]:
         """Per optimizer step: the sequences, their normalisers and every rank's micro-batches."""
@@ -707,7 +725,11 @@ class LearnerGroup:
                 steps.append({"seqs": seqs, "per_rank": per_rank, **norms})
         return steps
 
-    def update(self, batch: TrainBatch) -> dict[str, float]:
+    def update(self, batch: TrainBatch, keep_policy: bool = False):
+        """One batch's optimizer steps; returns the metrics. With `keep_policy` (one optimizer
+        step per batch: see `old_logprobs_needed`) returns (metrics, the pre-update policy's
+        [N, T] old_logprobs / entropy / clipv_n), read from the update's own forward at no extra
+        pass; the entropy-dynamics monitor compares them with the policy after the step."""
         import ray
         from egsw_rl.algos import reduce_loss_metrics, reduce_rollout_is
 
@@ -726,7 +748,8 @@ class LearnerGroup:
         ref = ray.put(batch)
         outs = self._all([
             a.update.remote(ref, [{"micro": st["per_rank"][r], "global_tokens": st["global_tokens"],
-                                   "global_seqs": st["global_seqs"]} for st in steps], self.acfg)
+                                   "global_seqs": st["global_seqs"]} for st in steps], self.acfg,
+                            keep_policy)
             for r, a in enumerate(self.actors)])
         self.updates += 1
         per_step = []
@@ -756,6 +779,8 @@ class LearnerGroup:
             "timing/update_s": secs,
             "perf/train_tokens_per_s": float(real) / max(secs, 1e-9),
         })
+        if keep_policy:
+            return metrics, _assemble([o["policy"] for o in outs], batch)
         return metrics
 
     # ------------------------------------------------------------------ weights out
