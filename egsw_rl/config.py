@@ -205,6 +205,9 @@ class TrainerConfig:
 
 
 @dataclass
+    # split: learner ranks and vLLM engines on their own devices; colocated: every device carries a
+    # learner rank and an engine worker, which take turns (egsw_rl/placement.py, README "Learners")
+    placement: str = "split"
 class RehearsalConfig:
     # none | cpu. `rehearsal=cpu` (egsw_rl/conf/rehearsal/cpu.yaml) runs a preset on CPU with only
     # its hardware and size keys replaced; launch places the tiny Qwen2 in an offline Hugging Face
@@ -269,6 +272,7 @@ _CHOICES = {
     "rehearsal.name": ("none", "cpu"),
 }
 
+    "trainer.placement": ("split", "colocated"),
 
 def _get(cfg, dotted: str):
     node = cfg
@@ -363,9 +367,13 @@ def validate(cfg, *, available_gpus: int | None = None) -> None:
     if device == "cuda":
         need = cfg.learner.num_ranks
         if cfg.learner.gpus_per_node and cfg.learner.gpus_per_node * cfg.learner.num_nodes < need:
+    from egsw_rl.placement import colocation_errors
+
+    errors += colocation_errors(cfg, device)
             errors.append(f"learner.num_ranks={need} is more than learner.num_nodes x "
                           f"learner.gpus_per_node = {cfg.learner.gpus_per_node * cfg.learner.num_nodes}")
-        need += cfg.rollout.num_generators * cfg.rollout.tensor_parallel_size
+        if cfg.trainer.placement == "split":  # colocated engines use the learner ranks' GPUs
+            need += cfg.rollout.num_generators * cfg.rollout.tensor_parallel_size
         if available_gpus is not None and need > available_gpus:
             errors.append(f"learner.num_ranks + rollout.num_generators x rollout.tensor_parallel_size"
                           f" = {need} GPUs, but the cluster has {available_gpus}")

@@ -9,6 +9,21 @@ reward actors take what is left, first fit. The assignment is computed on the dr
 each node offers, so a plan the cluster cannot hold fails in seconds with the plan, the cluster
 and the fix printed, instead of a placement group that waits forever; a plan that fits is
 reserved with every bundle pinned to its node (the node-id label every Ray node carries).
+
+`trainer.placement` chooses between two layouts of the same bundles' contents:
+
+- split (default): the bundles above, learner ranks and engines on devices of their own.
+- colocated: one bundle per device, each carrying a learner rank *and* one vLLM worker (1 GPU
+  and `learner.cpus_per_rank` CPUs, plus `rollout.cpus_per_generator` on the device that hosts
+  an engine's actor). Engine i spans the `rollout.tensor_parallel_size` devices of ranks
+  i*tp .. i*tp+tp-1, so `learner.num_ranks` = `rollout.num_generators` x tp. Ray lets an actor
+  into one bundle only, and only whole or fractional (< 1) GPUs: both actors of a device ask
+  for `COLOCATED_GPU_SHARE` of its GPU (Ray's accounting; the memory is shared by taking
+  turns, see trainer.py), and an engine with tp > 1 sits in the bundle of its first device and
+  is told the GPUs of the other ones (its ranks' GPU ids, `engine_spans`), with
+  RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES so its process sees them. The bundles of one
+  engine are on one node because learner ranks fill whole nodes (`learner.gpus_per_node`, a
+  multiple of tp). On CPU the same plan holds the same actors, CPUs only.
 """
 
 from __future__ import annotations
@@ -17,6 +32,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 REWARD_CPUS = 0.5  # the reward actor mostly waits on its pool's worker processes
+# Ray's share of a colocated GPU for each of its two actors (learner rank, engine worker): two
+# halves make the device whole, so nothing else is scheduled onto it.
+COLOCATED_GPU_SHARE = 0.5
+LAYOUTS = ("split", "colocated")
 
 
 class PlacementError(RuntimeError):
@@ -25,7 +44,7 @@ class PlacementError(RuntimeError):
 
 @dataclass(frozen=True)
 class Bundle:
-    role: str  # learner | generator | reward
+    role: str  # learner | generator | reward | device (colocated: a learner rank and an engine worker)
     index: int  # rank / engine / actor number within its role
     resources: dict
     group: int = 0  # learner ranks of one group share a node; other roles: 0
@@ -37,10 +56,30 @@ class Plan:
     device: str
     learner_groups: int = 1
     nodes: list[str] = field(default_factory=list)  # assigned node id per bundle, once assigned
+    layout: str = "split"
+    tp: int = 1  # rollout.tensor_parallel_size
 
     def of(self, role: str) -> list[int]:
-        """Bundle indices of a role, in rank / engine order."""
+        """Bundle indices of a role's actors, in rank / engine order. Colocated, learner rank r is
+        in device bundle r and engine i in device bundle i*tp (the first device it spans)."""
+        if self.layout == "colocated" and role in ("learner", "generator"):
+            devices = [i for i, b in enumerate(self.bundles) if b.role == "device"]
+            return devices if role == "learner" else devices[::self.tp]
         return [i for i, b in enumerate(self.bundles) if b.role == role]
+
+    def gpu_share(self, role: str) -> float:
+        """GPUs an actor of `role` asks Ray for inside its bundle (0 on CPU)."""
+        if self.device != "cuda" or role == "reward":
+            return 0.0
+        if self.layout == "colocated":
+            return COLOCATED_GPU_SHARE
+        return 1.0 if role == "learner" else float(self.tp)
+
+    def engine_spans(self) -> list[list[int]]:
+        """Colocated: the learner ranks whose devices each engine spans (engine i: ranks i*tp ..
+        i*tp+tp-1; its tensor-parallel worker k on rank i*tp+k's device)."""
+        ranks = len(self.of("learner"))
+        return [list(range(i, i + self.tp)) for i in range(0, ranks, self.tp)]
 
     def need(self) -> dict[str, float]:
         total: dict[str, float] = {}
@@ -51,7 +90,7 @@ class Plan:
 
     def describe(self) -> str:
         rows = []
-        for role in ("learner", "generator", "reward"):
+        for role in ("device", "learner", "generator", "reward"):
             idx = self.of(role)
             if not idx:
                 continue
@@ -60,26 +99,77 @@ class Plan:
             where = ""
             if self.nodes:  # node ids are long hex strings: their head is enough to tell them apart
                 where = " on node " + ", ".join(sorted({self.nodes[i][:8] for i in idx}))
-            rows.append(f"{len(idx)} {role}{'s' if len(idx) > 1 else ''} x ({each}){where}")
+            what = role + ("s" if len(idx) > 1 else "")
+            if role == "device":  # colocated: say what shares each one
+                idx = [i for i, b in enumerate(self.bundles) if b.role == "device"]
+                what = (f"colocated device{'s' if len(idx) > 1 else ''} (a learner rank and an engine "
+                        f"worker each, {len(idx) // self.tp} engine(s) of tp={self.tp})")
+            rows.append(f"{len(idx)} {what} x ({each}){where}")
         total = ", ".join(f"{v:g} {k}" for k, v in sorted(self.need().items()))
         return "; ".join(rows) + f" = {total}"
 
 
+def layout_of(cfg) -> str:
+    """trainer.placement (split when the config has no trainer section, as in unit tests)."""
+    trainer = cfg.get("trainer") if hasattr(cfg, "get") else getattr(cfg, "trainer", None)
+    return str((trainer.get("placement") if hasattr(trainer, "get") else None) or "split")
+
+
+def colocation_errors(cfg, device: str) -> list[str]:
+    """Why a trainer.placement=colocated config cannot work ([] when it can, or when split)."""
+    if layout_of(cfg) != "colocated":
+        return []
+    lc, rc = cfg.learner, cfg.rollout
+    n, tp, engines = int(lc.num_ranks), int(rc.tensor_parallel_size), int(rc.num_generators)
+    out = []
+    if engines * tp != n:
+        out.append(f"trainer.placement=colocated puts one engine worker on every learner rank's device: "
+                   f"rollout.num_generators x rollout.tensor_parallel_size = {engines} x {tp} must equal "
+                   f"learner.num_ranks={n} (set rollout.num_generators={max(1, n // tp)})")
+    if device == "cuda" and int(lc.gpus_per_node) % tp:
+        out.append(f"trainer.placement=colocated: an engine's {tp} GPUs must be on one node, so "
+                   f"learner.gpus_per_node={lc.gpus_per_node} must be a multiple of rollout.tensor_parallel_size")
+    if cfg.trainer.overlap:
+        out.append("trainer.overlap=true generates while the learners train: colocated, they share the "
+                   "devices and take turns (trainer.placement=split for overlap)")
+    if lc.offload_params:
+        out.append("learner.offload_params=true: colocated, the learner moves its parameters off the "
+                   "device between phases itself (DeepSpeed's offload_states refuses parameters that "
+                   "ZeRO already offloads); set learner.offload_params=false")
+    return out
+
+
 def make_plan(cfg, device: str, reward_actors: Optional[int] = None) -> Plan:
-    """The plan of a run config on `device` (cpu | cuda)."""
+    """The plan of a run config on `device` (cpu | cuda), in the config's layout."""
     gpu = device == "cuda"
     lc, rc = cfg.learner, cfg.rollout
     n = int(lc.num_ranks)
     nodes = max(1, int(lc.num_nodes))
     per_node = int(lc.gpus_per_node) if gpu and int(lc.gpus_per_node) > 0 else -(-n // nodes)
-    bundles = [Bundle("learner", r, {"CPU": float(lc.cpus_per_rank), **({"GPU": 1.0} if gpu else {})},
-                      group=r // per_node) for r in range(n)]
     tp = int(rc.tensor_parallel_size)
-    bundles += [Bundle("generator", i, {"CPU": float(rc.cpus_per_generator), **({"GPU": float(tp)} if gpu else {})})
-                for i in range(int(rc.num_generators))]
+    layout = layout_of(cfg)
+    if layout == "colocated":
+        problems = colocation_errors(cfg, device)
+        if problems:
+            raise PlacementError("; ".join(problems))
+        # the device of rank r also hosts engine r // tp's worker r % tp; the engine's actor (and
+        # its CPUs) sits on the first device it spans
+        bundles = [Bundle("device", r, {"CPU": float(lc.cpus_per_rank)
+                                        + (float(rc.cpus_per_generator) if r % tp == 0 else 0.0),
+                                        **({"GPU": 1.0} if gpu else {})}, group=r // per_node)
+                   for r in range(n)]
+    else:
+        bundles = [Bundle("learner", r, {"CPU": float(lc.cpus_per_rank), **({"GPU": 1.0} if gpu else {})},
+                          group=r // per_node) for r in range(n)]
+        bundles += [Bundle("generator", i, {"CPU": float(rc.cpus_per_generator),
+                                            **({"GPU": float(tp)} if gpu else {})})
+                    for i in range(int(rc.num_generators))]
     k = int(reward_actors if reward_actors is not None else cfg.reward.num_actors)
     bundles += [Bundle("reward", i, {"CPU": REWARD_CPUS}) for i in range(k)]
-    return Plan(bundles, device, learner_groups=-(-n // per_node))
+    return Plan(bundles, device, learner_groups=-(-n // per_node), layout=layout, tp=tp)
+
+
+_RANK_ROLES = ("learner", "device")  # bundles placed as learner groups, whole nodes first
 
 
 def assign(plan: Plan, nodes: dict[str, dict[str, float]]) -> list[str]:
@@ -97,7 +187,7 @@ def assign(plan: Plan, nodes: dict[str, dict[str, float]]) -> list[str]:
     out: list[Optional[str]] = [None] * len(plan.bundles)
     used_by_learners: set[str] = set()
     for g in range(plan.learner_groups):
-        idx = [i for i, b in enumerate(plan.bundles) if b.role == "learner" and b.group == g]
+        idx = [i for i, b in enumerate(plan.bundles) if b.role in _RANK_ROLES and b.group == g]
         total: dict[str, float] = {}
         for i in idx:
             for k, v in plan.bundles[i].resources.items():
@@ -113,7 +203,7 @@ def assign(plan: Plan, nodes: dict[str, dict[str, float]]) -> list[str]:
         for i in idx:
             out[i] = nid
     for i, b in enumerate(plan.bundles):
-        if b.role == "learner":
+        if b.role in _RANK_ROLES:
             continue
         options = [nid for nid in free if fits(b.resources, free[nid])]
         if not options:
@@ -138,7 +228,9 @@ def _refusal(plan: Plan, nodes: dict, what: str) -> str:
     total_gpu = sum(r.get("GPU", 0.0) for r in nodes.values())
     if need.get("GPU", 0.0) > total_gpu:
         fixes.append(f"The run needs {need['GPU']:g} GPUs and the cluster has {total_gpu:g}: lower "
-                     "learner.num_ranks / rollout.num_generators, or add GPU nodes")
+                     "learner.num_ranks / rollout.num_generators, or add GPU nodes"
+                     + ("" if plan.layout == "colocated" else
+                        " (or trainer.placement=colocated: engines and learner ranks on the same GPUs)"))
     if need.get("CPU", 0.0) > total_cpu:
         fixes.append(f"The run needs {need['CPU']:g} CPUs and the cluster offers {total_cpu:g}: start it "
                      f"with more logical CPUs (ray start --head --num-cpus={int(need['CPU'] + 0.999)}; "
