@@ -202,12 +202,12 @@ class TrainerConfig:
     overlap: bool = False  # one-step off-policy: generate batch k+1 while training on batch k
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-
-
-@dataclass
     # split: learner ranks and vLLM engines on their own devices; colocated: every device carries a
     # learner rank and an engine worker, which take turns (egsw_rl/placement.py, README "Learners")
     placement: str = "split"
+
+
+@dataclass
 class RehearsalConfig:
     # none | cpu. `rehearsal=cpu` (egsw_rl/conf/rehearsal/cpu.yaml) runs a preset on CPU with only
     # its hardware and size keys replaced; launch places the tiny Qwen2 in an offline Hugging Face
@@ -269,10 +269,10 @@ _CHOICES = {
     "logger.wandb.mode": ("online", "offline", "disabled"),
     "logger.level": ("info", "debug"),
     "trainer.device": ("auto", "cpu", "cuda"),
+    "trainer.placement": ("split", "colocated"),
     "rehearsal.name": ("none", "cpu"),
 }
 
-    "trainer.placement": ("split", "colocated"),
 
 def _get(cfg, dotted: str):
     node = cfg
@@ -364,12 +364,12 @@ def validate(cfg, *, available_gpus: int | None = None) -> None:
         errors.append(f"algo.overlong_cache={cfg.algo.overlong_cache} must be in (0, rollout.max_tokens)")
 
     device = resolve_device(cfg.trainer.device)
-    if device == "cuda":
-        need = cfg.learner.num_ranks
-        if cfg.learner.gpus_per_node and cfg.learner.gpus_per_node * cfg.learner.num_nodes < need:
     from egsw_rl.placement import colocation_errors
 
     errors += colocation_errors(cfg, device)
+    if device == "cuda":
+        need = cfg.learner.num_ranks
+        if cfg.learner.gpus_per_node and cfg.learner.gpus_per_node * cfg.learner.num_nodes < need:
             errors.append(f"learner.num_ranks={need} is more than learner.num_nodes x "
                           f"learner.gpus_per_node = {cfg.learner.gpus_per_node * cfg.learner.num_nodes}")
         if cfg.trainer.placement == "split":  # colocated engines use the learner ranks' GPUs
