@@ -920,7 +920,7 @@ class Bench:
         if key in self._runs:
             return self._runs[key]
         from egsw_rl.launch import run
-        from egsw_rl.logging import read_metrics
+        from egsw_rl.runlog import read_metrics
 
         warmup, steps = self.counts(preset)
         total = warmup + steps

@@ -1,13 +1,14 @@
-"""Training curves of several runs side by side: `python -m egsw_rl.compare`.
+"""Several runs side by side: `python -m egsw_rl.compare` (training curves) and
+`python -m egsw_rl.eval --compare` (final evaluation results).
 
     python -m egsw_rl.compare outputs/grpo_seed0 outputs/grpo_seed1 outputs/egsw_seed0 ... --out cmp/
     python -m egsw_rl.compare multirun/2025-01-01/12-00-00          # every run of a sweep
     python -m egsw_rl.compare runA runB --labels grpo,egsw --metrics reward/mean,egsw/ess_frac
 
-Each run directory's `metrics.jsonl` (one JSON object per step) is read with
-`egsw_rl.logging.read_metrics`, together with `eval.jsonl` (the trainer's periodic evaluation,
-including the step-0 row before training) when there is one. A directory without one is searched (three levels deep) for run
-directories, so a Hydra multirun folder can be given as is.
+Training curves: each run directory's `metrics.jsonl` (one JSON object per step) is read with
+`egsw_rl.runlog.load_run`, together with `eval.jsonl` (the trainer's periodic evaluation,
+including the step-0 row before training) when there is one. A directory without one is searched
+(three levels deep) for run directories, so a Hydra multirun folder can be given as is.
 
 Runs are grouped by label: `--labels` (one per run), else the value of `--label-key` in the
 run's `config.yaml` (default `algo.name`), else the directory name. Outputs in `--out`
@@ -21,6 +22,10 @@ run's `config.yaml` (default `algo.name`), else the directory name. Outputs in `
 
 "final" is the mean of the last `--final-window` logged values (default 1: the last value);
 "best" is the maximum, for metrics where higher is better (reward, accuracy).
+
+Final results (`compare_results`, behind `python -m egsw_rl.eval --compare`): the records of
+`python -m egsw_rl.eval` (results.json), or a run's last periodic-eval row, grouped by label,
+mean ± sample std per benchmark in the layout of `egsw_rl.eval.tables`.
 """
 
 from __future__ import annotations
@@ -29,45 +34,21 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from egsw_rl.eval import mean_std, run_label
+from egsw_rl.eval.tables import columns, markdown_table, metric_of
+from egsw_rl.runlog import Run, load_run, mean_std, metric_specs, plot, read_metrics, run_label
 
-# (key, title, higher is better?) — "best" is only defined for the first kind.
-DEFAULT_METRICS = [
-    ("reward/mean", "reward", True),
-    ("reward/accuracy", "accuracy", True),
-    ("response_length/mean", "response length (tokens)", None),
-    ("entropy/mean", "entropy (nats)", None),
-    ("egsw/ess_frac", "EGSW effective sample size (fraction)", None),
-]
 SHORT = {"reward/mean": "reward", "reward/accuracy": "accuracy", "response_length/mean": "length",
          "entropy/mean": "entropy"}
 
 
 class CompareError(ValueError):
-    pass
+    """A user error of comparison (a missing run, a label count that does not match): one line."""
 
 
-@dataclass
-class Run:
-    path: Path
-    name: str
-    label: str
-    rows: list[dict] = field(default_factory=list)
-
-    def series(self, key: str) -> tuple[list[int], list[float]]:
-        """(steps, values) of one metric, skipping steps that did not log it (or logged null)."""
-        steps, vals = [], []
-        for r in self.rows:
-            v = r.get(key)
-            if v is None or not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
-                continue
-            steps.append(int(r.get("step", len(steps) + 1)))
-            vals.append(float(v))
-        return steps, vals
+# ============================================================================ training curves
 
 
 def find_runs(paths: Sequence[str], depth: int = 3) -> list[Path]:
@@ -83,9 +64,11 @@ def find_runs(paths: Sequence[str], depth: int = 3) -> list[Path]:
         if p.is_file() and p.name == "metrics.jsonl":
             found.append(p.parent)
             continue
-        nested = sorted({m.parent for d in range(1, depth + 1) for m in p.glob("/".join(["*"] * d) + "/metrics.jsonl")})
+        nested = sorted({m.parent for d in range(1, depth + 1)
+                         for m in p.glob("/".join(["*"] * d) + "/metrics.jsonl")})
         if not nested:
-            raise CompareError(f"{item}: no metrics.jsonl in it or in its subfolders (is it a run directory?)")
+            raise CompareError(f"{item}: no metrics.jsonl in it or in its subfolders "
+                               "(is it a run directory?)")
         found += nested
     seen, out = set(), []
     for p in found:
@@ -106,43 +89,17 @@ def _names(paths: Sequence[Path]) -> list[str]:
 
 def load_runs(paths: Sequence[str], *, labels: Optional[Sequence[str]] = None,
               label_key: str = "algo.name") -> list[Run]:
-    from egsw_rl.logging import read_metrics
-
     dirs = find_runs(paths)
     if labels is not None and len(labels) != len(dirs):
         raise CompareError(f"--labels gives {len(labels)} labels for {len(dirs)} runs "
                            f"({', '.join(str(d) for d in dirs)})")
     runs = []
     for i, (d, name) in enumerate(zip(dirs, _names(dirs))):
-        rows = read_metrics(d / "metrics.jsonl")
-        if not rows:
+        run = load_run(d, name, labels[i] if labels is not None else run_label(d, label_key))
+        if run is None:
             raise CompareError(f"{d}/metrics.jsonl has no rows")
-        # The trainer's periodic eval also goes to eval.jsonl, with the step-0 (before training) row.
-        rows = read_metrics(d / "eval.jsonl") + rows
-        # Rows of one step are merged (an eval row may come apart from the training row); a
-        # resumed run that re-logged a step overrides the earlier values. Then in step order.
-        by_step: dict[int, dict] = {}
-        for j, r in enumerate(rows):
-            by_step.setdefault(int(r.get("step", j + 1)), {}).update(r)
-        rows = [by_step[s] for s in sorted(by_step)]
-        runs.append(Run(d, name, labels[i] if labels is not None else run_label(d, label_key), rows))
+        runs.append(run)
     return runs
-
-
-def metric_specs(runs: Sequence[Run], keys: Optional[Sequence[str]] = None) -> list[tuple[str, str, Optional[bool]]]:
-    """The metrics to show: `keys` if given, else the defaults plus any eval/<bench>/accuracy."""
-    known = {k: (t, b) for k, t, b in DEFAULT_METRICS}
-    if keys:
-        out = []
-        for k in keys:
-            t, b = known.get(k, (k, True if k.endswith(("accuracy", "reward/mean")) or "pass@" in k else None))
-            out.append((k, t, b))
-        return out
-    specs = list(DEFAULT_METRICS)
-    evals = sorted({k for r in runs for row in r.rows for k in row
-                    if k.startswith("eval/") and k.endswith("/accuracy")})
-    specs += [(k, k.replace("/", " ", 1), True) for k in evals]
-    return specs
 
 
 def run_summary(run: Run, key: str, higher_better: Optional[bool], final_window: int = 1) -> Optional[dict]:
@@ -211,7 +168,8 @@ def markdown(summary: dict, specs, final_window: int = 1) -> str:
     cols = _columns(specs)
     head = ["Run", "Label", "Steps"] + [c[2] for c in cols]
     sep = "|" + "|".join(["---", "---", "---:"] + ["---:"] * len(cols)) + "|"
-    lines = ["Per run" + (f" (final = mean of the last {final_window} values)" if final_window > 1 else ""), "",
+    window = f" (final = mean of the last {final_window} values)" if final_window > 1 else ""
+    lines = ["Per run" + window, "",
              "| " + " | ".join(head) + " |", sep]
     for name, r in summary["runs"].items():
         cells = [_fmt(k, r.get(k, {}).get(which)) for k, which, _ in cols]
@@ -228,65 +186,6 @@ def markdown(summary: dict, specs, final_window: int = 1) -> str:
     return "\n".join(lines)
 
 
-def _smooth(vals: list[float], window: int) -> list[float]:
-    if window <= 1:
-        return vals
-    out, acc = [], 0.0
-    for i, v in enumerate(vals):
-        acc += v
-        if i >= window:
-            acc -= vals[i - window]
-        out.append(acc / min(i + 1, window))
-    return out
-
-
-def plot(runs: Sequence[Run], specs, out_dir: Path, smooth: int = 1) -> list[Path]:
-    """One PNG per metric in out_dir; returns the paths written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    labels = list(dict.fromkeys(r.label for r in runs))
-    colors = {lab: plt.get_cmap("tab10")(i % 10) for i, lab in enumerate(labels)}
-    paths = []
-    for key, title, _ in specs:
-        series = [(r, *r.series(key)) for r in runs]
-        series = [(r, s, v) for r, s, v in series if v]
-        if not series:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 3.8))
-        for lab in labels:
-            group = [(r, s, _smooth(v, smooth)) for r, s, v in series if r.label == lab]
-            if not group:
-                continue
-            many = len(group) > 1
-            for r, s, v in group:
-                ax.plot(s, v, color=colors[lab], lw=0.8 if many else 1.6, alpha=0.35 if many else 1.0,
-                        label=None if many else f"{lab} ({r.name})" if len(labels) < len(runs) else lab)
-            if many:
-                common = sorted(set.intersection(*[set(s) for _, s, _ in group]))
-                if common:
-                    at = [dict(zip(s, v)) for _, s, v in group]
-                    stats = [mean_std([a[t] for a in at]) for t in common]
-                    m = [x[0] for x in stats]
-                    sd = [x[1] for x in stats]
-                    ax.plot(common, m, color=colors[lab], lw=2.0, label=f"{lab} (mean of {len(group)})")
-                    ax.fill_between(common, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)],
-                                    color=colors[lab], alpha=0.15, lw=0)
-        ax.set_xlabel("step")
-        ax.set_title(title + (f" (moving average {smooth})" if smooth > 1 else ""))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out_dir / (key.replace("/", "_") + ".png")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
-    return paths
-
-
 def compare_runs(paths: Sequence[str], out: Optional[Path] = None, *, labels: Optional[Sequence[str]] = None,
                  label_key: str = "algo.name", metrics: Optional[Sequence[str]] = None, smooth: int = 1,
                  final_window: int = 1) -> tuple[str, dict, list[Path]]:
@@ -299,26 +198,130 @@ def compare_runs(paths: Sequence[str], out: Optional[Path] = None, *, labels: Op
     if out is not None:
         out = Path(out)
         pngs = plot(runs, specs, out, smooth)
-        (out / "compare.md").write_text(md + "\n")
-        (out / "compare.json").write_text(json.dumps(summary, indent=1))
+        write_comparison(out, md, summary)
     return md, summary, pngs
+
+
+def write_comparison(out: Path, md: str, summary: dict) -> None:
+    """compare.md and compare.json in `out` (created)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.md").write_text(md + "\n")
+    (out / "compare.json").write_text(json.dumps(summary, indent=1))
+
+
+# ============================================================================ final results
+
+
+def load_records(item: str) -> list[dict]:
+    """Eval records from a results.json, a directory holding one (an --out dir), a run directory
+    (`<run>/eval/results.json`, else the last periodic-eval row of its metrics.jsonl / eval.jsonl)."""
+    p = Path(item).expanduser()
+    candidates = [p] if p.is_file() else [p / "results.json", p / "eval" / "results.json"]
+    for c in candidates:
+        if c.is_file():
+            try:
+                data = json.loads(c.read_text())
+            except json.JSONDecodeError as e:
+                raise CompareError(f"{c}: not valid JSON ({e.msg})") from None
+            recs = data.get("results") if isinstance(data, dict) else None
+            if not isinstance(recs, list):
+                raise CompareError(f"{c}: not an egsw_rl.eval results file (no 'results' list)")
+            for r in recs:
+                r.setdefault("source", str(c))
+            return recs
+    if p.is_dir() and ((p / "metrics.jsonl").exists() or (p / "eval.jsonl").exists()):
+        rec = _record_from_metrics(p)
+        if rec is not None:
+            return [rec]
+    raise CompareError(f"{item}: no eval results (results.json, eval/results.json or "
+                       f"eval/<benchmark>/accuracy rows in metrics.jsonl); "
+                       f"run `python -m egsw_rl.eval --model {item}` first")
+
+
+def _record_from_metrics(run_dir: Path) -> Optional[dict]:
+    rows = [r for name in ("metrics.jsonl", "eval.jsonl") for r in read_metrics(run_dir / name)
+            if any(k.startswith("eval/") for k in r)]
+    rows.sort(key=lambda r: r.get("step", 0))  # stable: eval.jsonl's copy of a step comes last
+    if not rows:
+        return None
+    last = rows[-1]
+    benches: dict[str, dict] = {}
+    for k, v in last.items():
+        parts = k.split("/")
+        if len(parts) == 3 and parts[0] == "eval" and parts[1] != "mean" and v is not None:
+            b = benches.setdefault(parts[1], {"pass_at_k": {}})
+            if parts[2] == "accuracy":
+                b["accuracy"] = v
+            elif parts[2].startswith("pass@"):
+                b["pass_at_k"][parts[2]] = v
+    benches = {b: r for b, r in benches.items() if "accuracy" in r}
+    if not benches:
+        return None
+    return {"name": f"{run_dir.name}@{last.get('step')}", "label": run_label(run_dir),
+            "run_dir": str(run_dir), "step": last.get("step"), "benchmarks": benches,
+            "source": str(run_dir / "metrics.jsonl")}
+
+
+def compare_results(items: Sequence[str], *, labels: Optional[Sequence[str]] = None,
+                    metric: str = "accuracy", label_key: Optional[str] = None) -> tuple[str, dict]:
+    """Group eval records by label and give mean ± std (sample std over the group's records) per
+    benchmark. `labels` (one per item) override the stored labels; `label_key` re-derives them
+    from each run's config.yaml (e.g. 'algo.name'). Returns (markdown, summary dict)."""
+    if labels is not None and len(labels) != len(items):
+        raise CompareError(f"--labels gives {len(labels)} labels for {len(items)} inputs")
+    groups: dict[str, list[dict]] = {}
+    for i, item in enumerate(items):
+        for rec in load_records(item):
+            lab = rec.get("label") or rec.get("name") or Path(item).name
+            if label_key and rec.get("run_dir"):
+                lab = run_label(Path(rec["run_dir"]), label_key)
+            if labels is not None:
+                lab = labels[i]
+            groups.setdefault(lab, []).append(rec)
+    benchmarks = columns([r for g in groups.values() for r in g])
+    rows, summary = [], {}
+    for lab, recs in groups.items():
+        cells, summ = {}, {}
+        for b in benchmarks:
+            vals = [metric_of(r["benchmarks"][b], metric) for r in recs if b in r.get("benchmarks", {})]
+            vals = [v for v in vals if v is not None]
+            if not vals:
+                continue
+            m, s = mean_std(vals)
+            cells[b] = (m, s if len(vals) > 1 else None)
+            summ[b] = {"mean": m, "std": s, "count": len(vals), "values": vals}
+        rows.append((lab, cells))
+        summary[lab] = {"runs": [r.get("name") for r in recs], "benchmarks": summ}
+    counts = {lab: str(len(recs)) for lab, recs in groups.items()}
+    what = "avg@n accuracy" if metric == "accuracy" else metric
+    md = (f"{what} (%), mean ± sample std over the runs of each label\n\n"
+          + markdown_table(rows, benchmarks, first="Method", extra=counts, extra_name="Runs"))
+    return md, {"metric": metric, "groups": summary}
+
+
+# ============================================================================ command line
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m egsw_rl.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories or sweep folders")
-    p.add_argument("--out", default="comparison", help="where PNGs, compare.md, compare.json go (default %(default)s)")
+    p.add_argument("--out", default="comparison",
+                   help="where PNGs, compare.md, compare.json go (default %(default)s)")
     p.add_argument("--labels", help="comma-separated label per run (after sweep folders are expanded)")
-    p.add_argument("--label-key", default="algo.name", help="config.yaml key to label runs by (default %(default)s)")
-    p.add_argument("--metrics", help="comma-separated metric keys (default: reward, accuracy, length, entropy, eval/*)")
+    p.add_argument("--label-key", default="algo.name",
+                   help="config.yaml key to label runs by (default %(default)s)")
+    p.add_argument("--metrics",
+                   help="comma-separated metric keys (default: reward, accuracy, length, entropy, eval/*)")
     p.add_argument("--smooth", type=int, default=1, help="moving-average window for the curves")
     p.add_argument("--final-window", type=int, default=1, help="final = mean of the last W values")
     args = p.parse_args(argv)
     try:
         md, _, pngs = compare_runs(
-            args.runs, Path(args.out), labels=[s.strip() for s in args.labels.split(",")] if args.labels else None,
-            label_key=args.label_key, metrics=[s.strip() for s in args.metrics.split(",")] if args.metrics else None,
+            args.runs, Path(args.out),
+            labels=[s.strip() for s in args.labels.split(",")] if args.labels else None,
+            label_key=args.label_key,
+            metrics=[s.strip() for s in args.metrics.split(",")] if args.metrics else None,
             smooth=args.smooth, final_window=args.final_window)
     except CompareError as e:
         print(f"error: {e}", file=sys.stderr)

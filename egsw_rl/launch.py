@@ -182,7 +182,7 @@ class SweepSummary(Callback):
 
 
 def write_sweep_summary(sweep_dir: Path) -> Path | None:
-    from egsw_rl.logging import read_metrics
+    from egsw_rl.runlog import read_metrics
 
     rows = []
     for run in sorted(p for p in sweep_dir.iterdir() if (p / "metrics.jsonl").exists()):

@@ -26,7 +26,7 @@ from egsw_rl import algos, checkpoint, placement
 from egsw_rl.batch import Completion, TrainBatch
 from egsw_rl.config import resolve_device
 from egsw_rl.data import Problem, PromptSampler, load_run_data
-from egsw_rl.logging import RunLogger, Timer
+from egsw_rl.runlog import RunLogger, Timer
 from egsw_rl.models import resolve_model_path, vocab_size
 from egsw_rl.prompts import load_tokenizer
 
@@ -492,7 +492,7 @@ def merge_reward_metrics(rounds: list[tuple[dict, int]], kept: list) -> dict[str
 
 
 def _truncate_jsonl(path: Path, step: int) -> None:
-    from egsw_rl.logging import read_metrics
+    from egsw_rl.runlog import read_metrics
 
     if not path.exists():
         return

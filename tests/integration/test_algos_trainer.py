@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from egsw_rl.batch import TrainBatch
-from egsw_rl.logging import read_metrics
+from egsw_rl.runlog import read_metrics
 
 pytestmark = pytest.mark.integration
 

@@ -62,7 +62,7 @@ def check_in_order(trainer, rollout):
 
 
 def test_every_completion_scored_once_in_order(trainer):
-    from egsw_rl.logging import Timer
+    from egsw_rl.runlog import Timer
 
     assert len(trainer.rewarder.actors) == 2 and len(trainer.plan.of("reward")) == 2
     before = sum(trainer.rewarder.scored())
@@ -82,7 +82,7 @@ def test_every_completion_scored_once_in_order(trainer):
 def test_dead_actor_costs_a_retry_of_its_slices(trainer, caplog):
     import ray
 
-    from egsw_rl.logging import Timer
+    from egsw_rl.runlog import Timer
 
     dead = trainer.rewarder.actors[0]
     ray.kill(dead, no_restart=True)
@@ -98,7 +98,7 @@ def test_dead_actor_costs_a_retry_of_its_slices(trainer, caplog):
 def test_dynamic_sampling_counts_what_it_keeps(trainer):
     from omegaconf import OmegaConf
 
-    from egsw_rl.logging import Timer
+    from egsw_rl.runlog import Timer
 
     cfg = compose("algo=dapo", "algo.max_gen_batches=2")
     algo, saved = OmegaConf.to_object(cfg.algo), trainer.algo
