@@ -94,6 +94,8 @@ __all__ = [
     "IpcSender",
     "ipc_handle",
     "open_ipc_handle",
+    "ipc_stream",
+    "ipc_probe",
 ]
 
 KIND_BUCKET = 1
@@ -724,35 +726,11 @@ class WorkerExtension:
         r = int(rank_offset) + int(getattr(self, "rank", 0))
         device = torch.device("cuda", torch.cuda.current_device())
         staging = open_ipc_handle(pickle.loads(store.get(f"h/{push}/{r}")), device)
-        state = {"bytes": 0, "waits": [], "copies": []}
-
-        def stream() -> Iterator[tuple[str, torch.Tensor]]:
-            pos, k = 0, 0
-            while True:
-                t1 = time.perf_counter()
-                head = store.get(f"b/{push}/{k}/{r}").decode()
-                store.delete_key(f"b/{push}/{k}/{r}")
-                t2 = time.perf_counter()
-                if head == "end":
-                    return
-                n, nbytes = (int(x) for x in head.split())
-                flat = staging[:nbytes].clone()  # the loader may hold views until a layer is whole
-                torch.cuda.current_stream(device).synchronize()
-                store.set(f"a/{push}/{k}/{r}", "1")
-                state["waits"].append(t2 - t1)
-                state["copies"].append(time.perf_counter() - t2)
-                state["bytes"] += nbytes
-                off = 0
-                for m in meta[pos:pos + n]:
-                    yield m.name, flat[off:off + m.nbytes].view(_DTYPES[m.dtype]).view(m.shape)
-                    off += m.padded_nbytes
-                pos += n
-                k += 1
-
-        repacked = self._egsw_reload(stream())
+        state: dict = {"bytes": 0, "waits": [], "copies": []}
+        repacked = self._egsw_reload(ipc_stream(store, push, r, meta, staging, state))
         torch.cuda.synchronize(device)
         del staging
-        probe = pickle.loads(store.get(f"p/{push}"))
+        probe = ipc_probe(store, push)
         secs = time.perf_counter() - t0
         return {"bytes": state["bytes"], "params": len(meta), "repacked": repacked, "seconds": secs,
                 "probe_ids": probe["ids"], "probe_logprobs": probe["logprobs"],
@@ -897,7 +875,8 @@ def ipc_handle(t: torch.Tensor) -> dict:
     _, args = reduce_tensor(t)
     (_, size, stride, offset, _, dtype, _, handle, storage_bytes, storage_offset, _, ref_handle,
      ref_offset, event_handle, event_sync) = args
-    return {"size": list(size), "stride": list(stride), "offset": int(offset), "dtype": _dtype_name(dtype),
+    return {"size": list(size), "stride": list(stride), "offset": int(offset),
+            "dtype": str(dtype).removeprefix("torch."),
             "handle": bytes(handle), "storage_bytes": int(storage_bytes), "storage_offset": int(storage_offset),
             "ref_handle": bytes(ref_handle), "ref_offset": int(ref_offset),
             "event_handle": bytes(event_handle) if event_handle is not None else None,
@@ -914,7 +893,7 @@ def open_ipc_handle(h: dict, device: torch.device) -> torch.Tensor:
         raise ValueError(f"CUDA IPC: the learner's buffer is on GPU {h['uuid']}, this engine worker on {mine}: "
                          "a colocated engine worker must share its learner rank's device")
     return rebuild_cuda_tensor(torch.Tensor, torch.Size(h["size"]), tuple(h["stride"]), h["offset"],
-                               torch.UntypedStorage, _DTYPES[h["dtype"]] if h["dtype"] in _DTYPES else torch.uint8,
+                               torch.UntypedStorage, getattr(torch, h["dtype"]),
                                torch.device(device).index, h["handle"], h["storage_bytes"],
                                h["storage_offset"], False, h["ref_handle"], h["ref_offset"],
                                h["event_handle"], h["event_sync"])
@@ -937,9 +916,13 @@ class IpcSender:
     the layer is complete, so the engine cannot load from a buffer the learner reuses). The
     staging buffer (one bucket) is allocated for the push and freed after it."""
 
-    def __init__(self, addr: str, port: int, rank: int, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, addr: str, port: int, rank: int, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 share: Optional[Callable[[torch.Tensor], Any]] = None):
+        """`share`: how the staging buffer is described to the receiver (default `ipc_handle`;
+        the protocol's unit test hands a tensor between threads instead)."""
         self.rank = int(rank)
         self.store = _ipc_store(addr, port, self.rank == 0, timeout_s)
+        self.share = share or ipc_handle
         self.pushes = 0
 
     @torch.no_grad()
@@ -957,7 +940,7 @@ class IpcSender:
             store.delete_key(f"h/{push - 1}/{r}")
             if r == 0:
                 store.delete_key(f"p/{push - 1}")
-        store.set(f"h/{push}/{r}", pickle.dumps(ipc_handle(staging)))
+        store.set(f"h/{push}/{r}", pickle.dumps(self.share(staging)))
         gathers, waits, total = [], [], 0
         for k, bucket in enumerate(buckets):
             t1 = time.perf_counter()
@@ -972,7 +955,8 @@ class IpcSender:
                 for m, p in zip(bucket, plist):
                     staging[off:off + m.nbytes].view(_DTYPES[m.dtype]).view(m.shape).copy_(p.data)
                     off += m.padded_nbytes
-                torch.cuda.current_stream(device).synchronize()  # packed before it is announced
+                if staging.is_cuda:  # packed before it is announced
+                    torch.cuda.current_stream(device).synchronize()
             store.set(f"b/{push}/{k}/{r}", f"{len(bucket)} {off}")
             gathers.append(t2 - t1)
             waits.append(t3 - t2)
@@ -990,6 +974,43 @@ class IpcSender:
         del staging  # the engine's mapping keeps nothing alive past its own receive
         return {"bytes": total, "seconds": time.perf_counter() - t0, "buckets": len(buckets),
                 "gathers": gathers, "gather_s": sum(gathers), "ack_wait_s": sum(waits)}
+
+
+def ipc_stream(store, push: int, rank: int, meta: Sequence[ParamMeta], staging: torch.Tensor,
+               state: dict) -> Iterator[tuple[str, torch.Tensor]]:
+    """The receiving half of `IpcSender`: (name, tensor) bucket by bucket from learner rank
+    `rank`'s staging buffer (mapped as `staging`), each bucket copied out before it is
+    acknowledged, until the sender's end mark. Fills state["bytes"], ["waits"], ["copies"]."""
+    pos, k = 0, 0
+    state.setdefault("bytes", 0)
+    while True:
+        t1 = time.perf_counter()
+        head = store.get(f"b/{push}/{k}/{rank}").decode()
+        store.delete_key(f"b/{push}/{k}/{rank}")
+        t2 = time.perf_counter()
+        if head == "end":
+            return
+        n, nbytes = (int(x) for x in head.split())
+        flat = staging[:nbytes].clone()  # the loader may hold views until a layer is whole
+        if flat.is_cuda:
+            torch.cuda.current_stream(flat.device).synchronize()
+        store.set(f"a/{push}/{k}/{rank}", "1")
+        state.setdefault("waits", []).append(t2 - t1)
+        state.setdefault("copies", []).append(time.perf_counter() - t2)
+        state["bytes"] += nbytes
+        off = 0
+        for m in meta[pos:pos + n]:
+            yield m.name, flat[off:off + m.nbytes].view(_DTYPES[m.dtype]).view(m.shape)
+            off += m.padded_nbytes
+        pos += n
+        k += 1
+
+
+def ipc_probe(store, push: int) -> dict:
+    """The sender's probe of push `push` ({"ids": [], "logprobs": []} when it sent none)."""
+    import pickle
+
+    return pickle.loads(store.get(f"p/{push}"))
 
 
 # ============================================================================ driver helper
