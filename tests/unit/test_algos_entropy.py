@@ -1,4 +1,4 @@
-"""Top-k entropy estimators and exact entropy helpers (README, Algorithms: Entropy source)."""
+"""Top-k entropy estimators and exact entropy helpers (docs/algorithms.md, section 11)."""
 
 from __future__ import annotations
 

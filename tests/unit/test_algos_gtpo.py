@@ -50,7 +50,7 @@ def test_token_rewards_loop_reference_and_conservation(seed, b, g, t, a1, a2, ze
     rt = gtpo_token_rewards(r, h, mask, group_size=g, alpha1=a1, alpha2=a2)
     torch.testing.assert_close(rt, _ref_token_rewards(r, h, mask, g, a1, a2), atol=1e-12, rtol=1e-12)
     assert torch.all(rt[~mask] == 0) and torch.isfinite(rt).all()
-    # Prop. 2.2 on the raw token rewards: per group and position
+    # arXiv 2508.04349 Prop. 2.2 on the raw token rewards: per group and position
     for k in range(b):
         rows = slice(k * g, (k + 1) * g)
         for s in range(t):

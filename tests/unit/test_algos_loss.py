@@ -1,4 +1,4 @@
-"""The shared clipped PG loss, aggregations and micro-batch exactness (README, Algorithms: Loss keys)."""
+"""The shared clipped PG loss, aggregations and micro-batch exactness (docs/algorithms.md, section 1)."""
 
 from __future__ import annotations
 
