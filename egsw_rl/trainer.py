@@ -329,15 +329,10 @@ class Trainer:
 
         with timer("shape"):
             A, W, M, shape_metrics = algos.shape_batch(
-                torch.from_numpy(rollout.rewards), torch.from_numpy(entropy), torch.from_numpy(mask),
-                group_size=G, advantage=a.advantage, weighting=a.weighting, token_mask=a.token_mask,
-                sampled_logprobs=torch.from_numpy(sampled),
+                torch.from_numpy(rollout.rewards), torch.from_numpy(entropy), torch.from_numpy(mask), a,
+                group_size=G, sampled_logprobs=torch.from_numpy(sampled),
                 clipv_n=torch.from_numpy(extra["clipv_n"]) if "clipv_n" in extra else None,
-                vocab_size=self.vocab_size, alpha=a.alpha, temperature=a.temperature,
-                granularity=a.granularity, normalize_over=a.normalize_over,
-                entropy_norm=a.entropy_norm, trajectory_entropy=a.trajectory_entropy,
-                rescale=a.rescale, mu=a.mu, max_frac=a.max_frac, rho=a.rho, alpha1=a.alpha1,
-                alpha2=a.alpha2, beta1=a.beta1, beta2=a.beta2, zscore=a.zscore)
+                vocab_size=self.vocab_size)
         batch.advantages = A.numpy().astype(np.float32)
         batch.weights = W.numpy().astype(np.float32)
         batch.mask = M.numpy().astype(bool)

@@ -28,18 +28,19 @@ from egsw_rl.algos.registry import (
     ADVANTAGES,
     MASKS,
     WEIGHTS,
+    Method,
     get_advantage,
     get_mask,
     get_weighting,
     register_advantage,
     register_mask,
     register_weighting,
+    selected,
 )
-from egsw_rl.algos.shaping import PASSTHROUGH_PARAMS, SHAPE_PARAMS, shape_batch
+from egsw_rl.algos.shaping import shape_batch
 
 __all__ = [
-    "ADVANTAGES", "ADVANTAGE_MODES", "AGGREGATIONS", "MASKS", "PASSTHROUGH_PARAMS", "ROLLOUT_CORRECTIONS",
-    "SHAPE_PARAMS",
+    "ADVANTAGES", "ADVANTAGE_MODES", "AGGREGATIONS", "MASKS", "Method", "ROLLOUT_CORRECTIONS",
     "TOPK_METHODS", "WEIGHTS", "ZSCORE_MODES",
     "agg_loss", "all_equal_groups", "clipb_mask", "clipv_mask", "clipv_stats_from_logits",
     "dynamic_sampling_keep", "egsw_diagnostics", "egsw_weights", "entropy_discriminator",
@@ -47,5 +48,5 @@ __all__ = [
     "grpo_s_advantages", "grpo_s_rewards", "gtpo_advantages", "gtpo_token_rewards",
     "high_entropy_mask", "k3_kl", "loss_normalizers", "normalized_entropy",
     "overlong_penalty", "policy_loss", "reduce_loss_metrics", "reduce_rollout_is", "register_advantage", "register_mask",
-    "register_weighting", "rollout_is_weights", "shape_batch", "topk_entropy", "topk_tail_mass",
+    "register_weighting", "rollout_is_weights", "selected", "shape_batch", "topk_entropy", "topk_tail_mass",
 ]

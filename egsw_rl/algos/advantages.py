@@ -61,17 +61,12 @@ def all_equal_groups(rewards: Tensor, *, group_size: int) -> Tensor:
     return grouped.amax(dim=1) == grouped.amin(dim=1)
 
 
-def _broadcast(adv: Tensor, mask: Tensor) -> Tensor:
-    m = C.mask2d(mask)
-    return adv[:, None].to(adv.dtype) * m.to(adv.dtype)
-
-
 def _make(mode: str):
-    def fn(rewards: Tensor, entropy: Tensor | None, mask: Tensor, *, group_size: int, eps: float = 1e-6, **_: object) -> Tensor:
-        return _broadcast(group_advantages(rewards, group_size=group_size, mode=mode, eps=eps), mask)
+    def fn(rewards: Tensor, entropy: Tensor | None, mask: Tensor, *, group_size: int) -> Tensor:
+        return group_advantages(rewards, group_size=group_size, mode=mode)
 
-    fn.__name__ = f"{mode}_token_advantages"
-    fn.__doc__ = f"Registry adapter: `{mode}` sequence advantages broadcast to valid tokens -> [N, T]."
+    fn.__name__ = f"{mode}_advantages"
+    fn.__doc__ = f"Registry adapter: `{mode}` sequence advantages A[N] (shape_batch spreads them over tokens)."
     return fn
 
 

@@ -162,13 +162,10 @@ def egsw_diagnostics(
     return out
 
 
-@register_weighting("egsw")
-def _egsw_registered(advantages: Tensor, entropy: Tensor, mask: Tensor, *, group_size: int,
-                     vocab_size: int | None = None, **params: object) -> Tensor:
-    keys = ("alpha", "temperature", "granularity", "normalize_over", "entropy_norm",
-            "trajectory_entropy", "rescale")
-    kw = {k: params[k] for k in keys if k in params and params[k] is not None}
-    return egsw_weights(advantages, entropy, mask, group_size=group_size, vocab_size=vocab_size, **kw)
+# The EGSW weighting is egsw_weights itself: it reads these algo config fields by name.
+register_weighting("egsw", reads=("alpha", "temperature", "granularity", "normalize_over", "entropy_norm",
+                                  "trajectory_entropy", "rescale"),
+                   entropy=True, diagnostics=egsw_diagnostics)(egsw_weights)
 
 
 @register_weighting("none")

@@ -84,6 +84,7 @@ def _zscore(x: Tensor, sel: Tensor, k: int, *, center: bool, eps: float) -> Tens
     return out.reshape(x.shape)
 
 
+@register_advantage("gtpo", reads=("alpha1", "alpha2", "zscore"), entropy=True)
 @torch.no_grad()
 def gtpo_advantages(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size: int,
                     alpha1: float = 1.0, alpha2: float = 0.1, zscore: str = "separate",
@@ -136,6 +137,7 @@ def grpo_s_rewards(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size
     return torch.where(pos, rh_pos, rh_neg)
 
 
+@register_advantage("grpo_s", reads=("beta1", "beta2"), entropy=True)
 @torch.no_grad()
 def grpo_s_advantages(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size: int,
                       beta1: float = 1.0, beta2: float = 0.1, entropy_floor: float = 1e-3,
@@ -148,20 +150,3 @@ def grpo_s_advantages(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_s
     grouped = rh.view(-1, group_size)
     std = grouped.std(dim=1, unbiased=True, keepdim=True)
     return ((grouped - grouped.mean(dim=1, keepdim=True)) / (std + eps)).reshape(-1)
-
-
-def _pick(params: dict, keys: tuple[str, ...]) -> dict:
-    return {k: params[k] for k in keys if k in params and params[k] is not None}
-
-
-@register_advantage("gtpo")
-def _gtpo_registered(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size: int, **params: object) -> Tensor:
-    kw = _pick(params, ("alpha1", "alpha2", "zscore"))
-    return gtpo_advantages(rewards, entropy, mask, group_size=group_size, **kw)
-
-
-@register_advantage("grpo_s")
-def _grpo_s_registered(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size: int, **params: object) -> Tensor:
-    kw = _pick(params, ("beta1", "beta2"))
-    a = grpo_s_advantages(rewards, entropy, mask, group_size=group_size, **kw)
-    return a[:, None] * C.mask2d(mask).to(a.dtype)

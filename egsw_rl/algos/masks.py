@@ -125,26 +125,26 @@ def high_entropy_mask(entropy: Tensor, mask: Tensor, *, rho: float = 0.2) -> Ten
     return out.reshape(m.shape)
 
 
+# Adapters to the registry's mask signature. Each forwards only the config fields it declares
+# (`reads`); a field left None (algo.mu) falls back to the mask function's own default.
 @register_mask("none")
 def _no_mask(advantages: Tensor, entropy: Tensor, mask: Tensor, **_: object) -> Tensor:
     return C.mask2d(mask).clone()
 
 
-@register_mask("clipb")
-def _clipb_registered(advantages: Tensor, entropy: Tensor, mask: Tensor, *, sampled_logprobs: Tensor | None = None,
-                      mu: float | None = None, **_: object) -> Tensor:
-    return clipb_mask(advantages, sampled_logprobs, entropy, mask, mu=CLIPB_MU if mu is None else mu)
+@register_mask("clipb", reads=("mu",), entropy=True)
+def _clipb(advantages: Tensor, entropy: Tensor, mask: Tensor, *, sampled_logprobs: Tensor | None,
+           clipv_n: Tensor | None, **reads: float) -> Tensor:
+    return clipb_mask(advantages, sampled_logprobs, entropy, mask, **reads)
 
 
-@register_mask("clipv")
-def _clipv_registered(advantages: Tensor, entropy: Tensor, mask: Tensor, *, sampled_logprobs: Tensor | None = None,
-                      clipv_n: Tensor | None = None, mu: float | None = None, max_frac: float | None = None,
-                      **_: object) -> Tensor:
-    return clipv_mask(advantages, sampled_logprobs, entropy, clipv_n, mask, mu=CLIPV_MU if mu is None else mu,
-                      max_frac=1e-4 if max_frac is None else max_frac)
+@register_mask("clipv", reads=("mu", "max_frac"), entropy=True, learner_entropy=True)
+def _clipv(advantages: Tensor, entropy: Tensor, mask: Tensor, *, sampled_logprobs: Tensor | None,
+           clipv_n: Tensor | None, **reads: float) -> Tensor:
+    return clipv_mask(advantages, sampled_logprobs, entropy, clipv_n, mask, **reads)
 
 
-@register_mask("high_entropy")
-def _high_entropy_registered(advantages: Tensor, entropy: Tensor, mask: Tensor, *, rho: float | None = None,
-                             **_: object) -> Tensor:
-    return high_entropy_mask(entropy, mask, rho=0.2 if rho is None else rho)
+@register_mask("high_entropy", reads=("rho",), entropy=True)
+def _high_entropy(advantages: Tensor, entropy: Tensor, mask: Tensor, *, sampled_logprobs: Tensor | None,
+                  clipv_n: Tensor | None, **reads: float) -> Tensor:
+    return high_entropy_mask(entropy, mask, **reads)

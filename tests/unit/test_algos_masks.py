@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from egsw_rl.algos import clipb_mask, clipv_mask, entropy_discriminator, high_entropy_mask, policy_loss, shape_batch
+from egsw_rl.config import AlgoConfig
 
 F64 = torch.float64
 
@@ -139,8 +140,8 @@ def test_high_entropy_mask_denominator_is_the_kept_tokens():
     h = torch.rand(4, 5, generator=gen, dtype=F64)
     mask = torch.ones(4, 5, dtype=torch.bool)
     adv = torch.randn(4, 1, generator=gen, dtype=F64).expand(4, 5)
-    kept = shape_batch(torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=F64), h, mask, group_size=2,
-                       token_mask="high_entropy", rho=0.2)[2]
+    algo = AlgoConfig(weighting="none", token_mask="high_entropy", rho=0.2)
+    kept = shape_batch(torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=F64), h, mask, algo, group_size=2)[2]
     assert int(kept.sum()) == 4
     lp = torch.zeros(4, 5, dtype=F64, requires_grad=True)
     loss, _ = policy_loss(lp, lp.detach(), adv, kept, agg="token_mean")

@@ -37,8 +37,6 @@ def test_egsw_keys_reach_the_weights_and_only_them():
     """algo.alpha / algo.temperature are EGSW's alpha and P: overridden on the command line they
     change the weights the trainer's shaping call computes, and leave the sampling temperature
     (rollout.temperature, the other key of that name) alone."""
-    import dataclasses
-
     import torch
     from omegaconf import OmegaConf
 
@@ -52,8 +50,7 @@ def test_egsw_keys_reach_the_weights_and_only_them():
     m = torch.ones(8, 5, dtype=torch.bool)
 
     def weights(c):
-        a = dataclasses.asdict(OmegaConf.to_object(c.algo))
-        return algos.shape_batch(r, h, m, group_size=4, vocab_size=100, **a)[1]
+        return algos.shape_batch(r, h, m, OmegaConf.to_object(c.algo), group_size=4, vocab_size=100)[1]
 
     want = algos.egsw_weights(algos.group_advantages(r, group_size=4)[:, None].expand(8, 5), h, m,
                               group_size=4, vocab_size=100, alpha=0.7, temperature=0.25)
