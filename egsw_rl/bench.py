@@ -412,7 +412,135 @@ def paper_table(est: dict) -> str:
                         ["quantity", "value", "from"], rows)
 
 
+# Colocated (trainer.placement=colocated; README "Learners"): the costs of handing each device
+# back and forth, with where each figure comes from.
+#
+# - vLLM sleep / wake. vLLM's own measurements ("Zero-Reload Model Switching with vLLM Sleep
+#   Mode", vLLM blog, 2025-10-26; models of 0.6B to 235B parameters on A4000 to A100 GPUs): a wake
+#   from level 1 takes 0.1-6 s, from level 2 0.8-2.6 s, and that level-2 wake includes loading
+#   the weights again, which here the push does anyway. The upper level-2 figure stands for one
+#   step's sleep plus its two partial wakes (weights, then KV cache).
+# - the learner's offload and reload: every rank's resident training state (bf16 and fp32
+#   partitions, AdamW's two moments, gradient partitions, the reference model's partitions)
+#   across PCIe and back, pinned, at an assumed 25 GB/s (PCIe Gen5 x16 peaks at 64 GB/s a
+#   direction; eight GPUs of a node share the host's memory bandwidth).
+# - CUDA IPC: no broadcast; each rank packs every gathered bucket into its staging buffer and the
+#   engine worker on the same GPU copies it out (2 passes over the bytes in HBM each side), plus
+#   a handshake per bucket through the TCPStore, measured here with the transport's own code
+#   (`ipc_handshake_cost`: IpcSender and ipc_stream in two threads over a loopback store, the
+#   slope from 4 to 200 buckets): 0.17 to 0.51 ms a bucket over five runs at load average 1.3 to
+#   2.8; the estimate takes 0.5 ms. Opening the IPC handle is once a push.
+SLEEP_WAKE_S = 2.6
+PCIE_GB_S = 25.0
+MEASURED_IPC_PER_BUCKET_S = 0.5e-3
+
+
+def learner_resident_bytes(n_params: int, ranks: int, *, reference: bool = True, bytes_per_param: int = 2) -> dict:
+    """Bytes of training state one ZeRO-3 rank holds on its device between steps: the bf16
+    partition, the fp32 master partition, AdamW's two fp32 moments, the bf16 gradient partition
+    and (with a KL term) the reference model's bf16 partition."""
+    shard = n_params / ranks
+    parts = {"params_bf16": shard * bytes_per_param, "master_fp32": shard * 4, "adam_fp32": shard * 8,
+             "grads_bf16": shard * bytes_per_param,
+             "reference_bf16": shard * bytes_per_param if reference else 0.0}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def colocated_estimate(*, gpus: int = 8, sleep_wake_s: float = SLEEP_WAKE_S, pcie_gb_s: float = PCIE_GB_S,
+                       per_bucket_s: float = MEASURED_IPC_PER_BUCKET_S, **kw) -> dict:
+    """`paper_estimate` for the same node colocated: generation on all `gpus`, then logprobs and
+    the update on all `gpus`, the weights pushed over CUDA IPC on each device, and each step's
+    hand-overs (vLLM sleep and wake, the learners' offload and reload)."""
+    base = paper_estimate(learner_gpus=gpus, vllm_gpus=gpus, **kw)
+    a = base["assumptions"]
+    hbm = a["hbm_tb_s"] * 1e12
+    nbytes = base["sync_bytes"]
+    parts = {"gather_s": base["sync_parts"]["gather_s"],  # ZeRO-3's all-gather, over 8 ranks now
+             "pack_copy_s": 2 * 2 * nbytes / hbm,  # the rank packs, the engine copies out: r+w each
+             "handshake_s": base["sync_buckets"] * per_bucket_s,
+             "load_host_s": base["sync_parts"]["load_host_s"],
+             "load_device_s": base["sync_parts"]["load_device_s"]}
+    resident = learner_resident_bytes(base["params"], gpus, reference=a["reference"])
+    hand = {"sleep_wake_s": sleep_wake_s, "offload_reload_s": 2 * resident["total"] / (pcie_gb_s * 1e9)}
+    out = dict(base)
+    out.update(sync_parts=parts, sync_s=sum(parts.values()), handover_parts=hand,
+               handover_s=sum(hand.values()), resident=resident)
+    out["assumptions"] = dict(a, sleep_wake_s=sleep_wake_s, pcie_gb_s=pcie_gb_s, ipc_per_bucket_s=per_bucket_s)
+    out["step_s"] = base["generate_s"] + base["logprobs_s"] + base["update_s"] + out["sync_s"] + out["handover_s"]
+    return out
+
+
+def colocated_table(split: dict, coloc: dict) -> str:
+    a = coloc["assumptions"]
+    g = a["vllm_gpus"]
+    row = lambda name, key, fmt="{:.0f} s": [name, fmt.format(split[key]), fmt.format(coloc[key])]  # noqa: E731
+    rows = [
+        row("generate", "generate_s"), row("logprobs (old + ref)", "logprobs_s"), row("update", "update_s"),
+        ["weight sync", f"{split['sync_s']:.2f} s (NCCL broadcast)", f"{coloc['sync_s']:.2f} s (CUDA IPC)"],
+        ["  of which transfer", f"{split['sync_parts']['broadcast_s'] + split['sync_parts']['header_s']:.2f} s",
+         f"{coloc['sync_parts']['pack_copy_s'] + coloc['sync_parts']['handshake_s']:.2f} s "
+         f"({coloc['sync_buckets']} buckets x {a['ipc_per_bucket_s'] * 1e3:.2g} ms + 4 HBM passes)"],
+        ["hand-overs", "-", f"{coloc['handover_s']:.1f} s"],
+        ["  vLLM sleep + wakes", "-", f"{coloc['handover_parts']['sleep_wake_s']:.1f} s (vLLM blog: level-2 wake <= 2.6 s)"],
+        ["  learner offload + reload", "-",
+         f"{coloc['handover_parts']['offload_reload_s']:.1f} s (2 x {coloc['resident']['total'] / 1e9:.1f} GB "
+         f"a GPU at {a['pcie_gb_s']:g} GB/s)"],
+        row("step", "step_s"),
+        ["speed-up", "1.00x", f"{split['step_s'] / coloc['step_s']:.2f}x"],
+    ]
+    return format_table(f"On paper: qwen_math_7b split (4 learner + 4 vLLM GPUs) vs colocated ({g} GPUs, each "
+                        "both)", ["quantity", "split", "colocated"], rows)
+
+
 # ============================================================================ measurements
+
+
+def ipc_handshake_cost(buckets: Sequence[int] = (4, 200), pushes: int = 5) -> dict:
+    """Seconds a bucket adds to a CUDA IPC push beyond its bytes: the transport's own protocol
+    (`weight_sync.IpcSender`, `ipc_stream`) between two threads over a loopback TCPStore, tiny
+    buckets, the slope of the median push time over the bucket count."""
+    import pickle
+    import socket
+    import threading
+
+    import torch
+
+    from egsw_rl import weight_sync as ws
+
+    medians = []
+    for n in buckets:
+        module = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(int(n))])
+        meta = ws.param_meta(module)
+        plan = ws.plan_buckets(meta, 400)  # one layer's weight and bias a bucket
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        shared: dict = {}
+
+        def share(t):  # the stand-in for a CUDA IPC handle: the same tensor, another thread
+            shared[id(t)] = t
+            return id(t)
+
+        sender = ws.IpcSender("127.0.0.1", port, 0, timeout_s=120, share=share)
+        store = ws._ipc_store("127.0.0.1", port, False, 120)
+        times = []
+        for push in range(pushes):
+            def receive(push=push):
+                staging = shared[pickle.loads(store.get(f"h/{push}/0"))]
+                for _ in ws.ipc_stream(store, push, 0, meta, staging, {}):
+                    pass
+                ws.ipc_probe(store, push)
+
+            t = threading.Thread(target=receive)
+            t0 = time.perf_counter()
+            t.start()
+            sender.send(module, plan, False, torch.device("cpu"))
+            t.join()
+            times.append(time.perf_counter() - t0)
+        medians.append((len(plan), median(times)))
+    (n0, t0), (n1, t1) = medians[0], medians[-1]
+    return {"per_bucket_s": (t1 - t0) / (n1 - n0), "pushes": medians}
 
 
 def memcpy_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 5) -> float:
@@ -1179,10 +1307,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
 
     est = paper_estimate()
+    coloc = colocated_estimate()
     if args.paper:
         print(paper_table(est))
+        print("\n" + colocated_table(est, coloc))
         if args.out:
-            Path(args.out).write_text(json.dumps({"paper": est}, indent=1))
+            Path(args.out).write_text(json.dumps({"paper": est, "paper_colocated": coloc}, indent=1))
         return 0
     suites = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = sorted(set(suites) - set(SUITES))
