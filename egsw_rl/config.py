@@ -2,21 +2,47 @@
 
 Hydra composes YAML from `egsw_rl/conf/` on top of these dataclasses (registered as structured
 configs), so an unknown key or a wrong type fails at composition with the key's full name.
-`validate(cfg)` adds the cross-key rules (ClipV needs the learner's entropy, G >= 2, ...).
-Each key has one home: sampling temperature is `rollout.temperature`, EGSW's P is
-`algo.temperature`.
+Each section's `errors()` checks its own keys' values, next to its fields; `RunConfig.errors`
+adds the rules that span sections (ClipV needs the learner's entropy, B x G splits into
+mini-batches, ...); `validate(cfg)` runs them all and raises one ConfigError listing every
+failure. Each key has one home: sampling temperature is `rollout.temperature`, EGSW's P is
+`algo.temperature`; the allowed method names are the registries in `egsw_rl/algos/`, the reward
+options are `RewardOptions` (egsw_rl/rewards/types.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any, Iterable, Mapping, Optional, get_type_hints
 
-from egsw_rl.rewards.types import DEFAULT_TIMEOUT_S
+from omegaconf import OmegaConf
+
+from egsw_rl.rewards.types import ANSWER_FORMATS, DEFAULT_TIMEOUT_S, RewardOptions
 
 
 class ConfigError(ValueError):
     """A run configuration that cannot work; the message names the key."""
+
+
+def _choices(prefix: str, section: Any, allowed: Mapping[str, Iterable]) -> list[str]:
+    """One message per key of `section` whose value is not among its allowed values."""
+    out = []
+    for key, values in allowed.items():
+        value, values = getattr(section, key), list(values)
+        if value not in values:
+            out.append(f"{prefix}.{key}={value!r}: allowed values are {', '.join(map(str, values))}")
+    return out
+
+
+def _bounds(prefix: str, section: Any, positive: Iterable[str] = (),
+            non_negative: Iterable[str] = ()) -> list[str]:
+    out = []
+    for keys, strict in ((positive, True), (non_negative, False)):
+        for key in keys:
+            value = getattr(section, key)
+            if value is None or (value <= 0 if strict else value < 0):
+                out.append(f"{prefix}.{key}={value!r}: must be {'> 0' if strict else '>= 0'}")
+    return out
 
 
 @dataclass
@@ -27,6 +53,9 @@ class ModelConfig:
     # auto = bfloat16 on GPU, float32 on CPU (vLLM CPU and gloo training are fp32 here).
     dtype: str = "auto"
     trust_remote_code: bool = False
+
+    def errors(self) -> list[str]:
+        return _choices("model", self, {"dtype": ("auto", "float32", "bfloat16", "float16")})
 
 
 @dataclass
@@ -60,6 +89,24 @@ class RolloutConfig:
     # eval problems scored overlong_prompt) | truncate_left | error (refused before the run)
     overlong_prompt: str = "drop"
 
+    def errors(self) -> list[str]:
+        from egsw_rl.algos import TOPK_METHODS
+
+        errors = _choices("rollout", self, {"entropy_estimator": TOPK_METHODS,
+                                            "overlong_prompt": ("drop", "truncate_left", "error")})
+        errors += _bounds("rollout", self, positive=("num_generators", "tensor_parallel_size", "max_tokens",
+                                                     "max_model_len"), non_negative=("logprobs",))
+        if self.temperature <= 0:
+            errors.append(f"rollout.temperature={self.temperature}: sampling temperature must "
+                          "be > 0 (greedy sampling gives no group variance to learn from)")
+        if self.n < 2:
+            errors.append(f"rollout.n={self.n}: GRPO-family advantages need a group of G >= 2 "
+                          "completions per prompt")
+        if self.max_tokens >= self.max_model_len:
+            errors.append(f"rollout.max_tokens={self.max_tokens} leaves no room for the prompt "
+                          f"in rollout.max_model_len={self.max_model_len}")
+        return errors
+
 
 @dataclass
 class LearnerConfig:
@@ -88,13 +135,25 @@ class LearnerConfig:
     # Extra DeepSpeed keys merged over the generated config (advanced users).
     deepspeed: dict[str, Any] = field(default_factory=dict)
 
+    def errors(self) -> list[str]:
+        errors = _choices("learner", self, {"lr_schedule": ("constant", "cosine"),
+                                            "sync_transport": ("auto", "shm", "group")})
+        return errors + _bounds("learner", self, positive=(
+            "num_ranks", "num_nodes", "micro_batch_tokens", "logprob_chunk_tokens", "lr", "sync_bucket_mb"))
+
 
 @dataclass
 class AlgoConfig:
+    """One flat section: every key is documented and swept as `algo.<name>` (README "Algorithms").
+    The three selectors name registered functions (egsw_rl/algos/registry.py: the registries are
+    the list of allowed names); each function receives, by name, the fields it declares. `alpha`
+    / `temperature` are EGSW's, `alpha1` / `alpha2` GTPO's, `beta` the KL coefficient of the
+    shared loss, `beta1` / `beta2` GRPO-S's."""
+
     name: str = "egsw"
-    advantage: str = "grpo"  # grpo | dr_grpo | batch_std | gtpo | grpo_s
-    weighting: str = "egsw"  # egsw | none
-    token_mask: str = "none"  # none | clipb | clipv | high_entropy
+    advantage: str = "grpo"  # a registered advantage: grpo | dr_grpo | batch_std | gtpo | grpo_s
+    weighting: str = "egsw"  # a registered weighting: egsw | none
+    token_mask: str = "none"  # a registered mask: none | clipb | clipv | high_entropy
     # EGSW (arXiv 2503.22456; docs/algorithms.md, section 3); temperature is EGSW's P, not the
     # sampling temperature.
     alpha: float = 0.2
@@ -121,7 +180,7 @@ class AlgoConfig:
     beta2: float = 0.1
     zscore: str = "separate"  # separate | joint | scale_only
     # ClipB / ClipV (arXiv 2602.03392) / 80-20 (arXiv 2506.01939); docs/algorithms.md, sections 5, 7
-    mu: Optional[float] = None  # default 2.5 for clipb, 8.5 for clipv
+    mu: Optional[float] = None  # None: the selected mask's own default (algos/masks.py)
     max_frac: float = 1e-4
     rho: float = 0.2
     # DAPO (arXiv 2503.14476; docs/algorithms.md, section 8)
@@ -134,6 +193,43 @@ class AlgoConfig:
     # pi_learner_old / pi_vllm. none | tis (min(ratio, cap)) | mis (0 beyond the cap).
     rollout_correction: str = "none"
     rollout_correction_cap: float = 2.0
+
+    def errors(self) -> list[str]:
+        # the registries fill when egsw_rl.algos is imported (torch, seconds): only when checking
+        from egsw_rl import algos
+        from egsw_rl.algos.egsw import ENTROPY_NORMS, GRANULARITIES, NORMALIZE_OVER, TRAJECTORY_ENTROPY
+
+        errors = _choices("algo", self, {"advantage": algos.ADVANTAGES, "weighting": algos.WEIGHTS,
+                                         "token_mask": algos.MASKS})
+        named = not errors
+        errors += _choices("algo", self, {
+            "granularity": GRANULARITIES, "normalize_over": NORMALIZE_OVER, "entropy_norm": ENTROPY_NORMS,
+            "trajectory_entropy": TRAJECTORY_ENTROPY, "agg": algos.AGGREGATIONS, "zscore": algos.ZSCORE_MODES,
+            "entropy_source": ("rollout", "learner"), "rollout_correction": algos.ROLLOUT_CORRECTIONS})
+        errors += _bounds("algo", self, positive=("ppo_epochs", "mini_batches", "max_gen_batches"),
+                          non_negative=("alpha", "beta", "clip_low", "clip_high", "entropy_coef"))
+        if self.temperature <= 0:
+            errors.append(f"algo.temperature={self.temperature}: EGSW's P must be > 0")
+        if self.rollout_correction_cap < 1:
+            errors.append(f"algo.rollout_correction_cap={self.rollout_correction_cap}: must be >= 1 "
+                          "(a cap below 1 cuts tokens the two policies agree on)")
+        for m in algos.selected(self) if named else ():
+            if m.learner_entropy and self.entropy_source != "learner":
+                errors.append(f"algo.{m.kind}={m.name} needs the full-vocabulary N from the learner: set "
+                              "algo.entropy_source=learner (the rollout's top-k estimate cannot provide it)")
+        return errors
+
+    def rollout_entropy_users(self) -> list[str]:
+        """`algo.<selector>=<name>` of each selected (registered) method that reads the rollout's
+        top-k entropy estimate: none with entropy_source=learner."""
+        if self.entropy_source != "rollout":
+            return []
+        from egsw_rl import algos
+
+        chosen = [table[name] for table, name in ((algos.WEIGHTS, self.weighting),
+                                                  (algos.ADVANTAGES, self.advantage),
+                                                  (algos.MASKS, self.token_mask)) if name in table]
+        return [f"algo.{m.kind}={m.name}" for m in chosen if m.entropy and not m.learner_entropy]
 
 
 @dataclass
@@ -151,27 +247,38 @@ class DataConfig:
     eval: list[str] = field(default_factory=list)  # benchmark names or paths for periodic eval
     eval_samples: int = 32
 
+    def errors(self) -> list[str]:
+        return (_choices("data", self, {"answer_format": ANSWER_FORMATS})
+                + _bounds("data", self, positive=("batch_size",)))
 
-@dataclass
-class RewardConfig:
-    scheme: str = "binary"  # binary | signed | format
+
+# RewardOptions' public fields: the grading options (its private test hook is no config key)
+_REWARD_OPTIONS = [f for f in fields(RewardOptions) if not f.name.startswith("_")]
+
+
+def _reward_errors(self) -> list[str]:
+    errors = _bounds("reward", self, positive=("timeout_s", "num_actors"))
+    workers = self.workers
+    if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        errors.append(f"reward.workers={workers!r}: must be an integer >= 1 or auto")
+    try:  # the grading options check themselves where they are defined
+        RewardOptions.build(**{f.name: getattr(self, f.name) for f in _REWARD_OPTIONS})
+    except ValueError as e:
+        errors.append(str(e))
+    return errors
+
+
+# reward.*: every grading option of RewardOptions (egsw_rl/rewards/types.py, the one home of their
+# names, types, defaults, meaning and checks) and where grading runs.
+RewardConfig = make_dataclass("RewardConfig", [
     # grading processes per reward actor: a number, or auto (from the CPUs Ray reports on the
     # actor's node minus what the run's other bundles reserve there: actors/reward.auto_workers)
-    workers: Any = 2
-    timeout_s: float = DEFAULT_TIMEOUT_S
-    num_actors: int = 1  # reward actors; each scores a contiguous slice of every batch
-    correct_score: float = 1.0
-    wrong_boxed_score: float = 0.0
-    no_box_score: float = 0.0
-    format_penalty: float = 0.0
-    # boxed_then_latex: the last \boxed{}, else an anchored answer ("#### 42", "answer: 42");
-    # boxed: only a box; boxed_then_any: also the last LaTeX span or number anywhere.
-    extraction: str = "boxed_then_latex"
-    # last-number fallback when no \boxed{} is written (small models rarely box unprompted)
-    fallback_last_number: bool = False
-    task: str = "math"  # math | choice (multiple choice graded by letter, GPQA)
-    answer_format: str = "auto"  # how golds are written: auto | latex | gsm8k | aime | choice
-    max_answer_chars: int = 1000  # a longer boxed answer is scored wrong without parsing
+    ("workers", Any, field(default=2)),
+    ("timeout_s", float, field(default=DEFAULT_TIMEOUT_S)),
+    ("num_actors", int, field(default=1)),  # reward actors; each scores a contiguous slice of every batch
+    *((f.name, get_type_hints(RewardOptions)[f.name], field(default=f.default)) for f in _REWARD_OPTIONS),
+], namespace={"errors": _reward_errors})
+RewardConfig.__module__ = __name__
 
 
 @dataclass
@@ -183,6 +290,9 @@ class WandbConfig:
     group: Optional[str] = None
     tags: list[str] = field(default_factory=list)
 
+    def errors(self) -> list[str]:
+        return _choices("logger.wandb", self, {"mode": ("online", "offline", "disabled")})
+
 
 @dataclass
 class LoggerConfig:
@@ -192,6 +302,9 @@ class LoggerConfig:
     # info: a progress line and a summary a step, vLLM's known-benign reload lines filtered;
     # debug: everything, vLLM at DEBUG too
     level: str = "info"
+
+    def errors(self) -> list[str]:
+        return self.wandb.errors() + _choices("logger", self, {"level": ("info", "debug")})
 
 
 @dataclass
@@ -207,6 +320,12 @@ class TrainerConfig:
     # learner rank and an engine worker, which take turns (egsw_rl/placement.py, README "Learners")
     placement: str = "split"
 
+    def errors(self) -> list[str]:
+        errors = _choices("trainer", self, {"device": ("auto", "cpu", "cuda"),
+                                            "placement": ("split", "colocated")})
+        return errors + _bounds("trainer", self, positive=("total_steps",),
+                                non_negative=("save_every", "eval_every"))
+
 
 @dataclass
 class RehearsalConfig:
@@ -218,6 +337,9 @@ class RehearsalConfig:
     # HF_HOME of that cache; None: rehearsal/hf under $EGSW_RL_CACHE (default ~/.cache/egsw_rl).
     # Several nodes: a path every node mounts.
     hf_home: Optional[str] = None
+
+    def errors(self) -> list[str]:
+        return _choices("rehearsal", self, {"name": ("none", "cpu")})
 
 
 @dataclass
@@ -234,6 +356,65 @@ class RunConfig:
     # none | auto (latest valid checkpoint in the run directory) | a checkpoint path
     resume: str = "none"
 
+    def errors(self, available_gpus: int | None = None) -> list[str]:
+        """Every section's own errors, then the rules that involve several sections."""
+        errors = []
+        for section in (self.model, self.rollout, self.learner, self.algo, self.data, self.reward,
+                        self.logger, self.trainer, self.rehearsal):
+            errors += section.errors()
+        rollout, learner, algo = self.rollout, self.learner, self.algo
+        device = resolve_device(self.trainer.device)
+
+        users = algo.rollout_entropy_users()
+        if rollout.logprobs < 1 and users:
+            errors.append("rollout.logprobs=0 gives no entropy estimate; set rollout.logprobs >= 1 "
+                          "or algo.entropy_source=learner")
+        if rollout.top_p < 1.0 or rollout.top_k not in (-1, 0):
+            # vLLM's top-k logprobs then describe the truncated distribution, and the learner's
+            # entropy (the bonus differentiates it) the untruncated one: neither is the other's.
+            if algo.entropy_coef > 0:
+                users.append(f"algo.entropy_coef={algo.entropy_coef}")
+            if users:
+                errors.append(f"rollout.top_p={rollout.top_p} / rollout.top_k={rollout.top_k} "
+                              f"truncate the sampling distribution, but {', '.join(users)} use(s) its "
+                              "entropy: sample with top_p=1, top_k=-1 (or use "
+                              "algo.entropy_source=learner for the shaping)")
+        n_seqs = self.data.batch_size * rollout.n
+        if algo.mini_batches < 1:  # refused by AlgoConfig.errors
+            pass
+        elif n_seqs % algo.mini_batches:
+            errors.append(f"algo.mini_batches={algo.mini_batches} must divide data.batch_size x "
+                          f"rollout.n = {n_seqs} sequences")
+        elif self.data.batch_size % algo.mini_batches:
+            errors.append(f"algo.mini_batches={algo.mini_batches} must divide data.batch_size="
+                          f"{self.data.batch_size} so each optimizer step sees whole groups")
+        if learner.sync_transport == "shm" and device == "cuda":
+            errors.append("learner.sync_transport=shm moves CPU tensors; on GPU use group (NCCL) or auto")
+        if n_seqs < learner.num_ranks:
+            errors.append(f"learner.num_ranks={learner.num_ranks} exceeds the {n_seqs} sequences "
+                          "of a batch (data.batch_size x rollout.n)")
+        if (algo.overlong_shaping and algo.overlong_cache is not None
+                and not 0 < algo.overlong_cache < rollout.max_tokens):
+            errors.append(f"algo.overlong_cache={algo.overlong_cache} must be in (0, rollout.max_tokens)")
+
+        from egsw_rl.placement import colocation_errors
+
+        errors += colocation_errors(self, device)
+        if device == "cuda":
+            need = learner.num_ranks
+            if learner.gpus_per_node and learner.gpus_per_node * learner.num_nodes < need:
+                errors.append(f"learner.num_ranks={need} is more than learner.num_nodes x "
+                              f"learner.gpus_per_node = {learner.gpus_per_node * learner.num_nodes}")
+            if self.trainer.placement == "split":  # colocated engines use the learner ranks' GPUs
+                need += rollout.num_generators * rollout.tensor_parallel_size
+            if available_gpus is not None and need > available_gpus:
+                errors.append(f"learner.num_ranks + rollout.num_generators x rollout.tensor_parallel_size"
+                              f" = {need} GPUs, but the cluster has {available_gpus}")
+        elif learner.gpus_per_node:
+            errors.append(f"learner.gpus_per_node={learner.gpus_per_node} on device {device}: "
+                          "set it to 0 on CPU")
+        return errors
+
 
 def resolve_device(device: str) -> str:
     if device != "auto":
@@ -249,147 +430,10 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "bfloat16" if device == "cuda" else "float32"
 
 
-_CHOICES = {
-    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "rollout.entropy_estimator": ("lower_bound", "renorm", "upper_bound"),
-    "rollout.overlong_prompt": ("drop", "truncate_left", "error"),
-    "learner.lr_schedule": ("constant", "cosine"),
-    "learner.sync_transport": ("auto", "shm", "group"),
-    "algo.advantage": ("grpo", "dr_grpo", "batch_std", "gtpo", "grpo_s"),
-    "algo.weighting": ("egsw", "none"),
-    "algo.token_mask": ("none", "clipb", "clipv", "high_entropy"),
-    "algo.granularity": ("step", "trajectory"),
-    "algo.normalize_over": ("batch", "group"),
-    "algo.entropy_norm": ("log_vocab", "none"),
-    "algo.trajectory_entropy": ("mean", "sum"),
-    "algo.entropy_source": ("rollout", "learner"),
-    "algo.agg": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
-    "algo.zscore": ("separate", "joint", "scale_only"),
-    "algo.rollout_correction": ("none", "tis", "mis"),
-    "data.answer_format": ("auto", "latex", "gsm8k", "aime", "choice"),
-    "logger.wandb.mode": ("online", "offline", "disabled"),
-    "logger.level": ("info", "debug"),
-    "trainer.device": ("auto", "cpu", "cuda"),
-    "trainer.placement": ("split", "colocated"),
-    "rehearsal.name": ("none", "cpu"),
-}
-
-
-def _get(cfg, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return node
-
-
 def validate(cfg, *, available_gpus: int | None = None) -> None:
     """Refuse a configuration that cannot work, naming the key and what is allowed.
-    Runs before any actor starts. `cfg` is the composed (structured) config."""
-    errors: list[str] = []
-
-    for key, allowed in _CHOICES.items():
-        value = _get(cfg, key)
-        if value not in allowed:
-            errors.append(f"{key}={value!r}: allowed values are {', '.join(map(str, allowed))}")
-
-    def positive(key, strict=True):
-        value = _get(cfg, key)
-        if value is None or (value <= 0 if strict else value < 0):
-            errors.append(f"{key}={value!r}: must be {'> 0' if strict else '>= 0'}")
-
-    for key in ("rollout.num_generators", "rollout.tensor_parallel_size", "rollout.max_tokens",
-                "rollout.max_model_len", "learner.num_ranks", "learner.num_nodes",
-                "learner.micro_batch_tokens", "learner.logprob_chunk_tokens", "learner.lr",
-                "learner.sync_bucket_mb", "algo.ppo_epochs", "algo.mini_batches",
-                "algo.max_gen_batches", "data.batch_size", "trainer.total_steps",
-                "reward.timeout_s", "reward.num_actors"):
-        positive(key)
-    workers = cfg.reward.workers
-    if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        errors.append(f"reward.workers={workers!r}: must be an integer >= 1 or auto")
-    for key in ("algo.alpha", "algo.beta", "algo.clip_low", "algo.clip_high", "algo.entropy_coef",
-                "trainer.save_every", "trainer.eval_every", "rollout.logprobs"):
-        positive(key, strict=False)
-    if cfg.algo.temperature <= 0:
-        errors.append(f"algo.temperature={cfg.algo.temperature}: EGSW's P must be > 0")
-    if cfg.rollout.temperature <= 0:
-        errors.append(f"rollout.temperature={cfg.rollout.temperature}: sampling temperature must "
-                      "be > 0 (greedy sampling gives no group variance to learn from)")
-
-    if cfg.rollout.n < 2:
-        errors.append(f"rollout.n={cfg.rollout.n}: GRPO-family advantages need a group of G >= 2 "
-                      "completions per prompt")
-    if cfg.algo.token_mask == "clipv" and cfg.algo.entropy_source != "learner":
-        errors.append("algo.token_mask=clipv needs the full-vocabulary N from the learner: set "
-                      "algo.entropy_source=learner (the rollout's top-k estimate cannot provide it)")
-    if cfg.rollout.logprobs < 1 and cfg.algo.entropy_source == "rollout" and (
-            cfg.algo.weighting == "egsw" or cfg.algo.advantage in ("gtpo", "grpo_s")
-            or cfg.algo.token_mask in ("clipb", "high_entropy")):
-        errors.append("rollout.logprobs=0 gives no entropy estimate; set rollout.logprobs >= 1 "
-                      "or algo.entropy_source=learner")
-    if cfg.rollout.top_p < 1.0 or cfg.rollout.top_k not in (-1, 0):
-        # vLLM's top-k logprobs then describe the truncated distribution, and the learner's
-        # entropy (the bonus differentiates it) the untruncated one: neither is the other's.
-        users = [name for name, used in (
-            ("algo.weighting=egsw", cfg.algo.weighting == "egsw"),
-            (f"algo.advantage={cfg.algo.advantage}", cfg.algo.advantage in ("gtpo", "grpo_s")),
-            (f"algo.token_mask={cfg.algo.token_mask}", cfg.algo.token_mask in ("clipb", "high_entropy")),
-        ) if used and cfg.algo.entropy_source == "rollout"]
-        if cfg.algo.entropy_coef > 0:
-            users.append(f"algo.entropy_coef={cfg.algo.entropy_coef}")
-        if users:
-            errors.append(f"rollout.top_p={cfg.rollout.top_p} / rollout.top_k={cfg.rollout.top_k} "
-                          f"truncate the sampling distribution, but {', '.join(users)} use(s) its "
-                          "entropy: sample with top_p=1, top_k=-1 (or use "
-                          "algo.entropy_source=learner for the shaping)")
-    if cfg.algo.rollout_correction_cap < 1:
-        errors.append(f"algo.rollout_correction_cap={cfg.algo.rollout_correction_cap}: must be >= 1 "
-                      "(a cap below 1 cuts tokens the two policies agree on)")
-    if cfg.rollout.max_tokens >= cfg.rollout.max_model_len:
-        errors.append(f"rollout.max_tokens={cfg.rollout.max_tokens} leaves no room for the prompt "
-                      f"in rollout.max_model_len={cfg.rollout.max_model_len}")
-    n_seqs = cfg.data.batch_size * cfg.rollout.n
-    if n_seqs % cfg.algo.mini_batches:
-        errors.append(f"algo.mini_batches={cfg.algo.mini_batches} must divide data.batch_size x "
-                      f"rollout.n = {n_seqs} sequences")
-    elif cfg.data.batch_size % cfg.algo.mini_batches:
-        errors.append(f"algo.mini_batches={cfg.algo.mini_batches} must divide data.batch_size="
-                      f"{cfg.data.batch_size} so each optimizer step sees whole groups")
-    if cfg.learner.sync_transport == "shm" and resolve_device(cfg.trainer.device) == "cuda":
-        errors.append("learner.sync_transport=shm moves CPU tensors; on GPU use group (NCCL) or auto")
-    if n_seqs < cfg.learner.num_ranks:
-        errors.append(f"learner.num_ranks={cfg.learner.num_ranks} exceeds the {n_seqs} sequences "
-                      "of a batch (data.batch_size x rollout.n)")
-    if (cfg.algo.overlong_shaping and cfg.algo.overlong_cache is not None
-            and not 0 < cfg.algo.overlong_cache < cfg.rollout.max_tokens):
-        errors.append(f"algo.overlong_cache={cfg.algo.overlong_cache} must be in (0, rollout.max_tokens)")
-
-    device = resolve_device(cfg.trainer.device)
-    from egsw_rl.placement import colocation_errors
-
-    errors += colocation_errors(cfg, device)
-    if device == "cuda":
-        need = cfg.learner.num_ranks
-        if cfg.learner.gpus_per_node and cfg.learner.gpus_per_node * cfg.learner.num_nodes < need:
-            errors.append(f"learner.num_ranks={need} is more than learner.num_nodes x "
-                          f"learner.gpus_per_node = {cfg.learner.gpus_per_node * cfg.learner.num_nodes}")
-        if cfg.trainer.placement == "split":  # colocated engines use the learner ranks' GPUs
-            need += cfg.rollout.num_generators * cfg.rollout.tensor_parallel_size
-        if available_gpus is not None and need > available_gpus:
-            errors.append(f"learner.num_ranks + rollout.num_generators x rollout.tensor_parallel_size"
-                          f" = {need} GPUs, but the cluster has {available_gpus}")
-    elif cfg.learner.gpus_per_node:
-        errors.append(f"learner.gpus_per_node={cfg.learner.gpus_per_node} on device {device}: "
-                      "set it to 0 on CPU")
-
-    # The reward options are checked where they are defined (one list of allowed values).
-    from egsw_rl.rewards.types import RewardOptions
-
-    options = {k: v for k, v in cfg.reward.items() if k not in ("workers", "timeout_s", "num_actors")}
-    try:
-        RewardOptions.build(**options)
-    except ValueError as e:
-        errors.append(str(e))
-
+    Runs before any actor starts. `cfg`: the composed (structured) config, or a RunConfig."""
+    run = cfg if isinstance(cfg, RunConfig) else OmegaConf.to_object(cfg)
+    errors = run.errors(available_gpus)
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))

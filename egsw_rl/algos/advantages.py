@@ -66,7 +66,7 @@ def _make(mode: str):
         return group_advantages(rewards, group_size=group_size, mode=mode)
 
     fn.__name__ = f"{mode}_advantages"
-    fn.__doc__ = f"Registry adapter: `{mode}` sequence advantages A[N] (shape_batch spreads them over tokens)."
+    fn.__doc__ = f"Registry adapter: `{mode}` sequence advantages A[N] (shape_batch spreads them on tokens)."
     return fn
 
 

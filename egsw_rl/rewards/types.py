@@ -45,18 +45,20 @@ class RewardResult:
 
 @dataclass(frozen=True)
 class RewardOptions:
-    """Every option `math_reward` / `choice_reward` / `RewardPool` accept (keyword names are the
-    config keys under `reward.`)."""
+    """Every option `math_reward` / `choice_reward` / `RewardPool` accept, and the one home of
+    the `reward.<name>` config keys of the same names: `config.RewardConfig` is these public
+    fields (names, types, defaults) plus where grading runs, and its check builds one of these."""
 
-    task: str = "math"
-    scheme: str = "binary"
+    task: str = "math"  # math | choice (multiple choice graded by letter, GPQA)
+    scheme: str = "binary"  # binary | signed | format
     correct_score: float = 1.0
     wrong_boxed_score: float = 0.0
     no_box_score: float = 0.0
     format_penalty: float = 0.0
-    extraction: str = "boxed_then_latex"
+    extraction: str = "boxed_then_latex"  # one of EXTRACTIONS (above)
+    # last-number fallback when no \boxed{} is written (small models rarely box unprompted)
     fallback_last_number: bool = False
-    answer_format: str = "auto"
+    answer_format: str = "auto"  # how golds are written: one of ANSWER_FORMATS
     # A boxed answer longer than this is refused (status wrong) before any parsing.
     max_answer_chars: int = 1000
     # Test hook, inert unless > 0: a completion starting with "<debug-sleep>" makes the scorer

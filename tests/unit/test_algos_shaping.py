@@ -170,7 +170,8 @@ def test_only_the_selected_methods_fields_take_effect():
                                  dynamic_sampling=True, entropy_source="learner", alpha1=5.0, beta1=3.0,
                                  mu=0.1, rho=0.5, zscore="joint")
     assert torch.equal(shape_batch(r, h, m, others, group_size=4, vocab_size=1000)[1], w)
-    sharper = shape_batch(r, h, m, dataclasses.replace(cfg, temperature=0.1), group_size=4, vocab_size=1000)[1]
+    sharp = dataclasses.replace(cfg, temperature=0.1)
+    sharper = shape_batch(r, h, m, sharp, group_size=4, vocab_size=1000)[1]
     assert (sharper - w)[m].abs().max().item() > 1e-3  # EGSW's P reaches the weights
 
 

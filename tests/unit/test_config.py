@@ -58,6 +58,57 @@ def test_egsw_keys_reach_the_weights_and_only_them():
     assert (weights(cfg) - weights(base)).abs().max().item() > 1e-2
 
 
+@pytest.fixture
+def throwaway_methods():
+    """A new advantage and a new weighting, registered the way a new method is, removed after."""
+    import torch
+
+    from egsw_rl import algos
+
+    @algos.register_advantage("sign_test", reads=("alpha1",))
+    def sign_advantages(rewards, entropy, mask, *, group_size, alpha1):
+        centred = rewards.view(-1, group_size) - rewards.view(-1, group_size).mean(1, keepdim=True)
+        return alpha1 * torch.sign(centred).reshape(-1)  # one advantage a sequence
+
+    @algos.register_weighting("halves_test")
+    def halves(advantages, entropy, mask, *, group_size, vocab_size):
+        return mask.to(advantages.dtype) / 2
+
+    yield
+    del algos.ADVANTAGES["sign_test"], algos.WEIGHTS["halves_test"]
+
+
+def test_a_new_method_is_one_function_and_one_yaml(throwaway_methods, tmp_path):
+    """Registering a function is all `validate` needs to accept its name (the registries are the
+    list of allowed names); a preset YAML in a searched folder selects it as `algo=<file>`, and
+    the function receives the config fields it declared."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from egsw_rl import algos
+
+    (tmp_path / "algo").mkdir()
+    (tmp_path / "algo" / "sign_test.yaml").write_text(
+        "name: sign_test\nadvantage: sign_test\nweighting: halves_test\nalpha1: 3.0\n")
+    cfg = cfg_with(f"hydra.searchpath=[file://{tmp_path}]", "algo=sign_test")
+    assert cfg.algo.advantage == "sign_test" and cfg.algo.weighting == "halves_test"
+    validate(cfg)
+    validate(cfg_with("algo.advantage=sign_test", "algo.weighting=halves_test"))
+
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    m = torch.tensor([[True, True], [True, False], [True, True], [False, False]])
+    a, w, m2, _ = algos.shape_batch(r, torch.zeros(4, 2), m, OmegaConf.to_object(cfg.algo), group_size=2)
+    assert a.tolist() == [[3.0, 3.0], [-3.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+    assert torch.equal(m2, m) and w.tolist() == [[0.5, 0.5], [0.5, 0], [0.5, 0.5], [0, 0]]
+
+
+def test_an_unregistered_method_lists_the_registered_ones(throwaway_methods):
+    with pytest.raises(ConfigError) as e:
+        validate(cfg_with("algo.advantage=sign_tst"))
+    assert "algo.advantage='sign_tst': allowed values are grpo, dr_grpo, batch_std, gtpo, grpo_s, sign_test" \
+        in str(e.value)
+
+
 def test_typo_key_is_refused_with_its_name():
     with pytest.raises(ConfigCompositionException, match="algo.alhpa"):
         cfg_with("algo.alhpa=0.3")
