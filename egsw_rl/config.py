@@ -314,6 +314,9 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     eval_every: int = 0  # 0 = never during training
     overlap: bool = False  # one-step off-policy: generate batch k+1 while training on batch k
+    # log the step's predicted (first-order) and measured entropy change, entropy_dynamics/*:
+    # one extra learner forward a step (docs/algorithms.md, "Entropy dynamics")
+    entropy_dynamics: bool = False
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     # split: learner ranks and vLLM engines on their own devices; colocated: every device carries a

@@ -35,6 +35,7 @@ import torch
 from omegaconf import OmegaConf
 
 from egsw_rl import algos, checkpoint, placement
+from egsw_rl.algos import entropy_dynamics
 from egsw_rl.batch import Completion, TrainBatch
 from egsw_rl.config import resolve_device
 from egsw_rl.data import Problem, PromptSampler, load_run_data
@@ -98,6 +99,7 @@ class Trainer:
         log.info("placement: %s", self.plan.describe())
         self.colocated = self.plan.layout == "colocated"
         self.phases: list[str] = []  # the phase changes of the run so far, in order (colocated)
+        self._engines = "awake"  # colocated: awake | weights (KV cache asleep) | asleep
 
         def start_learners():
             return LearnerGroup(model_cfg, OmegaConf.to_object(cfg.learner), algo_cfg,
@@ -147,11 +149,15 @@ class Trainer:
             return {}
         out = self._phase("sleep", self.generators.sleep(level=2))
         out.update(self._phase("reload", self.learners.reload()))
+        self._engines = "asleep"
         return out
 
     def _to_sync(self) -> dict:
         """Colocated: the engines map their weights' memory again, to load the push into it."""
-        return self._phase("wake_weights", self.generators.wake(["weights"])) if self.colocated else {}
+        if not self.colocated:
+            return {}
+        self._engines = "weights"
+        return self._phase("wake_weights", self.generators.wake(["weights"]))
 
     def _to_generation(self) -> dict:
         """Colocated: the learners move their state to the host, the engines take their KV cache."""
@@ -159,20 +165,26 @@ class Trainer:
             return {}
         out = self._phase("offload", self.learners.offload())
         out.update(self._phase("wake_kv_cache", self.generators.wake(["kv_cache"])))
+        self._engines = "awake"
         return out
 
     @contextlib.contextmanager
     def _learners_on_device(self):
-        """Colocated: the learners' state on the devices for a checkpoint or a resume, while the
-        engines stay awake (the memory plan in README "Learners" leaves room for it), then back
-        to the host."""
-        if self.colocated:
-            self._phase("reload", self.learners.reload())
-        try:
+        """Colocated, between steps (a checkpoint, a resume): the devices go to the learners as
+        before an update, and come back as after one, the engines getting the learners' current
+        weights when the body pushed none (their level-2 sleep discarded their own). The
+        engines' KV cache and the learners' whole state never share a device. Split: nothing."""
+        if not self.colocated:
             yield
-        finally:
-            if self.colocated:
-                self._phase("offload", self.learners.offload())
+            return
+        self._to_training()
+        yield  # an error here ends the run: no hand-back
+        if self._engines == "asleep":
+            self._to_sync()
+            self.learners.push_weights(self.generators, probe=False)
+            self._phase("push")
+            self.generators.set_version(self.version)  # the same weights: the same version
+        self._to_generation()
 
     # ------------------------------------------------------------------ phases
 
@@ -299,6 +311,7 @@ class Trainer:
 
     def train_step(self, rollout: Rollout, timer: Timer) -> dict:
         a, G = self.algo, self.G
+        monitor = self.cfg.trainer.entropy_dynamics
         comps = rollout.completions
         T = max(1, max(len(c.token_ids) for c in comps))
         mask = pad([np.ones(len(c.token_ids)) for c in comps], T, dtype=bool)
@@ -306,11 +319,14 @@ class Trainer:
                            completion_ids=[c.token_ids for c in comps])
 
         extra = {}
-        if self._needs_old_logprobs():
+        # the monitor reads the pre-update policy off the update's own forward when that forward
+        # is the only one before the step; with an old-logprob pass it rides on that pass instead
+        old_pass = self._needs_old_logprobs() or (monitor and a.entropy_coef != 0)
+        if old_pass:
             with timer("logprobs"):
                 extra = self.learners.compute_logprobs(
                     batch, with_entropy=a.entropy_source == "learner",
-                    with_clipv=a.token_mask == "clipv")
+                    with_clipv=a.token_mask == "clipv" or monitor)
             batch.old_logprobs = extra.get("old_logprobs")
             batch.ref_logprobs = extra.get("ref_logprobs")
         if a.entropy_source == "learner":
@@ -341,7 +357,13 @@ class Trainer:
         batch.global_seqs = float(norms["global_seqs"])
 
         with timer("update"):
-            update_metrics = self.learners.update(batch)
+            if monitor and not old_pass:
+                update_metrics, extra = self.learners.update(batch, keep_policy=True)
+            else:
+                update_metrics = self.learners.update(batch)
+        if monitor:
+            with timer("entropy_dynamics"):
+                update_metrics.update(self._entropy_dynamics(batch, extra, update_metrics["actor/lr"]))
 
         lengths = np.array([len(c.token_ids) for c in comps], dtype=np.float64)
         valid = mask.astype(bool)
@@ -371,6 +393,30 @@ class Trainer:
             "timing/logprobs_s": timer.times.get("timing/logprobs_s", 0.0),
         }
         return metrics
+
+    def _entropy_dynamics(self, batch: TrainBatch, before: dict, lr: float) -> dict:
+        """trainer.entropy_dynamics: the step's first-order entropy change predicted from the
+        pre-update policy (algos.entropy_dynamics, arXiv 2602.03392) against the change measured
+        by one forward pass of the updated policy over the same tokens. With several optimizer
+        steps a batch (ppo_epochs x mini_batches) each token's logits move that many times, each
+        step's normaliser covering about that fraction of the batch: both scale the prediction."""
+        a = self.algo
+        after = self.learners.compute_logprobs(batch, with_entropy=True)["entropy"]
+        loss_mask = torch.from_numpy(batch.mask)
+        steps = int(a.ppo_epochs) * int(a.mini_batches)
+        coef = entropy_dynamics.loss_coefficients(loss_mask, a.agg, norm_constant=a.norm_constant,
+                                                  global_tokens=batch.global_tokens,
+                                                  global_seqs=batch.global_seqs)
+        adv = torch.from_numpy(batch.advantages)
+        predicted = entropy_dynamics.predicted_entropy_change(
+            torch.from_numpy(before["old_logprobs"]), torch.from_numpy(before["entropy"]),
+            torch.from_numpy(before["clipv_n"]), adv, coef * steps, loss_mask,
+            lr=lr, weights=torch.from_numpy(batch.weights))
+        generated = torch.from_numpy(pad([np.ones(len(c)) for c in batch.completion_ids],
+                                         batch.mask.shape[1], dtype=bool))
+        measured = torch.from_numpy(after - before["entropy"])
+        out = entropy_dynamics.entropy_dynamics_metrics(predicted, measured, adv, generated)
+        return {f"entropy_dynamics/{k}": v for k, v in out.items()}
 
     def evaluate(self, step: int) -> dict:
         """`data.eval` sets with the running generators: G samples a problem at the rollout
@@ -508,11 +554,12 @@ class Trainer:
         if not checkpoint.is_complete(path):
             raise checkpoint.CheckpointError(f"{path} is not a complete checkpoint")
         state = checkpoint.read_state(path)
-        with self._learners_on_device():  # the engines are awake: the push loads straight in
+        with self._learners_on_device():
             self.learners.load_checkpoint(str(path / "learner"))
             self.sampler.load_state_dict(state["sampler"])
             checkpoint.set_rng_state(state["rng"])
             self.learners.updates = int(state.get("learner_updates", state["step"]))
+            self._to_sync()
             self.learners.push_weights(self.generators)  # generators restart from the base weights
         self.version = state["version"]
         self.generators.set_version(self.version)  # after the push, which counted one more

@@ -67,9 +67,9 @@ def run_preset(trainer, tmp_path, *overrides) -> Run:
     batches, rollouts = [], []
     real_update, real_rollout = trainer.learners.update, trainer._rollout
 
-    def update(batch):
+    def update(batch, **kw):
         batches.append(dataclasses.replace(batch))
-        return real_update(batch)
+        return real_update(batch, **kw)
 
     def rollout(*a, **kw):
         rollouts.append(real_rollout(*a, **kw))
@@ -250,3 +250,38 @@ def test_rollout_correction_weights_are_one_on_cpu(trainer, tmp_path):
         assert abs(row["rollout_is/mean"] - 1.0) < 1e-3
         assert 1.0 - 1e-3 < row["rollout_is/min"] <= row["rollout_is/max"] < 1.0 + 1e-3
         assert row["rollout_is/clipped_frac"] == 0.0
+
+
+@pytest.mark.parametrize("overrides,passes", [
+    (("algo=grpo",), 1),  # one update a batch: the pre-update policy comes from the update's forward
+    (("algo=clipv",), 2),  # ClipV needs an old-logprob pass (full-vocabulary N) anyway: it carries it
+])
+def test_entropy_dynamics_monitor(trainer, tmp_path, overrides, passes):
+    """trainer.entropy_dynamics: the predicted and measured entropy changes are logged, finite
+    and non-zero, at the cost of one learner forward a step (none when off)."""
+    calls = []
+    real = trainer.learners.compute_logprobs
+
+    def counted(batch, **kw):
+        calls.append(kw)
+        return real(batch, **kw)
+
+    trainer.learners.compute_logprobs = counted
+    try:
+        off = run_preset(trainer, tmp_path / "off", *overrides)
+        calls_off = len(calls)
+        on = run_preset(trainer, tmp_path / "on", *overrides, "trainer.entropy_dynamics=true")
+    finally:
+        del trainer.learners.compute_logprobs
+    # the probe in run_preset calls compute_logprobs twice per run
+    assert calls_off - 2 == 2 * (passes - 1)
+    assert len(calls) - calls_off - 2 == 2 * passes
+    assert not any(k.startswith("entropy_dynamics/") for r in off.rows for k in r)
+    check_common(on)
+    for row in on.rows:
+        for key in ("predicted_delta", "measured_delta", "token_corr"):
+            v = row[f"entropy_dynamics/{key}"]
+            assert math.isfinite(v) and v != 0.0, (key, v)
+        for key in ("decrease_frac", "decrease_frac_pos_adv", "decrease_frac_neg_adv"):
+            assert 0.0 <= row[f"entropy_dynamics/{key}"] <= 1.0
+        assert row["timing/entropy_dynamics_s"] > 0
