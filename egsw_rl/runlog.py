@@ -213,7 +213,46 @@ def plot_run(run_dir: Path) -> list[Path]:
     run = load_run(run_dir, run_dir.resolve().name, run_label(run_dir))
     if run is None:  # no rows yet: nothing to draw
         return []
-    return plot([run], metric_specs([run]), run_dir / "plots")
+    paths = plot([run], metric_specs([run]), run_dir / "plots")
+    dynamics = plot_entropy_dynamics(run, run_dir / "plots")
+    return paths + ([dynamics] if dynamics else [])
+
+
+def plot_entropy_dynamics(run: Run, out_dir: Path) -> Optional[Path]:
+    """trainer.entropy_dynamics: the predicted (first-order) against the measured entropy change
+    of every step, and both over the steps, with their correlation across steps in the title."""
+    steps, predicted = run.series("entropy_dynamics/predicted_delta")
+    at = dict(zip(*run.series("entropy_dynamics/measured_delta")))
+    pairs = [(s, p, at[s]) for s, p in zip(steps, predicted) if s in at]
+    if len(pairs) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    s, p, m = (np.array(x, dtype=float) for x in zip(*pairs))
+    corr = float(np.corrcoef(p, m)[0, 1]) if p.std() > 0 and m.std() > 0 else float("nan")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.scatter(p, m, c=s, cmap="viridis", s=14)
+    left.axhline(0, color="grey", lw=0.5)
+    left.axvline(0, color="grey", lw=0.5)
+    left.set_xlabel("predicted entropy change (first order)")
+    left.set_ylabel("measured entropy change")
+    left.set_title(f"{run.label}: per step, correlation {corr:.2f}")
+    right.plot(s, m, label="measured", lw=1.4)
+    scale = float(np.abs(m).max() / np.abs(p).max()) if np.abs(p).max() > 0 else 1.0
+    right.plot(s, p * scale, label=f"predicted x {scale:.3g}", lw=1.0, alpha=0.8)
+    right.axhline(0, color="grey", lw=0.5)
+    right.set_xlabel("step")
+    right.legend()
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "entropy_dynamics.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 # ============================================================================ writing

@@ -35,3 +35,17 @@ def test_load_run_merges_eval_rows_and_plot_run_draws_the_curves(tmp_path):
     pngs = runlog.plot_run(run)
     assert {p.name for p in pngs} == {"reward_mean.png", "eval_gsm8k_accuracy.png"}
     assert all(p.parent == run / "plots" and p.stat().st_size > 1000 for p in pngs)
+
+
+def test_plot_run_draws_entropy_dynamics_when_the_monitor_logged_it(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": s, "entropy_dynamics/predicted_delta": -1e-5 * s,
+             "entropy_dynamics/measured_delta": -3e-4 * s + (1e-4 if s == 2 else 0.0)} for s in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pngs = {p.name: p for p in runlog.plot_run(run)}
+    assert "entropy_dynamics.png" in pngs and pngs["entropy_dynamics.png"].stat().st_size > 1000
+    # without the monitor's keys there is no such figure
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/mean": 0.1}) + "\n")
+    (run / "plots" / "entropy_dynamics.png").unlink()
+    assert "entropy_dynamics.png" not in {p.name for p in runlog.plot_run(run)}
