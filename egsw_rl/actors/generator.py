@@ -19,6 +19,12 @@ describe the distribution actually sampled from, after temperature) and returns 
 
 With `rollout.logprobs == 0` there is no top-k: entropy and tail_mass are NaN.
 
+After the engine, one pass over the whole call, not one per completion (on a small model this
+work is a visible share of the call): every position's logprob and top-k candidates go into flat
+arrays and the estimators run once over them (`token_arrays`), each Completion holds views of
+them, and the list goes back through Ray as a few columns (`CompletionList`), arriving as a plain
+list of Completion.
+
 Stopping: besides the model's EOS (vLLM's own, from the tokenizer and generation_config.json),
 whenever the prompt goes through a chat template the template's end-of-turn token stops a
 completion (`stop_token_ids`): a base model such as Qwen2.5-Math-7B names <|endoftext|> as EOS
@@ -53,6 +59,7 @@ node (`open_shared`, `load_shared`).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import time
@@ -69,7 +76,8 @@ from egsw_rl.prompts import BOXED_INSTRUCTION, CHAT_TEMPLATES, render_prompts
 log = logging.getLogger(__name__)
 
 __all__ = ["Generator", "GeneratorGroup", "render_prompts", "BOXED_INSTRUCTION", "completion_texts",
-           "turn_end_token_ids", "stop_token_ids", "engine_device_ids"]
+           "turn_end_token_ids", "stop_token_ids", "engine_device_ids", "token_arrays", "CompletionList",
+           "pack_completions", "unpack_completions"]
 
 # SamplingParams fields a caller may override per generate() call (evaluation, tests).
 SAMPLING_OVERRIDES = ("temperature", "top_p", "top_k", "max_tokens", "stop", "logprobs",
@@ -202,6 +210,134 @@ def completion_texts(tokenizer, prompt_ids: Sequence[Sequence[int]], token_ids: 
                 text = None
         out.append(text if text is not None else _stream_text(backend, p, i))
     return out
+
+
+def token_arrays(flats: Sequence, lengths: Sequence[int], k: int, method: str,
+                 vocab_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The per-token arrays of a batch of completions, every completion's tokens one after the
+    other: (sampled tokens' logprobs, top-k entropy estimate, tail mass), float32[sum T] each.
+    `flats[i]` is completion i's vLLM FlatLogprobs (`logprobs`, `start_indices`, `end_indices`:
+    at every position the sampled token first, then the top-k candidates) or None (no logprobs:
+    all three NaN); `lengths[i]` its token count. With k == 0 the entropy and tail mass are NaN.
+
+    One array over the whole batch, not one per completion: the candidates of all positions
+    form one [positions, width] matrix (a reshape when every position has the same number of
+    entries, the usual case; else rows padded with -inf, which the estimators ignore), and the
+    estimators run once over it."""
+    from egsw_rl.algos import topk_entropy, topk_tail_mass
+
+    lengths = [int(t) for t in lengths]
+    total = sum(lengths)
+    lp = np.full(total, np.nan, dtype=np.float32)
+    h, r = lp.copy(), lp.copy()
+    used = [i for i, (f, t) in enumerate(zip(flats, lengths)) if f is not None and t]
+    if not used:
+        return lp, h, r
+    for i in used:
+        if len(flats[i].start_indices) != lengths[i]:
+            raise RuntimeError(f"completion {i}: {len(flats[i].start_indices)} logprob positions for "
+                               f"{lengths[i]} tokens")
+    rows = np.repeat(np.isin(np.arange(len(lengths)), used), lengths)  # tokens that have logprobs
+    sizes = [len(flats[i].logprobs) for i in used]
+    vals = np.fromiter(itertools.chain.from_iterable(flats[i].logprobs for i in used), dtype=np.float32,
+                       count=sum(sizes))
+    n = int(rows.sum())
+    # each completion's positions index its own list: shift them to the concatenation
+    shift = np.repeat(np.cumsum([0] + sizes[:-1]), [lengths[i] for i in used])
+    starts = np.fromiter(itertools.chain.from_iterable(flats[i].start_indices for i in used),
+                         dtype=np.int64, count=n) + shift
+    ends = np.fromiter(itertools.chain.from_iterable(flats[i].end_indices for i in used),
+                       dtype=np.int64, count=n) + shift
+    lp[rows] = vals[starts]
+    if k <= 0:
+        return lp, h, r
+    width = ends - starts
+    w = int(width.max())
+    if len(vals) == n * w and np.all(width == w) and np.all(starts == np.arange(n) * w):
+        cands = np.ascontiguousarray(vals.reshape(n, w)[:, 1:])
+    else:  # positions with fewer candidates (k beyond the vocabulary): pad with -inf
+        cands = np.full((n, w - 1), -np.inf, dtype=np.float32)
+        col = np.arange(w - 1)
+        have = col[None, :] < (width - 1)[:, None]
+        cands[have] = vals[(starts[:, None] + 1 + col[None, :])[have]]
+    import torch
+
+    topk = torch.from_numpy(cands)
+    # On one thread: from 2,048 elements on torch hands exp and log to MKL across its OpenMP
+    # threads, and on a busy machine the second thread can wait a scheduler slice (milliseconds)
+    # for a core, for microseconds of work. Elementwise, so the same bits on any number of
+    # threads. torch._C's setter: vLLM's CPU worker makes torch.set_num_threads a no-op.
+    threads = torch.get_num_threads()
+    torch._C.set_num_threads(1)
+    try:
+        h[rows] = topk_entropy(topk, method=method, vocab_size=vocab_size).numpy().astype(np.float32)
+        r[rows] = topk_tail_mass(topk).numpy().astype(np.float32)
+    finally:
+        torch._C.set_num_threads(threads)
+    return lp, h, r
+
+
+# Completion fields that hold one float entry per token (sent as one array per field).
+_TOKEN_FIELDS = ("logprobs", "entropy", "tail_mass")
+
+
+def pack_completions(comps: Sequence[Completion]) -> tuple:
+    """A batch of completions as a few flat values for the trip through Ray: every distinct
+    prompt once, the token ids as one int64 array, each per-token field as one array, the other
+    fields as columns. Pickling 64 records of three small arrays each costs more than the
+    arrays' bytes: Ray hands every numpy array over as a buffer of its own."""
+    uniq: dict[tuple, int] = {}
+    where = [uniq.setdefault(tuple(c.prompt_ids), len(uniq)) for c in comps]
+    lengths = [len(c.token_ids) for c in comps]
+    tokens = np.fromiter(itertools.chain.from_iterable(c.token_ids for c in comps), dtype=np.int64,
+                         count=sum(lengths))
+    arrays = {}
+    for name in _TOKEN_FIELDS:
+        parts = [getattr(c, name) for c in comps]
+        arrays[name] = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    columns = {f.name: [getattr(c, f.name) for c in comps] for f in dataclasses.fields(Completion)
+               if f.name not in ("prompt_ids", "token_ids", *_TOKEN_FIELDS)}
+    return [list(p) for p in uniq], where, tokens, lengths, arrays, columns
+
+
+def unpack_completions(prompts, where, tokens, lengths, arrays, columns) -> list[Completion]:
+    """The list of completions `pack_completions` packed (per-token arrays: views of the
+    batch's arrays; every completion its own prompt_ids list)."""
+    toks = tokens.tolist()
+    out, s = [], 0
+    for i, t in enumerate(lengths):
+        e = s + t
+        kw = {name: col[i] for name, col in columns.items()}
+        kw.update({name: a[s:e] for name, a in arrays.items()})
+        out.append(Completion(prompt_ids=list(prompts[where[i]]), token_ids=toks[s:e], **kw))
+        s = e
+    return out
+
+
+def _packable(comps: Sequence) -> bool:
+    """Every item a Completion whose per-token fields are 1-D arrays of its length, of one dtype
+    per field across the batch (else concatenating would change them)."""
+    dtypes: dict[str, Any] = {}
+    for c in comps:
+        if type(c) is not Completion:
+            return False
+        for name in _TOKEN_FIELDS:
+            a = getattr(c, name)
+            if not isinstance(a, np.ndarray) or a.ndim != 1 or len(a) != len(c.token_ids):
+                return False
+            if dtypes.setdefault(name, a.dtype) != a.dtype:
+                return False
+    return True
+
+
+class CompletionList(list):
+    """What `Generator.generate` returns: a plain list of Completion that pickles (through Ray)
+    as `pack_completions` and arrives as a plain list (`unpack_completions`)."""
+
+    def __reduce__(self):
+        if not _packable(self):
+            return list, (list(self),)
+        return unpack_completions, pack_completions(self)
 
 
 def engine_device_ids(gpu_ids: Sequence, cuda_visible_devices: Optional[str]) -> list[int]:
@@ -340,11 +476,13 @@ class Generator:
     def _encode(self, prompts: Sequence[str], max_tokens: int) -> list[list[int]]:
         limit = int(self.rcfg.max_model_len) - int(max_tokens)
         add_special = self.rcfg.prompt_template not in CHAT_TEMPLATES
-        out = []
         for i, p in enumerate(prompts):
             if not isinstance(p, str):
                 raise TypeError(f"prompt {i} is a {type(p).__name__}, not a str (render it first)")
-            ids = self.tokenizer(p, add_special_tokens=add_special)["input_ids"]
+        out = []
+        # one batched call: the Rust tokenizer's encode_batch, the same ids as one call a prompt
+        encoded = self.tokenizer(list(prompts), add_special_tokens=add_special)["input_ids"] if prompts else []
+        for i, ids in enumerate(encoded):
             if not ids:
                 raise ValueError(f"prompt {i} is empty")
             if len(ids) > limit:
@@ -393,6 +531,7 @@ class Generator:
         n = int(self.rcfg.n if n is None else n)
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        t_call = time.perf_counter()
         sp, k = self._sampling_params(n, overrides)
         ids = self._encode(prompts, sp.max_tokens)
         from vllm.inputs import TokensPrompt
@@ -402,83 +541,38 @@ class Generator:
         secs = time.perf_counter() - t0
         if len(outs) != len(prompts):
             raise RuntimeError(f"vLLM returned {len(outs)} results for {len(prompts)} prompts")
-        completions, topks = [], []
+        samples = []  # (prompt b, sample j, vLLM CompletionOutput), ordered b*G + j
         for b, out in enumerate(outs):
-            samples = sorted(out.outputs, key=lambda c: c.index)
-            if len(samples) != n:
-                raise RuntimeError(f"prompt {b}: vLLM returned {len(samples)} samples, asked {n}")
-            for j, c in enumerate(samples):
-                comp, topk = self._completion(b, j, ids[b], c, k)
-                completions.append(comp)
-                topks.append(topk)
-        if not sp.detokenize:
-            texts = completion_texts(self._text_tokenizer, [c.prompt_ids for c in completions],
-                                     [c.token_ids for c in completions],
-                                     [c.finish_reason == "stop" for c in completions])
-            for c, text in zip(completions, texts):
-                c.text = text
-        self._fill_entropy(completions, topks, overrides.get("entropy_estimator") or self.rcfg.entropy_estimator)
-        tokens = sum(len(c.token_ids) for c in completions)
+            got = sorted(out.outputs, key=lambda c: c.index)
+            if len(got) != n:
+                raise RuntimeError(f"prompt {b}: vLLM returned {len(got)} samples, asked {n}")
+            for j, c in enumerate(got):
+                if c.finish_reason not in ("stop", "length"):
+                    raise RuntimeError(f"prompt {b} sample {j}: vLLM finished with {c.finish_reason!r}")
+                samples.append((b, j, c))
+        token_ids = [list(c.token_ids) for _, _, c in samples]
+        lengths = [len(t) for t in token_ids]
+        # the whole call's tokens in three flat arrays; each completion gets views of them
+        lp, h, r = token_arrays([c.logprobs for _, _, c in samples], lengths, k,
+                                overrides.get("entropy_estimator") or self.rcfg.entropy_estimator,
+                                self.vocab_size)
+        ends = list(itertools.accumulate(lengths))
+        if sp.detokenize:
+            texts = [c.text or "" for _, _, c in samples]
+        else:
+            texts = completion_texts(self._text_tokenizer, [ids[b] for b, _, _ in samples], token_ids,
+                                     [c.finish_reason == "stop" for _, _, c in samples])
+        completions = CompletionList(
+            Completion(prompt_index=b, sample_index=j, prompt_ids=list(ids[b]), token_ids=t, text=text,
+                       logprobs=lp[e - len(t):e], entropy=h[e - len(t):e], tail_mass=r[e - len(t):e],
+                       finish_reason=c.finish_reason, version=self._version)
+            for (b, j, c), t, text, e in zip(samples, token_ids, texts, ends))
+        tokens = int(sum(lengths))
+        t_end = time.perf_counter()
         self._last_gen = {"tokens": tokens, "seconds": secs, "tokens_per_s": tokens / max(secs, 1e-9),
-                          "sequences": len(completions)}
+                          "sequences": len(completions), "post_s": t_end - t0 - secs,
+                          "call_s": t_end - t_call}
         return completions
-
-    def _completion(self, b: int, j: int, prompt_ids: list[int], c, k: int):
-        """(Completion, top-k logprobs float32[T, k] or None)."""
-        token_ids = list(c.token_ids)
-        T = len(token_ids)
-        reason = c.finish_reason
-        if reason not in ("stop", "length"):
-            raise RuntimeError(f"prompt {b} sample {j}: vLLM finished with {reason!r}")
-        lp = np.full(T, np.nan, dtype=np.float32)
-        topk = None
-        flat = c.logprobs
-        if flat is not None and T:
-            vals = np.asarray(flat.logprobs, dtype=np.float32)
-            starts = np.asarray(flat.start_indices)
-            ends = np.asarray(flat.end_indices)
-            if len(starts) != T:
-                raise RuntimeError(f"prompt {b} sample {j}: {len(starts)} logprob positions for {T} tokens")
-            # vLLM puts the sampled token first at every position, then ranks 1..k.
-            lp = vals[starts]
-            if k > 0:
-                width = ends - starts
-                if np.all(width == k + 1):
-                    topk = vals.reshape(T, k + 1)[:, 1:]
-                else:  # fewer than k candidates somewhere (k > vocab): pad with -inf
-                    topk = np.full((T, int(width.max()) - 1), -np.inf, dtype=np.float32)
-                    for t in range(T):
-                        row = vals[starts[t] + 1:ends[t]]
-                        topk[t, :len(row)] = row
-        comp = Completion(prompt_index=b, sample_index=j, prompt_ids=list(prompt_ids), token_ids=token_ids,
-                          text=c.text or "", logprobs=lp.astype(np.float32, copy=False),
-                          entropy=np.full(T, np.nan, dtype=np.float32),
-                          tail_mass=np.full(T, np.nan, dtype=np.float32),
-                          finish_reason=reason, version=self._version)
-        return comp, topk
-
-    def _fill_entropy(self, completions: list[Completion], topks: list[Optional[np.ndarray]],
-                      method: str) -> None:
-        """One vectorised topk_entropy / topk_tail_mass call over every token of the batch."""
-        import torch
-
-        from egsw_rl.algos import topk_entropy, topk_tail_mass
-
-        rows = [t for t in topks if t is not None and len(t)]
-        if rows:
-            width = max(r.shape[1] for r in rows)
-            rows = [r if r.shape[1] == width else
-                    np.pad(r, ((0, 0), (0, width - r.shape[1])), constant_values=-np.inf) for r in rows]
-            allk = torch.from_numpy(np.concatenate(rows, 0))
-            h = topk_entropy(allk, method=method, vocab_size=self.vocab_size).numpy().astype(np.float32)
-            r = topk_tail_mass(allk).numpy().astype(np.float32)
-            off = 0
-            for c, t in zip(completions, topks):
-                if t is None or not len(t):
-                    continue
-                T = len(t)
-                c.entropy, c.tail_mass = h[off:off + T].copy(), r[off:off + T].copy()
-                off += T
 
     def logprobs_of(self, prompt_ids: Sequence[int], completion_ids: Sequence[int],
                     temperature: Optional[float] = None) -> np.ndarray:

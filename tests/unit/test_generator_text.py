@@ -160,6 +160,187 @@ def test_engine_device_indices_refuse_an_invisible_gpu():
         gen.engine_device_ids(["6"], "0,1")
 
 
+# ---------------------------------------------------------------- per-token arrays, the trip through Ray
+
+
+def vllm_flat(rows):
+    """A FlatLogprobs as vLLM's output processor fills it: per position the sampled token's
+    logprob first, then the candidates (`rows`: one list of logprobs per position)."""
+    from vllm.logprobs import FlatLogprobs, append_logprobs_for_next_position
+
+    flat = FlatLogprobs()
+    for row in rows:
+        append_logprobs_for_next_position(flat, list(range(len(row))), [float(x) for x in row],
+                                          [None] * len(row), 1, len(row) - 1)
+    return flat
+
+
+def reference_arrays(flats, lengths, k, method, vocab):
+    """The per-completion computation `token_arrays` replaced (one array and one torch call per
+    completion, padded and concatenated for the estimators), kept as the reference."""
+    import numpy as np
+    import torch
+
+    from egsw_rl.algos import topk_entropy, topk_tail_mass
+
+    lps, topks = [], []
+    for flat, T in zip(flats, lengths):
+        lp, topk = np.full(T, np.nan, dtype=np.float32), None
+        if flat is not None and T:
+            vals = np.asarray(flat.logprobs, dtype=np.float32)
+            starts, ends = np.asarray(flat.start_indices), np.asarray(flat.end_indices)
+            lp = vals[starts]
+            if k > 0:
+                width = ends - starts
+                if np.all(width == k + 1):
+                    topk = vals.reshape(T, k + 1)[:, 1:]
+                else:
+                    topk = np.full((T, int(width.max()) - 1), -np.inf, dtype=np.float32)
+                    for t in range(T):
+                        row = vals[starts[t] + 1:ends[t]]
+                        topk[t, :len(row)] = row
+        lps.append(lp)
+        topks.append(topk)
+    hs = [np.full(T, np.nan, dtype=np.float32) for T in lengths]
+    rs = [np.full(T, np.nan, dtype=np.float32) for T in lengths]
+    rows = [t for t in topks if t is not None and len(t)]
+    if rows:
+        width = max(r.shape[1] for r in rows)
+        rows = [r if r.shape[1] == width else
+                np.pad(r, ((0, 0), (0, width - r.shape[1])), constant_values=-np.inf) for r in rows]
+        allk = torch.from_numpy(np.concatenate(rows, 0))
+        h = topk_entropy(allk, method=method, vocab_size=vocab).numpy().astype(np.float32)
+        r = topk_tail_mass(allk).numpy().astype(np.float32)
+        off = 0
+        for i, t in enumerate(topks):
+            if t is None or not len(t):
+                continue
+            hs[i], rs[i] = h[off:off + len(t)].copy(), r[off:off + len(t)].copy()
+            off += len(t)
+    cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0, dtype=np.float32))
+    return cat(lps), cat(hs), cat(rs)
+
+
+def random_batch(seed, k, n=40, irregular=False, missing=False, vocab=64):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    flats, lengths = [], []
+    for i in range(n):
+        T = int(rng.integers(0, 30))
+        rows = []
+        for _ in range(T):
+            logits = rng.normal(0, rng.uniform(0.1, 6), vocab)
+            lp = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+            cands = np.sort(lp)[::-1][:k]
+            if rng.random() < 0.2:  # outside top-p: processed logprobs are -inf
+                cands[int(rng.integers(0, max(k, 1))):] = -np.inf
+            if irregular and rng.random() < 0.3:
+                cands = cands[:int(rng.integers(0, k + 1))]
+            rows.append([lp[int(rng.integers(0, vocab))], *cands])
+        lengths.append(T)
+        flats.append(None if missing and rng.random() < 0.2 else vllm_flat(rows))
+    return flats, lengths
+
+
+@pytest.mark.parametrize("method", ["lower_bound", "renorm", "upper_bound"])
+@pytest.mark.parametrize("k,irregular,missing", [(20, False, False), (5, True, False), (8, False, True),
+                                                 (0, False, False), (64, True, True)])
+def test_token_arrays_are_the_per_completion_results_bit_for_bit(method, k, irregular, missing):
+    import numpy as np
+
+    for seed in range(3):
+        flats, lengths = random_batch(seed, k, irregular=irregular, missing=missing)
+        got = gen.token_arrays(flats, lengths, k, method, 64)
+        want = reference_arrays(flats, lengths, k, method, 64)
+        for g, w in zip(got, want):
+            assert g.dtype == np.float32 and g.shape == (sum(lengths),)
+            assert g.tobytes() == w.tobytes()
+        if k == 0:
+            assert np.isnan(got[1]).all() and np.isnan(got[2]).all()
+        elif not missing:
+            assert np.isfinite(got[1]).all()
+
+
+def test_token_arrays_refuse_positions_that_do_not_match_the_tokens():
+    flats, lengths = random_batch(0, 4, n=3)
+    lengths = [t + 1 if t else t for t in lengths]
+    with pytest.raises(RuntimeError, match="logprob positions for"):
+        gen.token_arrays(flats, lengths, 4, "lower_bound")
+
+
+def test_token_arrays_leave_the_torch_thread_count_alone():
+    import torch
+
+    flats, lengths = random_batch(0, 20, n=200)
+    before = torch.get_num_threads()
+    gen.token_arrays(flats, lengths, 20, "lower_bound")
+    assert torch.get_num_threads() == before
+
+
+def completions(seed=0, n_prompts=3, G=4):
+    import numpy as np
+
+    from egsw_rl.batch import Completion
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in range(n_prompts):
+        prompt = rng.integers(0, 500, int(rng.integers(1, 40))).tolist()
+        for j in range(G):
+            T = int(rng.integers(0, 17))
+            arr = lambda: rng.normal(size=T).astype(np.float32)  # noqa: E731
+            out.append(Completion(prompt_index=b, sample_index=j, prompt_ids=list(prompt),
+                                  token_ids=rng.integers(0, 151_000, T).tolist(), text=f"é {b}/{j} \\boxed{{1}}",
+                                  logprobs=arr(), entropy=arr(), tail_mass=np.full(T, np.nan, dtype=np.float32),
+                                  finish_reason="stop" if j % 2 else "length", version=7))
+    return out
+
+
+def assert_same(got, want):
+    import dataclasses
+
+    import numpy as np
+
+    assert type(got) is list and len(got) == len(want)
+    for g, w in zip(got, want):
+        for f in dataclasses.fields(w):
+            a, b = getattr(g, f.name), getattr(w, f.name)
+            if isinstance(b, np.ndarray):
+                assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), f.name
+            else:
+                assert a == b and type(a) is type(b), f.name
+                if isinstance(b, list) and b:
+                    assert all(type(x) is type(y) for x, y in zip(a, b)), f.name
+
+
+def test_completion_list_pickles_as_columns_and_arrives_as_the_same_completions():
+    import pickle
+
+    want = completions()
+    data = pickle.dumps(gen.CompletionList(want), protocol=5)
+    got = pickle.loads(data)
+    assert_same(got, want)
+    # every completion its own prompt list, as before (mutating one leaves the others alone)
+    assert len({id(c.prompt_ids) for c in got}) == len(got)
+    # smaller than one record per completion
+    assert len(data) < len(pickle.dumps(list(want), protocol=5))
+    assert pickle.loads(pickle.dumps(gen.CompletionList([]))) == []
+
+
+def test_completion_list_falls_back_to_plain_pickling_for_what_it_cannot_pack():
+    import pickle
+
+    import numpy as np
+
+    odd = completions(seed=1)
+    odd[2].entropy = odd[2].entropy.astype(np.float64)  # one dtype per field is needed to concatenate
+    assert_same(pickle.loads(pickle.dumps(gen.CompletionList(odd))), odd)
+    short = completions(seed=2)
+    short[0].tail_mass = short[0].tail_mass[:-1] if len(short[0].tail_mass) else np.zeros(1, np.float32)
+    assert_same(pickle.loads(pickle.dumps(gen.CompletionList(short))), short)
+
+
 # ---------------------------------------------------------------- the benchmark's summary
 
 
