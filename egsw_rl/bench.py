@@ -435,18 +435,6 @@ PCIE_GB_S = 25.0
 MEASURED_IPC_PER_BUCKET_S = 0.5e-3
 
 
-def learner_resident_bytes(n_params: int, ranks: int, *, reference: bool = True, bytes_per_param: int = 2) -> dict:
-    """Bytes of training state one ZeRO-3 rank holds on its device between steps: the bf16
-    partition, the fp32 master partition, AdamW's two fp32 moments, the bf16 gradient partition
-    and (with a KL term) the reference model's bf16 partition."""
-    shard = n_params / ranks
-    parts = {"params_bf16": shard * bytes_per_param, "master_fp32": shard * 4, "adam_fp32": shard * 8,
-             "grads_bf16": shard * bytes_per_param,
-             "reference_bf16": shard * bytes_per_param if reference else 0.0}
-    parts["total"] = sum(parts.values())
-    return parts
-
-
 def colocated_estimate(*, gpus: int = 8, sleep_wake_s: float = SLEEP_WAKE_S, pcie_gb_s: float = PCIE_GB_S,
                        per_bucket_s: float = MEASURED_IPC_PER_BUCKET_S, **kw) -> dict:
     """`paper_estimate` for the same node colocated: generation on all `gpus`, then logprobs and
@@ -461,6 +449,8 @@ def colocated_estimate(*, gpus: int = 8, sleep_wake_s: float = SLEEP_WAKE_S, pci
              "handshake_s": base["sync_buckets"] * per_bucket_s,
              "load_host_s": base["sync_parts"]["load_host_s"],
              "load_device_s": base["sync_parts"]["load_device_s"]}
+    from egsw_rl.placement import learner_resident_bytes
+
     resident = learner_resident_bytes(base["params"], gpus, reference=a["reference"])
     hand = {"sleep_wake_s": sleep_wake_s, "offload_reload_s": 2 * resident["total"] / (pcie_gb_s * 1e9)}
     out = dict(base)

@@ -90,7 +90,8 @@ class Plan:
 
     def describe(self) -> str:
         rows = []
-        for role in ("device", "learner", "generator", "reward"):
+        roles = ("device", "reward") if self.layout == "colocated" else ("learner", "generator", "reward")
+        for role in roles:
             idx = self.of(role)
             if not idx:
                 continue
@@ -110,9 +111,13 @@ class Plan:
 
 
 def layout_of(cfg) -> str:
-    """trainer.placement (split when the config has no trainer section, as in unit tests)."""
+    """trainer.placement of a config (an OmegaConf node or the RunConfig dataclass); split when
+    it has no trainer section (callers that build only the hardware keys, unit tests)."""
     trainer = cfg.get("trainer") if hasattr(cfg, "get") else getattr(cfg, "trainer", None)
-    return str((trainer.get("placement") if hasattr(trainer, "get") else None) or "split")
+    if trainer is None:
+        return "split"
+    placement = trainer.get("placement") if hasattr(trainer, "get") else getattr(trainer, "placement", None)
+    return str(placement or "split")
 
 
 def colocation_errors(cfg, device: str) -> list[str]:
@@ -279,3 +284,72 @@ def reserve(plan: Plan, timeout_s: float = 120.0):
                              f"{timeout_s:.0f} s although the cluster reported room for it (another "
                              "job took the resources?)")
     return pg
+
+
+# ------------------------------------------------------------------------------ memory plan
+
+GIB = 2**30
+# Device memory a process holds beyond its tensors: the CUDA context and kernels, NCCL's
+# buffers (ZeRO-3's group for a learner rank), the caching allocator's slack. An assumption
+# (1.5 GiB is what a torch + NCCL process typically shows on an H100 before any tensor).
+PROCESS_OVERHEAD_GIB = 1.5
+
+
+def learner_resident_bytes(n_params: int, ranks: int, *, reference: bool = True, bytes_per_param: int = 2) -> dict:
+    """Bytes of training state one ZeRO-3 rank keeps between steps (what a colocated rank moves
+    to the host while the engines generate): its bf16 partition, fp32 master partition, AdamW's
+    two fp32 moments, bf16 gradient partition and, with a KL term, the reference model's bf16
+    partition."""
+    shard = n_params / ranks
+    parts = {"params_bf16": shard * bytes_per_param, "master_fp32": shard * 4, "adam_fp32": shard * 8,
+             "grads_bf16": shard * bytes_per_param,
+             "reference_bf16": shard * bytes_per_param if reference else 0.0}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def memory_plan(*, n_params: int, layers: int, hidden: int, vocab: int, gpu_gib: float, layout: str,
+                learner_gpus: int, gpu_memory_utilization: float, micro_batch_tokens: int,
+                logprob_chunk_tokens: int, bucket_mb: int = 256, reference: bool = True,
+                gradient_checkpointing: bool = True) -> dict:
+    """GiB a GPU holds in each phase of a step, by who holds it, for a bf16 ZeRO-3 learner and a
+    vLLM engine. Split: the learner GPUs and the engine GPUs apart (each holds its own all the
+    time). Colocated: the same GPU in its three phases: generate (engine awake, learner state on
+    the host), train (engine asleep, learner state back plus the update's working set), sync
+    (engine weights awake, learner state, the gathered buckets). Estimates, not measurements:
+    the working set is activations kept for the backward (one [tokens, hidden] bf16 tensor a
+    layer with checkpointing) plus a layer recomputed, two chunks of fp32 logits, and ZeRO-3's
+    gathered layers; vLLM takes `gpu_memory_utilization` of the device, weights included."""
+    g = lambda b: b / GIB  # noqa: E731
+    resident = learner_resident_bytes(n_params, learner_gpus, reference=reference)
+    layer_params = (n_params - 2 * vocab * hidden) / layers
+    acts = micro_batch_tokens * hidden * 2 * (layers if gradient_checkpointing else 12 * layers)
+    recompute = micro_batch_tokens * hidden * 2 * 12  # one layer's full activations (MLP ~5.3x hidden)
+    logits = 2 * logprob_chunk_tokens * vocab * 4
+    gathered = 3 * layer_params * 2  # the layer in use and ZeRO-3's prefetch
+    working = acts + recompute + logits + gathered
+    engine = gpu_memory_utilization * gpu_gib * GIB
+    weights = n_params * 2
+    bucket = bucket_mb * 2**20
+    over = PROCESS_OVERHEAD_GIB * GIB
+    learner_state = {k: g(v) for k, v in resident.items() if k != "total"}
+    if layout == "colocated":
+        phases = {
+            "generate": {"vLLM (weights + KV cache + graphs)": g(engine), "learner process": g(over)},
+            "train": {"learner state": g(resident["total"]), "update working set": g(working),
+                      "vLLM process (asleep)": g(over), "learner process": g(over)},
+            "sync": {"vLLM weights": g(weights), "learner state": g(resident["total"]),
+                     "buckets (gathered x2, staging, engine copy)": g(4 * bucket),
+                     "vLLM process": g(over), "learner process": g(over)},
+        }
+    else:
+        phases = {
+            "learner GPU": {"learner state": g(resident["total"]), "update working set": g(working),
+                            "learner process": g(over)},
+            "engine GPU": {"vLLM (weights + KV cache + graphs)": g(engine)},
+        }
+    totals = {name: sum(parts.values()) for name, parts in phases.items()}
+    return {"layout": layout, "gpu_gib": gpu_gib, "phases": phases, "totals": totals,
+            "peak_gib": max(totals.values()), "learner_state": learner_state,
+            "learner_state_gib": g(resident["total"]), "kv_cache_gib": g(engine - weights) - 2.0,
+            "host_pinned_gib_per_gpu": g(resident["total"]) if layout == "colocated" else 0.0}

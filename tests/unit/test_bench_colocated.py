@@ -2,7 +2,8 @@
 
 import pytest
 
-from egsw_rl.bench import (colocated_estimate, colocated_table, learner_resident_bytes, main, paper_estimate)
+from egsw_rl.bench import colocated_estimate, colocated_table, main, paper_estimate
+from egsw_rl.placement import learner_resident_bytes
 
 
 def test_colocated_runs_every_phase_on_all_gpus_and_pays_the_hand_overs():
