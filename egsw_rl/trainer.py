@@ -100,6 +100,7 @@ class Trainer:
         self.colocated = self.plan.layout == "colocated"
         self.phases: list[str] = []  # the phase changes of the run so far, in order (colocated)
         self._engines = "awake"  # colocated: awake | weights (KV cache asleep) | asleep
+        self._resume_probe: dict = {}  # the resume push's probe, logged with the first step after it
 
         def start_learners():
             return LearnerGroup(model_cfg, OmegaConf.to_object(cfg.learner), algo_cfg,
@@ -483,7 +484,8 @@ class Trainer:
                 self.version += 1
                 lag = [self.version - 1 - c.version for c in rollout.completions]
                 step_s = time.perf_counter() - t0
-                metrics.update(sync_metrics)
+                metrics.update({**self._resume_probe, **sync_metrics})
+                self._resume_probe = {}
                 if self.eval_sets and (step == cfg.trainer.total_steps or (
                         cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0)):
                     with timer("eval"):
@@ -560,8 +562,9 @@ class Trainer:
             checkpoint.set_rng_state(state["rng"])
             self.learners.updates = int(state.get("learner_updates", state["step"]))
             self._to_sync()
-            self.learners.push_weights(self.generators)  # generators restart from the base weights
+            pushed = self.learners.push_weights(self.generators)  # generators restart from the base weights
             self._phase("push")
+        self._resume_probe = {k: v for k, v in pushed.items() if k == "sync/logprob_diff_max"}
         self.version = state["version"]
         self.generators.set_version(self.version)  # after the push, which counted one more
         # rows past the checkpoint belong to steps that will be redone

@@ -77,3 +77,4 @@ def test_colocated_on_cpu_plan_transport_and_phase_order(ray_session, vh, tmp_pa
     assert [r["step"] for r in rows] == [1, 2, 3] and last["version"] == 3
     assert last["policy_lag/mean"] == 0.0
     assert last["rollout/logprob_diff_max"] < vh.KERNEL_TOL  # the resumed engines run the checkpoint
+    assert last["sync/logprob_diff_max"] < vh.KERNEL_TOL  # the resume push's probe, logged at step 3
