@@ -30,7 +30,8 @@ Sub-benchmarks (`--only`, comma-separated; default all), each printing a table:
   generate the generator actor (`actors/generator.py`, the preset's sampling settings and top-k
            logprobs) against a bare `vllm.LLM.generate` (no logprobs, no detokenisation) with the
            same engine arguments on the same batches of the preset's prompts: tokens/s of each
-           and their ratio, `engine_ratio` (JSON: generate.<preset>).
+           and their ratio, `engine_ratio` (JSON: generate.<preset>); where the actor's time goes
+           besides the engine call (its post-processing, the Ray round trip; ms a call).
 
 Numbers are medians over steps after `--warmup` steps. The load average is recorded with every
 measurement: on a shared machine the numbers move with it. `--out FILE` writes everything as
@@ -824,15 +825,26 @@ def sync_rig(model: str, *, pushes: int, warmup: int = 1, bucket_bytes: Optional
 def generate_summary(actor: Sequence[dict], bare: Sequence[dict]) -> dict:
     """The generator actor against a bare engine on the same batches: per-round rows
     {"tokens", "seconds"} of each; medians of tokens/s and their ratio (`engine_ratio`, 1.0 when
-    the actor adds nothing to the engine's own time)."""
+    the actor adds nothing to the engine's own time), and the median of the per-round ratios
+    (`engine_ratio_paired`)."""
     if not actor or not bare:
         raise ValueError("generate_summary needs at least one round of each")
     a = median(r["tokens"] / r["seconds"] for r in actor if r["seconds"] > 0)
     b = median(r["tokens"] / r["seconds"] for r in bare if r["seconds"] > 0)
+    # the same round's two calls run back to back, under about the same load: their ratio's median
+    # moves less with other jobs on the machine than the ratio of the two medians
+    paired = [(x["tokens"] / x["seconds"]) / (y["tokens"] / y["seconds"]) for x, y in zip(actor, bare)
+              if x["seconds"] > 0 and y["seconds"] > 0 and y["tokens"] > 0]
     return {"actor_tokens_per_s": a, "bare_tokens_per_s": b,
-            "engine_ratio": a / b if b > 0 else float("nan"), "rounds": len(actor),
+            "engine_ratio": a / b if b > 0 else float("nan"),
+            "engine_ratio_paired": median(paired) if paired else float("nan"), "rounds": len(actor),
             "actor_tokens": median(r["tokens"] for r in actor),
             "bare_tokens": median(r["tokens"] for r in bare)}
+
+
+def _median_ms(xs: Iterable[Optional[float]]) -> Optional[float]:
+    xs = [1e3 * x for x in xs if x is not None]
+    return median(xs) if xs else None
 
 
 class BareEngine:
@@ -924,8 +936,9 @@ def generate_throughput(preset: str, *, rounds: int, warmup: int, overrides: Seq
                 t0 = time.perf_counter()
                 comps = gens.generate(batch, max_tokens=new_tokens)
                 secs = time.perf_counter() - t0
+                st = gens.stats()[0]
                 return {"tokens": sum(len(c.token_ids) for c in comps), "seconds": secs,
-                        "engine_s": gens.stats()[0].get("seconds")}
+                        "engine_s": st.get("seconds"), "post_s": st.get("post_s"), "call_s": st.get("call_s")}
 
             def run_bare(prompt_ids):
                 t0 = time.perf_counter()
@@ -949,6 +962,13 @@ def generate_throughput(preset: str, *, rounds: int, warmup: int, overrides: Seq
                     "actor_engine_tokens_per_s": median(x["tokens"] / x["engine_s"] for x in actor_rows
                                                         if x.get("engine_s")),
                     "bare_engine_tokens_per_s": median(x["tokens"] / x["engine_s"] for x in bare_rows),
+                    # where the actor's time goes besides the engine: its own work after the engine
+                    # (entropy, text, records) and the Ray round trip (call, arguments, return)
+                    "engine_call_ratio": median(x["engine_s"] / y["engine_s"] for x, y in zip(bare_rows, actor_rows)
+                                                if x.get("engine_s") and y.get("engine_s")),
+                    "actor_post_ms": _median_ms(x.get("post_s") for x in actor_rows),
+                    "actor_ray_ms": _median_ms(x["seconds"] - x["call_s"] for x in actor_rows if x.get("call_s")),
+                    "bare_ray_ms": _median_ms(x["seconds"] - x["engine_s"] for x in bare_rows),
                     "actor_rows": actor_rows, "bare_rows": bare_rows,
                     "load_avg": [load0, os.getloadavg()[0]]})
         return out
@@ -974,7 +994,8 @@ def compose(preset: str, overrides: Sequence[str] = ()):
 # (warm-up, measured) trainer steps by preset: [full run, --quick]
 DEFAULT_COUNTS = {"tiny_cpu": [(2, 10), (2, 6)], "smollm2_cpu": [(1, 2), (1, 2)]}
 # (warm-up, timed) generate calls of each of the actor and the bare engine: [full run, --quick]
-GENERATE_ROUNDS = {"tiny_cpu": [(2, 10), (2, 6)], "smollm2_cpu": [(1, 2), (1, 2)]}
+# (tiny_cpu: a call is ~0.1 s and moves by tens of percent with other jobs on the box; 40 rounds)
+GENERATE_ROUNDS = {"tiny_cpu": [(2, 40), (2, 20)], "smollm2_cpu": [(1, 2), (1, 2)]}
 PEER_STEPS = {"tiny_cpu": 4, "smollm2_cpu": 2}  # measured TRL steps (after one warm-up step)
 # TRL's loss micro-batch, in sequences, with about the same token budget as egsw_rl's
 PEER_MICRO_BATCH = {"tiny_cpu": 16, "smollm2_cpu": 4}
@@ -1229,6 +1250,8 @@ class Bench:
         out = {}
         for preset in self.presets:
             warmup, rounds = GENERATE_ROUNDS.get(preset, GENERATE_ROUNDS["tiny_cpu"])[self.quick]
+            warmup, rounds = (self.warmup if self.warmup is not None else warmup,
+                              self.steps if self.steps is not None else rounds)
             try:
                 out[preset] = generate_throughput(preset, rounds=rounds, warmup=warmup, overrides=self.extra,
                                                   echo=self.echo)
@@ -1241,11 +1264,13 @@ class Bench:
         table = format_table(
             "Generation: the generator actor vs a bare vllm.LLM.generate (same prompts, same sampling)",
             ["preset", "engine", "prompts x G", "max new", "top-k", "actor tok/s", "bare tok/s",
-             "engine_ratio", "actor engine-call tok/s", "load avg"],
+             "engine_ratio", "paired", "engine call / bare", "actor post ms", "actor Ray ms", "bare Ray ms",
+             "load avg"],
             [[p, "in process" if s["engine_in_process"] else "own process",
               f"{s['prompts_per_call']} x {s['G']}", s["max_tokens"], s["logprobs"],
-              s["actor_tokens_per_s"], s["bare_tokens_per_s"], s["engine_ratio"],
-              s["actor_engine_tokens_per_s"], "%.1f-%.1f" % tuple(s["load_avg"])]
+              s["actor_tokens_per_s"], s["bare_tokens_per_s"], s["engine_ratio"], s["engine_ratio_paired"],
+              s["engine_call_ratio"], s["actor_post_ms"], s["actor_ray_ms"], s["bare_ray_ms"],
+              "%.1f-%.1f" % tuple(s["load_avg"])]
              for p, s in ok.items()])
         return {"table": table, "presets": out}
 
@@ -1283,7 +1308,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--presets", default=None, help="default: tiny_cpu with --quick, else tiny_cpu,smollm2_cpu")
     ap.add_argument("--steps", type=int, default=None,
                     help="measured trainer steps after the warm-up (default: 10 on tiny_cpu, 2 on smollm2_cpu; "
-                         "6 and 2 with --quick)")
+                         "6 and 2 with --quick); for generate, rounds (default 40 / 20 on tiny_cpu)")
     ap.add_argument("--warmup", type=int, default=None,
                     help="trainer steps left out of the medians (default: 2 on tiny_cpu, 1 on smollm2_cpu)")
     ap.add_argument("--peer-steps", type=int, default=None)

@@ -352,6 +352,11 @@ def test_generate_summary_ratio_of_medians():
     s = generate_summary(actor, bare)
     assert s["actor_tokens_per_s"] == 100 and s["bare_tokens_per_s"] == 200
     assert s["engine_ratio"] == pytest.approx(0.5)
+    # rounds slowed by other jobs move the ratio of the medians, less the median of the rounds' ratios
+    a = [{"tokens": 100, "seconds": s} for s in (1.0, 2.0, 4.0)]
+    b = [{"tokens": 100, "seconds": s} for s in (0.5, 4.0, 4.0)]
+    s2 = generate_summary(a, b)
+    assert s2["engine_ratio"] == pytest.approx(2.0) and s2["engine_ratio_paired"] == pytest.approx(1.0)
     assert s["rounds"] == 3
     with pytest.raises(ValueError):
         generate_summary([], bare)
