@@ -964,8 +964,9 @@ def generate_throughput(preset: str, *, rounds: int, warmup: int, overrides: Seq
                     "bare_engine_tokens_per_s": median(x["tokens"] / x["engine_s"] for x in bare_rows),
                     # where the actor's time goes besides the engine: its own work after the engine
                     # (entropy, text, records) and the Ray round trip (call, arguments, return)
-                    "engine_call_ratio": median(x["engine_s"] / y["engine_s"] for x, y in zip(bare_rows, actor_rows)
-                                                if x.get("engine_s") and y.get("engine_s")),
+                    "engine_call_ratio": median((x["tokens"] / x["engine_s"]) / (y["tokens"] / y["engine_s"])
+                                                for x, y in zip(actor_rows, bare_rows)
+                                                if x.get("engine_s") and y.get("engine_s") and y["tokens"]),
                     "actor_post_ms": _median_ms(x.get("post_s") for x in actor_rows),
                     "actor_ray_ms": _median_ms(x["seconds"] - x["call_s"] for x in actor_rows if x.get("call_s")),
                     "bare_ray_ms": _median_ms(x["seconds"] - x["engine_s"] for x in bare_rows),
