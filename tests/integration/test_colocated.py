@@ -25,6 +25,7 @@ def compose(*overrides):
     cfg = compose_preset("tiny_cpu", ("trainer.placement=colocated", "rollout.num_generators=2",
                                       "rollout.cpus_per_generator=1", "rollout.cpu_kvcache_gib=0.25",
                                       "data.batch_size=4", "rollout.n=4", "rollout.max_tokens=12",
+                                      "algo.beta=1e-3",  # a reference model, whose partitions move too
                                       "data.eval=[]", "trainer.total_steps=2", "trainer.save_every=2",
                                       "logger.plots=false", "logger.progress_bar=false",
                                       "logger.wandb.mode=disabled", *overrides))
@@ -56,6 +57,9 @@ def test_colocated_on_cpu_plan_transport_and_phase_order(ray_session, vh, tmp_pa
         assert r["learner/offloaded_gib"] > 0 and r["learner/reload_s"] >= 0
         assert r["timing/colocate_s"] > 0
         assert math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0
+        # the reference model went to the host and back with the policy's state: still the
+        # starting policy, a step or two away (a partition overwritten would show here)
+        assert 0 <= r["kl/mean"] < 1e-2, r["kl/mean"]
     # the first push carries the probe; the second step's update compares vLLM's logprobs of
     # the tokens it sampled with the reloaded learner's: both within the kernels' tolerance
     assert rows[0]["sync/logprob_diff_max"] < vh.KERNEL_TOL
