@@ -607,12 +607,16 @@ class Learner:
         self._settle_zero3()
         self.engine.offload_states(include=[S.lp_params, S.lp_grads, S.contiguous_grad_buffer],
                                    device=OffloadDeviceEnum.cpu, pin_memory=cuda, non_blocking=False)
+        # each tensor's own host buffer, kept with the tensor so the id is never reused: the list
+        # grows once AdamW has state, and a buffer must never serve two tensors (on CPU a
+        # reload leaves the tensors on their host buffers)
         host = self.__dict__.setdefault("_host_copies", {})
         moved = 0
-        for i, t in enumerate(self._resident_tensors()):
-            buf = host.get(i)
+        for t in self._resident_tensors():
+            _, buf = host.get(id(t), (None, None))
             if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-                buf = host[i] = torch.empty_like(t, device="cpu", pin_memory=cuda)
+                buf = torch.empty_like(t, device="cpu", pin_memory=cuda)
+                host[id(t)] = (t, buf)
             if buf.data_ptr() != t.data_ptr():
                 buf.copy_(t.data)
             t.data = buf
