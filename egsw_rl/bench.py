@@ -457,31 +457,39 @@ def colocated_estimate(*, gpus: int = 8, sleep_wake_s: float = SLEEP_WAKE_S, pci
     out = dict(base)
     out.update(sync_parts=parts, sync_s=sum(parts.values()), handover_parts=hand,
                handover_s=sum(hand.values()), resident=resident)
-    out["assumptions"] = dict(a, sleep_wake_s=sleep_wake_s, pcie_gb_s=pcie_gb_s, ipc_per_bucket_s=per_bucket_s)
-    out["step_s"] = base["generate_s"] + base["logprobs_s"] + base["update_s"] + out["sync_s"] + out["handover_s"]
+    out["assumptions"] = dict(a, sleep_wake_s=sleep_wake_s, pcie_gb_s=pcie_gb_s,
+                              ipc_per_bucket_s=per_bucket_s)
+    out["step_s"] = (base["generate_s"] + base["logprobs_s"] + base["update_s"] + out["sync_s"]
+                     + out["handover_s"])
     return out
 
 
 def colocated_table(split: dict, coloc: dict) -> str:
     a = coloc["assumptions"]
     g = a["vllm_gpus"]
-    row = lambda name, key, fmt="{:.0f} s": [name, fmt.format(split[key]), fmt.format(coloc[key])]  # noqa: E731
+
+    def row(name, key):
+        return [name, f"{split[key]:.0f} s", f"{coloc[key]:.0f} s"]
+
     rows = [
         row("generate", "generate_s"), row("logprobs (old + ref)", "logprobs_s"), row("update", "update_s"),
         ["weight sync", f"{split['sync_s']:.2f} s (NCCL broadcast)", f"{coloc['sync_s']:.2f} s (CUDA IPC)"],
-        ["  of which transfer", f"{split['sync_parts']['broadcast_s'] + split['sync_parts']['header_s']:.2f} s",
+        ["  of which transfer",
+         f"{split['sync_parts']['broadcast_s'] + split['sync_parts']['header_s']:.2f} s",
          f"{coloc['sync_parts']['pack_copy_s'] + coloc['sync_parts']['handshake_s']:.2f} s "
          f"({coloc['sync_buckets']} buckets x {a['ipc_per_bucket_s'] * 1e3:.2g} ms + 4 HBM passes)"],
         ["hand-overs", "-", f"{coloc['handover_s']:.1f} s"],
-        ["  vLLM sleep + wakes", "-", f"{coloc['handover_parts']['sleep_wake_s']:.1f} s (vLLM blog: level-2 wake <= 2.6 s)"],
+        ["  vLLM sleep + wakes", "-",
+         f"{coloc['handover_parts']['sleep_wake_s']:.1f} s (vLLM blog: level-2 wake <= 2.6 s)"],
         ["  learner offload + reload", "-",
-         f"{coloc['handover_parts']['offload_reload_s']:.1f} s (2 x {coloc['resident']['total'] / 1e9:.1f} GB "
+         f"{coloc['handover_parts']['offload_reload_s']:.1f} s "
+         f"(2 x {coloc['resident']['total'] / 1e9:.1f} GB "
          f"a GPU at {a['pcie_gb_s']:g} GB/s)"],
         row("step", "step_s"),
         ["speed-up", "1.00x", f"{split['step_s'] / coloc['step_s']:.2f}x"],
     ]
-    return format_table(f"On paper: qwen_math_7b split (4 learner + 4 vLLM GPUs) vs colocated ({g} GPUs, each "
-                        "both)", ["quantity", "split", "colocated"], rows)
+    return format_table(f"On paper: qwen_math_7b split (4 learner + 4 vLLM GPUs) vs colocated ({g} GPUs, "
+                        "each both)", ["quantity", "split", "colocated"], rows)
 
 
 # ============================================================================ measurements

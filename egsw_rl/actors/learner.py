@@ -943,7 +943,8 @@ class LearnerGroup:
             send_s = float(res[0]["seconds"])
             out = dict(res[-1])
             # rank 0's gathers; the handoff is the engine's wait for each bucket beyond them
-            split = {"gather_s": float(res[0]["gather_s"]), "transfer_s": float(out.get("sync/handoff_s", 0.0)),
+            split = {"gather_s": float(res[0]["gather_s"]),
+                     "transfer_s": float(out.get("sync/handoff_s", 0.0)),
                      "load_s": float(out.get("sync/load_s", 0.0))}
         elif self._transport == "shm":
             res = self._all([a.send_weights.remote(probe) for a in self.actors])

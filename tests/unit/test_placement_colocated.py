@@ -61,7 +61,8 @@ def test_on_cpu_the_same_plan_holds_cpus_only():
 
 
 @pytest.mark.parametrize("kw, says", [
-    (dict(gens=4), "rollout.num_generators x rollout.tensor_parallel_size = 4 x 1 must equal learner.num_ranks=8"),
+    (dict(gens=4), "rollout.num_generators x rollout.tensor_parallel_size = 4 x 1 must equal "
+                   "learner.num_ranks=8"),
     (dict(gens=2, tp=3, ranks=6, gpn=8), "must be a multiple of rollout.tensor_parallel_size"),
     (dict(overlap=True), "trainer.overlap=true"),
     (dict(offload_params=True), "learner.offload_params=false"),

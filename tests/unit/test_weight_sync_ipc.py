@@ -51,7 +51,7 @@ def test_buckets_reach_every_receiver_intact_through_a_reused_buffer_push_after_
             staging = shared[pickle.loads(store.get(f"h/{push}/{rank}"))]
             state: dict = {}
             # hold every view until the end, as the loader does with a layer's tensors
-            got[rank, push] = [(name, t) for name, t in ws.ipc_stream(store, push, rank, meta, staging, state)]
+            got[rank, push] = list(ws.ipc_stream(store, push, rank, meta, staging, state))
             got[rank, push, "probe"] = ws.ipc_probe(store, push)
             got[rank, push, "bytes"] = state["bytes"]
         except Exception as e:  # noqa: BLE001
@@ -63,9 +63,10 @@ def test_buckets_reach_every_receiver_intact_through_a_reused_buffer_push_after_
                 p.add_(1.0)  # new weights every push
         want = {ws.checkpoint_name(n): p.detach().clone() for n, p in m.named_parameters()}
         threads = [threading.Thread(target=receive, args=(r, push)) for r in range(ranks)]
-        threads += [threading.Thread(target=lambda s=s: got.setdefault(("sent", s.rank, push),
-                                                                       s.send(m, buckets, False, torch.device("cpu"))))
-                    for s in senders]
+        def send(s, push=push):
+            got["sent", s.rank, push] = s.send(m, buckets, False, torch.device("cpu"))
+
+        threads += [threading.Thread(target=send, args=(s,)) for s in senders]
         for t in threads:
             t.start()
         for t in threads:
@@ -90,7 +91,8 @@ def test_buckets_reach_every_receiver_intact_through_a_reused_buffer_push_after_
 def test_the_handle_is_torchs_own_description_in_rebuild_order(monkeypatch):
     import torch.multiprocessing.reductions as red
 
-    fields = ["cls", (4, 2), (2, 1), 3, "scls", torch.bfloat16, 1, b"H", 4096, 256, False, b"R", 8, b"E", True]
+    fields = ["cls", (4, 2), (2, 1), 3, "scls", torch.bfloat16, 1, b"H", 4096, 256, False, b"R", 8, b"E",
+              True]
     monkeypatch.setattr(red, "reduce_tensor", lambda t: (red.rebuild_cuda_tensor, tuple(fields)))
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: type("P", (), {"uuid": "GPU-1"})())
     h = ws.ipc_handle(torch.empty(0))
