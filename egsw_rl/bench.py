@@ -1359,7 +1359,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def write() -> None:
         if args.out:
-            doc = document({**results, "paper": est}, quick=args.quick, argv=argv, info=info)
+            doc = document({**results, "paper": {**est, "colocated": coloc}}, quick=args.quick, argv=argv,
+                           info=info)
             doc["machine"]["load_avg_end"] = list(os.getloadavg())
             Path(args.out).write_text(json.dumps(doc, indent=1, default=str))
 
@@ -1381,6 +1382,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     finally:
         bench.close()
     print("\n" + paper_table(est))
+    print("\n" + colocated_table(est, coloc))
     write()
     return 1 if any("error" in r for r in results.values()) else 0
 
