@@ -735,6 +735,9 @@ class WorkerExtension:
         return {"bytes": state["bytes"], "params": len(meta), "repacked": repacked, "seconds": secs,
                 "probe_ids": probe["ids"], "probe_logprobs": probe["logprobs"],
                 "handoff_wait_s": sum(state["waits"]), "copy_s": sum(state["copies"]),
+                # the group transport's timeline names (split_sync): each bucket's wait for its
+                # announcement, then its copy out of the rank's buffer
+                "header_waits": list(state["waits"]), "payload_waits": list(state["copies"]),
                 "load_s": secs - sum(state["waits"]) - sum(state["copies"])}
 
 

@@ -936,17 +936,7 @@ class LearnerGroup:
         probe = self._pushes == 0 if probe is None else bool(probe)
         generator_group.check_plan(self._sync_meta)  # cached: validates before anything is sent
         t0 = time.perf_counter()
-        if self._transport == "ipc":
-            recv = generator_group.receive_ipc(self._sync_meta, *self._ipc_at, self._pushes)
-            res = self._all([a.send_weights.remote(probe) for a in self.actors] + [recv])
-            total_s = time.perf_counter() - t0
-            send_s = float(res[0]["seconds"])
-            out = dict(res[-1])
-            # rank 0's gathers; the handoff is the engine's wait for each bucket beyond them
-            split = {"gather_s": float(res[0]["gather_s"]),
-                     "transfer_s": float(out.get("sync/handoff_s", 0.0)),
-                     "load_s": float(out.get("sync/load_s", 0.0))}
-        elif self._transport == "shm":
+        if self._transport == "shm":
             res = self._all([a.send_weights.remote(probe) for a in self.actors])
             send_s = time.perf_counter() - t0
             out = dict(ray.get(generator_group.load_shared(self._sync_meta, res[0].get("probe_ids"),
@@ -956,7 +946,11 @@ class LearnerGroup:
             split = {"gather_s": 0.0, "transfer_s": max(float(r.get("write_s", 0.0)) for r in res),
                      "load_s": float(out.get("sync/load_s", 0.0))}
         else:
-            recv = generator_group.receive_weights(self._sync_meta)
+            # group: rank 0 broadcasts every bucket to every engine; ipc: every rank hands it to
+            # the engine worker on its own GPU. Either way an engine waits for each bucket, takes
+            # it (the wire, or a copy out of the rank's buffer) and loads it: one timeline
+            recv = (generator_group.receive_ipc(self._sync_meta, *self._ipc_at, self._pushes)
+                    if self._transport == "ipc" else generator_group.receive_weights(self._sync_meta))
             res = self._all([a.send_weights.remote(probe) for a in self.actors] + [recv])
             total_s = time.perf_counter() - t0
             send_s = float(res[0]["seconds"])
