@@ -20,8 +20,10 @@ run's `config.yaml` (default `algo.name`), else the directory name. Outputs in `
 - compare.md / compare.json: final and best values per run, and per label mean ± sample std
   over its runs (the table is also printed).
 
-"final" is the mean of the last `--final-window` logged values (default 1: the last value);
-"best" is the maximum, for metrics where higher is better (reward, accuracy).
+"final" is the mean of the values logged in the last `--final-window` steps (default 1: the last
+value; a periodic eval, logged once in them, gives its last value); "best" is the maximum, for
+metrics where higher is better (reward, accuracy); an eval accuracy also gets "before", its
+step-0 value (before training).
 
 Final results (`compare_results`, behind `python -m egsw_rl.eval --compare`): the records of
 `python -m egsw_rl.eval` (results.json), or a run's last periodic-eval row, grouped by label,
@@ -103,11 +105,16 @@ def load_runs(paths: Sequence[str], *, labels: Optional[Sequence[str]] = None,
 
 
 def run_summary(run: Run, key: str, higher_better: Optional[bool], final_window: int = 1) -> Optional[dict]:
+    """final: the mean of the values logged in the run's last `final_window` steps (a periodic
+    eval logged once in them counts once); first: the first value (an eval's step-0 row, before
+    training); best: the max (min) when higher (lower) is better."""
     steps, vals = run.series(key)
     if not vals:
         return None
-    w = max(1, min(final_window, len(vals)))
-    out = {"final": sum(vals[-w:]) / w, "last_step": steps[-1], "points": len(vals)}
+    last = int(run.rows[-1].get("step", steps[-1])) if run.rows else steps[-1]
+    tail = [v for s, v in zip(steps, vals) if s > last - max(1, final_window)] or vals[-1:]
+    out = {"final": sum(tail) / len(tail), "first": vals[0], "first_step": steps[0],
+           "last_step": steps[-1], "points": len(vals)}
     if higher_better is not None:
         best = max(vals) if higher_better else min(vals)
         out["best"] = best
@@ -136,7 +143,7 @@ def summarise(runs: Sequence[Run], specs, final_window: int = 1) -> dict:
             if not members:
                 continue
             agg[key] = {}
-            for which in ("final", "best"):
+            for which in ("first", "final", "best"):
                 vals = [m[which] for m in members if which in m]
                 if vals:
                     m, s = mean_std(vals)
@@ -158,6 +165,8 @@ def _columns(specs) -> list[tuple[str, str, str]]:
     cols = []
     for key, _, hb in specs:
         short = SHORT.get(key, key)
+        if key.startswith("eval/"):  # evaluated before the first step: before -> final
+            cols.append((key, "first", f"{short} before"))
         cols.append((key, "final", f"{short} final"))
         if hb is not None:
             cols.append((key, "best", f"{short} best"))
@@ -168,7 +177,7 @@ def markdown(summary: dict, specs, final_window: int = 1) -> str:
     cols = _columns(specs)
     head = ["Run", "Label", "Steps"] + [c[2] for c in cols]
     sep = "|" + "|".join(["---", "---", "---:"] + ["---:"] * len(cols)) + "|"
-    window = f" (final = mean of the last {final_window} values)" if final_window > 1 else ""
+    window = f" (final = mean over the last {final_window} steps)" if final_window > 1 else ""
     lines = ["Per run" + window, "",
              "| " + " | ".join(head) + " |", sep]
     for name, r in summary["runs"].items():
@@ -314,7 +323,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--metrics",
                    help="comma-separated metric keys (default: reward, accuracy, length, entropy, eval/*)")
     p.add_argument("--smooth", type=int, default=1, help="moving-average window for the curves")
-    p.add_argument("--final-window", type=int, default=1, help="final = mean of the last W values")
+    p.add_argument("--final-window", type=int, default=1,
+                   help="final = mean of the values of the last W steps (an eval's last value)")
     args = p.parse_args(argv)
     try:
         md, _, pngs = compare_runs(

@@ -177,6 +177,9 @@ def load_problems(spec: str, *, split: str = "train", question_key: str = "quest
     if spec in ("arithmetic", "arithmetic_heldout"):
         split = "test" if spec == "arithmetic_heldout" else "train"
         return arithmetic_problems(max_samples or 4096, seed=seed, split=split), 0
+    if spec in ("arith_chain", "arith_chain_heldout"):
+        split = "test" if spec == "arith_chain_heldout" else "train"
+        return arithmetic_chain_problems(max_samples or 4096, seed=seed, split=split), 0
 
     rows: list[dict]
     where = spec
@@ -267,6 +270,33 @@ def arithmetic_problems(n: int, *, seed: int = 0, max_operand: int = 15,
             out.append(Problem(f"What is {a} + {b}?", str(a + b), id=f"arith-{split}-{i}"))
         else:
             out.append(Problem(f"What is {a} - {b}?", str(a - b), id=f"arith-{split}-{i}"))
+    return out
+
+
+def _heldout_chain(operands: tuple[int, ...], ops: tuple[str, ...]) -> bool:
+    code = sum((2 * k + 3) * x for k, x in enumerate(operands)) + sum(k + 1 for k, o in enumerate(ops)
+                                                                      if o == "-")
+    return code % 5 == 0  # about a fifth of the expressions, never trained on
+
+
+def arithmetic_chain_problems(n: int, *, seed: int = 0, max_operand: int = 9, terms: int = 3,
+                              split: str = "train") -> list[Problem]:
+    """Multi-step expressions evaluated left to right ("What is 3 + 9 - 4?"), `terms` operands in
+    0..max_operand, each operator + or - at random; answers may be negative. The "test" split uses
+    only expressions (operands and operators) the "train" split never contains; "all" draws from
+    every one. `conf=tiny_methods` trains and evaluates on them (README "Methods side by side")."""
+    rng = random.Random(f"chain-{seed}-{split}")
+    out = []
+    while len(out) < n:
+        operands = tuple(rng.randint(0, max_operand) for _ in range(terms))
+        ops = tuple(rng.choice("+-") for _ in range(terms - 1))
+        if split != "all" and _heldout_chain(operands, ops) != (split == "test"):
+            continue
+        value, text = operands[0], str(operands[0])
+        for o, x in zip(ops, operands[1:]):
+            value = value + x if o == "+" else value - x
+            text += f" {o} {x}"
+        out.append(Problem(f"What is {text}?", str(value), id=f"chain-{split}-{len(out)}"))
     return out
 
 

@@ -24,26 +24,33 @@ log = logging.getLogger(__name__)
 SETTINGS = dict(hidden_size=128, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=384,
                 steps=600, batch=64, lr=3e-3, seed=1234, max_operand=15, boxed_frac=0.5, format=5,
                 pairs="train")
+# `conf=tiny_methods` ("tiny_arith_chain"): the same model on three-operand expressions
+# ("What is 3 + 9 - 4?", data.arithmetic_chain_problems, training expressions only), always boxed:
+# the format is not what RL has to learn there, the arithmetic is.
+CHAIN_SETTINGS = dict(SETTINGS, task="chain", max_operand=9, terms=3, boxed_frac=1.0)
 
 
 def answer_text(answer: str, boxed: bool) -> str:
     return f"\\boxed{{{answer}}}" if boxed else answer
 
 
-def ensure_warm_model(root: Path | None = None) -> Path:
+def ensure_warm_model(root: Path | None = None, settings: dict | None = None) -> Path:
+    """The warmed-up model folder for `settings` (default SETTINGS), built on first use and cached
+    under a name keyed by the settings."""
     import hashlib
 
-    key = hashlib.sha1(json.dumps(SETTINGS, sort_keys=True).encode()).hexdigest()[:10]
+    settings = SETTINGS if settings is None else settings
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     root = Path(root) if root is not None else cache_dir() / "tiny"
-    out = root / f"arith-warm-{key}"
+    out = root / f"arith-{'chain' if settings.get('task') == 'chain' else 'warm'}-{key}"
     if (out / "model.safetensors").exists():
         return out
-    base = tiny_model(hidden_size=SETTINGS["hidden_size"], num_layers=SETTINGS["num_layers"],
-                      num_heads=SETTINGS["num_heads"], num_kv_heads=SETTINGS["num_kv_heads"],
-                      intermediate_size=SETTINGS["intermediate_size"], root=root)
+    base = tiny_model(hidden_size=settings["hidden_size"], num_layers=settings["num_layers"],
+                      num_heads=settings["num_heads"], num_kv_heads=settings["num_kv_heads"],
+                      intermediate_size=settings["intermediate_size"], root=root)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".building-"))
     try:
-        _warm_up(base, tmp)
+        _warm_up(base, tmp, settings)
         try:
             tmp.rename(out)
         except OSError:
@@ -54,36 +61,50 @@ def ensure_warm_model(root: Path | None = None) -> Path:
     return out
 
 
-def _warm_up(base: Path, out: Path) -> None:
+def ensure_chain_model(root: Path | None = None) -> Path:
+    """The `tiny_arith_chain` model: the warm-up on three-operand expressions (CHAIN_SETTINGS)."""
+    return ensure_warm_model(root, CHAIN_SETTINGS)
+
+
+def warmup_problems(settings: dict):
+    """The warm-up's problems: its training split only (the held-out one is never seen)."""
+    from egsw_rl.data import arithmetic_chain_problems, arithmetic_problems
+
+    if settings.get("task") == "chain":
+        return arithmetic_chain_problems(20000, seed=settings["seed"], max_operand=settings["max_operand"],
+                                         terms=settings["terms"], split=settings["pairs"])
+    return arithmetic_problems(20000, seed=settings["seed"], max_operand=settings["max_operand"],
+                               split=settings["pairs"])
+
+
+def _warm_up(base: Path, out: Path, settings: dict) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from egsw_rl.data import arithmetic_problems
 
     log.info("warming up the tiny arithmetic model (first use only, about a minute)")
-    torch.manual_seed(SETTINGS["seed"])
+    torch.manual_seed(settings["seed"])
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     # the training pairs only: the held-out pairs (data.eval arithmetic_heldout) are never seen by
     # the warm-up either, so their accuracy measures generalisation, not memorisation
-    problems = arithmetic_problems(20000, seed=SETTINGS["seed"], max_operand=SETTINGS["max_operand"],
-                                   split=SETTINGS["pairs"])
+    problems = warmup_problems(settings)
     examples = []
-    fmt_rng = random.Random(SETTINGS["seed"] + 1)
+    fmt_rng = random.Random(settings["seed"] + 1)
     for p in problems:
         prompt = tok.apply_chat_template([{"role": "user", "content": p.question}],
                                          tokenize=False, add_generation_prompt=True)
         p_ids = tok(prompt, add_special_tokens=False).input_ids
-        boxed = fmt_rng.random() < SETTINGS["boxed_frac"]
+        boxed = fmt_rng.random() < settings["boxed_frac"]
         a_ids = tok(answer_text(p.answer, boxed) + "<|im_end|>", add_special_tokens=False).input_ids
         examples.append((p_ids, a_ids))
 
-    opt = torch.optim.AdamW(model.parameters(), lr=SETTINGS["lr"], weight_decay=0.0)
-    rng = random.Random(SETTINGS["seed"])
+    opt = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=0.0)
+    rng = random.Random(settings["seed"])
     pad_id = tok.pad_token_id
     model.train()
-    for step in range(SETTINGS["steps"]):
-        batch = rng.sample(examples, SETTINGS["batch"])
+    for step in range(settings["steps"]):
+        batch = rng.sample(examples, settings["batch"])
         width = max(len(p) + len(a) for p, a in batch)
         ids = torch.full((len(batch), width), pad_id)
         labels = torch.full((len(batch), width), -100)
@@ -94,7 +115,7 @@ def _warm_up(base: Path, out: Path) -> None:
             labels[i, len(p):len(seq)] = torch.tensor(a)
             attn[i, :len(seq)] = 1
         for g in opt.param_groups:  # linear decay keeps the end of the warm-up stable
-            g["lr"] = SETTINGS["lr"] * (1 - step / SETTINGS["steps"])
+            g["lr"] = settings["lr"] * (1 - step / settings["steps"])
         loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
         opt.zero_grad()
         loss.backward()
@@ -104,9 +125,11 @@ def _warm_up(base: Path, out: Path) -> None:
             log.info("warm-up step %d loss %.3f", step, loss.item())
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
-    (out / "egsw_rl_warmup.json").write_text(json.dumps(SETTINGS, indent=1))
+    (out / "egsw_rl_warmup.json").write_text(json.dumps(settings, indent=1))
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    print(ensure_warm_model())
+    import sys
+
+    print(ensure_chain_model() if sys.argv[1:] == ["chain"] else ensure_warm_model())

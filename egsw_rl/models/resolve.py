@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-BUILTIN = ("tiny", "tiny_arith", "smollm2")
+BUILTIN = ("tiny", "tiny_arith", "tiny_arith_chain", "smollm2")
 # What a model folder needs here: config, tokenizer (json / sentencepiece / tiktoken / merges),
 # chat template, safetensors weights, and the code of trust_remote_code models. Repos often carry
 # the same weights a second time as .bin / .pth / .gguf: never fetched.
@@ -188,6 +188,10 @@ def locate_model(spec: str, *, weights: bool = True, key: str = "model.path") ->
         from egsw_rl.models.arithmetic import ensure_warm_model
 
         return ResolvedModel(Path(ensure_warm_model()), "builtin")
+    if spec == "tiny_arith_chain":
+        from egsw_rl.models.arithmetic import ensure_chain_model
+
+        return ResolvedModel(Path(ensure_chain_model()), "builtin")
     if spec == "smollm2":
         from egsw_rl.models.smollm2 import ensure_converted
 

@@ -116,6 +116,29 @@ def test_compare_runs_aggregates_by_algo(tmp_path):
     assert any(line.startswith("| egsw_s0 | egsw | 3 | 0.600 | 0.600 |") for line in lines), md
 
 
+def test_compare_runs_eval_before_after_per_label(tmp_path):
+    """The methods table: held-out accuracy before (the step-0 eval) and final (the last eval,
+    however wide the window), training accuracy over the last steps, mean ± std over seeds."""
+    for seed, (before, after) in enumerate([(0.1, 0.3), (0.2, 0.5)]):
+        d = _fake_run(tmp_path / "sweep", str(seed), "grpo", [0.2, 0.4, 0.6, 0.8],
+                      extra={4: {"eval/heldout/accuracy": after, "egsw/ess_frac": 0.9}})
+        (d / "eval.jsonl").write_text(json.dumps({"step": 0, "eval/heldout/accuracy": before}) + "\n")
+    md, summary, _ = cmp.compare_runs([str(tmp_path / "sweep")], None, final_window=2,
+                                      metrics=["reward/accuracy", "eval/heldout/accuracy", "egsw/ess_frac"])
+    run = summary["runs"]["0"]
+    assert run["reward/accuracy"]["final"] == pytest.approx(0.35)  # steps 3, 4: 0.3, 0.4
+    assert run["eval/heldout/accuracy"]["first"] == pytest.approx(0.1)
+    assert run["eval/heldout/accuracy"]["final"] == pytest.approx(0.3)  # not the mean with step 0
+    lab = summary["labels"]["grpo"]
+    assert lab["eval/heldout/accuracy"]["first"]["mean"] == pytest.approx(0.15)
+    assert lab["eval/heldout/accuracy"]["final"]["std"] == pytest.approx(statistics.stdev([0.3, 0.5]))
+    head = next(line for line in md.splitlines() if line.startswith("| Label"))
+    assert "eval/heldout/accuracy before | eval/heldout/accuracy final" in head
+    assert "reward/accuracy before" not in head
+    assert any(line.startswith("| grpo | 2 | 0.350 ± 0.000 | 0.400 ± 0.000 | 0.150 ± 0.071 | 0.400 ± 0.141")
+               for line in md.splitlines()), md
+
+
 def test_compare_runs_labels_window_and_resume_duplicates(tmp_path):
     a = _fake_run(tmp_path, "a", "grpo", [0.1, 0.2, 0.3, 0.4])
     b = _fake_run(tmp_path, "b", "grpo", [0.5, 0.5])
@@ -133,7 +156,7 @@ def test_compare_runs_labels_window_and_resume_duplicates(tmp_path):
     assert summary["runs"]["b"]["reward/mean"]["final"] == pytest.approx(0.8)  # steps 2 (0.7), 3 (0.9)
     assert summary["runs"]["b"]["steps"] == 3
     assert set(summary["labels"]) == {"x", "y"}
-    assert "mean of the last 2 values" in md
+    assert "mean over the last 2 steps" in md
     with pytest.raises(cmp.CompareError):
         cmp.compare_runs([str(a)], None, labels=["x", "y"])
     with pytest.raises(cmp.CompareError):
