@@ -138,6 +138,10 @@ def colocation_errors(cfg, device: str) -> list[str]:
     if cfg.trainer.overlap:
         out.append("trainer.overlap=true generates while the learners train: colocated, they share the "
                    "devices and take turns (trainer.placement=split for overlap)")
+    if device == "cuda" and str(getattr(lc, "sync_transport", None) or "auto") == "group":
+        out.append("learner.sync_transport=group with trainer.placement=colocated on cuda: NCCL refuses two "
+                   "ranks of one group on one GPU (learner rank 0 and the engine worker beside it); "
+                   "colocated, weights go over CUDA IPC (learner.sync_transport=auto)")
     if lc.offload_params:
         out.append("learner.offload_params=true: colocated, the learner moves its parameters off the "
                    "device between phases itself (DeepSpeed's offload_states refuses parameters that "

@@ -863,6 +863,10 @@ def choose_transport(want: str, device: str, colocated: bool, nodes: int) -> str
                              f"CPU node; they run on {nodes} node(s) on {device} (use group or auto)")
         return "shm"
     if want == "group":
+        if device == "cuda" and colocated:
+            raise ValueError("learner.sync_transport=group with trainer.placement=colocated on cuda: NCCL "
+                             "refuses two ranks of one group on one GPU (learner rank 0 and the engine "
+                             "worker beside it); colocated, weights go over CUDA IPC (use auto)")
         return "group"
     if device == "cuda":
         return "ipc" if colocated else "group"

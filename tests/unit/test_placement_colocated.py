@@ -8,10 +8,10 @@ from egsw_rl.placement import COLOCATED_GPU_SHARE, PlacementError, assign, coloc
 
 
 def cfg(ranks=8, nodes=1, gpn=8, gens=8, tp=1, cpr=4.0, cpg=4.0, rewards=2, overlap=False,
-        offload_params=False):
+        offload_params=False, transport="auto"):
     return OmegaConf.create({
         "learner": {"num_ranks": ranks, "num_nodes": nodes, "gpus_per_node": gpn, "cpus_per_rank": cpr,
-                    "offload_params": offload_params},
+                    "offload_params": offload_params, "sync_transport": transport},
         "rollout": {"tensor_parallel_size": tp, "cpus_per_generator": cpg, "num_generators": gens},
         "reward": {"num_actors": rewards},
         "trainer": {"placement": "colocated", "overlap": overlap}})
@@ -66,11 +66,12 @@ def test_on_cpu_the_same_plan_holds_cpus_only():
     (dict(gens=2, tp=3, ranks=6, gpn=8), "must be a multiple of rollout.tensor_parallel_size"),
     (dict(overlap=True), "trainer.overlap=true"),
     (dict(offload_params=True), "learner.offload_params=false"),
+    (dict(transport="group"), "NCCL refuses two ranks of one group on one GPU"),
 ])
 def test_colocated_configs_that_cannot_work_are_refused_naming_the_key(kw, says):
     c = cfg(**kw)
     assert any(says in e for e in colocation_errors(c, "cuda"))
-    with pytest.raises(PlacementError, match="trainer.placement=colocated|trainer.overlap|offload_params"):
+    with pytest.raises(PlacementError, match="trainer.placement=colocated|trainer.overlap|offload_params|NCCL"):
         make_plan(c, "cuda")
 
 

