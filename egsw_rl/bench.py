@@ -136,7 +136,7 @@ SYNC_SPLIT = ("total_s", "gather_s", "transfer_s", "load_s", "other_s", "header_
 
 
 def sync_push_summary(pushes: Sequence[dict]) -> dict:
-    """Medians of the split of timed pushes (`LearnerGroup.push_weights`' sync/* keys)."""
+    """Medians of the split of timed pushes (`WeightSync.push`' sync/* keys)."""
     if not pushes:
         raise ValueError("sync_push_summary needs at least one push")
     return {k: median(p.get(f"sync/{k}", float("nan")) for p in pushes) for k in SYNC_SPLIT}
@@ -296,9 +296,9 @@ def transformer_tensors(layers: int, hidden: int, intermediate: int, heads: int,
 
 
 def bucket_count(tensor_bytes: Sequence[int], bucket_bytes: int) -> int:
-    """Buckets `weight_sync.plan_buckets` makes of tensors of these sizes (16-byte aligned, a
+    """Buckets `sync.plan.plan_buckets` makes of tensors of these sizes (16-byte aligned, a
     tensor larger than a bucket alone)."""
-    from egsw_rl.weight_sync import ParamMeta, plan_buckets
+    from egsw_rl.sync.plan import ParamMeta, plan_buckets
 
     meta = [ParamMeta(f"t{i}", (int(b),), "float16") for i, b in enumerate(b // 2 for b in tensor_bytes)]
     return len(plan_buckets(meta, int(bucket_bytes)))
@@ -497,7 +497,7 @@ def colocated_table(split: dict, coloc: dict) -> str:
 
 def ipc_handshake_cost(buckets: Sequence[int] = (4, 200), pushes: int = 5) -> dict:
     """Seconds a bucket adds to a CUDA IPC push beyond its bytes: the transport's own protocol
-    (`weight_sync.IpcSender`, `ipc_stream`) between two threads over a loopback TCPStore, tiny
+    (`sync.ipc.IpcSender`, `ipc_stream`) between two threads over a loopback TCPStore, tiny
     buckets, the slope of the median push time over the bucket count."""
     import pickle
     import socket
@@ -505,13 +505,13 @@ def ipc_handshake_cost(buckets: Sequence[int] = (4, 200), pushes: int = 5) -> di
 
     import torch
 
-    from egsw_rl import weight_sync as ws
+    from egsw_rl.sync import ipc, plan
 
     medians = []
     for n in buckets:
         module = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(int(n))])
-        meta = ws.param_meta(module)
-        plan = ws.plan_buckets(meta, 400)  # one layer's weight and bias a bucket
+        meta = plan.param_meta(module)
+        bplan = plan.plan_buckets(meta, 400)  # one layer's weight and bias a bucket
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
@@ -521,23 +521,23 @@ def ipc_handshake_cost(buckets: Sequence[int] = (4, 200), pushes: int = 5) -> di
             shared[id(t)] = t
             return id(t)
 
-        sender = ws.IpcSender("127.0.0.1", port, 0, timeout_s=120, share=share)
-        store = ws._ipc_store("127.0.0.1", port, False, 120)
+        sender = ipc.IpcSender("127.0.0.1", port, 0, timeout_s=120, share=share)
+        store = ipc.ipc_store("127.0.0.1", port, False, 120)
         times = []
         for push in range(pushes):
             def receive(push=push):
                 staging = shared[pickle.loads(store.get(f"h/{push}/0"))]
-                for _ in ws.ipc_stream(store, push, 0, meta, staging, {}):
+                for _ in ipc.ipc_stream(store, push, 0, meta, staging, {}):
                     pass
-                ws.ipc_probe(store, push)
+                ipc.ipc_probe(store, push)
 
             t = threading.Thread(target=receive)
             t0 = time.perf_counter()
             t.start()
-            sender.send(module, plan, False, torch.device("cpu"))
+            sender.send(module, bplan, False, torch.device("cpu"))
             t.join()
             times.append(time.perf_counter() - t0)
-        medians.append((len(plan), median(times)))
+        medians.append((len(bplan), median(times)))
     (n0, t0), (n1, t1) = medians[0], medians[-1]
     return {"per_bucket_s": (t1 - t0) / (n1 - n0), "pushes": medians}
 
@@ -565,7 +565,7 @@ def gloo_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 3) -> float:
 
     import torch
 
-    from egsw_rl import weight_sync as ws
+    from egsw_rl.sync.group import bcast, new_group
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -573,7 +573,7 @@ def gloo_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 3) -> float:
     groups = {}
 
     def join(rank):
-        groups[rank] = ws.new_group("127.0.0.1", port, rank, 2, "gloo", 120)[0]
+        groups[rank] = new_group("127.0.0.1", port, rank, 2, "gloo", 120)[0]
 
     t = threading.Thread(target=join, args=(1,))
     t.start()
@@ -583,10 +583,10 @@ def gloo_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 3) -> float:
     dst = torch.empty_like(src)
     best = float("inf")
     for _ in range(repeats):
-        t = threading.Thread(target=ws._bcast, args=(groups[1], dst))
+        t = threading.Thread(target=bcast, args=(groups[1], dst))
         t0 = time.perf_counter()
         t.start()
-        ws._bcast(groups[0], src)
+        bcast(groups[0], src)
         t.join()
         best = min(best, time.perf_counter() - t0)
     return nbytes / best
@@ -744,11 +744,12 @@ def learner_throughput(model: str, ranks: int, *, seqs: int = 32, max_completion
         }
         if push:
             from egsw_rl.actors.generator import GeneratorGroup
+            from egsw_rl.sync import WeightSync
 
             gens = GeneratorGroup(ModelConfig(path=path), RolloutConfig(num_generators=1, max_model_len=512), "cpu")
             try:
-                group.setup_weight_sync(gens)
-                pushes = [group.push_weights(gens) for _ in range(push)]
+                sync = WeightSync(group, gens)
+                pushes = [sync.push() for _ in range(push)]
                 row["push_s"] = [round(p["timing/sync_s"], 3) for p in pushes]
                 row["sync_logprob_diff_max"] = [p.get("sync/logprob_diff_max") for p in pushes]
             finally:
@@ -768,9 +769,9 @@ SYNC_MODELS = {"tiny_cpu": "tiny", "smollm2_cpu": "smollm2"}
 
 
 def _replan_buckets(learner, bucket_bytes: int) -> int:
-    from egsw_rl import weight_sync as ws
+    from egsw_rl.sync.plan import plan_buckets
 
-    learner._sync_buckets = ws.plan_buckets(learner._sync_meta, int(bucket_bytes))
+    learner._sync_buckets = plan_buckets(learner._sync_meta, int(bucket_bytes))
     return len(learner._sync_buckets)
 
 
@@ -779,13 +780,14 @@ def sync_rig(model: str, *, pushes: int, warmup: int = 1, bucket_bytes: Optional
     """Weight pushes alone (needs Ray up): two ZeRO-3 learner ranks over gloo (one core each)
     and one vLLM CPU engine on `model`, `warmup` + `pushes` pushes over shared memory and then
     over the process group at each bucket size. Every push is the trainer's own
-    (`LearnerGroup.push_weights`, without the probe), timed from the first byte sent until the
+    (`WeightSync.push`, without the probe), timed from the first byte sent until the
     engine has loaded and bumped its version, and split into gather, transfer and load."""
     import ray
 
     from egsw_rl.actors.generator import GeneratorGroup
     from egsw_rl.actors.learner import LearnerGroup
     from egsw_rl.config import AlgoConfig, LearnerConfig, ModelConfig, RolloutConfig
+    from egsw_rl.sync import WeightSync
 
     path = learner_model_dir(model)
     sizes = list(bucket_bytes or SYNC_BUCKETS.get(model, SYNC_BUCKETS["smollm2"]))
@@ -798,14 +800,14 @@ def sync_rig(model: str, *, pushes: int, warmup: int = 1, bucket_bytes: Optional
                                                                     cpu_kvcache_gib=0.25), "cpu")
         for transport, size in [("shm", None)] + [("group", b) for b in sizes]:
             if size is None or size == sizes[0]:
-                group.setup_weight_sync(gens, transport=transport)
-                check = group.push_weights(gens, probe=True)  # the consistency check, untimed
+                sync = WeightSync(group, gens, transport=transport)
+                check = sync.push(probe=True)  # the consistency check, untimed
                 out.setdefault("logprob_diff_max", {})[transport] = check.get("sync/logprob_diff_max")
-                out["tensors"] = len(group._sync_meta)
+                out["tensors"] = len(sync.meta)
             if size is not None:
                 n = ray.get([a.__ray_call__.remote(_replan_buckets, size) for a in group.actors])[0]
             load0 = os.getloadavg()[0]
-            rows = [group.push_weights(gens, probe=False) for _ in range(warmup + pushes)][warmup:]
+            rows = [sync.push(probe=False) for _ in range(warmup + pushes)][warmup:]
             run = {"transport": transport, "bucket_bytes": size, **sync_push_summary(rows),
                    "bytes": median(r.get("sync/bytes", float("nan")) for r in rows),
                    "load_avg": [load0, os.getloadavg()[0]], "pushes": rows}

@@ -69,6 +69,7 @@ class Trainer:
         from egsw_rl.actors.generator import GeneratorGroup
         from egsw_rl.actors.learner import LearnerGroup
         from egsw_rl.actors.reward import RewardGroup, node_cpus, plan_workers
+        from egsw_rl.sync import WeightSync
 
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -130,8 +131,8 @@ class Trainer:
         log.info("reward: %d actor(s), grading processes %s", len(self.rewarder.workers), self.rewarder.workers)
         if not self.colocated:
             self.learners = start_learners()
-        sync = self.learners.setup_weight_sync(self.generators, colocated=self.colocated)
-        log.info("weight sync: %s transport", sync["transport"])
+        self.sync = WeightSync(self.learners, self.generators, colocated=self.colocated)
+        log.info("weight sync: %s transport", self.sync.transport)
         self.version = 0
         self.step = 0
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="generate")
@@ -182,7 +183,7 @@ class Trainer:
         yield  # an error here ends the run: no hand-back
         if self._engines == "asleep":
             self._to_sync()
-            self.learners.push_weights(self.generators, probe=False)
+            self.sync.push(probe=False)
             self._phase("push")
             self.generators.set_version(self.version)  # the same weights: the same version
         self._to_generation()
@@ -476,7 +477,7 @@ class Trainer:
                 with timer("colocate"):
                     colocate.update(self._to_sync())
                 with timer("sync"):
-                    sync_metrics = self.learners.push_weights(self.generators)
+                    sync_metrics = self.sync.push()
                 self._phase("push")
                 with timer("colocate"):
                     colocate.update(self._to_generation())
@@ -562,7 +563,7 @@ class Trainer:
             checkpoint.set_rng_state(state["rng"])
             self.learners.updates = int(state.get("learner_updates", state["step"]))
             self._to_sync()
-            pushed = self.learners.push_weights(self.generators)  # generators restart from the base weights
+            pushed = self.sync.push()  # generators restart from the base weights
             self._phase("push")
         self._resume_probe = {k: v for k, v in pushed.items() if k == "sync/logprob_diff_max"}
         self.version = state["version"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import time
@@ -35,12 +34,6 @@ def _model_path(name: str) -> str:
     from egsw_rl.models import resolve_model_path
 
     return resolve_model_path(name)
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def measure_generation(group, args) -> dict:
@@ -79,35 +72,27 @@ def _gloo_baseline(nbytes: int, repeats: int = 3) -> float:
 
 def measure_sync(group, model_path: str, args) -> dict:
     import numpy as np
-    import ray
     import torch
     from transformers import AutoModelForCausalLM
 
-    from egsw_rl import weight_sync as ws
+    from egsw_rl.sync import ModuleSender, WeightSync
+    from egsw_rl.sync.plan import plan_buckets
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    meta = ws.param_meta(model)
-    buckets = ws.plan_buckets(meta, args.bucket_mb * 2**20)
-    world = 1 + group.sync_world_size()
-    port = _port()
-    sender = ws.WeightSender("127.0.0.1", port, world, "gloo")
-    refs = group.init_weight_receiver("127.0.0.1", port, world)
-    sender.connect()
-    ray.get(refs)
+    sync = WeightSync(ModuleSender(model, args.bucket_mb * 2**20), group)
+    buckets = plan_buckets(sync.meta, args.bucket_mb * 2**20)
     runs = []
     for i in range(args.repeats + 1):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * 1e-3)
         t0 = time.perf_counter()
-        recv = group.receive_weights(meta)
-        sent = sender.send(model, buckets, is_sender=True)
-        out = ray.get(recv)
+        out = sync.push(probe=True)
         wall = time.perf_counter() - t0
         if i:  # the first sync pays one-off costs (checkpoint scan, allocator)
-            runs.append({"wall_s": wall, "send_s": sent["seconds"], "recv_s": out["sync/recv_s"],
+            runs.append({"wall_s": wall, "send_s": out["sync/send_s"], "recv_s": out["sync/recv_s"],
                          "load_s": out["sync/load_s"], "logprob_diff_max": out["sync/logprob_diff_max"]})
-    nbytes = sent["bytes"]
+    nbytes = int(out["sync/bytes"])
     wall = statistics.median(r["wall_s"] for r in runs)
     return {"bytes": nbytes, "MB": nbytes / 2**20, "buckets": len(buckets), "bucket_mb": args.bucket_mb,
             "sync_s_median": wall, "sync_MB_per_s": nbytes / 2**20 / wall,

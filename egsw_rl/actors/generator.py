@@ -50,10 +50,10 @@ CPU sampler).
 
 `GeneratorGroup` starts `rollout.num_generators` actors, splits a batch of prompts across them
 (data parallel, contiguous chunks) and returns the completions in prompt order. It is also the
-receiving half of the weight sync (`egsw_rl.weight_sync`): over a process group
-(`init_weight_receiver`, `receive_weights`, which returns one ObjectRef to a summary dict, so the
-caller can start the senders before waiting) or from the learners' shared-memory buffer on one
-node (`open_shared`, `load_shared`).
+receiving end of the weight sync: each `Generator` joins the push `egsw_rl.sync.WeightSync`
+drives (`init_weight_receiver` / `receive_weights` over a process group, `open_shared` /
+`load_shared` from the learners' shared-memory buffer, `receive_ipc` over CUDA IPC), and checks
+it against the learners' probe.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ from egsw_rl.actors import vllm_logs
 from egsw_rl.batch import Completion, split_shares
 from egsw_rl.config import ModelConfig, RolloutConfig, resolve_device, resolve_dtype
 from egsw_rl.prompts import BOXED_INSTRUCTION, CHAT_TEMPLATES, render_prompts
+from egsw_rl.sync.plan import DEFAULT_TIMEOUT_S, meta_to_rows, rows_to_meta
 
 log = logging.getLogger(__name__)
 
@@ -434,7 +435,7 @@ class Generator:
             # temperature != 1 needs the full prompt distribution). Only a validation cap.
             max_logprobs=-1,
             logprobs_mode="processed_logprobs",
-            worker_extension_cls="egsw_rl.weight_sync.WorkerExtension",
+            worker_extension_cls="egsw_rl.sync.vllm_worker.WorkerExtension",
         )
         if int(r.tensor_parallel_size) > 1:  # never the Ray executor from inside a Ray actor
             args["distributed_executor_backend"] = "mp"
@@ -634,8 +635,6 @@ class Generator:
                              backend: Optional[str] = None, timeout_s: Optional[float] = None) -> list[int]:
         """Join the sync group; this engine's workers take ranks rank .. rank+TP-1. Collective
         with the sender's `connect()` and every other receiver."""
-        from egsw_rl.weight_sync import DEFAULT_TIMEOUT_S
-
         backend = backend or ("nccl" if self.device == "cuda" else "gloo")
         return self.llm.collective_rpc(
             "egsw_init_receiver",
@@ -649,8 +648,6 @@ class Generator:
         """Receive one whole sync over the process group (blocks until it arrived and is loaded),
         then check it when it carried the probe. Returns the new version; the measurements are
         in `last_sync_stats()`."""
-        from egsw_rl.weight_sync import meta_to_rows, rows_to_meta
-
         t0 = time.perf_counter()
         res = self.llm.collective_rpc("egsw_receive", args=(meta_to_rows(rows_to_meta(meta)),))[0]
         return self._synced(res, time.perf_counter() - t0, res.get("probe_ids"), res.get("probe_logprobs"))
@@ -665,8 +662,6 @@ class Generator:
 
     def load_shared(self, meta, probe_ids: Optional[list] = None, probe_logprobs: Optional[list] = None) -> int:
         """Load the weights the learners wrote into the shared buffer; like `receive_weights`."""
-        from egsw_rl.weight_sync import meta_to_rows, rows_to_meta
-
         t0 = time.perf_counter()
         res = self.llm.collective_rpc("egsw_load_shared", args=(meta_to_rows(rows_to_meta(meta)),))[0]
         return self._synced(res, time.perf_counter() - t0, probe_ids, probe_logprobs)
@@ -736,8 +731,6 @@ class Generator:
     def receive_ipc(self, meta, addr: str, port: int, rank_offset: int, push: int) -> int:
         """Load one CUDA IPC push (colocated on GPU) from the learner ranks on this engine's
         devices; like `receive_weights`."""
-        from egsw_rl.weight_sync import meta_to_rows, rows_to_meta
-
         t0 = time.perf_counter()
         res = self.llm.collective_rpc("egsw_ipc_receive", args=(
             meta_to_rows(rows_to_meta(meta)), str(addr), int(port), int(rank_offset), int(push)))
@@ -758,26 +751,6 @@ class Generator:
 
 
 # ============================================================================ the group
-
-
-def _collect_sync(actors, *versions) -> dict:
-    import ray
-
-    stats = ray.get([a.last_sync_stats.remote() for a in actors])
-    out: dict[str, Any] = {"sync/version": int(versions[0]) if versions else 0}
-    diffs = [s["sync/logprob_diff_max"] for s in stats if "sync/logprob_diff_max" in s]
-    if diffs:
-        out["sync/logprob_diff_max"] = float(max(diffs))
-    for key in ("sync/recv_s", "sync/load_s", "sync/mb_per_s", "sync/handoff_s"):
-        vals = [s[key] for s in stats if key in s]
-        if vals:
-            out[key] = float(max(vals)) if key != "sync/mb_per_s" else float(min(vals))
-    if stats and "sync/bytes" in stats[0]:
-        out["sync/bytes"] = float(stats[0]["sync/bytes"])
-    out["engines"] = [s["detail"] for s in stats if "detail" in s]
-    if len(set(int(v) for v in versions)) > 1:
-        raise RuntimeError(f"generators disagree on the weight version after a sync: {versions}")
-    return out
 
 
 def _phase_summary(what: str, results: list[dict]) -> dict:
@@ -830,8 +803,6 @@ class GeneratorGroup:
                 o["runtime_env"] = {"env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}
             self.actors.append(cls.options(**o).remote(self.mcfg, rcfg, self.device, colocated, span))
         self.info = ray.get([a.ready.remote() for a in self.actors], timeout=ready_timeout_s)
-        self._expected: Optional[dict] = None
-        self._collect = ray.remote(num_cpus=0)(_collect_sync)
 
     # ------------------------------------------------------------------ rollout
 
@@ -888,55 +859,7 @@ class GeneratorGroup:
 
         return ray.get([a.stats.remote() for a in self.actors])
 
-    # ------------------------------------------------------------------ weight sync
-
-    def sync_world_size(self) -> int:
-        """Receiving processes: one per vLLM worker (tensor-parallel size per engine)."""
-        return len(self.actors) * self.tp
-
-    def init_weight_receiver(self, master_addr: str, master_port: int, world_size: int,
-                             backend: Optional[str] = None) -> list:
-        """Start every actor's join of the sync group (ranks 1..); returns the ObjectRefs, which
-        complete once the sender has connected too."""
-        if world_size != 1 + self.sync_world_size():
-            raise ValueError(f"sync world size {world_size} != 1 sender + {self.sync_world_size()} "
-                             "vLLM workers")
-        from egsw_rl.weight_sync import receiver_rank_offsets
-
-        offsets = receiver_rank_offsets(len(self.actors), self.tp)
-        return [a.init_weight_receiver.remote(master_addr, int(master_port), offset, int(world_size), backend)
-                for offset, a in zip(offsets, self.actors)]
-
-    def expected_weights(self) -> dict:
-        import ray
-
-        if self._expected is None:
-            self._expected = ray.get(self.actors[0].expected_weights.remote())
-        return self._expected
-
-    def check_plan(self, meta) -> list:
-        """Validate a sync plan against the engines' checkpoint: a missing or unknown parameter
-        raises ValueError here, before any sender starts. Returns the plan as plain rows."""
-        from egsw_rl.weight_sync import meta_to_rows, rows_to_meta, validate_meta
-
-        meta = rows_to_meta(meta)
-        exp = self.expected_weights()
-        shapes = None if exp["shapes"] is None else {k: tuple(v) for k, v in exp["shapes"].items()}
-        problems = validate_meta(meta, shapes, exp["tied"])
-        if problems:
-            raise ValueError("weight sync rejected: " + "; ".join(problems))
-        return meta_to_rows(meta)
-
-    def receive_weights(self, meta):
-        """Validate the plan, start every actor's receive over the process group, and return
-        one ObjectRef to the summary dict {"sync/version", "sync/recv_s", ...}."""
-        rows = self.check_plan(meta)
-        return self._collect.remote(self.actors, *[a.receive_weights.remote(rows) for a in self.actors])
-
-    def node_ids(self) -> list[str]:
-        import ray
-
-        return ray.get([a.node_id.remote() for a in self.actors])
+    # ------------------------------------------------------------------ colocated
 
     def sleep(self, level: int = 2) -> dict:
         """Every engine releases its device memory (colocated, before the learners train)."""
@@ -951,23 +874,6 @@ class GeneratorGroup:
 
         what = "wake_" + "_".join(tags) if tags else "wake"
         return _phase_summary(what, ray.get([a.wake.remote(tags) for a in self.actors]))
-
-    def receive_ipc(self, meta, addr: str, port: int, push: int):
-        """Start every engine's CUDA IPC receipt (engine i reads the learner ranks from i*tp);
-        one ObjectRef to the summary dict, as `receive_weights`."""
-        rows = self.check_plan(meta)
-        return self._collect.remote(self.actors, *[
-            a.receive_ipc.remote(rows, addr, int(port), i * self.tp, int(push)) for i, a in enumerate(self.actors)])
-
-    def open_shared(self, path: str, nbytes: int) -> list:
-        """Every engine maps the learners' shared weights file; returns the ObjectRefs."""
-        return [a.open_shared.remote(path, int(nbytes)) for a in self.actors]
-
-    def load_shared(self, meta, probe_ids=None, probe_logprobs=None):
-        """Every engine loads the shared buffer; one ObjectRef to the summary dict."""
-        rows = self.check_plan(meta)
-        return self._collect.remote(self.actors, *[a.load_shared.remote(rows, probe_ids, probe_logprobs)
-                                                   for a in self.actors])
 
     def shutdown(self) -> None:
         import ray

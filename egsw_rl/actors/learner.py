@@ -14,8 +14,10 @@ What a rank does:
   the world size: the result is the gradient of the single-process whole-batch loss. The
   accumulation boundary is set by hand (`set_gradient_accumulation_boundary`) because ranks run
   a variable number of micro-batches per step (equalised across ranks, see `_learner_plan`).
-- weight push: on one CPU node every rank writes its own shards into a shared-memory buffer the
-  engines load from; otherwise all ranks gather ZeRO-3 buckets and rank 0 broadcasts them;
+- the sending half of a weight push (`egsw_rl.sync`, which drives it): on one CPU node every
+  rank writes its own shards into a shared-memory buffer the engines load from; otherwise all
+  ranks gather ZeRO-3 buckets and rank 0 broadcasts them (or, colocated on GPU, every rank hands
+  them to the engine worker on its device);
 - DeepSpeed checkpoints, and `save_hf` (an ordinary HF model folder from gathered weights).
 
 Old logprobs: when `algo.ppo_epochs == 1`, `algo.mini_batches == 1` and no exact entropy is
@@ -41,6 +43,10 @@ import numpy as np
 from egsw_rl.actors import _learner_plan as plan
 from egsw_rl.batch import TrainBatch
 from egsw_rl.config import AlgoConfig, LearnerConfig, ModelConfig, resolve_device, resolve_dtype
+from egsw_rl.sync.group import WeightSender
+from egsw_rl.sync.ipc import IpcSender
+from egsw_rl.sync.plan import meta_to_rows, param_meta, plan_buckets, run_probe
+from egsw_rl.sync.shm import map_shared, shared_dir, shared_layout, write_shards
 
 log = logging.getLogger(__name__)
 
@@ -476,40 +482,35 @@ class Learner:
         return ray.get_runtime_context().get_node_id()
 
     def _plan_sync(self) -> None:
-        from egsw_rl import weight_sync as ws
-
-        self._sync_meta = ws.param_meta(self.module.lm)
-        self._sync_buckets = ws.plan_buckets(self._sync_meta, int(self.lcfg.sync_bucket_mb) * 2**20)
+        self._sync_meta = param_meta(self.module.lm)
+        self._sync_buckets = plan_buckets(self._sync_meta, int(self.lcfg.sync_bucket_mb) * 2**20)
 
     def init_weight_sender(self, master_addr: str, master_port: int, world_size: int) -> dict:
         """Group transport. Every rank plans the same buckets (all ranks take part in every
         gather); rank 0 also joins the learner -> generators process group as its rank 0
         (collective with the generators' `init_weight_receiver`)."""
-        from egsw_rl import weight_sync as ws
-
         self._plan_sync()
-        self._shared = None  # a re-connection replaces whatever transport came before
+        self._shared = self._ipc = None  # a re-connection replaces whatever transport came before
         if self.rank == 0:
             backend = "nccl" if self.device_kind == "cuda" else "gloo"
-            self.sender = ws.WeightSender(master_addr, master_port, world_size, backend)
+            self.sender = WeightSender(master_addr, master_port, world_size, backend)
             self.sender.connect()
         else:
-            self.sender = ws.WeightSender.non_sender()
+            self.sender = WeightSender.non_sender()
         return {"buckets": len(self._sync_buckets), "params": len(self._sync_meta)}
 
     def open_shared(self, path: Optional[str] = None) -> dict:
         """Shared-memory transport: rank 0 (no `path`) creates the buffer file, the other ranks
         map the file it names. Returns {"path", "bytes"}."""
-        from egsw_rl import weight_sync as ws
-
         self._plan_sync()
         if self.sender is not None:
             self.sender.close()
             self.sender = None
-        self._shared_offsets, nbytes = ws.shared_layout(self._sync_meta)
+        self._ipc = None
+        self._shared_offsets, nbytes = shared_layout(self._sync_meta)
         if path is None:
-            path = os.path.join(ws.shared_dir(nbytes), f"egsw_rl_weights_{os.getpid()}_{uuid.uuid4().hex[:8]}")
-        self._shared = ws.map_shared(path, nbytes, create=self.rank == 0)
+            path = os.path.join(shared_dir(nbytes), f"egsw_rl_weights_{os.getpid()}_{uuid.uuid4().hex[:8]}")
+        self._shared = map_shared(path, nbytes, create=self.rank == 0)
         self._shared_path = path
         return {"path": path, "bytes": nbytes}
 
@@ -521,17 +522,13 @@ class Learner:
             os.unlink(path)
 
     def sync_meta(self) -> list:
-        from egsw_rl import weight_sync as ws
-
-        return ws.meta_to_rows(self._sync_meta)
+        return meta_to_rows(self._sync_meta)
 
     def send_weights(self, probe: bool = True) -> dict:
         """One push. Group transport: gather each bucket on every rank, rank 0 broadcasts it.
         Shared memory: every rank writes its own shards into the buffer. With `probe`, every
         rank then runs the probe forward (collective under ZeRO-3), whose logprobs the
         generators compare with their own."""
-        from egsw_rl import weight_sync as ws
-
         t0 = time.perf_counter()
         self._settle_zero3()
         self.module.lm.eval()
@@ -540,11 +537,11 @@ class Learner:
                 out = self._ipc.send(self.module.lm, self._sync_buckets, probe, self.device)
             elif self._shared is not None:
                 t1 = time.perf_counter()
-                out = {"bytes": ws.write_shards(self.module.lm, self._sync_meta, self._shared_offsets,
-                                                self._shared, self.rank)}
+                out = {"bytes": write_shards(self.module.lm, self._sync_meta, self._shared_offsets,
+                                             self._shared, self.rank)}
                 out["write_s"] = time.perf_counter() - t1
                 if probe:
-                    ids, lp = ws.run_probe(self.module.lm)
+                    ids, lp = run_probe(self.module.lm)
                     out.update(probe_ids=ids, probe_logprobs=lp.tolist())
             elif self.sender is not None:
                 out = self.sender.send(self.module.lm, self._sync_buckets, is_sender=self.rank == 0,
@@ -562,11 +559,9 @@ class Learner:
     def init_ipc_sender(self, addr: str, port: int) -> dict:
         """CUDA IPC transport (colocated on GPU): every rank packs the gathered buckets for the
         engine worker on its own device; rank 0 hosts the handshake store."""
-        from egsw_rl import weight_sync as ws
-
         self._plan_sync()
         self._shared, self.sender = None, None
-        self._ipc = ws.IpcSender(addr, port, self.rank)
+        self._ipc = IpcSender(addr, port, self.rank)
         return {"buckets": len(self._sync_buckets), "params": len(self._sync_meta)}
 
     def gpu_id(self) -> Optional[str]:
@@ -742,7 +737,6 @@ class LearnerGroup:
             raise
         self.init_seconds = time.perf_counter() - t0
         self.has_ref = bool(self.shards[0]["has_ref"])
-        self._sync_ready = False
 
     # ------------------------------------------------------------------ plumbing
 
@@ -872,106 +866,7 @@ class LearnerGroup:
             return metrics, _assemble([o["policy"] for o in outs], batch)
         return metrics
 
-    # ------------------------------------------------------------------ weights out
-
-    def _sync_transport(self, generator_group, want: str, colocated: bool = False) -> str:
-        import ray
-
-        from egsw_rl.weight_sync import choose_transport
-
-        nodes = 1
-        if want in ("auto", "shm") and self.device != "cuda":  # only then does the node count matter
-            ids = set(ray.get([a.node_id.remote() for a in self.actors])) | set(generator_group.node_ids())
-            nodes = len(ids)
-        return choose_transport(want, self.device, colocated, nodes)
-
-    def setup_weight_sync(self, generator_group, transport: Optional[str] = None,
-                          colocated: Optional[bool] = None) -> dict:
-        """Connect the learners to the generators (call once after both groups exist):
-        shared memory on one CPU node, else a process group from rank 0's node IP and a free
-        port there (gloo / NCCL), plus the parameter plan. `transport` overrides
-        learner.sync_transport. The first push after this carries the consistency probe."""
-        import ray
-
-        if colocated is not None:
-            self._colocated = bool(colocated)
-        self._transport = self._sync_transport(generator_group, str(transport or self.lcfg.sync_transport),
-                                               getattr(self, "_colocated", False))
-        if self._transport == "ipc":  # every rank for the engine worker on its device
-            _, port = ray.get(self.actors[0].address.remote())
-            info = {"transport": "ipc", **self._all([a.init_ipc_sender.remote(self.master_addr, port)
-                                                     for a in self.actors])[0]}
-            self._ipc_at = (self.master_addr, port)
-        elif self._transport == "shm":
-            first = ray.get(self.actors[0].open_shared.remote())
-            try:
-                self._all([a.open_shared.remote(first["path"]) for a in self.actors[1:]]
-                          + list(generator_group.open_shared(first["path"], first["bytes"])))
-            finally:
-                ray.get(self.actors[0].unlink_shared.remote())
-            info = {"transport": "shm", **first}
-        else:
-            _, port = ray.get(self.actors[0].address.remote())
-            world = 1 + int(generator_group.sync_world_size())
-            refs = [a.init_weight_sender.remote(self.master_addr, port, world) for a in self.actors]
-            refs += list(generator_group.init_weight_receiver(self.master_addr, port, world))
-            info = {"transport": "group", **self._all(refs)[0]}
-        self._sync_meta = ray.get(self.actors[0].sync_meta.remote())
-        self._sync_ready = True
-        self._pushes = 0
-        return info
-
-    def push_weights(self, generator_group, probe: Optional[bool] = None) -> dict:
-        """Send the current weights to every generator. Returns the generators' summary
-        (sync/version, sync/load_s, ...), sync/send_s and timing/sync_s; with `probe` (default:
-        the first push after set-up) also sync/logprob_diff_max, vLLM against the learner on a
-        fixed token sequence. Every later step's drift shows in rollout/logprob_diff_* from the
-        update itself, at no cost."""
-        import ray
-
-        from egsw_rl.weight_sync import split_sync
-
-        if not self._sync_ready:
-            self.setup_weight_sync(generator_group)
-        probe = self._pushes == 0 if probe is None else bool(probe)
-        generator_group.check_plan(self._sync_meta)  # cached: validates before anything is sent
-        t0 = time.perf_counter()
-        if self._transport == "shm":
-            res = self._all([a.send_weights.remote(probe) for a in self.actors])
-            send_s = time.perf_counter() - t0
-            out = dict(ray.get(generator_group.load_shared(self._sync_meta, res[0].get("probe_ids"),
-                                                           res[0].get("probe_logprobs"))))
-            total_s = time.perf_counter() - t0
-            # nothing is gathered: every rank writes its own shards at once, the slowest one counts
-            split = {"gather_s": 0.0, "transfer_s": max(float(r.get("write_s", 0.0)) for r in res),
-                     "load_s": float(out.get("sync/load_s", 0.0))}
-        else:
-            # group: rank 0 broadcasts every bucket to every engine; ipc: every rank hands it to
-            # the engine worker on its own GPU. Either way an engine waits for each bucket, takes
-            # it (the wire, or a copy out of the rank's buffer) and loads it: one timeline
-            recv = (generator_group.receive_ipc(self._sync_meta, *self._ipc_at, self._pushes)
-                    if self._transport == "ipc" else generator_group.receive_weights(self._sync_meta))
-            res = self._all([a.send_weights.remote(probe) for a in self.actors] + [recv])
-            total_s = time.perf_counter() - t0
-            send_s = float(res[0]["seconds"])
-            out = dict(res[-1])
-            sent = res[0]
-            # the slowest engine's timeline against the sender's gathers (one engine's parts, so
-            # they add up within its receipt)
-            engines = [e for e in out.get("engines", []) if e.get("payload_waits") is not None]
-            slowest = max(engines, key=lambda e: float(e.get("recv_s", 0.0)), default=None)
-            split = {} if slowest is None else dict(split_sync(
-                sent.get("gathers", []), slowest["header_waits"], slowest["payload_waits"], slowest["load_s"]))
-            split["gather_total_s"] = float(sent.get("gather_s", 0.0))
-        out = {k: v for k, v in out.items() if isinstance(v, (int, float))}
-        out.update({f"sync/{k}": float(v) for k, v in split.items()})
-        out["sync/send_s"] = send_s
-        # first byte sent -> every engine has loaded (device synchronized) and bumped its version
-        out["sync/total_s"] = total_s
-        out["sync/other_s"] = total_s - sum(split.get(k, 0.0) for k in ("gather_s", "transfer_s", "load_s"))
-        out["timing/sync_s"] = time.perf_counter() - t0
-        self._pushes += 1
-        return out
+    # ------------------------------------------------------------------ colocated
 
     def offload(self) -> dict:
         """Colocated: every rank's training state to host memory (Learner.offload); summary."""

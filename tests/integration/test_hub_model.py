@@ -29,6 +29,7 @@ def _run_on_repo_id(repo: str, kernel_tol: float) -> dict:
     from egsw_rl.actors.learner import LearnerGroup
     from egsw_rl.batch import TrainBatch
     from egsw_rl.config import AlgoConfig, LearnerConfig, ModelConfig, RolloutConfig
+    from egsw_rl.sync import WeightSync
 
     model = ModelConfig(path=repo)
     lcfg = LearnerConfig(num_ranks=2, cpus_per_rank=1.0, micro_batch_tokens=64, logprob_chunk_tokens=16,
@@ -50,8 +51,8 @@ def _run_on_repo_id(repo: str, kernel_tol: float) -> dict:
         gens = GeneratorGroup(model, rollout, "cpu")
         engine = gens.actors[0]
         before = ray.get(engine.logprobs_of.remote(prompts[0], comps[0], 1.0))
-        sync = learners.setup_weight_sync(gens)
-        push = learners.push_weights(gens)
+        sync = WeightSync(learners, gens)
+        push = sync.push()
         after = ray.get(engine.logprobs_of.remote(prompts[0], comps[0], 1.0))
         return {
             "group_model_path": learners.model_path,
@@ -60,7 +61,7 @@ def _run_on_repo_id(repo: str, kernel_tol: float) -> dict:
                 lambda self: {k: os.environ.get(k) for k in ("HF_HOME", "HF_HUB_OFFLINE")})),
             "has_ref": learners.has_ref,
             "engine_model": gens.info[0]["model"],
-            "transport": sync["transport"],
+            "transport": sync.transport,
             "push": push,
             "before_diff": float(np.abs(before - learner_lp).max()),
             "after_diff": float(np.abs(after - learner_lp).max()),

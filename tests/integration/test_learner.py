@@ -19,6 +19,7 @@ import torch
 from egsw_rl import algos
 from egsw_rl.batch import TrainBatch
 from egsw_rl.config import AlgoConfig, LearnerConfig, ModelConfig
+from egsw_rl.sync import WeightSync
 
 pytestmark = pytest.mark.integration
 
@@ -378,8 +379,9 @@ def test_push_then_engine_equals_fresh_engine_from_export(group_plain, untied_mo
         prompts = gens.render(questions)
         engine = gens.actors[0]
         before = ray.get(engine.logprobs_of.remote(probe.prompt_ids[0], probe.completion_ids[0]))
-        info = group_plain.setup_weight_sync(gens, transport=transport)
-        pushes = [group_plain.push_weights(gens) for _ in range(2)]
+        sync = WeightSync(group_plain, gens, transport=transport)
+        info = sync.info
+        pushes = [sync.push() for _ in range(2)]
         after = ray.get(engine.logprobs_of.remote(probe.prompt_ids[0], probe.completion_ids[0]))
         synced = _sample(gens, prompts)
     finally:

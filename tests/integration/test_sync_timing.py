@@ -5,6 +5,7 @@ version, and split into gather, transfer and load parts that fit inside that tot
 import pytest
 
 from egsw_rl.config import AlgoConfig, LearnerConfig, ModelConfig
+from egsw_rl.sync import WeightSync
 
 pytestmark = pytest.mark.integration
 
@@ -41,12 +42,12 @@ def test_group_push_is_split_bucket_by_bucket(rig):
     from egsw_rl.bench import _replan_buckets
 
     learners, gens = rig
-    learners.setup_weight_sync(gens, transport="group")
-    learners.push_weights(gens)  # with the probe
+    sync = WeightSync(learners, gens, transport="group")
+    sync.push()  # with the probe
     planned = ray.get([a.__ray_call__.remote(_replan_buckets, 64 * 2**10) for a in learners.actors])
     assert len(set(planned)) == 1 and planned[0] > 5
     before = gens.versions()
-    p = learners.push_weights(gens, probe=False)
+    p = sync.push(probe=False)
     assert gens.versions() == [v + 1 for v in before] == [p["sync/version"]] * 2
     assert p["sync/buckets"] == planned[0]  # every bucket's header and payload were timed
     _check_split(p)
@@ -59,10 +60,10 @@ def test_group_push_is_split_bucket_by_bucket(rig):
 
 def test_shared_memory_push_gathers_nothing(rig):
     learners, gens = rig
-    learners.setup_weight_sync(gens, transport="shm")
-    learners.push_weights(gens)
+    sync = WeightSync(learners, gens, transport="shm")
+    sync.push()
     before = gens.versions()
-    p = learners.push_weights(gens, probe=False)
+    p = sync.push(probe=False)
     assert gens.versions() == [v + 1 for v in before]
     assert p["sync/gather_s"] == 0.0
     _check_split(p)

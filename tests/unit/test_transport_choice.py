@@ -2,7 +2,7 @@
 
 import pytest
 
-from egsw_rl.weight_sync import choose_transport
+from egsw_rl.sync.plan import choose_transport
 
 
 @pytest.mark.parametrize("want, device, colocated, nodes, got", [

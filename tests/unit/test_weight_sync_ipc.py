@@ -13,7 +13,7 @@ import threading
 import pytest
 import torch
 
-from egsw_rl import weight_sync as ws
+from egsw_rl.sync import ipc, plan
 
 
 def free_port() -> int:
@@ -29,8 +29,8 @@ def model() -> torch.nn.Module:
 
 def test_buckets_reach_every_receiver_intact_through_a_reused_buffer_push_after_push():
     m = model()
-    meta = ws.param_meta(m)
-    buckets = ws.plan_buckets(meta, 2200)  # several buckets, so the buffer is reused
+    meta = plan.param_meta(m)
+    buckets = plan.plan_buckets(meta, 2200)  # several buckets, so the buffer is reused
     assert len(buckets) >= 3
     port, ranks, pushes = free_port(), 2, 2
     shared: dict[int, torch.Tensor] = {}
@@ -39,20 +39,20 @@ def test_buckets_reach_every_receiver_intact_through_a_reused_buffer_push_after_
         shared[id(t)] = t
         return id(t)
 
-    senders = [ws.IpcSender("127.0.0.1", port, r, timeout_s=60, share=share) for r in range(ranks)]
+    senders = [ipc.IpcSender("127.0.0.1", port, r, timeout_s=60, share=share) for r in range(ranks)]
     got: dict[tuple, list] = {}
     errors: list = []
 
     def receive(rank, push):
         try:
-            store = ws._ipc_store("127.0.0.1", port, False, 60)
+            store = ipc.ipc_store("127.0.0.1", port, False, 60)
             import pickle
 
             staging = shared[pickle.loads(store.get(f"h/{push}/{rank}"))]
             state: dict = {}
             # hold every view until the end, as the loader does with a layer's tensors
-            got[rank, push] = list(ws.ipc_stream(store, push, rank, meta, staging, state))
-            got[rank, push, "probe"] = ws.ipc_probe(store, push)
+            got[rank, push] = list(ipc.ipc_stream(store, push, rank, meta, staging, state))
+            got[rank, push, "probe"] = ipc.ipc_probe(store, push)
             got[rank, push, "bytes"] = state["bytes"]
         except Exception as e:  # noqa: BLE001
             errors.append(e)
@@ -61,7 +61,7 @@ def test_buckets_reach_every_receiver_intact_through_a_reused_buffer_push_after_
         with torch.no_grad():
             for p in m.parameters():
                 p.add_(1.0)  # new weights every push
-        want = {ws.checkpoint_name(n): p.detach().clone() for n, p in m.named_parameters()}
+        want = {plan.checkpoint_name(n): p.detach().clone() for n, p in m.named_parameters()}
         threads = [threading.Thread(target=receive, args=(r, push)) for r in range(ranks)]
         def send(s, push=push):
             got["sent", s.rank, push] = s.send(m, buckets, False, torch.device("cpu"))
@@ -95,10 +95,10 @@ def test_the_handle_is_torchs_own_description_in_rebuild_order(monkeypatch):
               True]
     monkeypatch.setattr(red, "reduce_tensor", lambda t: (red.rebuild_cuda_tensor, tuple(fields)))
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: type("P", (), {"uuid": "GPU-1"})())
-    h = ws.ipc_handle(torch.empty(0))
+    h = ipc.ipc_handle(torch.empty(0))
     seen = {}
     monkeypatch.setattr(red, "rebuild_cuda_tensor", lambda *a: seen.setdefault("args", a))
-    ws.open_ipc_handle(h, torch.device("cuda", 5))
+    ipc.open_ipc_handle(h, torch.device("cuda", 5))
     a = seen["args"]
     assert a[0] is torch.Tensor and a[4] is torch.UntypedStorage
     assert tuple(a[1]) == (4, 2) and tuple(a[2]) == (2, 1) and a[3] == 3 and a[5] is torch.bfloat16
@@ -106,4 +106,4 @@ def test_the_handle_is_torchs_own_description_in_rebuild_order(monkeypatch):
     assert a[7:] == (b"H", 4096, 256, False, b"R", 8, b"E", True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: type("P", (), {"uuid": "GPU-2"})())
     with pytest.raises(ValueError, match="must share its learner rank's device"):
-        ws.open_ipc_handle(h, torch.device("cuda", 0))
+        ipc.open_ipc_handle(h, torch.device("cuda", 0))

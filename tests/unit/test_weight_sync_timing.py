@@ -5,23 +5,23 @@ waits."""
 import pytest
 import torch
 
-from egsw_rl import weight_sync as ws
+from egsw_rl.sync import timing
 
 
 def test_lap_intervals_label_each_interval_by_its_closing_mark_and_merge_repeats():
     labels = [None, "gather", "header", "payload", "gather", "gather", "header", "payload", "gather"]
     stamps = [10.0, 10.5, 10.6, 11.6, 11.7, 12.0, 12.1, 13.1, 13.15]
-    got = ws.lap_intervals(labels, stamps)
+    got = timing.lap_intervals(labels, stamps)
     assert [k for k, _ in got] == ["gather", "header", "payload", "gather", "header", "payload", "gather"]
     assert [round(v, 6) for _, v in got] == [0.5, 0.1, 1.0, 0.4, 0.1, 1.0, 0.05]
-    lists = ws.lap_lists(got)
+    lists = timing.lap_lists(got)
     assert [round(v, 6) for v in lists["gather"]] == [0.5, 0.4, 0.05]
     assert lists["payload"] == pytest.approx([1.0, 1.0])
     assert sum(v for _, v in got) == pytest.approx(stamps[-1] - stamps[0])
 
 
 def test_cpu_laps_partition_the_wall_time():
-    laps = ws.Laps(torch.device("cpu"))
+    laps = timing.Laps(torch.device("cpu"))
     for label in ("a", "b", "a"):
         sum(range(2000))
         laps.mark(label)
@@ -34,7 +34,7 @@ def test_split_sync_hidden_and_exposed_gather_headers_and_start():
     # bucket 1: gather 0.3 s while the engine was still loading bucket 0 (header wait 0.01 s):
     #           0.01 s exposed, 0.29 s hidden, no header round trip left over
     # bucket 2: gather 0.1 s, header wait 0.15 s: 0.1 s gather + 0.05 s header round trip
-    s = ws.split_sync(gathers=[0.5, 0.3, 0.1, 0.02], headers=[2.0, 0.01, 0.15],
+    s = timing.split_sync(gathers=[0.5, 0.3, 0.1, 0.02], headers=[2.0, 0.01, 0.15],
                       payloads=[1.0, 1.0, 0.5], load_s=3.0)
     assert s["buckets"] == 3
     assert s["start_s"] == pytest.approx(1.5)
@@ -50,6 +50,6 @@ def test_split_sync_hidden_and_exposed_gather_headers_and_start():
 
 def test_split_sync_refuses_missing_waits_and_handles_no_buckets():
     with pytest.raises(ValueError):
-        ws.split_sync([0.1], [0.1, 0.1], [1.0, 1.0], 0.0)
-    empty = ws.split_sync([], [], [], 0.2)
+        timing.split_sync([0.1], [0.1, 0.1], [1.0, 1.0], 0.0)
+    empty = timing.split_sync([], [], [], 0.2)
     assert empty["buckets"] == 0 and empty["transfer_s"] == 0 and empty["load_s"] == 0.2

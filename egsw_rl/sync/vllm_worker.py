@@ -1,0 +1,187 @@
+"""The code that runs inside vLLM's worker: `WorkerExtension`.
+
+Loaded by vLLM as `worker_extension_cls="egsw_rl.sync.vllm_worker.WorkerExtension"`. It streams
+the pushed tensors (group, shm or ipc) into the model runner's layer-wise in-place reload
+(`reload_weights(weights_iterator=..., is_checkpoint_format=True)`): it accepts checkpoint (HF)
+names, lets vLLM fuse qkv / gate_up and re-runs the post-load processing, which on CPU repacks
+every linear weight. A module whose weight aliases another one (the tied embedding / output head)
+keeps its own kernel-side copy that this reload does not refresh, so such modules are
+re-processed afterwards.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from typing import Iterator, Sequence
+
+import torch
+
+from egsw_rl.actors.vllm_logs import quiet_benign_reload
+from egsw_rl.sync.group import new_group, receive_stream
+from egsw_rl.sync.ipc import ipc_probe, ipc_store, ipc_stream, open_ipc_handle
+from egsw_rl.sync.plan import DEFAULT_TIMEOUT_S, ParamMeta, checkpoint_shapes, rows_to_meta, validate_meta
+from egsw_rl.sync.shm import map_shared, shared_layout, shared_views
+from egsw_rl.sync.timing import lap_lists
+
+
+class WorkerExtension:
+    """Mixed into vLLM's worker (`worker_extension_cls`, see the module docstring).
+    Named methods called with `LLM.collective_rpc("egsw_...")`; plain-list arguments only (no
+    pickled callables, no VLLM_ALLOW_INSECURE_SERIALIZATION). Names are prefixed so they never
+    clash with the worker's own attributes."""
+
+    def egsw_init_receiver(self, master_addr: str, master_port: int, rank_offset: int,
+                           world_size: int, backend: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> int:
+        """Join the sync group as rank `rank_offset + this worker's rank` (tensor parallel
+        workers of one engine take consecutive ranks)."""
+        self.egsw_close_receiver()
+        rank = int(rank_offset) + int(getattr(self, "rank", 0))
+        self._egsw_pg, self._egsw_store, self._egsw_device = new_group(
+            master_addr, master_port, rank, world_size, backend, timeout_s)
+        return rank
+
+    def egsw_close_receiver(self) -> None:
+        self._egsw_pg = None
+        self._egsw_store = None
+
+    def _egsw_expected(self):
+        if not hasattr(self, "_egsw_shapes"):
+            self._egsw_shapes = checkpoint_shapes(self.model_config.model)
+        tied = bool(getattr(self.model_config.hf_config, "tie_word_embeddings", False))
+        return self._egsw_shapes, tied
+
+    def egsw_expected_weights(self) -> dict:
+        """{"names": {name: shape}, "tied": bool} from the engine's checkpoint (None: unknown)."""
+        shapes, tied = self._egsw_expected()
+        return {"shapes": None if shapes is None else {k: list(v) for k, v in shapes.items()},
+                "tied": tied}
+
+    def egsw_reseed(self, seed: int) -> None:
+        """Reset the worker's global RNG (vLLM samples from it when no per-request seed is set)."""
+        from vllm.utils.torch_utils import set_random_seed
+
+        set_random_seed(int(seed))
+
+    def _egsw_drain(self, state) -> None:
+        for _ in receive_stream(self._egsw_pg, self._egsw_device, [], state, drain=True):
+            pass
+
+    def egsw_receive(self, meta_rows: list, strict: bool = True) -> dict:
+        """Receive one whole sync and load it in place. With a plan that does not cover the model
+        exactly, the incoming stream is drained (the sender finishes) and ValueError is raised
+        before any weight changes: the engine keeps serving the old weights."""
+        if getattr(self, "_egsw_pg", None) is None:
+            raise RuntimeError("egsw_receive before egsw_init_receiver")
+        meta = rows_to_meta(meta_rows)
+        state: dict = {"bytes": 0, "names": [], "done": False}
+        t0 = time.perf_counter()
+        rejected = self._egsw_rejected(meta, strict)
+        if rejected:
+            self._egsw_drain(state)
+            raise ValueError(rejected)
+        try:
+            repacked = self._egsw_reload(receive_stream(self._egsw_pg, self._egsw_device, meta, state))
+        finally:
+            if not state["done"]:  # keep the group in step with the sender whatever happened
+                self._egsw_drain(state)
+        laps = state["laps"]
+        laps.mark("load")  # vLLM's finalize and the tied head's re-processing
+        lists = lap_lists(laps.intervals())  # on GPU: synchronizes, the engine has loaded
+        return {"bytes": state["bytes"], "params": len(state["names"]),
+                "probe_ids": state.get("probe_ids", []),
+                "probe_logprobs": state.get("probe_logprobs", []),
+                "repacked": repacked, "seconds": time.perf_counter() - t0,
+                "header_waits": lists.get("header", []), "payload_waits": lists.get("payload", []),
+                "end_wait_s": sum(lists.get("end", [])), "load_s": sum(lists.get("load", []))}
+
+    def _egsw_rejected(self, meta: Sequence[ParamMeta], strict: bool) -> str:
+        """Why a plan cannot be loaded ('' when it covers the engine's model exactly)."""
+        shapes, tied = self._egsw_expected()
+        problems = validate_meta(meta, shapes if strict else None, tied)
+        return "weight sync rejected, engine weights unchanged: " + "; ".join(problems) if problems else ""
+
+    def _egsw_reload(self, weights: Iterator[tuple[str, torch.Tensor]]) -> list[str]:
+        """vLLM's in-place layer-wise reload from (name, tensor) pairs, then the tied head."""
+        quiet_benign_reload(tied_head=self._egsw_expected()[1])
+        self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+        return _reprocess_aliased_modules(self.model_runner.get_model())
+
+    def egsw_open_shared(self, path: str, nbytes: int) -> None:
+        """Map the learners' shared weights file (same node only); kept mapped for every sync."""
+        self._egsw_shared = map_shared(path, int(nbytes))
+
+    def egsw_load_shared(self, meta_rows: list, strict: bool = True) -> dict:
+        """Load the weights the learner ranks wrote into the shared buffer, in place; a plan that
+        does not cover the model exactly raises ValueError before any weight changes."""
+        buf = getattr(self, "_egsw_shared", None)
+        if buf is None:
+            raise RuntimeError("egsw_load_shared before egsw_open_shared")
+        meta = rows_to_meta(meta_rows)
+        t0 = time.perf_counter()
+        rejected = self._egsw_rejected(meta, strict)
+        if rejected:
+            raise ValueError(rejected)
+        offsets, total = shared_layout(meta)
+        if total > buf.numel():
+            raise ValueError(f"weight sync plan needs {total} bytes, the shared buffer has {buf.numel()}")
+        t1 = time.perf_counter()
+        repacked = self._egsw_reload(shared_views(buf, meta, offsets))
+        t2 = time.perf_counter()
+        return {"bytes": sum(m.nbytes for m in meta), "params": len(meta), "repacked": repacked,
+                "seconds": t2 - t0, "load_s": t2 - t1}
+
+    def egsw_ipc_receive(self, meta_rows: list, addr: str, port: int, rank_offset: int, push: int,
+                         strict: bool = True, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
+        """CUDA IPC transport: load one push from the staging buffer of the learner rank on this
+        worker's device (rank `rank_offset` + this worker's tensor-parallel rank), bucket by bucket,
+        each copied out on the device before it is acknowledged (see `IpcSender`). A plan that
+        does not cover the model raises ValueError before any weight changes; the learner ranks
+        then time out on their first acknowledgement, as a group sender does on a dead receiver."""
+        meta = rows_to_meta(meta_rows)
+        t0 = time.perf_counter()
+        rejected = self._egsw_rejected(meta, strict)
+        if rejected:
+            raise ValueError(rejected)
+        store = getattr(self, "_egsw_ipc_store", None)
+        if store is None or getattr(self, "_egsw_ipc_at", None) != (addr, int(port)):
+            store = self._egsw_ipc_store = ipc_store(addr, port, False, timeout_s)
+            self._egsw_ipc_at = (addr, int(port))
+        r = int(rank_offset) + int(getattr(self, "rank", 0))
+        device = torch.device("cuda", torch.cuda.current_device())
+        staging = open_ipc_handle(pickle.loads(store.get(f"h/{push}/{r}")), device)
+        state: dict = {"bytes": 0, "waits": [], "copies": []}
+        repacked = self._egsw_reload(ipc_stream(store, push, r, meta, staging, state))
+        torch.cuda.synchronize(device)
+        del staging
+        probe = ipc_probe(store, push)
+        secs = time.perf_counter() - t0
+        return {"bytes": state["bytes"], "params": len(meta), "repacked": repacked, "seconds": secs,
+                "probe_ids": probe["ids"], "probe_logprobs": probe["logprobs"],
+                "handoff_wait_s": sum(state["waits"]), "copy_s": sum(state["copies"]),
+                # the group transport's timeline names (split_sync): each bucket's wait for its
+                # announcement, then its copy out of the rank's buffer
+                "header_waits": list(state["waits"]), "payload_waits": list(state["copies"]),
+                "load_s": secs - sum(state["waits"]) - sum(state["copies"])}
+
+
+def _reprocess_aliased_modules(model: torch.nn.Module) -> list[str]:
+    """Re-run post-load processing of modules whose weight is shared with another module (a
+    tied output head). The layer-wise reload refreshes the embedding; the head, which loaded
+    nothing of its own, would otherwise keep the kernel-side copy of the old weight that its
+    processing made (on CPU: the packed oneDNN / sgl matrix)."""
+    by_storage: dict[int, list[tuple[str, torch.nn.Module]]] = {}
+    for name, mod in model.named_modules():
+        qm = getattr(mod, "quant_method", None)
+        w = getattr(mod, "weight", None)
+        if qm is None or not isinstance(w, torch.Tensor) or w.numel() == 0 or w.is_meta:
+            continue
+        by_storage.setdefault(w.data_ptr(), []).append((name, mod))
+    done = []
+    for group in by_storage.values():
+        if len(group) < 2:
+            continue
+        for name, mod in group:
+            mod.quant_method.process_weights_after_loading(mod)
+            done.append(name)
+    return done
