@@ -27,7 +27,7 @@ SETTINGS = dict(hidden_size=128, num_layers=2, num_heads=2, num_kv_heads=1, inte
 # `conf=tiny_methods` ("tiny_arith_chain"): the same model on three-operand expressions
 # ("What is 3 + 9 - 4?", data.arithmetic_chain_problems, training expressions only), always boxed:
 # the format is not what RL has to learn there, the arithmetic is.
-CHAIN_SETTINGS = dict(SETTINGS, task="chain", max_operand=9, terms=3, boxed_frac=1.0)
+CHAIN_SETTINGS = dict(SETTINGS, task="chain", max_operand=9, terms=3, boxed_frac=1.0, steps=300)
 
 
 def answer_text(answer: str, boxed: bool) -> str:
