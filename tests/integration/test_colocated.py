@@ -42,7 +42,7 @@ def test_colocated_on_cpu_plan_transport_and_phase_order(ray_session, vh, tmp_pa
         assert plan.layout == "colocated"
         assert [b.role for b in plan.bundles] == ["device", "device", "reward"]
         assert plan.of("learner") == [0, 1] and plan.of("generator") == [0, 1]
-        assert t.learners._transport == "shm"  # one CPU node: the shared buffer, not CUDA IPC
+        assert t.sync.transport == "shm"  # one CPU node: the shared buffer, not CUDA IPC
         assert t.phases == ["offload"]  # the learners leave the devices before the engines start
         last = t.fit()
     finally:
