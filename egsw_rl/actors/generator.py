@@ -63,14 +63,17 @@ import itertools
 import logging
 import os
 import time
-from dataclasses import asdict, is_dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import ray
+from transformers import AutoTokenizer, GenerationConfig
 
 from egsw_rl.actors import vllm_logs
+from egsw_rl.actors.group import ActorGroup, as_cfg
 from egsw_rl.batch import Completion, split_shares
 from egsw_rl.config import ModelConfig, RolloutConfig, resolve_device, resolve_dtype
+from egsw_rl.models import resolve_model
 from egsw_rl.prompts import BOXED_INSTRUCTION, CHAT_TEMPLATES, render_prompts
 from egsw_rl.sync.plan import DEFAULT_TIMEOUT_S, meta_to_rows, rows_to_meta
 
@@ -83,21 +86,6 @@ __all__ = ["Generator", "GeneratorGroup", "render_prompts", "BOXED_INSTRUCTION",
 # SamplingParams fields a caller may override per generate() call (evaluation, tests).
 SAMPLING_OVERRIDES = ("temperature", "top_p", "top_k", "max_tokens", "stop", "logprobs",
                       "entropy_estimator")
-
-
-def _as_cfg(obj, cls):
-    if isinstance(obj, cls):
-        return obj
-    if is_dataclass(obj):
-        return cls(**asdict(obj))
-    try:  # an OmegaConf node
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(obj):
-            return cls(**OmegaConf.to_container(obj, resolve=True))
-    except ImportError:
-        pass
-    return cls(**dict(obj))
 
 
 # ============================================================================ stopping, text, devices
@@ -143,8 +131,6 @@ def stop_token_ids(tokenizer, prompt_template: str, generation_eos: Sequence[int
 def _generation_eos(model_path: str) -> list[int]:
     """generation_config.json's eos_token_id (an int or a list), [] without one."""
     try:
-        from transformers import GenerationConfig
-
         eos = GenerationConfig.from_pretrained(model_path).eos_token_id
     except Exception:  # no generation_config.json: the tokenizer's EOS is all there is
         return []
@@ -371,11 +357,9 @@ class Generator:
         # colocated (trainer.placement): sleep mode on, and with tensor parallelism the GPUs of the
         # learner ranks the engine spans (`gpu_ids`), which Ray cannot give one actor
         self.colocated, self._span_gpu_ids = bool(colocated), (list(gpu_ids) if gpu_ids else None)
-        self.mcfg = _as_cfg(model, ModelConfig)
-        self.rcfg = _as_cfg(rollout, RolloutConfig)
+        self.mcfg = as_cfg(model, ModelConfig)
+        self.rcfg = as_cfg(rollout, RolloutConfig)
         self.device = resolve_device(device)
-        from egsw_rl.models import resolve_model
-
         self.model_path = str(resolve_model(self.mcfg.path))  # on this actor's node: a hub id reads its HF cache
         self.dtype = resolve_dtype(self.mcfg.dtype, self.device)
         self._version = 0
@@ -383,7 +367,6 @@ class Generator:
         self._last_gen: dict = {}
         self._setup_env()
 
-        from transformers import AutoTokenizer
         from vllm import LLM
 
         tok_path = self.mcfg.tokenizer or self.model_path
@@ -452,8 +435,6 @@ class Generator:
 
     def _gpu_indices(self) -> list[int]:
         """This actor's GPUs as indices among the visible ones ([] outside a Ray actor)."""
-        import ray
-
         if not ray.is_initialized():
             return []
         gpus = self._span_gpu_ids or ray.get_gpu_ids()
@@ -653,8 +634,6 @@ class Generator:
         return self._synced(res, time.perf_counter() - t0, res.get("probe_ids"), res.get("probe_logprobs"))
 
     def node_id(self) -> str:
-        import ray
-
         return ray.get_runtime_context().get_node_id()
 
     def open_shared(self, path: str, nbytes: int) -> None:
@@ -762,8 +741,10 @@ def _phase_summary(what: str, results: list[dict]) -> dict:
             "why_not": next((r["why_not"] for r in results if r.get("why_not")), None)}
 
 
-class GeneratorGroup:
+class GeneratorGroup(ActorGroup):
     """The driver's handle on the generation actors (see the module docstring)."""
+
+    kind = "generator"
 
     def __init__(self, model_cfg: ModelConfig, rollout_cfg: RolloutConfig, device: str = "auto", *,
                  num_cpus: Optional[float] = None, num_gpus: Optional[float] = None,
@@ -772,10 +753,8 @@ class GeneratorGroup:
                  colocated: bool = False, engine_gpus: Optional[Sequence[Sequence]] = None):
         """`colocated`, `engine_gpus`: trainer.placement=colocated (sleep mode on; engine i spans
         the GPUs engine_gpus[i], those of the learner ranks it shares devices with)."""
-        import ray
-
-        self.mcfg = _as_cfg(model_cfg, ModelConfig)
-        self.rcfg = _as_cfg(rollout_cfg, RolloutConfig)
+        self.mcfg = as_cfg(model_cfg, ModelConfig)
+        self.rcfg = as_cfg(rollout_cfg, RolloutConfig)
         self.device = resolve_device(device)
         self.tp = int(self.rcfg.tensor_parallel_size)
         n = int(self.rcfg.num_generators)
@@ -786,36 +765,26 @@ class GeneratorGroup:
             "num_gpus": float((self.tp if self.device == "cuda" else 0) if num_gpus is None else num_gpus),
         }
         opts.update(actor_options or {})
-        cls = ray.remote(Generator)
-        self.actors = []
-        for i in range(n):
-            o = dict(opts)
-            if placement_group is not None:
-                from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-                o["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                    placement_group=placement_group,
-                    placement_group_bundle_index=i if bundle_indices is None else int(bundle_indices[i]))
-            # distinct engine seeds: data-parallel shards must not draw the same noise
-            rcfg = dataclasses.replace(self.rcfg, seed=int(self.rcfg.seed) + i)
-            span = list(engine_gpus[i]) if engine_gpus and self.device == "cuda" and self.tp > 1 else None
-            if span:  # Ray shows an actor only its own bundle's GPU; the engine needs all it spans
-                o["runtime_env"] = {"env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}
-            self.actors.append(cls.options(**o).remote(self.mcfg, rcfg, self.device, colocated, span))
+        spans = [list(engine_gpus[i]) if engine_gpus and self.device == "cuda" and self.tp > 1 else None
+                 for i in range(n)]
+        # distinct engine seeds: data-parallel shards must not draw the same noise. Ray shows an
+        # actor only its own bundle's GPU; an engine spanning several needs all of them.
+        self.actors = self.start(
+            Generator, n, lambda i: (self.mcfg, dataclasses.replace(self.rcfg, seed=int(self.rcfg.seed) + i),
+                                     self.device, colocated, spans[i]),
+            options=opts, placement_group=placement_group, bundle_of=bundle_indices,
+            options_of=lambda i: ({"runtime_env": {"env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}}
+                                  if spans[i] else {}))
         self.info = ray.get([a.ready.remote() for a in self.actors], timeout=ready_timeout_s)
 
     # ------------------------------------------------------------------ rollout
 
     def render(self, questions: Sequence[str]) -> list[str]:
-        import ray
-
-        return ray.get(self.actors[0].render.remote(list(questions)))
+        return self.call_one("render", list(questions))
 
     def generate(self, prompts: Sequence[str], n: Optional[int] = None, **overrides) -> list[Completion]:
         """Split the prompts across the actors (contiguous chunks), return all completions in
         prompt order (b*G + j) with prompt_index relative to `prompts`."""
-        import ray
-
         prompts = list(prompts)
         if not prompts:
             return []
@@ -839,53 +808,35 @@ class GeneratorGroup:
                 for i, (s, e) in enumerate(parts)]
 
     def versions(self) -> list[int]:
-        import ray
-
-        return ray.get([a.version.remote() for a in self.actors])
+        return self.call_all("version")
 
     def set_version(self, v: int) -> None:
-        import ray
-
-        ray.get([a.set_version.remote(int(v)) for a in self.actors])
+        self.call_all("set_version", int(v))
 
     def reseed(self, seed: int) -> None:
         """Actor i restarts its sampling RNG from seed + i (and clears its prefix cache)."""
-        import ray
-
-        ray.get([a.reseed.remote(int(seed) + i) for i, a in enumerate(self.actors)])
+        self.wait([a.reseed.remote(int(seed) + i) for i, a in enumerate(self.actors)])
 
     def stats(self) -> list[dict]:
-        import ray
-
-        return ray.get([a.stats.remote() for a in self.actors])
+        return self.call_all("stats")
 
     # ------------------------------------------------------------------ colocated
 
     def sleep(self, level: int = 2) -> dict:
         """Every engine releases its device memory (colocated, before the learners train)."""
-        import ray
-
-        return _phase_summary("sleep", ray.get([a.sleep.remote(int(level)) for a in self.actors]))
+        return _phase_summary("sleep", self.call_all("sleep", int(level)))
 
     def wake(self, tags: Optional[list] = None) -> dict:
         """Every engine takes its memory back: tags ["weights"] before a push, ["kv_cache"] before
         generating."""
-        import ray
-
         what = "wake_" + "_".join(tags) if tags else "wake"
-        return _phase_summary(what, ray.get([a.wake.remote(tags) for a in self.actors]))
+        return _phase_summary(what, self.call_all("wake", tags))
 
     def shutdown(self) -> None:
-        import ray
-
-        actors, self.actors = list(getattr(self, "actors", [])), []
-        if actors:
+        """Close every engine (its worker processes go with it), then stop the actors."""
+        if getattr(self, "actors", None):
             try:
-                ray.get([a.close.remote() for a in actors], timeout=60)
+                ray.get([a.close.remote() for a in self.actors], timeout=60)
             except Exception as e:  # a dead actor must not hide the real error
                 log.warning("generator close failed: %s", e)
-        for a in actors:
-            try:
-                ray.kill(a)
-            except Exception:
-                pass
+        self.kill()

@@ -28,6 +28,8 @@ beta > 0 and `batch.ref_logprobs` is None, are computed on the fly in the same m
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import os
 import resource
@@ -35,14 +37,24 @@ import socket
 import time
 import uuid
 import warnings
-from dataclasses import asdict, is_dataclass
 from typing import Any, Optional
 
 import numpy as np
+import psutil
+import ray
+import torch
+from ray.util.placement_group import placement_group
+from transformers import AutoConfig, AutoTokenizer
 
 from egsw_rl.actors import _learner_plan as plan
+from egsw_rl.actors._learner_model import (LogprobModel, build_ds_config, collate, load_zero3_causal_lm,
+                                           lr_lambda, scatter_tokens)
+from egsw_rl.actors.group import ActorGroup, as_cfg
+from egsw_rl.algos import (loss_normalizers, policy_loss, reduce_loss_metrics, reduce_rollout_is,
+                           rollout_is_weights)
 from egsw_rl.batch import TrainBatch
 from egsw_rl.config import AlgoConfig, LearnerConfig, ModelConfig, resolve_device, resolve_dtype
+from egsw_rl.models import resolve_model, resolve_model_path
 from egsw_rl.sync.group import WeightSender
 from egsw_rl.sync.ipc import IpcSender
 from egsw_rl.sync.plan import meta_to_rows, param_meta, plan_buckets, run_probe
@@ -59,26 +71,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _as_cfg(obj, cls):
-    if isinstance(obj, cls):
-        return obj
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(obj, DictConfig):
-            obj = OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    if is_dataclass(obj):
-        return cls(**asdict(obj))
-    return cls(**dict(obj))
-
-
 def _malloc_trim() -> None:
     """Return freed heap pages to the OS (glibc); a no-op elsewhere."""
-    import ctypes
-    import gc
-
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -111,8 +105,6 @@ class Learner:
         warnings.filterwarnings(
             "ignore", category=FutureWarning,
             message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor|reduce_op)` is deprecated")
-        import torch
-
         if self.device_kind == "cpu":
             torch.set_num_threads(max(1, int(round(float(learner_cfg.cpus_per_rank)))))
         self.engine = None
@@ -124,15 +116,11 @@ class Learner:
     # ------------------------------------------------------------------ rendezvous / setup
 
     def address(self) -> tuple[str, int]:
-        import ray
-
         return ray.util.get_node_ip_address(), _free_port()
 
     def _local_device_index(self) -> int:
         """Index of this rank's GPU among the visible ones (Ray restricts CUDA_VISIBLE_DEVICES to
         the actor's GPU, so usually 0)."""
-        import ray
-
         ids = [str(i) for i in ray.get_gpu_ids()]
         visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
         if ids and visible and ids[0] in visible:
@@ -143,9 +131,6 @@ class Learner:
 
     def init(self, master_addr: str, master_port: int) -> dict:
         import deepspeed
-        import torch
-
-        from egsw_rl.models import resolve_model
 
         self.model_path = str(resolve_model(self.model_path))  # on this rank's node: a hub id reads its HF cache
         local = self._local_device_index() if self.device_kind == "cuda" else 0
@@ -172,15 +157,9 @@ class Learner:
 
     @staticmethod
     def _rss() -> float:
-        import psutil
-
         return psutil.Process().memory_info().rss / 2**30
 
     def _load_hf(self, ds_config: dict, *, train: bool):
-        import torch
-
-        from egsw_rl.actors._learner_model import load_zero3_causal_lm
-
         model = load_zero3_causal_lm(self.model_path, ds_config, getattr(torch, self.dtype_name),
                                      rank=self.rank, trust_remote_code=self.mcfg.trust_remote_code,
                                      bucket_bytes=int(self.lcfg.sync_bucket_mb) * 2**20)
@@ -191,11 +170,6 @@ class Learner:
 
     def _build(self) -> None:
         import deepspeed
-        import torch
-
-        from egsw_rl.actors._learner_model import LogprobModel, build_ds_config, lr_lambda
-
-        from transformers import AutoConfig
 
         chunk = int(self.lcfg.logprob_chunk_tokens)
         hidden = getattr(AutoConfig.from_pretrained(self.model_path, trust_remote_code=self.mcfg.trust_remote_code),
@@ -246,8 +220,6 @@ class Learner:
     # ------------------------------------------------------------------ forward helpers
 
     def _forward(self, engine, batch: TrainBatch, idx: list[int], **flags):
-        from egsw_rl.actors._learner_model import collate
-
         x = collate(batch.prompt_ids, batch.completion_ids, idx, self.pad_id, self.device)
         out = engine(x["input_ids"], x["attention_mask"], x["position_ids"], x["rows"], x["cols"],
                      x["targets"], **flags)
@@ -256,8 +228,6 @@ class Learner:
     def compute_logprobs(self, batch: TrainBatch, micro: list[list[int]], with_old: bool = True,
                          with_entropy: bool = False, with_clipv: bool = False) -> dict:
         """Per-sequence arrays for this rank's micro-batches: {"index": [...], name: [array]}."""
-        import torch
-
         run_policy = with_old or with_entropy or with_clipv
         out: dict[str, list] = {"index": []}
         t0 = time.perf_counter()
@@ -293,12 +263,7 @@ class Learner:
         `keep_policy` (one step only): also return, from the same forward, the pre-update
         policy's per-token old_logprobs / entropy / clipv_n, as `compute_logprobs` would.
         Returns per-step metric sums."""
-        import torch
-
-        from egsw_rl.actors._learner_model import scatter_tokens
-        from egsw_rl.algos import policy_loss, reduce_loss_metrics, rollout_is_weights
-
-        a = self.acfg if algo is None else _as_cfg(algo, AlgoConfig)
+        a = self.acfg if algo is None else as_cfg(algo, AlgoConfig)
         correction = str(a.rollout_correction)
         eng = self.engine
         eng.train()
@@ -452,8 +417,6 @@ class Learner:
         sd = self.gathered_state_dict()
         if self.rank != 0:
             return None
-        from transformers import AutoTokenizer
-
         os.makedirs(path, exist_ok=True)
         self.module.lm.save_pretrained(path, state_dict=sd, safe_serialization=True)
         tok = AutoTokenizer.from_pretrained(self.mcfg.tokenizer or self.model_path,
@@ -477,8 +440,6 @@ class Learner:
     # ------------------------------------------------------------------ weight sync
 
     def node_id(self) -> str:
-        import ray
-
         return ray.get_runtime_context().get_node_id()
 
     def _plan_sync(self) -> None:
@@ -567,8 +528,6 @@ class Learner:
     def gpu_id(self) -> Optional[str]:
         """The GPU Ray gave this rank (its id on the node), None on CPU: a colocated engine
         spanning several ranks' devices is told theirs."""
-        import ray
-
         ids = ray.get_gpu_ids()
         return str(ids[0]) if ids else None
 
@@ -593,7 +552,6 @@ class Learner:
         """Move this rank's training state to host memory (colocated: the engine on this device
         generates next). Pinned host buffers, kept for the next offload. On CPU the states are
         host memory already: the same calls run as copies (the path is exercised, nothing freed)."""
-        import torch
         from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum, OffloadStateTypeEnum as S
 
         t0 = time.perf_counter()
@@ -625,8 +583,6 @@ class Learner:
 
     def reload(self) -> dict:
         """The training state back on this rank's device (before logprobs and the update)."""
-        import torch
-
         t0 = time.perf_counter()
         self.engine.reload_states(non_blocking=False)
         for t in self._resident_tensors():
@@ -658,8 +614,10 @@ def _assemble(parts: list[dict], batch: TrainBatch) -> dict[str, np.ndarray]:
     return out
 
 
-class LearnerGroup:
+class LearnerGroup(ActorGroup):
     """The driver's handle on the learner ranks (see the module docstring)."""
+
+    kind = "learner rank"
 
     def __init__(self, model_cfg: ModelConfig, learner_cfg: LearnerConfig, algo_cfg: AlgoConfig,
                  device: str = "auto", sampling_temperature: float = 1.0, *, total_steps: Optional[int] = None,
@@ -668,19 +626,13 @@ class LearnerGroup:
         """`placement`: (placement group, bundle index per rank) from the run's plan
         (`egsw_rl.placement`); without it the group reserves its own ranks. `gpu_share`: the GPUs
         a rank asks for in its bundle (colocated: its share of the device; default 1)."""
-        import ray
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        self.mcfg = _as_cfg(model_cfg, ModelConfig)
-        self.lcfg = _as_cfg(learner_cfg, LearnerConfig)
-        self.acfg = _as_cfg(algo_cfg, AlgoConfig)
+        self.mcfg = as_cfg(model_cfg, ModelConfig)
+        self.lcfg = as_cfg(learner_cfg, LearnerConfig)
+        self.acfg = as_cfg(algo_cfg, AlgoConfig)
         self.device = resolve_device(device)
         self.world_size = n = int(self.lcfg.num_ranks)
         if n < 1:
             raise ValueError(f"learner.num_ranks must be >= 1, got {n}")
-        from egsw_rl.models import resolve_model_path
-
         self.model_path = resolve_model_path(self.mcfg.path)
         self._step_seed = int(seed)
         self.updates = 0  # updates so far: seeds each update's mini-batch shuffle (checkpointed)
@@ -704,8 +656,6 @@ class LearnerGroup:
             bundle_of = [r // per_node for r in range(n)]
             strategy = "STRICT_SPREAD"
         # the cosine schedule needs its length: fail here, before any actor starts
-        from egsw_rl.actors._learner_model import lr_lambda
-
         lr_lambda(self.lcfg.lr_schedule, self.lcfg.warmup_steps, total_steps)
         if placement is not None:  # the run's plan: the group neither reserves nor releases it
             pg, bundle_of = placement
@@ -717,40 +667,22 @@ class LearnerGroup:
                 ray.util.remove_placement_group(pg)
                 raise RuntimeError(f"the learner placement group {bundles} ({strategy}) could not be placed "
                                    f"within {ready_timeout_s:.0f}s: not enough CPUs/GPUs in the Ray cluster")
-        cls = ray.remote(Learner)
-        self.actors = []
-        for r in range(n):
-            opts = dict(num_cpus=cpus, num_gpus=(1 if gpu_share is None else gpu_share) if gpu else 0,
-                        max_concurrency=1,
-                        scheduling_strategy=PlacementGroupSchedulingStrategy(
-                            placement_group=pg, placement_group_bundle_index=bundle_of[r]))
-            self.actors.append(cls.options(**opts).remote(
-                r, n, self.model_path, self.mcfg, self.lcfg, self.acfg, self.device,
-                sampling_temperature, seed, total_steps))
+        self.actors = self.start(
+            Learner, n, lambda r: (r, n, self.model_path, self.mcfg, self.lcfg, self.acfg, self.device,
+                                   sampling_temperature, seed, total_steps),
+            options=dict(num_cpus=cpus, num_gpus=(1 if gpu_share is None else gpu_share) if gpu else 0,
+                         max_concurrency=1),
+            placement_group=pg, bundle_of=bundle_of)
         try:
             addr, port = ray.get(self.actors[0].address.remote())
             self.master_addr = addr
             t0 = time.perf_counter()
-            self.shards = self._all([a.init.remote(addr, port) for a in self.actors])
+            self.shards = self.wait([a.init.remote(addr, port) for a in self.actors])
         except BaseException:
             self.shutdown()  # no half-started ranks left holding resources
             raise
         self.init_seconds = time.perf_counter() - t0
         self.has_ref = bool(self.shards[0]["has_ref"])
-
-    # ------------------------------------------------------------------ plumbing
-
-    @staticmethod
-    def _all(refs: list) -> list:
-        """ray.get on every rank, failing fast: a rank that raises would leave the others
-        blocked in a collective, so the first error is raised at once."""
-        import ray
-
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            ray.get(done[0])  # raises this rank's error now
-        return ray.get(list(refs))
 
     def _lengths(self, batch: TrainBatch) -> list[int]:
         # forward tokens: prompt + completion minus the last token (its logits are never used)
@@ -772,21 +704,16 @@ class LearnerGroup:
                          with_old: bool = True) -> dict[str, np.ndarray]:
         """[N, T] float32 arrays (zero-padded): old_logprobs (if with_old or entropy asked),
         entropy (with_entropy or with_clipv), clipv_n (with_clipv), ref_logprobs (beta > 0)."""
-        import ray
-
         lengths = self._lengths(batch)
         micro = plan.plan_pass(lengths, list(range(len(batch))), self.world_size,
                                int(self.lcfg.micro_batch_tokens))
         ref = ray.put(batch)
-        parts = self._all([a.compute_logprobs.remote(ref, micro[r], with_old, with_entropy, with_clipv)
+        parts = self.wait([a.compute_logprobs.remote(ref, micro[r], with_old, with_entropy, with_clipv)
                            for r, a in enumerate(self.actors)])
         return _assemble(parts, batch)
 
     def _plan_update(self, batch: TrainBatch) -> list[dict]:
         """Per optimizer step: the sequences, their normalisers and every rank's micro-batches."""
-        from egsw_rl.algos import loss_normalizers
-        import torch
-
         a = self.acfg
         lengths = self._lengths(batch)
         n = len(batch)
@@ -813,9 +740,6 @@ class LearnerGroup:
         step per batch: see `old_logprobs_needed`) returns (metrics, the pre-update policy's
         [N, T] old_logprobs / entropy / clipv_n), read from the update's own forward at no extra
         pass; the entropy-dynamics monitor compares them with the policy after the step."""
-        import ray
-        from egsw_rl.algos import reduce_loss_metrics, reduce_rollout_is
-
         for name in ("advantages", "mask"):
             if getattr(batch, name) is None:
                 raise ValueError(f"TrainBatch.{name} is required by update()")
@@ -829,7 +753,7 @@ class LearnerGroup:
         t0 = time.perf_counter()
         steps = self._plan_update(batch)
         ref = ray.put(batch)
-        outs = self._all([
+        outs = self.wait([
             a.update.remote(ref, [{"micro": st["per_rank"][r], "global_tokens": st["global_tokens"],
                                    "global_seqs": st["global_seqs"]} for st in steps], self.acfg,
                             keep_policy)
@@ -870,31 +794,31 @@ class LearnerGroup:
 
     def offload(self) -> dict:
         """Colocated: every rank's training state to host memory (Learner.offload); summary."""
-        res = self._all([a.offload.remote() for a in self.actors])
+        res = self.call_all("offload")
         return {"learner/offload_s": max(r["seconds"] for r in res),
                 "learner/offloaded_gib": sum(r["moved_bytes"] for r in res) / 2**30,
                 "learner/device_gib_after_offload": max(r["device_bytes_after"] for r in res) / 2**30}
 
     def reload(self) -> dict:
         """Colocated: every rank's training state back on its device; summary."""
-        res = self._all([a.reload.remote() for a in self.actors])
+        res = self.call_all("reload")
         return {"learner/reload_s": max(r["seconds"] for r in res),
                 "learner/device_gib": max(r["device_bytes"] for r in res) / 2**30}
 
     def gpu_ids(self) -> list:
         """The GPU id of every rank (None on CPU), in rank order."""
-        return self._all([a.gpu_id.remote() for a in self.actors])
+        return self.call_all("gpu_id")
 
     def save_hf(self, path: str) -> str:
-        self._all([a.save_hf.remote(str(path)) for a in self.actors])
+        self.call_all("save_hf", str(path))
         return str(path)
 
     def save_checkpoint(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
-        self._all([a.save_checkpoint.remote(str(directory)) for a in self.actors])
+        self.call_all("save_checkpoint", str(directory))
 
     def load_checkpoint(self, directory: str) -> None:
-        self._all([a.load_checkpoint.remote(str(directory)) for a in self.actors])
+        self.call_all("load_checkpoint", str(directory))
 
     # ------------------------------------------------------------------ introspection
 
@@ -902,21 +826,4 @@ class LearnerGroup:
         return list(self.shards)
 
     def memory(self) -> list[dict]:
-        return self._all([a.memory.remote() for a in self.actors])
-
-    def shutdown(self) -> None:
-        import ray
-
-        for a in getattr(self, "actors", []):
-            try:
-                ray.kill(a)
-            except Exception:  # already dead
-                pass
-        self.actors = []
-        pg = getattr(self, "pg", None)
-        if pg is not None:
-            try:
-                ray.util.remove_placement_group(pg)
-            except Exception:
-                pass
-            self.pg = None
+        return self.call_all("memory")
