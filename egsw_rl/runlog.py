@@ -12,6 +12,7 @@ This module imports nothing else of egsw_rl, so every other module may import it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -351,20 +352,21 @@ def summary_line(row: dict, total_steps: int) -> str:
 
 
 class Timer:
-    """with timer("generate"): ... accumulates seconds into timer.times["timing/generate_s"]."""
+    """with timer("generate"): ... accumulates seconds into timer.times["timing/generate_s"];
+    timer.add("generate", s) adds seconds measured elsewhere (a background thread, an actor).
+    Phases named at construction are reported even when they did not run (0 s)."""
 
-    def __init__(self):
-        self.times: dict[str, float] = {}
+    def __init__(self, *always: str):
+        self.times: dict[str, float] = {f"timing/{name}_s": 0.0 for name in always}
 
+    def add(self, name: str, seconds: float) -> None:
+        key = f"timing/{name}_s"
+        self.times[key] = self.times.get(key, 0.0) + float(seconds)
+
+    @contextlib.contextmanager
     def __call__(self, name: str):
-        timer = self
-
-        class _Span:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                key = f"timing/{name}_s"
-                timer.times[key] = timer.times.get(key, 0.0) + time.perf_counter() - self.t0
-
-        return _Span()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - t0)

@@ -20,7 +20,6 @@ The driver holds no model; it moves ids and small per-token arrays between actor
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -39,9 +38,10 @@ from egsw_rl.algos import entropy_dynamics
 from egsw_rl.batch import Completion, TrainBatch
 from egsw_rl.config import resolve_device
 from egsw_rl.data import Problem, PromptSampler, load_run_data
-from egsw_rl.runlog import RunLogger, Timer
 from egsw_rl.models import resolve_model_path, vocab_size
+from egsw_rl.prefetch import Prefetcher
 from egsw_rl.prompts import load_tokenizer
+from egsw_rl.runlog import RunLogger, Timer
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,6 @@ class Rollout:
 
 class Trainer:
     def __init__(self, cfg, run_dir: Path):
-        import ray
-
         from egsw_rl.actors.generator import GeneratorGroup
         from egsw_rl.actors.learner import LearnerGroup
         from egsw_rl.actors.reward import RewardGroup, node_cpus, plan_workers
@@ -128,14 +126,14 @@ class Trainer:
             OmegaConf.to_container(cfg.reward, resolve=True),
             plan_workers(cfg.reward.workers, self.plan, node_cpus()),
             placement_group=self.pg, bundle_indices=self.plan.of("reward"), num_cpus=placement.REWARD_CPUS)
-        log.info("reward: %d actor(s), grading processes %s", len(self.rewarder.workers), self.rewarder.workers)
+        log.info("reward: %d actor(s), grading processes %s", len(self.rewarder.workers),
+                 self.rewarder.workers)
         if not self.colocated:
             self.learners = start_learners()
         self.sync = WeightSync(self.learners, self.generators, colocated=self.colocated)
         log.info("weight sync: %s transport", self.sync.transport)
         self.version = 0
         self.step = 0
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="generate")
 
     # ------------------------------------------------------------------ colocated hand-overs
 
@@ -190,27 +188,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ phases
 
-    def _next_problems(self, count: Optional[int] = None) -> list[Problem]:
-        # The engines' sampling seed for these problems comes from where they were drawn (the
-        # sampler's epoch and position, restored on resume) and nothing else: a resumed run
-        # samples what the uninterrupted run sampled, however many calls the engines served.
+    def _draw(self, count: Optional[int] = None) -> tuple[list[Problem], int]:
+        """The next problems and the engines' sampling seed for them. The seed comes from where
+        they were drawn (the sampler's epoch and position, restored on resume) and nothing else:
+        a resumed run samples what the uninterrupted run sampled, however many calls the engines
+        served."""
         state = self.sampler.state_dict()
-        self._draw_seed = sampling_seed(self.cfg.rollout.seed, state["epoch"], state["position"])
-        return [self.problems[i] for i in self.sampler.next_indices(count)]
+        seed = sampling_seed(self.cfg.rollout.seed, state["epoch"], state["position"])
+        return [self.problems[i] for i in self.sampler.next_indices(count)], seed
 
-    def _generate(self, problems: list[Problem], seed: int) -> tuple[list[Completion], float]:
-        completions, seconds, _ = self._generate_scored(problems, score=False, seed=seed)
-        return completions, seconds
-
-    def _generate_scored(self, problems: list[Problem], score: bool = True, seed: Optional[int] = None):
+    def _generate_scored(self, problems: list[Problem], seed: int, score: bool = True):
         """Generate the problems' groups. With `score`, each engine's share goes to the reward
         actors the moment it returns, so grading runs while slower engines still generate and
         only the last share's grading is left for `_score`. Returns the completions (prompt
-        order), the generation seconds and the scoring jobs (share order; None without score)."""
+        order) and the scoring jobs (share order; None without score)."""
         import ray
 
-        t0 = time.perf_counter()
-        self.generators.reseed(self._draw_seed if seed is None else seed)
+        self.generators.reseed(seed)
         prompts = self.generators.render([p.question for p in problems])
         shares = self.generators.generate_shares(prompts, n=self.G)
         start_of = {ref: s for s, ref in shares}
@@ -227,7 +221,10 @@ class Trainer:
                 jobs[s] = self.rewarder.submit([c.text for c in parts[s]],
                                                [problems[c.prompt_index].answer for c in parts[s]])
         completions = [c for s in sorted(parts) for c in parts[s]]
-        return completions, time.perf_counter() - t0, ([jobs[s] for s in sorted(jobs)] if score else None)
+        return completions, ([jobs[s] for s in sorted(jobs)] if score else None)
+
+    def _generate(self, problems: list[Problem], seed: int) -> list[Completion]:
+        return self._generate_scored(problems, seed, score=False)[0]
 
     def _score(self, problems: list[Problem], completions: list[Completion], timer: Timer, jobs=None):
         """Rewards of the completions: collected from `jobs` (submitted share by share during
@@ -240,7 +237,8 @@ class Trainer:
                                              [problems[c.prompt_index].answer for c in completions])]
             results, rmetrics = self.rewarder.result(jobs)
         busy = rmetrics.get("reward/latency_s", 0.0)
-        rmetrics["reward/hidden_frac"] = min(1.0, max(0.0, 1.0 - (time.perf_counter() - t0) / busy)) if busy > 0 else 0.0
+        rmetrics["reward/hidden_frac"] = (min(1.0, max(0.0, 1.0 - (time.perf_counter() - t0) / busy))
+                                          if busy > 0 else 0.0)
         rewards = np.array([res.score for res in results], dtype=np.float32)
         if self.algo.overlong_shaping:
             lengths = np.array([len(c.token_ids) for c in completions])
@@ -250,29 +248,26 @@ class Trainer:
                 torch.from_numpy(lengths), max_len=max_tokens, cache_len=cache).numpy().astype(np.float32)
         return rewards, results, rmetrics
 
-    def _rollout(self, timer: Timer, first: Optional[tuple[list[Problem], list[Completion]]] = None) -> Rollout:
-        """One batch of B groups. With DAPO dynamic sampling, groups whose answers are all right
-        or all wrong are dropped and more are generated, at most algo.max_gen_batches rounds; a
-        batch still short after that is topped up with dropped groups and the shortfall logged
-        (a warning, and dapo/short_groups)."""
+    def _rollout(self, timer: Timer, prefetched: Optional[tuple[list[Problem], list[Completion]]] = None
+                 ) -> Rollout:
+        """One batch of B groups (the first round's completions may come `prefetched`). With DAPO
+        dynamic sampling, groups whose answers are all right or all wrong are dropped and more
+        are generated, at most algo.max_gen_batches rounds; a batch still short after that is
+        topped up with dropped groups and the shortfall logged (a warning, and dapo/short_groups)."""
         B, G = self.cfg.data.batch_size, self.G
         dynamic = self.algo.dynamic_sampling
         kept: list[tuple[Problem, list[Completion], np.ndarray, list]] = []
         dropped: list[tuple[Problem, list[Completion], np.ndarray, list]] = []
-        round_metrics: list[tuple[dict, int]] = []
-        rounds = 0
-        while len(kept) < B and rounds < (self.algo.max_gen_batches if dynamic else 1):
-            if first is not None:
-                problems, completions = first
-                first = None
-                jobs = None
+        rounds: list[tuple[dict, int]] = []  # each round's reward metrics, completions scored
+        while len(kept) < B and len(rounds) < (self.algo.max_gen_batches if dynamic else 1):
+            if prefetched is not None:
+                (problems, completions), jobs, prefetched = prefetched, None, None
             else:
-                problems = self._next_problems(B if rounds == 0 else B - len(kept))
-                completions, seconds, jobs = self._generate_scored(problems)
-                timer.times["timing/generate_s"] = timer.times.get("timing/generate_s", 0.0) + seconds
-            rounds += 1
+                problems, seed = self._draw(B - len(kept))
+                with timer("generate"):
+                    completions, jobs = self._generate_scored(problems, seed)
             rewards, results, rmetrics = self._score(problems, completions, timer, jobs)
-            round_metrics.append((rmetrics, len(results)))
+            rounds.append((rmetrics, len(results)))
             informative = algos.dynamic_sampling_keep(
                 torch.tensor([r.status == "correct" for r in results]), group_size=G).tolist()
             for b, problem in enumerate(problems):
@@ -281,120 +276,80 @@ class Trainer:
                 (kept if informative[b] or not dynamic else dropped).append(group)
         kept = kept[:B]
         short = B - len(kept)
-        dapo_metrics = {"dapo/gen_rounds": float(rounds), "dapo/kept_groups": float(len(kept)),
-                        "dapo/dropped_groups": float(len(dropped) - min(short, len(dropped))),
-                        "dapo/short_groups": float(short)}
         if short:
             log.warning("dynamic sampling: %d of %d groups still all right or all wrong after %d "
                         "generation rounds (algo.max_gen_batches); the batch is topped up with them",
-                        short, B, rounds)
-            kept += dropped[:short]
+                        short, B, len(rounds))
+        dapo_metrics = {"dapo/gen_rounds": float(len(rounds)), "dapo/kept_groups": float(len(kept)),
+                        "dapo/dropped_groups": float(len(dropped) - min(short, len(dropped))),
+                        "dapo/short_groups": float(short)}
+        kept += dropped[:short]
         problems = [g[0] for g in kept]
-        completions = []
-        for b, g in enumerate(kept):
-            for c in g[1]:
-                completions.append(dataclasses.replace(c, prompt_index=b))
+        completions = [dataclasses.replace(c, prompt_index=b) for b, g in enumerate(kept) for c in g[1]]
         rewards = np.concatenate([g[2] for g in kept])
         results = [r for g in kept for r in g[3]]
-        metrics = merge_reward_metrics(round_metrics, results)
-        if dynamic:
-            metrics.update(dapo_metrics)
+        metrics = {**merge_reward_metrics(rounds, results), **batch_metrics(completions, rewards, results),
+                   **(dapo_metrics if dynamic else {})}
         return Rollout(problems, completions, rewards, results, metrics)
 
-    def _needs_old_logprobs(self) -> bool:
-        # With one update per batch the old policy IS the current one: the learner uses its own
-        # detached logprobs (and computes reference logprobs inside the update) and a forward
-        # pass is saved. Overlap mode trains on data from the previous weights, so there the old
-        # logprobs must be recomputed.
-        a = self.algo
-        return self.learners.old_logprobs_needed(
-            with_entropy=a.entropy_source == "learner" or a.token_mask == "clipv",
-            off_policy=self.cfg.trainer.overlap)
-
     def train_step(self, rollout: Rollout, timer: Timer) -> dict:
-        a, G = self.algo, self.G
+        """The learners' side of a step: old / reference logprobs when the update cannot serve
+        them itself, the algorithm over the whole batch (A, W, M'), the update, and with
+        trainer.entropy_dynamics the monitor. Returns the shaping and update metrics."""
+        a = self.algo
         monitor = self.cfg.trainer.entropy_dynamics
         comps = rollout.completions
         T = max(1, max(len(c.token_ids) for c in comps))
-        mask = pad([np.ones(len(c.token_ids)) for c in comps], T, dtype=bool)
         batch = TrainBatch(prompt_ids=[c.prompt_ids for c in comps],
-                           completion_ids=[c.token_ids for c in comps])
-
-        extra = {}
+                           completion_ids=[c.token_ids for c in comps],
+                           rollout_logprobs=pad([c.logprobs for c in comps], T))
         # the monitor reads the pre-update policy off the update's own forward when that forward
         # is the only one before the step; with an old-logprob pass it rides on that pass instead
-        old_pass = self._needs_old_logprobs() or (monitor and a.entropy_coef != 0)
+        policy = {}
+        old_pass = self.learners.old_logprobs_needed(
+            with_entropy=a.entropy_source == "learner" or a.token_mask == "clipv",
+            off_policy=self.cfg.trainer.overlap, keep_policy=monitor)
         if old_pass:
             with timer("logprobs"):
-                extra = self.learners.compute_logprobs(
+                policy = self.learners.compute_logprobs(
                     batch, with_entropy=a.entropy_source == "learner",
                     with_clipv=a.token_mask == "clipv" or monitor)
-            batch.old_logprobs = extra.get("old_logprobs")
-            batch.ref_logprobs = extra.get("ref_logprobs")
-        if a.entropy_source == "learner":
-            entropy = extra["entropy"]
-        else:
-            entropy = pad([c.entropy for c in comps], T)
-        rollout_lp = pad([c.logprobs for c in comps], T)
-        batch.rollout_logprobs = rollout_lp
-        sampled = batch.old_logprobs if batch.old_logprobs is not None else rollout_lp
-        if batch.old_logprobs is not None:  # vLLM vs learner on the same tokens: drift shows here
-            diff = np.abs(batch.old_logprobs - rollout_lp)[mask]
-            extra_metrics = {"rollout/logprob_diff_mean": float(diff.mean()) if diff.size else 0.0,
-                             "rollout/logprob_diff_max": float(diff.max()) if diff.size else 0.0}
-        else:
-            extra_metrics = {}
-
+            batch.old_logprobs = policy.get("old_logprobs")
+            batch.ref_logprobs = policy.get("ref_logprobs")
+        entropy = policy["entropy"] if a.entropy_source == "learner" else pad([c.entropy for c in comps], T)
         with timer("shape"):
-            A, W, M, shape_metrics = algos.shape_batch(
-                torch.from_numpy(rollout.rewards), torch.from_numpy(entropy), torch.from_numpy(mask), a,
-                group_size=G, sampled_logprobs=torch.from_numpy(sampled),
-                clipv_n=torch.from_numpy(extra["clipv_n"]) if "clipv_n" in extra else None,
-                vocab_size=self.vocab_size)
+            metrics = self._shape(batch, rollout.rewards, entropy, policy.get("clipv_n"))
+        if monitor and not old_pass:
+            update_metrics, policy = self.learners.update(batch, keep_policy=True)
+        else:
+            update_metrics = self.learners.update(batch)
+        if monitor:
+            with timer("entropy_dynamics"):
+                update_metrics.update(self._entropy_dynamics(batch, policy, update_metrics["actor/lr"]))
+        metrics.update(update_metrics)
+        # the headline names of the learner's numbers (README, "Output")
+        metrics.update({name: update_metrics.get(key, default) for name, (key, default) in HEADLINE.items()})
+        return metrics
+
+    def _shape(self, batch: TrainBatch, rewards: np.ndarray, entropy: np.ndarray,
+               clipv_n: Optional[np.ndarray]) -> dict:
+        """algos.shape_batch over the whole batch: fills the batch's A, W, M' and the loss
+        normalisers of the whole batch; returns the shaping metrics."""
+        a = self.algo
+        generated = pad([np.ones(len(c)) for c in batch.completion_ids], entropy.shape[1], dtype=bool)
+        sampled = batch.old_logprobs if batch.old_logprobs is not None else batch.rollout_logprobs
+        A, W, M, metrics = algos.shape_batch(
+            torch.from_numpy(rewards), torch.from_numpy(entropy), torch.from_numpy(generated), a,
+            group_size=self.G, sampled_logprobs=torch.from_numpy(sampled),
+            clipv_n=torch.from_numpy(clipv_n) if clipv_n is not None else None,
+            vocab_size=self.vocab_size)
         batch.advantages = A.numpy().astype(np.float32)
         batch.weights = W.numpy().astype(np.float32)
         batch.mask = M.numpy().astype(bool)
         norms = algos.loss_normalizers(M, a.agg)
         batch.global_tokens = float(norms["global_tokens"])
         batch.global_seqs = float(norms["global_seqs"])
-
-        with timer("update"):
-            if monitor and not old_pass:
-                update_metrics, extra = self.learners.update(batch, keep_policy=True)
-            else:
-                update_metrics = self.learners.update(batch)
-        if monitor:
-            with timer("entropy_dynamics"):
-                update_metrics.update(self._entropy_dynamics(batch, extra, update_metrics["actor/lr"]))
-
-        lengths = np.array([len(c.token_ids) for c in comps], dtype=np.float64)
-        valid = mask.astype(bool)
-        statuses = [r.status for r in rollout.results]
-        metrics = {
-            "reward/mean": float(rollout.rewards.mean()),
-            "reward/std": float(rollout.rewards.std()),
-            "reward/accuracy": statuses.count("correct") / len(statuses),
-            "response_length/mean": float(lengths.mean()),
-            "response_length/max": float(lengths.max()),
-            "response_length/clip_frac": float(np.mean([c.finish_reason == "length" for c in comps])),
-            "entropy/mean": float(entropy[valid].mean()) if valid.any() else 0.0,
-            "entropy/source": a.entropy_source,
-            "entropy/rollout_tail_mass_mean": float(pad([c.tail_mass for c in comps], T)[valid].mean())
-            if valid.any() else 0.0,
-            "tokens/generated": int(lengths.sum()),
-            **{k: float(v) for k, v in shape_metrics.items()},
-            **rollout.metrics,
-            **update_metrics,
-            **extra_metrics,
-            # the headline names of the learner's numbers (README, "Output")
-            "loss": update_metrics.get("actor/loss"),
-            "grad_norm": update_metrics.get("actor/grad_norm"),
-            "kl/mean": update_metrics.get("actor/ref_kl", 0.0),
-            "clip_frac": update_metrics.get("actor/clip_frac"),
-            "approx_kl": update_metrics.get("actor/approx_kl"),
-            "timing/logprobs_s": timer.times.get("timing/logprobs_s", 0.0),
-        }
-        return metrics
+        return {**{k: float(v) for k, v in metrics.items()}, "entropy/source": a.entropy_source}
 
     def _entropy_dynamics(self, batch: TrainBatch, before: dict, lr: float) -> dict:
         """trainer.entropy_dynamics: the step's first-order entropy change predicted from the
@@ -426,7 +381,8 @@ class Trainer:
         returned for the step's metrics row."""
         from egsw_rl.eval import Grader, eval_metrics, evaluate, generator_fn
 
-        self.generators.reseed(sampling_seed(self.cfg.rollout.seed, EVAL_EPOCH, step))  # as a resumed run does
+        # as a resumed run does: the seed depends on the step alone
+        self.generators.reseed(sampling_seed(self.cfg.rollout.seed, EVAL_EPOCH, step))
 
         results = evaluate(generator_fn(self.generators), self.eval_sets, n=self.G, ks=(1, self.G),
                            grader=Grader(scorers={"math": self.rewarder}),
@@ -439,73 +395,55 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> dict:
-        cfg = self.cfg
+        cfg, total = self.cfg, self.cfg.trainer.total_steps
         start = self._maybe_resume()
-        logger = RunLogger(self.run_dir, total_steps=cfg.trainer.total_steps,
-                           wandb_cfg=cfg.logger.wandb,
+        logger = RunLogger(self.run_dir, total_steps=total, wandb_cfg=cfg.logger.wandb,
                            config=OmegaConf.to_container(cfg, resolve=True),
                            progress_bar=cfg.logger.progress_bar, start_step=start)
-        last: dict = {}
         before = self.evaluate(0) if start == 0 and self.eval_sets else {}
-        inflight = None  # overlap mode: (problems, future of completions) for the next step
-        sampler_before_inflight = None
+        prefetch = Prefetcher(self._draw, self._generate, self.sampler)
+        last: dict = {}
         try:
-            for step in range(start + 1, cfg.trainer.total_steps + 1):
+            for step in range(start + 1, total + 1):
                 self.step = step
-                timer = Timer()
-                t0 = time.perf_counter()
-                first = None
-                if inflight is not None:
-                    problems, fut = inflight
-                    with timer("generate_wait"):
-                        completions, seconds = fut.result()
-                    timer.times["timing/generate_s"] = seconds
-                    first = (problems, completions)
-                    sampler_before_inflight = None
-                rollout = self._rollout(timer, first)
+                timer, t0 = Timer("logprobs"), time.perf_counter()
+                rollout = self._rollout(timer, prefetch.take(timer))
+                metrics = dict(rollout.metrics)
                 self._phase("generate")
                 with timer("colocate"):
-                    colocate = self._to_training()
-                if cfg.trainer.overlap and step < cfg.trainer.total_steps:
-                    sampler_before_inflight = self.sampler.state_dict()
-                    nxt = self._next_problems()
-                    inflight = (nxt, self._pool.submit(self._generate, nxt, self._draw_seed))
-                metrics = self.train_step(rollout, timer)
+                    metrics.update(self._to_training())
+                if cfg.trainer.overlap and step < total:
+                    prefetch.start()  # batch k+1 samples with the weights before update k
+                metrics.update(self.train_step(rollout, timer))
                 self._phase("update")
-                if inflight is not None:  # the engine is busy until the next batch is sampled
-                    inflight[1].result()
+                prefetch.wait()  # an engine never loads weights mid-batch
                 with timer("colocate"):
-                    colocate.update(self._to_sync())
+                    metrics.update(self._to_sync())
                 with timer("sync"):
                     sync_metrics = self.sync.push()
                 self._phase("push")
                 with timer("colocate"):
-                    colocate.update(self._to_generation())
-                metrics.update(colocate)
+                    metrics.update(self._to_generation())
                 self.version += 1
-                lag = [self.version - 1 - c.version for c in rollout.completions]
                 step_s = time.perf_counter() - t0
                 metrics.update({**self._resume_probe, **sync_metrics})
                 self._resume_probe = {}
-                if self.eval_sets and (step == cfg.trainer.total_steps or (
-                        cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0)):
+                if self.eval_sets and (step == total or (cfg.trainer.eval_every
+                                                         and step % cfg.trainer.eval_every == 0)):
                     with timer("eval"):
                         metrics.update(self.evaluate(step))
-                metrics.update(timer.times)
-                metrics.update({
-                    "step": step,
-                    "version": self.version,
-                    "policy_lag/mean": float(np.mean(lag)),
-                    "timing/step_s": step_s,
-                    "perf/tokens_per_s": metrics["tokens/generated"] / max(step_s, 1e-9),
-                })
+                metrics.update({**timer.times, "step": step, "version": self.version,
+                                "policy_lag/mean": float(np.mean([self.version - 1 - c.version
+                                                                  for c in rollout.completions])),
+                                "timing/step_s": step_s,
+                                "perf/tokens_per_s": metrics["tokens/generated"] / max(step_s, 1e-9)})
                 logger.log(metrics)
                 self._log_samples(step, rollout)
                 last = metrics
-                if cfg.trainer.save_every and (step % cfg.trainer.save_every == 0
-                                               or step == cfg.trainer.total_steps):
-                    self.save(step, sampler_state=sampler_before_inflight)
+                if cfg.trainer.save_every and (step % cfg.trainer.save_every == 0 or step == total):
+                    self.save(step, sampler_state=prefetch.sampler_state())
         finally:
+            prefetch.close()
             logger.close(plots=cfg.logger.plots)
         for key, value in before.items():
             if key in last:
@@ -582,7 +520,6 @@ class Trainer:
     def shutdown(self) -> None:
         import ray
 
-        self._pool.shutdown(wait=False, cancel_futures=True)
         for part in (self.learners, self.generators):
             try:
                 part.shutdown()
@@ -590,6 +527,31 @@ class Trainer:
                 log.warning("shutdown of %s failed: %s", type(part).__name__, e)
         self.rewarder.shutdown()
         ray.util.remove_placement_group(self.pg)
+
+
+# the README's headline names ("Output") of the learner's numbers: name -> (key, if absent)
+HEADLINE = {"loss": ("actor/loss", None), "grad_norm": ("actor/grad_norm", None),
+            "clip_frac": ("actor/clip_frac", None), "approx_kl": ("actor/approx_kl", None),
+            "kl/mean": ("actor/ref_kl", 0.0)}
+
+
+def batch_metrics(completions: list[Completion], rewards: np.ndarray, results: list) -> dict:
+    """The trained batch's own numbers: shaped rewards, accuracy, lengths, the engines' top-k
+    tail mass."""
+    lengths = np.array([len(c.token_ids) for c in completions], dtype=np.float64)
+    generated = pad([np.ones(len(c.token_ids)) for c in completions], max(1, int(lengths.max())), dtype=bool)
+    tail = pad([c.tail_mass for c in completions], generated.shape[1])[generated]
+    statuses = [r.status for r in results]
+    return {
+        "reward/mean": float(rewards.mean()),
+        "reward/std": float(rewards.std()),
+        "reward/accuracy": statuses.count("correct") / len(statuses),
+        "response_length/mean": float(lengths.mean()),
+        "response_length/max": float(lengths.max()),
+        "response_length/clip_frac": float(np.mean([c.finish_reason == "length" for c in completions])),
+        "entropy/rollout_tail_mass_mean": float(tail.mean()) if tail.size else 0.0,
+        "tokens/generated": int(lengths.sum()),
+    }
 
 
 EVAL_EPOCH = 1 << 30  # the evaluation's seeds: (seed, EVAL_EPOCH, step), apart from any batch's

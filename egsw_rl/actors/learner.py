@@ -275,13 +275,12 @@ class Learner:
         m_all = np.asarray(batch.mask, dtype=bool)
         old_all = None if batch.old_logprobs is None else np.asarray(batch.old_logprobs, dtype=np.float32)
         ref_all = None if batch.ref_logprobs is None else np.asarray(batch.ref_logprobs, dtype=np.float32)
-        # no old logprobs: this forward runs the weights that sampled the batch (one update per
-        # batch, data from the last push), so its gap to vLLM's logprobs is the sync's drift
-        vllm_all = (np.asarray(batch.rollout_logprobs, dtype=np.float32)
-                    if old_all is None and batch.rollout_logprobs is not None else None)
-        drift = {"sum": 0.0, "count": 0, "max": 0.0}
+        # the old policy's logprobs (this forward's, or the old-logprob pass's) against vLLM's on
+        # the sampled tokens: the sync's drift (with overlap, the one-step lag too). Each epoch
+        # covers every sequence once, so repeating it leaves the mean and the max unchanged.
         roll_all = (np.asarray(batch.rollout_logprobs, dtype=np.float32)
                     if batch.rollout_logprobs is not None else None)
+        drift = {"sum": 0.0, "count": 0, "max": 0.0}
         is_stats: list[dict] = []
         policy: dict[str, list] = {"index": []}
         if keep_policy and (len(steps) != 1 or grad_ent):
@@ -322,8 +321,8 @@ class Learner:
                     valid = scatter_tokens(torch.ones_like(lp_flat), x["tok_row"], x["tok_col"], b, T) > 0
                     mask = sel(m_all, idx, T) & valid
                     old = lp.detach() if old_all is None else sel(old_all, idx, T)
-                    if vllm_all is not None:
-                        gap = (old - sel(vllm_all, idx, T)).abs()[valid]
+                    if roll_all is not None:
+                        gap = (old - sel(roll_all, idx, T)).abs()[valid]
                         gap = gap[torch.isfinite(gap)]
                         if gap.numel():
                             drift["sum"] += float(gap.sum())
@@ -362,7 +361,7 @@ class Learner:
             results.append(res)
         lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else float(self.lcfg.lr)
         return {"steps": results, "seconds": time.perf_counter() - t_start, "lr": float(lr),
-                "drift": drift if vllm_all is not None else None, "rollout_is": is_stats,
+                "drift": drift if roll_all is not None else None, "rollout_is": is_stats,
                 "policy": policy if keep_policy else None}
 
     # ------------------------------------------------------------------ gathered weights
@@ -688,15 +687,19 @@ class LearnerGroup(ActorGroup):
         # forward tokens: prompt + completion minus the last token (its logits are never used)
         return [len(p) + max(len(c), 1) - 1 for p, c in zip(batch.prompt_ids, batch.completion_ids)]
 
-    def old_logprobs_needed(self, with_entropy: bool = False, off_policy: bool = False) -> bool:
-        """Whether the driver must call `compute_logprobs` for old logprobs. False when the old
-        policy provably equals the current one at update time: one epoch, one mini-batch, no exact
-        entropy wanted, data sampled from the current weights (not `off_policy`, e.g. overlap
-        mode). `update` then uses its own detached logprobs (ratio 1, same gradient), and with
-        beta > 0 computes the reference logprobs itself in the same micro-batches. Dropout is
-        disabled in the policy, so the two forwards would be the same function."""
+    def old_logprobs_needed(self, with_entropy: bool = False, off_policy: bool = False,
+                            keep_policy: bool = False) -> bool:
+        """Whether the driver must call `compute_logprobs` for old logprobs (the one place that
+        decides). False when the old policy provably equals the current one at update time: one
+        epoch, one mini-batch, no exact entropy wanted, data sampled from the current weights
+        (not `off_policy`, e.g. overlap mode). `update` then uses its own detached logprobs
+        (ratio 1, same gradient), and with beta > 0 computes the reference logprobs itself in the
+        same micro-batches. Dropout is disabled in the policy, so the two forwards would be the
+        same function. `keep_policy`: the caller wants the pre-update policy, which `update`'s
+        own forward gives only without an entropy bonus (its entropy then carries a gradient)."""
         a = self.acfg
-        return bool(a.ppo_epochs > 1 or a.mini_batches > 1 or with_entropy or off_policy)
+        return bool(a.ppo_epochs > 1 or a.mini_batches > 1 or with_entropy or off_policy
+                    or (keep_policy and float(a.entropy_coef) != 0.0))
 
     # ------------------------------------------------------------------ the driver's calls
 
