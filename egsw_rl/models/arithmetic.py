@@ -6,6 +6,9 @@ and visibly does within minutes on a laptop CPU.
 
 Built on first use (about a minute on 2 cores) and cached beside the tiny model; the warm-up
 problems come from a different seed than the RL training problems.
+
+`tiny_arith_chain` (`conf=tiny_methods`, CHAIN_SETTINGS) is the same procedure on three-operand
+expressions, always boxed: there the reward is the accuracy, with no format to learn.
 """
 
 from __future__ import annotations
