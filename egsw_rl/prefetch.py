@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
-from egsw_rl.batch import Completion
 from egsw_rl.data import Problem, PromptSampler
 from egsw_rl.runlog import Timer
 
 
 class Prefetcher:
     """draw() -> (problems, seed) takes the next batch off `sampler`; generate(problems, seed)
-    -> completions samples it on the engines."""
+    samples it on the engines and returns what the trainer takes (its completions and their
+    scoring jobs: grading starts in the background too)."""
 
     def __init__(self, draw: Callable[[], tuple[list[Problem], int]],
-                 generate: Callable[[list[Problem], int], list[Completion]], sampler: PromptSampler):
+                 generate: Callable[[list[Problem], int], Any], sampler: PromptSampler):
         self._draw, self._generate, self._sampler = draw, generate, sampler
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="generate")
         self._inflight: Optional[tuple[list[Problem], concurrent.futures.Future]] = None
@@ -35,21 +35,22 @@ class Prefetcher:
         problems, seed = self._draw()
         self._inflight = (problems, self._pool.submit(self._timed, problems, seed))
 
-    def _timed(self, problems: list[Problem], seed: int) -> tuple[list[Completion], float]:
+    def _timed(self, problems: list[Problem], seed: int) -> tuple[Any, float]:
         t0 = time.perf_counter()
-        completions = self._generate(problems, seed)
-        return completions, time.perf_counter() - t0
+        generated = self._generate(problems, seed)
+        return generated, time.perf_counter() - t0
 
-    def take(self, timer: Timer) -> Optional[tuple[list[Problem], list[Completion]]]:
-        """The batch in flight, (problems, completions), once generated (None if there is none).
-        The wait shows as timing/generate_wait_s, its generation time as timing/generate_s."""
+    def take(self, timer: Timer) -> Optional[tuple[list[Problem], Any]]:
+        """The batch in flight, (problems, what generate returned), once generated (None if
+        there is none). The wait shows as timing/generate_wait_s, its generation time as
+        timing/generate_s."""
         if self._inflight is None:
             return None
         (problems, future), self._inflight, self._sampler_before = self._inflight, None, None
         with timer("generate_wait"):
-            completions, seconds = future.result()
+            generated, seconds = future.result()
         timer.add("generate", seconds)
-        return problems, completions
+        return problems, generated
 
     def wait(self) -> None:
         """Until the batch in flight is generated: an engine never loads weights mid-batch."""

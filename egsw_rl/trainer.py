@@ -197,11 +197,11 @@ class Trainer:
         seed = sampling_seed(self.cfg.rollout.seed, state["epoch"], state["position"])
         return [self.problems[i] for i in self.sampler.next_indices(count)], seed
 
-    def _generate_scored(self, problems: list[Problem], seed: int, score: bool = True):
-        """Generate the problems' groups. With `score`, each engine's share goes to the reward
-        actors the moment it returns, so grading runs while slower engines still generate and
-        only the last share's grading is left for `_score`. Returns the completions (prompt
-        order) and the scoring jobs (share order; None without score)."""
+    def _generate(self, problems: list[Problem], seed: int) -> tuple[list[Completion], list]:
+        """Generate the problems' groups. Each engine's share goes to the reward actors the
+        moment it returns, so grading runs while slower engines still generate (and, in overlap
+        mode, while the previous batch trains): only what is left of it shows in `_score`.
+        Returns the completions (prompt order) and the scoring jobs (share order)."""
         import ray
 
         self.generators.reseed(seed)
@@ -217,14 +217,10 @@ class Trainer:
             parts[s] = ray.get(ready[0])
             for c in parts[s]:
                 c.prompt_index += s
-            if score:
-                jobs[s] = self.rewarder.submit([c.text for c in parts[s]],
-                                               [problems[c.prompt_index].answer for c in parts[s]])
+            jobs[s] = self.rewarder.submit([c.text for c in parts[s]],
+                                           [problems[c.prompt_index].answer for c in parts[s]])
         completions = [c for s in sorted(parts) for c in parts[s]]
-        return completions, ([jobs[s] for s in sorted(jobs)] if score else None)
-
-    def _generate(self, problems: list[Problem], seed: int) -> list[Completion]:
-        return self._generate_scored(problems, seed, score=False)[0]
+        return completions, [jobs[s] for s in sorted(jobs)]
 
     def _score(self, problems: list[Problem], completions: list[Completion], timer: Timer, jobs=None):
         """Rewards of the completions: collected from `jobs` (submitted share by share during
@@ -248,8 +244,7 @@ class Trainer:
                 torch.from_numpy(lengths), max_len=max_tokens, cache_len=cache).numpy().astype(np.float32)
         return rewards, results, rmetrics
 
-    def _rollout(self, timer: Timer, prefetched: Optional[tuple[list[Problem], list[Completion]]] = None
-                 ) -> Rollout:
+    def _rollout(self, timer: Timer, prefetched: Optional[tuple[list[Problem], tuple]] = None) -> Rollout:
         """One batch of B groups (the first round's completions may come `prefetched`). With DAPO
         dynamic sampling, groups whose answers are all right or all wrong are dropped and more
         are generated, at most algo.max_gen_batches rounds; a batch still short after that is
@@ -261,11 +256,11 @@ class Trainer:
         rounds: list[tuple[dict, int]] = []  # each round's reward metrics, completions scored
         while len(kept) < B and len(rounds) < (self.algo.max_gen_batches if dynamic else 1):
             if prefetched is not None:
-                (problems, completions), jobs, prefetched = prefetched, None, None
+                (problems, (completions, jobs)), prefetched = prefetched, None
             else:
                 problems, seed = self._draw(B - len(kept))
                 with timer("generate"):
-                    completions, jobs = self._generate_scored(problems, seed)
+                    completions, jobs = self._generate(problems, seed)
             rewards, results, rmetrics = self._score(problems, completions, timer, jobs)
             rounds.append((rmetrics, len(results)))
             informative = algos.dynamic_sampling_keep(

@@ -232,6 +232,9 @@ def test_ray_job_submit_to_a_local_cluster(tmp_path):
         assert [r["step"] for r in rows] == [1, 2]
         assert [r["policy_lag/mean"] for r in rows] == [0.0, 1.0]
         assert rows[1]["rollout/logprob_diff_mean"] > 0  # old logprobs recomputed off-policy
+        # the prefetched batch was graded share by share in the background while batch 1
+        # trained: step 2 waits on almost none of its grading (scored after arrival it was 0)
+        assert rows[1]["reward/hidden_frac"] > 0.5, rows[1]["reward/hidden_frac"]
     finally:
         if head.poll() is None:
             os.killpg(head.pid, signal.SIGTERM)
