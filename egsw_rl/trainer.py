@@ -53,6 +53,11 @@ def pad(rows: list[np.ndarray], width: int, dtype=np.float32) -> np.ndarray:
     return out
 
 
+def generated_mask(lengths: list[int], width: int) -> np.ndarray:
+    """[N, width] bool: True on each row's first lengths[i] positions (its generated tokens)."""
+    return np.arange(width)[None, :] < np.asarray(lengths, dtype=np.int64)[:, None]
+
+
 @dataclasses.dataclass
 class Rollout:
     problems: list[Problem]
@@ -331,7 +336,7 @@ class Trainer:
         """algos.shape_batch over the whole batch: fills the batch's A, W, M' and the loss
         normalisers of the whole batch; returns the shaping metrics."""
         a = self.algo
-        generated = pad([np.ones(len(c)) for c in batch.completion_ids], entropy.shape[1], dtype=bool)
+        generated = generated_mask([len(c) for c in batch.completion_ids], entropy.shape[1])
         sampled = batch.old_logprobs if batch.old_logprobs is not None else batch.rollout_logprobs
         A, W, M, metrics = algos.shape_batch(
             torch.from_numpy(rewards), torch.from_numpy(entropy), torch.from_numpy(generated), a,
@@ -364,8 +369,8 @@ class Trainer:
             torch.from_numpy(before["old_logprobs"]), torch.from_numpy(before["entropy"]),
             torch.from_numpy(before["clipv_n"]), adv, coef * steps, loss_mask,
             lr=lr, weights=torch.from_numpy(batch.weights))
-        generated = torch.from_numpy(pad([np.ones(len(c)) for c in batch.completion_ids],
-                                         batch.mask.shape[1], dtype=bool))
+        generated = torch.from_numpy(generated_mask([len(c) for c in batch.completion_ids],
+                                                    batch.mask.shape[1]))
         measured = torch.from_numpy(after - before["entropy"])
         out = entropy_dynamics.entropy_dynamics_metrics(predicted, measured, adv, generated)
         return {f"entropy_dynamics/{k}": v for k, v in out.items()}
@@ -534,7 +539,7 @@ def batch_metrics(completions: list[Completion], rewards: np.ndarray, results: l
     """The trained batch's own numbers: shaped rewards, accuracy, lengths, the engines' top-k
     tail mass."""
     lengths = np.array([len(c.token_ids) for c in completions], dtype=np.float64)
-    generated = pad([np.ones(len(c.token_ids)) for c in completions], max(1, int(lengths.max())), dtype=bool)
+    generated = generated_mask(lengths.astype(np.int64), max(1, int(lengths.max())))
     tail = pad([c.tail_mass for c in completions], generated.shape[1])[generated]
     statuses = [r.status for r in results]
     return {
