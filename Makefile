@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.egsw_rl-installed
 PYTEST_ARGS ?=
 
-.PHONY: run test venv clean-venv
+.PHONY: run test lint format venv clean-venv
 
 $(STAMP): pyproject.toml scripts/install.sh
 	bash scripts/install.sh
@@ -18,6 +18,16 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff: lint (pycodestyle, pyflakes, import order, bugbear, pyupgrade) and the formatter's check;
+# `make format` rewrites the files. The rules are in pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 clean-venv:
 	rm -rf $(VENV)

@@ -4,7 +4,6 @@ serialises them cheaply (numpy goes zero-copy through the object store)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -45,16 +44,16 @@ class TrainBatch:
 
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]
-    advantages: Optional[np.ndarray] = None  # [N, T] float32
-    weights: Optional[np.ndarray] = None  # [N, T] float32
-    mask: Optional[np.ndarray] = None  # [N, T] bool
-    old_logprobs: Optional[np.ndarray] = None  # [N, T] float32
-    ref_logprobs: Optional[np.ndarray] = None  # [N, T] float32
+    advantages: np.ndarray | None = None  # [N, T] float32
+    weights: np.ndarray | None = None  # [N, T] float32
+    mask: np.ndarray | None = None  # [N, T] bool
+    old_logprobs: np.ndarray | None = None  # [N, T] float32
+    ref_logprobs: np.ndarray | None = None  # [N, T] float32
     # vLLM's logprobs of the same tokens: without old_logprobs the update compares its own
     # (same weights) with them, the per-step check of the weight sync
-    rollout_logprobs: Optional[np.ndarray] = None  # [N, T] float32
-    global_tokens: Optional[float] = None
-    global_seqs: Optional[float] = None
+    rollout_logprobs: np.ndarray | None = None  # [N, T] float32
+    global_tokens: float | None = None
+    global_seqs: float | None = None
 
     def __len__(self) -> int:
         return len(self.completion_ids)

@@ -31,7 +31,6 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Optional
 
 
 def compose(preset: str, overrides: tuple[str, ...] = ()):
@@ -56,30 +55,48 @@ def workload(cfg, steps: int) -> dict:
     from egsw_rl.data import PromptSampler, load_problems
     from egsw_rl.models import resolve_model_path
 
-    problems, _ = load_problems(cfg.data.train, split=cfg.data.split, question_key=cfg.data.question_key,
-                                answer_key=cfg.data.answer_key, answer_format=cfg.data.answer_format,
-                                max_samples=cfg.data.max_samples, seed=cfg.trainer.seed)
-    sampler = PromptSampler(len(problems), cfg.data.batch_size, seed=cfg.trainer.seed,
-                            shuffle=cfg.data.shuffle)
+    problems, _ = load_problems(
+        cfg.data.train,
+        split=cfg.data.split,
+        question_key=cfg.data.question_key,
+        answer_key=cfg.data.answer_key,
+        answer_format=cfg.data.answer_format,
+        max_samples=cfg.data.max_samples,
+        seed=cfg.trainer.seed,
+    )
+    sampler = PromptSampler(
+        len(problems), cfg.data.batch_size, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle
+    )
     chosen = [problems[i] for _ in range(steps) for i in sampler.next_indices()]
     path = resolve_model_path(cfg.model.path)
     tok = AutoTokenizer.from_pretrained(cfg.model.tokenizer or path)
     prompts = render_prompts(tok, [p.question for p in chosen], cfg.rollout.prompt_template)
-    return {"model_path": path, "prompts": prompts, "golds": [p.answer for p in chosen],
-            "batch_size": int(cfg.data.batch_size), "G": int(cfg.rollout.n),
-            "max_tokens": int(cfg.rollout.max_tokens), "temperature": float(cfg.rollout.temperature),
-            "lr": float(cfg.learner.lr), "beta": float(cfg.algo.beta), "steps": int(steps),
-            "seed": int(cfg.trainer.seed)}
+    return {
+        "model_path": path,
+        "prompts": prompts,
+        "golds": [p.answer for p in chosen],
+        "batch_size": int(cfg.data.batch_size),
+        "G": int(cfg.rollout.n),
+        "max_tokens": int(cfg.rollout.max_tokens),
+        "temperature": float(cfg.rollout.temperature),
+        "lr": float(cfg.learner.lr),
+        "beta": float(cfg.algo.beta),
+        "steps": int(steps),
+        "seed": int(cfg.trainer.seed),
+    }
 
 
 def _reward_fn(cfg):
+    from omegaconf import OmegaConf
+
     from egsw_rl.rewards.grading import grade
     from egsw_rl.rewards.types import RewardOptions
 
-    from omegaconf import OmegaConf
-
-    opts = {k: v for k, v in OmegaConf.to_container(cfg.reward, resolve=True).items()
-            if k not in ("workers", "timeout_s", "num_actors")}
+    opts = {
+        k: v
+        for k, v in OmegaConf.to_container(cfg.reward, resolve=True).items()
+        if k not in ("workers", "timeout_s", "num_actors")
+    }
     options = RewardOptions.build(**opts)
 
     def egsw_rl_reward(prompts, completions, gold, **_):
@@ -88,8 +105,15 @@ def _reward_fn(cfg):
     return egsw_rl_reward
 
 
-def run_peer(preset: str, mode: str, steps: int, warmup: int, micro_batch: int = 16,
-             overrides: tuple[str, ...] = (), kv_fraction: float = 0.15) -> dict:
+def run_peer(
+    preset: str,
+    mode: str,
+    steps: int,
+    warmup: int,
+    micro_batch: int = 16,
+    overrides: tuple[str, ...] = (),
+    kv_fraction: float = 0.15,
+) -> dict:
     """Train `warmup + steps` optimizer steps with TRL; per-step wall times (on_step_begin to
     on_step_end), the seconds spent inside TRL's generation call per step, mean completion
     length, peak RSS. Never raises: an error is recorded with the steps that finished.
@@ -101,8 +125,16 @@ def run_peer(preset: str, mode: str, steps: int, warmup: int, micro_batch: int =
         raise ValueError(f"mode must be hf or vllm, got {mode!r}")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    result: dict = {"preset": preset, "mode": mode, "steps_asked": warmup + steps, "warmup": warmup,
-                    "step_s": [], "generate_s": [], "completion_len": [], "error": None}
+    result: dict = {
+        "preset": preset,
+        "mode": mode,
+        "steps_asked": warmup + steps,
+        "warmup": warmup,
+        "step_s": [],
+        "generate_s": [],
+        "completion_len": [],
+        "error": None,
+    }
     t_start = time.perf_counter()
     try:
         import torch
@@ -122,21 +154,44 @@ def run_peer(preset: str, mode: str, steps: int, warmup: int, micro_batch: int =
         lc = cfg.learner
         out_dir = tempfile.mkdtemp(prefix="egsw_rl_peer_")
         args = GRPOConfig(
-            output_dir=out_dir, use_cpu=True, bf16=False, fp16=False, seed=w["seed"],
-            learning_rate=w["lr"], lr_scheduler_type="constant", warmup_steps=0,
-            weight_decay=float(lc.weight_decay), adam_beta1=float(lc.adam_betas[0]),
-            adam_beta2=float(lc.adam_betas[1]), adam_epsilon=float(lc.adam_eps),
-            max_grad_norm=float(lc.grad_clip), optim="adamw_torch",
-            per_device_train_batch_size=mb, gradient_accumulation_steps=n_seq // mb,
-            num_generations=w["G"], max_completion_length=w["max_tokens"],
-            temperature=w["temperature"], top_p=float(cfg.rollout.top_p), top_k=0,
-            beta=w["beta"], epsilon=float(cfg.algo.clip_low), epsilon_high=float(cfg.algo.clip_high),
-            num_iterations=int(cfg.algo.ppo_epochs), loss_type="grpo", scale_rewards="group",
-            max_steps=warmup + steps, logging_steps=1, save_strategy="no", report_to="none",
-            shuffle_dataset=False, disable_dropout=True, dataloader_num_workers=0,
+            output_dir=out_dir,
+            use_cpu=True,
+            bf16=False,
+            fp16=False,
+            seed=w["seed"],
+            learning_rate=w["lr"],
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=float(lc.weight_decay),
+            adam_beta1=float(lc.adam_betas[0]),
+            adam_beta2=float(lc.adam_betas[1]),
+            adam_epsilon=float(lc.adam_eps),
+            max_grad_norm=float(lc.grad_clip),
+            optim="adamw_torch",
+            per_device_train_batch_size=mb,
+            gradient_accumulation_steps=n_seq // mb,
+            num_generations=w["G"],
+            max_completion_length=w["max_tokens"],
+            temperature=w["temperature"],
+            top_p=float(cfg.rollout.top_p),
+            top_k=0,
+            beta=w["beta"],
+            epsilon=float(cfg.algo.clip_low),
+            epsilon_high=float(cfg.algo.clip_high),
+            num_iterations=int(cfg.algo.ppo_epochs),
+            loss_type="grpo",
+            scale_rewards="group",
+            max_steps=warmup + steps,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            shuffle_dataset=False,
+            disable_dropout=True,
+            dataloader_num_workers=0,
             gradient_checkpointing=bool(lc.gradient_checkpointing),
             model_init_kwargs={"dtype": torch.float32},
-            use_vllm=mode == "vllm", vllm_mode="colocate",
+            use_vllm=mode == "vllm",
+            vllm_mode="colocate",
             vllm_gpu_memory_utilization=kv_fraction,
             vllm_max_model_length=int(cfg.rollout.max_model_len),
         )
@@ -161,8 +216,14 @@ def run_peer(preset: str, mode: str, steps: int, warmup: int, micro_batch: int =
                     result["completion_len"].append(float(logs["completions/mean_length"]))
 
         timing = Timing()
-        trainer = GRPOTrainer(model=w["model_path"], reward_funcs=_reward_fn(cfg), args=args,
-                              train_dataset=data, processing_class=tok, callbacks=[timing])
+        trainer = GRPOTrainer(
+            model=w["model_path"],
+            reward_funcs=_reward_fn(cfg),
+            args=args,
+            train_dataset=data,
+            processing_class=tok,
+            callbacks=[timing],
+        )
         inner = trainer._generate
 
         def timed_generate(*a, **kw):
@@ -176,7 +237,7 @@ def run_peer(preset: str, mode: str, steps: int, warmup: int, micro_batch: int =
         result["start_s"] = time.perf_counter() - t_start
         trainer.train()
     except BaseException as e:  # noqa: BLE001 - the failure is the result
-        lines = [l for l in traceback.format_exception(e)]
+        lines = list(traceback.format_exception(e))
         result["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         result["traceback_tail"] = "".join(lines)[-3000:]
     result["steps_done"] = len(result["step_s"])
@@ -185,7 +246,7 @@ def run_peer(preset: str, mode: str, steps: int, warmup: int, micro_batch: int =
     return result
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny_cpu")
     ap.add_argument("--mode", default="hf", choices=("hf", "vllm"))

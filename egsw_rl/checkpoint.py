@@ -14,7 +14,6 @@ import logging
 import random
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -31,8 +30,11 @@ def step_dir(run_dir: Path, step: int) -> Path:
 
 
 def _listing(path: Path) -> dict[str, int]:
-    return {str(p.relative_to(path)): p.stat().st_size
-            for p in sorted(path.rglob("*")) if p.is_file() and p.name != MARKER}
+    return {
+        str(p.relative_to(path)): p.stat().st_size
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.name != MARKER
+    }
 
 
 def mark_complete(path: Path) -> None:
@@ -52,7 +54,7 @@ def is_complete(path: Path) -> bool:
     return _listing(path) == expected
 
 
-def latest(run_dir: Path) -> Optional[Path]:
+def latest(run_dir: Path) -> Path | None:
     """The newest complete checkpoint, warning about every newer one that is not."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
@@ -67,8 +69,11 @@ def latest(run_dir: Path) -> Optional[Path]:
 def rng_state() -> dict:
     import torch
 
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state().tolist()}
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state().tolist(),
+    }
 
 
 def set_rng_state(state: dict) -> None:

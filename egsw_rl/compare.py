@@ -36,14 +36,18 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from egsw_rl.eval.tables import columns, markdown_table, metric_of
 from egsw_rl.runlog import Run, load_run, mean_std, metric_specs, plot, read_metrics, run_label
 
-SHORT = {"reward/mean": "reward", "reward/accuracy": "accuracy", "response_length/mean": "length",
-         "entropy/mean": "entropy"}
+SHORT = {
+    "reward/mean": "reward",
+    "reward/accuracy": "accuracy",
+    "response_length/mean": "length",
+    "entropy/mean": "entropy",
+}
 
 
 class CompareError(ValueError):
@@ -66,11 +70,13 @@ def find_runs(paths: Sequence[str], depth: int = 3) -> list[Path]:
         if p.is_file() and p.name == "metrics.jsonl":
             found.append(p.parent)
             continue
-        nested = sorted({m.parent for d in range(1, depth + 1)
-                         for m in p.glob("/".join(["*"] * d) + "/metrics.jsonl")})
+        nested = sorted(
+            {m.parent for d in range(1, depth + 1) for m in p.glob("/".join(["*"] * d) + "/metrics.jsonl")}
+        )
         if not nested:
-            raise CompareError(f"{item}: no metrics.jsonl in it or in its subfolders "
-                               "(is it a run directory?)")
+            raise CompareError(
+                f"{item}: no metrics.jsonl in it or in its subfolders (is it a run directory?)"
+            )
         found += nested
     seen, out = set(), []
     for p in found:
@@ -89,12 +95,14 @@ def _names(paths: Sequence[Path]) -> list[str]:
     return [str(p) for p in paths]
 
 
-def load_runs(paths: Sequence[str], *, labels: Optional[Sequence[str]] = None,
-              label_key: str = "algo.name") -> list[Run]:
+def load_runs(
+    paths: Sequence[str], *, labels: Sequence[str] | None = None, label_key: str = "algo.name"
+) -> list[Run]:
     dirs = find_runs(paths)
     if labels is not None and len(labels) != len(dirs):
-        raise CompareError(f"--labels gives {len(labels)} labels for {len(dirs)} runs "
-                           f"({', '.join(str(d) for d in dirs)})")
+        raise CompareError(
+            f"--labels gives {len(labels)} labels for {len(dirs)} runs ({', '.join(str(d) for d in dirs)})"
+        )
     runs = []
     for i, (d, name) in enumerate(zip(dirs, _names(dirs))):
         run = load_run(d, name, labels[i] if labels is not None else run_label(d, label_key))
@@ -104,7 +112,7 @@ def load_runs(paths: Sequence[str], *, labels: Optional[Sequence[str]] = None,
     return runs
 
 
-def run_summary(run: Run, key: str, higher_better: Optional[bool], final_window: int = 1) -> Optional[dict]:
+def run_summary(run: Run, key: str, higher_better: bool | None, final_window: int = 1) -> dict | None:
     """final: the mean of the values logged in the run's last `final_window` steps (a periodic
     eval logged once in them counts once); first: the first value (an eval's step-0 row, before
     training); best: the max (min) when higher (lower) is better."""
@@ -113,8 +121,13 @@ def run_summary(run: Run, key: str, higher_better: Optional[bool], final_window:
         return None
     last = int(run.rows[-1].get("step", steps[-1])) if run.rows else steps[-1]
     tail = [v for s, v in zip(steps, vals) if s > last - max(1, final_window)] or vals[-1:]
-    out = {"final": sum(tail) / len(tail), "first": vals[0], "first_step": steps[0],
-           "last_step": steps[-1], "points": len(vals)}
+    out = {
+        "final": sum(tail) / len(tail),
+        "first": vals[0],
+        "first_step": steps[0],
+        "last_step": steps[-1],
+        "points": len(vals),
+    }
     if higher_better is not None:
         best = max(vals) if higher_better else min(vals)
         out["best"] = best
@@ -124,11 +137,14 @@ def run_summary(run: Run, key: str, higher_better: Optional[bool], final_window:
 
 def summarise(runs: Sequence[Run], specs, final_window: int = 1) -> dict:
     """{"runs": {name: {"label", "steps", metric: {final, best, ...}}},
-        "labels": {label: {"runs": [...], metric: {"final": {mean, std, count}, "best": {...}}}}}"""
+    "labels": {label: {"runs": [...], metric: {"final": {mean, std, count}, "best": {...}}}}}"""
     per_run: dict[str, dict] = {}
     for r in runs:
-        entry: dict = {"label": r.label, "path": str(r.path),
-                       "steps": int(r.rows[-1].get("step", len(r.rows))) if r.rows else 0}
+        entry: dict = {
+            "label": r.label,
+            "path": str(r.path),
+            "steps": int(r.rows[-1].get("step", len(r.rows))) if r.rows else 0,
+        }
         for key, _, hb in specs:
             s = run_summary(r, key, hb, final_window)
             if s is not None:
@@ -137,8 +153,8 @@ def summarise(runs: Sequence[Run], specs, final_window: int = 1) -> dict:
     per_label: dict[str, dict] = {}
     for r in runs:
         per_label.setdefault(r.label, {"runs": []})["runs"].append(r.name)
-    for lab, agg in per_label.items():
-        for key, _, hb in specs:
+    for _lab, agg in per_label.items():
+        for key, _, _ in specs:
             members = [per_run[n][key] for n in agg["runs"] if key in per_run[n]]
             if not members:
                 continue
@@ -151,7 +167,7 @@ def summarise(runs: Sequence[Run], specs, final_window: int = 1) -> dict:
     return {"runs": per_run, "labels": per_label}
 
 
-def _fmt(key: str, v: Optional[float], std: Optional[float] = None) -> str:
+def _fmt(key: str, v: float | None, std: float | None = None) -> str:
     if v is None or math.isnan(v):
         return "–"
     digits = 1 if "length" in key else 3
@@ -178,14 +194,18 @@ def markdown(summary: dict, specs, final_window: int = 1) -> str:
     head = ["Run", "Label", "Steps"] + [c[2] for c in cols]
     sep = "|" + "|".join(["---", "---", "---:"] + ["---:"] * len(cols)) + "|"
     window = f" (final = mean over the last {final_window} steps)" if final_window > 1 else ""
-    lines = ["Per run" + window, "",
-             "| " + " | ".join(head) + " |", sep]
+    lines = ["Per run" + window, "", "| " + " | ".join(head) + " |", sep]
     for name, r in summary["runs"].items():
         cells = [_fmt(k, r.get(k, {}).get(which)) for k, which, _ in cols]
         lines.append("| " + " | ".join([name, r["label"], str(r["steps"])] + cells) + " |")
     head = ["Label", "Runs"] + [c[2] for c in cols]
-    lines += ["", "Per label: mean ± sample std over its runs", "",
-              "| " + " | ".join(head) + " |", "|" + "|".join(["---", "---:"] + ["---:"] * len(cols)) + "|"]
+    lines += [
+        "",
+        "Per label: mean ± sample std over its runs",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---", "---:"] + ["---:"] * len(cols)) + "|",
+    ]
     for lab, agg in summary["labels"].items():
         cells = []
         for k, which, _ in cols:
@@ -195,9 +215,16 @@ def markdown(summary: dict, specs, final_window: int = 1) -> str:
     return "\n".join(lines)
 
 
-def compare_runs(paths: Sequence[str], out: Optional[Path] = None, *, labels: Optional[Sequence[str]] = None,
-                 label_key: str = "algo.name", metrics: Optional[Sequence[str]] = None, smooth: int = 1,
-                 final_window: int = 1) -> tuple[str, dict, list[Path]]:
+def compare_runs(
+    paths: Sequence[str],
+    out: Path | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    label_key: str = "algo.name",
+    metrics: Sequence[str] | None = None,
+    smooth: int = 1,
+    final_window: int = 1,
+) -> tuple[str, dict, list[Path]]:
     """Load, summarise, plot; returns (markdown, summary, png paths). Writes into `out` if given."""
     runs = load_runs(paths, labels=labels, label_key=label_key)
     specs = metric_specs(runs, metrics)
@@ -242,14 +269,20 @@ def load_records(item: str) -> list[dict]:
         rec = _record_from_metrics(p)
         if rec is not None:
             return [rec]
-    raise CompareError(f"{item}: no eval results (results.json, eval/results.json or "
-                       f"eval/<benchmark>/accuracy rows in metrics.jsonl); "
-                       f"run `python -m egsw_rl.eval --model {item}` first")
+    raise CompareError(
+        f"{item}: no eval results (results.json, eval/results.json or "
+        f"eval/<benchmark>/accuracy rows in metrics.jsonl); "
+        f"run `python -m egsw_rl.eval --model {item}` first"
+    )
 
 
-def _record_from_metrics(run_dir: Path) -> Optional[dict]:
-    rows = [r for name in ("metrics.jsonl", "eval.jsonl") for r in read_metrics(run_dir / name)
-            if any(k.startswith("eval/") for k in r)]
+def _record_from_metrics(run_dir: Path) -> dict | None:
+    rows = [
+        r
+        for name in ("metrics.jsonl", "eval.jsonl")
+        for r in read_metrics(run_dir / name)
+        if any(k.startswith("eval/") for k in r)
+    ]
     rows.sort(key=lambda r: r.get("step", 0))  # stable: eval.jsonl's copy of a step comes last
     if not rows:
         return None
@@ -266,13 +299,23 @@ def _record_from_metrics(run_dir: Path) -> Optional[dict]:
     benches = {b: r for b, r in benches.items() if "accuracy" in r}
     if not benches:
         return None
-    return {"name": f"{run_dir.name}@{last.get('step')}", "label": run_label(run_dir),
-            "run_dir": str(run_dir), "step": last.get("step"), "benchmarks": benches,
-            "source": str(run_dir / "metrics.jsonl")}
+    return {
+        "name": f"{run_dir.name}@{last.get('step')}",
+        "label": run_label(run_dir),
+        "run_dir": str(run_dir),
+        "step": last.get("step"),
+        "benchmarks": benches,
+        "source": str(run_dir / "metrics.jsonl"),
+    }
 
 
-def compare_results(items: Sequence[str], *, labels: Optional[Sequence[str]] = None,
-                    metric: str = "accuracy", label_key: Optional[str] = None) -> tuple[str, dict]:
+def compare_results(
+    items: Sequence[str],
+    *,
+    labels: Sequence[str] | None = None,
+    metric: str = "accuracy",
+    label_key: str | None = None,
+) -> tuple[str, dict]:
     """Group eval records by label and give mean ± std (sample std over the group's records) per
     benchmark. `labels` (one per item) override the stored labels; `label_key` re-derives them
     from each run's config.yaml (e.g. 'algo.name'). Returns (markdown, summary dict)."""
@@ -303,36 +346,50 @@ def compare_results(items: Sequence[str], *, labels: Optional[Sequence[str]] = N
         summary[lab] = {"runs": [r.get("name") for r in recs], "benchmarks": summ}
     counts = {lab: str(len(recs)) for lab, recs in groups.items()}
     what = "avg@n accuracy" if metric == "accuracy" else metric
-    md = (f"{what} (%), mean ± sample std over the runs of each label\n\n"
-          + markdown_table(rows, benchmarks, first="Method", extra=counts, extra_name="Runs"))
+    md = f"{what} (%), mean ± sample std over the runs of each label\n\n" + markdown_table(
+        rows, benchmarks, first="Method", extra=counts, extra_name="Runs"
+    )
     return md, {"metric": metric, "groups": summary}
 
 
 # ============================================================================ command line
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m egsw_rl.compare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m egsw_rl.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories or sweep folders")
-    p.add_argument("--out", default="comparison",
-                   help="where PNGs, compare.md, compare.json go (default %(default)s)")
+    p.add_argument(
+        "--out", default="comparison", help="where PNGs, compare.md, compare.json go (default %(default)s)"
+    )
     p.add_argument("--labels", help="comma-separated label per run (after sweep folders are expanded)")
-    p.add_argument("--label-key", default="algo.name",
-                   help="config.yaml key to label runs by (default %(default)s)")
-    p.add_argument("--metrics",
-                   help="comma-separated metric keys (default: reward, accuracy, length, entropy, eval/*)")
+    p.add_argument(
+        "--label-key", default="algo.name", help="config.yaml key to label runs by (default %(default)s)"
+    )
+    p.add_argument(
+        "--metrics", help="comma-separated metric keys (default: reward, accuracy, length, entropy, eval/*)"
+    )
     p.add_argument("--smooth", type=int, default=1, help="moving-average window for the curves")
-    p.add_argument("--final-window", type=int, default=1,
-                   help="final = mean of the values of the last W steps (an eval's last value)")
+    p.add_argument(
+        "--final-window",
+        type=int,
+        default=1,
+        help="final = mean of the values of the last W steps (an eval's last value)",
+    )
     args = p.parse_args(argv)
     try:
         md, _, pngs = compare_runs(
-            args.runs, Path(args.out),
+            args.runs,
+            Path(args.out),
             labels=[s.strip() for s in args.labels.split(",")] if args.labels else None,
             label_key=args.label_key,
             metrics=[s.strip() for s in args.metrics.split(",")] if args.metrics else None,
-            smooth=args.smooth, final_window=args.final_window)
+            smooth=args.smooth,
+            final_window=args.final_window,
+        )
     except CompareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -12,8 +12,9 @@ options are `RewardOptions` (egsw_rl/rewards/types.py).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, make_dataclass
-from typing import Any, Iterable, Mapping, Optional, get_type_hints
+from typing import Any, get_type_hints
 
 from omegaconf import OmegaConf
 
@@ -34,8 +35,9 @@ def _choices(prefix: str, section: Any, allowed: Mapping[str, Iterable]) -> list
     return out
 
 
-def _bounds(prefix: str, section: Any, positive: Iterable[str] = (),
-            non_negative: Iterable[str] = ()) -> list[str]:
+def _bounds(
+    prefix: str, section: Any, positive: Iterable[str] = (), non_negative: Iterable[str] = ()
+) -> list[str]:
     out = []
     for keys, strict in ((positive, True), (non_negative, False)):
         for key in keys:
@@ -49,7 +51,7 @@ def _bounds(prefix: str, section: Any, positive: Iterable[str] = (),
 class ModelConfig:
     # An HF model folder or hub name; "tiny" builds the offline random test model on the spot.
     path: str = "tiny"
-    tokenizer: Optional[str] = None
+    tokenizer: str | None = None
     # auto = bfloat16 on GPU, float32 on CPU (vLLM CPU and gloo training are fp32 here).
     dtype: str = "auto"
     trust_remote_code: bool = False
@@ -92,19 +94,31 @@ class RolloutConfig:
     def errors(self) -> list[str]:
         from egsw_rl.algos import TOPK_METHODS
 
-        errors = _choices("rollout", self, {"entropy_estimator": TOPK_METHODS,
-                                            "overlong_prompt": ("drop", "truncate_left", "error")})
-        errors += _bounds("rollout", self, positive=("num_generators", "tensor_parallel_size", "max_tokens",
-                                                     "max_model_len"), non_negative=("logprobs",))
+        errors = _choices(
+            "rollout",
+            self,
+            {"entropy_estimator": TOPK_METHODS, "overlong_prompt": ("drop", "truncate_left", "error")},
+        )
+        errors += _bounds(
+            "rollout",
+            self,
+            positive=("num_generators", "tensor_parallel_size", "max_tokens", "max_model_len"),
+            non_negative=("logprobs",),
+        )
         if self.temperature <= 0:
-            errors.append(f"rollout.temperature={self.temperature}: sampling temperature must "
-                          "be > 0 (greedy sampling gives no group variance to learn from)")
+            errors.append(
+                f"rollout.temperature={self.temperature}: sampling temperature must "
+                "be > 0 (greedy sampling gives no group variance to learn from)"
+            )
         if self.n < 2:
-            errors.append(f"rollout.n={self.n}: GRPO-family advantages need a group of G >= 2 "
-                          "completions per prompt")
+            errors.append(
+                f"rollout.n={self.n}: GRPO-family advantages need a group of G >= 2 completions per prompt"
+            )
         if self.max_tokens >= self.max_model_len:
-            errors.append(f"rollout.max_tokens={self.max_tokens} leaves no room for the prompt "
-                          f"in rollout.max_model_len={self.max_model_len}")
+            errors.append(
+                f"rollout.max_tokens={self.max_tokens} leaves no room for the prompt "
+                f"in rollout.max_model_len={self.max_model_len}"
+            )
         return errors
 
 
@@ -136,10 +150,23 @@ class LearnerConfig:
     deepspeed: dict[str, Any] = field(default_factory=dict)
 
     def errors(self) -> list[str]:
-        errors = _choices("learner", self, {"lr_schedule": ("constant", "cosine"),
-                                            "sync_transport": ("auto", "shm", "group")})
-        return errors + _bounds("learner", self, positive=(
-            "num_ranks", "num_nodes", "micro_batch_tokens", "logprob_chunk_tokens", "lr", "sync_bucket_mb"))
+        errors = _choices(
+            "learner",
+            self,
+            {"lr_schedule": ("constant", "cosine"), "sync_transport": ("auto", "shm", "group")},
+        )
+        return errors + _bounds(
+            "learner",
+            self,
+            positive=(
+                "num_ranks",
+                "num_nodes",
+                "micro_batch_tokens",
+                "logprob_chunk_tokens",
+                "lr",
+                "sync_bucket_mb",
+            ),
+        )
 
 
 @dataclass
@@ -169,7 +196,7 @@ class AlgoConfig:
     clip_high: float = 0.2
     beta: float = 0.0
     agg: str = "seq_mean_token_mean"  # seq_mean_token_mean | token_mean | seq_mean_token_sum_norm
-    norm_constant: Optional[float] = None  # Dr.GRPO's constant; default rollout.max_tokens
+    norm_constant: float | None = None  # Dr.GRPO's constant; default rollout.max_tokens
     entropy_coef: float = 0.0
     ppo_epochs: int = 1
     mini_batches: int = 1
@@ -180,7 +207,7 @@ class AlgoConfig:
     beta2: float = 0.1
     zscore: str = "separate"  # separate | joint | scale_only
     # ClipB / ClipV (arXiv 2602.03392) / 80-20 (arXiv 2506.01939); docs/algorithms.md, sections 5, 7
-    mu: Optional[float] = None  # None: the selected mask's own default (algos/masks.py)
+    mu: float | None = None  # None: the selected mask's own default (algos/masks.py)
     max_frac: float = 1e-4
     rho: float = 0.2
     # DAPO (arXiv 2503.14476; docs/algorithms.md, section 8)
@@ -188,7 +215,7 @@ class AlgoConfig:
     max_gen_batches: int = 10
     overlong_shaping: bool = False
     # L_cache; L_max is rollout.max_tokens. None = 20% of it (DAPO: 4096 of 20480).
-    overlong_cache: Optional[int] = None
+    overlong_cache: int | None = None
     # Rollout importance correction: re-weight each token's policy-gradient term by
     # pi_learner_old / pi_vllm. none | tis (min(ratio, cap)) | mis (0 beyond the cap).
     rollout_correction: str = "none"
@@ -199,24 +226,45 @@ class AlgoConfig:
         from egsw_rl import algos
         from egsw_rl.algos.egsw import ENTROPY_NORMS, GRANULARITIES, NORMALIZE_OVER, TRAJECTORY_ENTROPY
 
-        errors = _choices("algo", self, {"advantage": algos.ADVANTAGES, "weighting": algos.WEIGHTS,
-                                         "token_mask": algos.MASKS})
+        errors = _choices(
+            "algo",
+            self,
+            {"advantage": algos.ADVANTAGES, "weighting": algos.WEIGHTS, "token_mask": algos.MASKS},
+        )
         named = not errors
-        errors += _choices("algo", self, {
-            "granularity": GRANULARITIES, "normalize_over": NORMALIZE_OVER, "entropy_norm": ENTROPY_NORMS,
-            "trajectory_entropy": TRAJECTORY_ENTROPY, "agg": algos.AGGREGATIONS, "zscore": algos.ZSCORE_MODES,
-            "entropy_source": ("rollout", "learner"), "rollout_correction": algos.ROLLOUT_CORRECTIONS})
-        errors += _bounds("algo", self, positive=("ppo_epochs", "mini_batches", "max_gen_batches"),
-                          non_negative=("alpha", "beta", "clip_low", "clip_high", "entropy_coef"))
+        errors += _choices(
+            "algo",
+            self,
+            {
+                "granularity": GRANULARITIES,
+                "normalize_over": NORMALIZE_OVER,
+                "entropy_norm": ENTROPY_NORMS,
+                "trajectory_entropy": TRAJECTORY_ENTROPY,
+                "agg": algos.AGGREGATIONS,
+                "zscore": algos.ZSCORE_MODES,
+                "entropy_source": ("rollout", "learner"),
+                "rollout_correction": algos.ROLLOUT_CORRECTIONS,
+            },
+        )
+        errors += _bounds(
+            "algo",
+            self,
+            positive=("ppo_epochs", "mini_batches", "max_gen_batches"),
+            non_negative=("alpha", "beta", "clip_low", "clip_high", "entropy_coef"),
+        )
         if self.temperature <= 0:
             errors.append(f"algo.temperature={self.temperature}: EGSW's P must be > 0")
         if self.rollout_correction_cap < 1:
-            errors.append(f"algo.rollout_correction_cap={self.rollout_correction_cap}: must be >= 1 "
-                          "(a cap below 1 cuts tokens the two policies agree on)")
+            errors.append(
+                f"algo.rollout_correction_cap={self.rollout_correction_cap}: must be >= 1 "
+                "(a cap below 1 cuts tokens the two policies agree on)"
+            )
         for m in algos.selected(self) if named else ():
             if m.learner_entropy and self.entropy_source != "learner":
-                errors.append(f"algo.{m.kind}={m.name} needs the full-vocabulary N from the learner: set "
-                              "algo.entropy_source=learner (the rollout's top-k estimate cannot provide it)")
+                errors.append(
+                    f"algo.{m.kind}={m.name} needs the full-vocabulary N from the learner: set "
+                    "algo.entropy_source=learner (the rollout's top-k estimate cannot provide it)"
+                )
         return errors
 
     def rollout_entropy_users(self) -> list[str]:
@@ -226,9 +274,15 @@ class AlgoConfig:
             return []
         from egsw_rl import algos
 
-        chosen = [table[name] for table, name in ((algos.WEIGHTS, self.weighting),
-                                                  (algos.ADVANTAGES, self.advantage),
-                                                  (algos.MASKS, self.token_mask)) if name in table]
+        chosen = [
+            table[name]
+            for table, name in (
+                (algos.WEIGHTS, self.weighting),
+                (algos.ADVANTAGES, self.advantage),
+                (algos.MASKS, self.token_mask),
+            )
+            if name in table
+        ]
         return [f"algo.{m.kind}={m.name}" for m in chosen if m.entropy and not m.learner_entropy]
 
 
@@ -241,15 +295,16 @@ class DataConfig:
     question_key: str = "question"
     answer_key: str = "answer"
     answer_format: str = "auto"  # auto | latex | gsm8k | aime | choice
-    max_samples: Optional[int] = None
+    max_samples: int | None = None
     batch_size: int = 8  # B prompts per step; B x G sequences
     shuffle: bool = True
     eval: list[str] = field(default_factory=list)  # benchmark names or paths for periodic eval
     eval_samples: int = 32
 
     def errors(self) -> list[str]:
-        return (_choices("data", self, {"answer_format": ANSWER_FORMATS})
-                + _bounds("data", self, positive=("batch_size",)))
+        return _choices("data", self, {"answer_format": ANSWER_FORMATS}) + _bounds(
+            "data", self, positive=("batch_size",)
+        )
 
 
 # RewardOptions' public fields: the grading options (its private test hook is no config key)
@@ -270,14 +325,18 @@ def _reward_errors(self) -> list[str]:
 
 # reward.*: every grading option of RewardOptions (egsw_rl/rewards/types.py, the one home of their
 # names, types, defaults, meaning and checks) and where grading runs.
-RewardConfig = make_dataclass("RewardConfig", [
-    # grading processes per reward actor: a number, or auto (from the CPUs Ray reports on the
-    # actor's node minus what the run's other bundles reserve there: actors/reward.auto_workers)
-    ("workers", Any, field(default=2)),
-    ("timeout_s", float, field(default=DEFAULT_TIMEOUT_S)),
-    ("num_actors", int, field(default=1)),  # reward actors; each scores a contiguous slice of every batch
-    *((f.name, get_type_hints(RewardOptions)[f.name], field(default=f.default)) for f in _REWARD_OPTIONS),
-], namespace={"errors": _reward_errors})
+RewardConfig = make_dataclass(
+    "RewardConfig",
+    [
+        # grading processes per reward actor: a number, or auto (from the CPUs Ray reports on the
+        # actor's node minus what the run's other bundles reserve there: actors/reward.auto_workers)
+        ("workers", Any, field(default=2)),
+        ("timeout_s", float, field(default=DEFAULT_TIMEOUT_S)),
+        ("num_actors", int, field(default=1)),  # reward actors; each scores a contiguous slice of every batch
+        *((f.name, get_type_hints(RewardOptions)[f.name], field(default=f.default)) for f in _REWARD_OPTIONS),
+    ],
+    namespace={"errors": _reward_errors},
+)
 RewardConfig.__module__ = __name__
 
 
@@ -285,9 +344,9 @@ RewardConfig.__module__ = __name__
 class WandbConfig:
     mode: str = "offline"  # online | offline | disabled
     project: str = "egsw_rl"
-    entity: Optional[str] = None
-    name: Optional[str] = None
-    group: Optional[str] = None
+    entity: str | None = None
+    name: str | None = None
+    group: str | None = None
     tags: list[str] = field(default_factory=list)
 
     def errors(self) -> list[str]:
@@ -324,10 +383,12 @@ class TrainerConfig:
     placement: str = "split"
 
     def errors(self) -> list[str]:
-        errors = _choices("trainer", self, {"device": ("auto", "cpu", "cuda"),
-                                            "placement": ("split", "colocated")})
-        return errors + _bounds("trainer", self, positive=("total_steps",),
-                                non_negative=("save_every", "eval_every"))
+        errors = _choices(
+            "trainer", self, {"device": ("auto", "cpu", "cuda"), "placement": ("split", "colocated")}
+        )
+        return errors + _bounds(
+            "trainer", self, positive=("total_steps",), non_negative=("save_every", "eval_every")
+        )
 
 
 @dataclass
@@ -339,7 +400,7 @@ class RehearsalConfig:
     repo_id: str = "egsw-rl-rehearsal/tiny-qwen2"
     # HF_HOME of that cache; None: rehearsal/hf under $EGSW_RL_CACHE (default ~/.cache/egsw_rl).
     # Several nodes: a path every node mounts.
-    hf_home: Optional[str] = None
+    hf_home: str | None = None
 
     def errors(self) -> list[str]:
         return _choices("rehearsal", self, {"name": ("none", "cpu")})
@@ -362,42 +423,64 @@ class RunConfig:
     def errors(self, available_gpus: int | None = None) -> list[str]:
         """Every section's own errors, then the rules that involve several sections."""
         errors = []
-        for section in (self.model, self.rollout, self.learner, self.algo, self.data, self.reward,
-                        self.logger, self.trainer, self.rehearsal):
+        for section in (
+            self.model,
+            self.rollout,
+            self.learner,
+            self.algo,
+            self.data,
+            self.reward,
+            self.logger,
+            self.trainer,
+            self.rehearsal,
+        ):
             errors += section.errors()
         rollout, learner, algo = self.rollout, self.learner, self.algo
         device = resolve_device(self.trainer.device)
 
         users = algo.rollout_entropy_users()
         if rollout.logprobs < 1 and users:
-            errors.append("rollout.logprobs=0 gives no entropy estimate; set rollout.logprobs >= 1 "
-                          "or algo.entropy_source=learner")
+            errors.append(
+                "rollout.logprobs=0 gives no entropy estimate; set rollout.logprobs >= 1 "
+                "or algo.entropy_source=learner"
+            )
         if rollout.top_p < 1.0 or rollout.top_k not in (-1, 0):
             # vLLM's top-k logprobs then describe the truncated distribution, and the learner's
             # entropy (the bonus differentiates it) the untruncated one: neither is the other's.
             if algo.entropy_coef > 0:
                 users.append(f"algo.entropy_coef={algo.entropy_coef}")
             if users:
-                errors.append(f"rollout.top_p={rollout.top_p} / rollout.top_k={rollout.top_k} "
-                              f"truncate the sampling distribution, but {', '.join(users)} use(s) its "
-                              "entropy: sample with top_p=1, top_k=-1 (or use "
-                              "algo.entropy_source=learner for the shaping)")
+                errors.append(
+                    f"rollout.top_p={rollout.top_p} / rollout.top_k={rollout.top_k} "
+                    f"truncate the sampling distribution, but {', '.join(users)} use(s) its "
+                    "entropy: sample with top_p=1, top_k=-1 (or use "
+                    "algo.entropy_source=learner for the shaping)"
+                )
         n_seqs = self.data.batch_size * rollout.n
         if algo.mini_batches < 1:  # refused by AlgoConfig.errors
             pass
         elif n_seqs % algo.mini_batches:
-            errors.append(f"algo.mini_batches={algo.mini_batches} must divide data.batch_size x "
-                          f"rollout.n = {n_seqs} sequences")
+            errors.append(
+                f"algo.mini_batches={algo.mini_batches} must divide data.batch_size x "
+                f"rollout.n = {n_seqs} sequences"
+            )
         elif self.data.batch_size % algo.mini_batches:
-            errors.append(f"algo.mini_batches={algo.mini_batches} must divide data.batch_size="
-                          f"{self.data.batch_size} so each optimizer step sees whole groups")
+            errors.append(
+                f"algo.mini_batches={algo.mini_batches} must divide data.batch_size="
+                f"{self.data.batch_size} so each optimizer step sees whole groups"
+            )
         if learner.sync_transport == "shm" and device == "cuda":
             errors.append("learner.sync_transport=shm moves CPU tensors; on GPU use group (NCCL) or auto")
         if n_seqs < learner.num_ranks:
-            errors.append(f"learner.num_ranks={learner.num_ranks} exceeds the {n_seqs} sequences "
-                          "of a batch (data.batch_size x rollout.n)")
-        if (algo.overlong_shaping and algo.overlong_cache is not None
-                and not 0 < algo.overlong_cache < rollout.max_tokens):
+            errors.append(
+                f"learner.num_ranks={learner.num_ranks} exceeds the {n_seqs} sequences "
+                "of a batch (data.batch_size x rollout.n)"
+            )
+        if (
+            algo.overlong_shaping
+            and algo.overlong_cache is not None
+            and not 0 < algo.overlong_cache < rollout.max_tokens
+        ):
             errors.append(f"algo.overlong_cache={algo.overlong_cache} must be in (0, rollout.max_tokens)")
 
         from egsw_rl.placement import colocation_errors
@@ -406,16 +489,21 @@ class RunConfig:
         if device == "cuda":
             need = learner.num_ranks
             if learner.gpus_per_node and learner.gpus_per_node * learner.num_nodes < need:
-                errors.append(f"learner.num_ranks={need} is more than learner.num_nodes x "
-                              f"learner.gpus_per_node = {learner.gpus_per_node * learner.num_nodes}")
+                errors.append(
+                    f"learner.num_ranks={need} is more than learner.num_nodes x "
+                    f"learner.gpus_per_node = {learner.gpus_per_node * learner.num_nodes}"
+                )
             if self.trainer.placement == "split":  # colocated engines use the learner ranks' GPUs
                 need += rollout.num_generators * rollout.tensor_parallel_size
             if available_gpus is not None and need > available_gpus:
-                errors.append(f"learner.num_ranks + rollout.num_generators x rollout.tensor_parallel_size"
-                              f" = {need} GPUs, but the cluster has {available_gpus}")
+                errors.append(
+                    f"learner.num_ranks + rollout.num_generators x rollout.tensor_parallel_size"
+                    f" = {need} GPUs, but the cluster has {available_gpus}"
+                )
         elif learner.gpus_per_node:
-            errors.append(f"learner.gpus_per_node={learner.gpus_per_node} on device {device}: "
-                          "set it to 0 on CPU")
+            errors.append(
+                f"learner.gpus_per_node={learner.gpus_per_node} on device {device}: set it to 0 on CPU"
+            )
         return errors
 
 

@@ -32,14 +32,21 @@ def _worker_env(cfg) -> dict:
     from egsw_rl.actors.vllm_logs import LEVEL_ENV
 
     env = {"TOKENIZERS_PARALLELISM": "false", LEVEL_ENV: cfg.logger.level}
-    for key in ("EGSW_RL_CACHE", "EGSW_RL_DATA", "WANDB_MODE", "HF_HUB_OFFLINE", "HF_HOME",
-                "HF_HUB_CACHE", "HF_ENDPOINT"):
+    for key in (
+        "EGSW_RL_CACHE",
+        "EGSW_RL_DATA",
+        "WANDB_MODE",
+        "HF_HUB_OFFLINE",
+        "HF_HOME",
+        "HF_HUB_CACHE",
+        "HF_ENDPOINT",
+    ):
         if os.environ.get(key):
             env[key] = os.environ[key]
     # Under `ray job submit` the job's runtime env already reaches every actor, and Ray refuses a
     # ray.init that names one of its variables again: add only what the job did not set.
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
-    taken = set(((job.get("runtime_env") or {}).get("env_vars") or {}))
+    taken = set((job.get("runtime_env") or {}).get("env_vars") or {})
     return {k: v for k, v in env.items() if k not in taken}
 
 
@@ -57,9 +64,14 @@ def connect_ray(cfg, device: str):
         return False
     from egsw_rl.placement import local_cpus, make_plan
 
-    ray.init(address="local", num_cpus=local_cpus(make_plan(cfg, device)),
-             include_dashboard=False, _node_ip_address="127.0.0.1", runtime_env=env,
-             log_to_driver=True)
+    ray.init(
+        address="local",
+        num_cpus=local_cpus(make_plan(cfg, device)),
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        runtime_env=env,
+        log_to_driver=True,
+    )
     return True
 
 
@@ -70,10 +82,12 @@ def check_run_dir(run_dir: Path) -> None:
         return
     where = str(Path(run_dir).resolve())
     if "runtime_resources" in where or "working_dir_files" in where:
-        raise ConfigError(f"hydra.run.dir resolves to {where}, inside Ray's temporary copy of the job's "
-                          "working directory, which is deleted when the job ends: set hydra.run.dir (and "
-                          "hydra.sweep.dir for -m) to an absolute path on persistent storage every node "
-                          "mounts, e.g. hydra.run.dir=/shared/runs/qwen7b")
+        raise ConfigError(
+            f"hydra.run.dir resolves to {where}, inside Ray's temporary copy of the job's "
+            "working directory, which is deleted when the job ends: set hydra.run.dir (and "
+            "hydra.sweep.dir for -m) to an absolute path on persistent storage every node "
+            "mounts, e.g. hydra.run.dir=/shared/runs/qwen7b"
+        )
 
 
 def prepare_rehearsal(cfg) -> None:
@@ -89,10 +103,15 @@ def prepare_rehearsal(cfg) -> None:
     hf_home = testing.rehearsal_hf_home(r.hf_home)
     os.environ.update(HF_HOME=str(hf_home), HF_HUB_CACHE=str(hf_home / "hub"), HF_HUB_OFFLINE="1")
     snapshot = testing.populate_hf_cache(testing.tiny_model(), r.repo_id, hf_home)
-    swapped = [f"{k}={OmegaConf.select(cfg, k)}" for k in testing.rehearsal_keys(r.name) if k != "rehearsal.name"]
-    print(f"egsw_rl: this is a rehearsal (rehearsal={r.name}): the preset with only these keys replaced: "
-          f"{', '.join(swapped)}; {r.repo_id} is a tiny Qwen2 in the offline Hugging Face cache {hf_home} "
-          f"(HF_HUB_OFFLINE=1, snapshot {snapshot})", flush=True)
+    swapped = [
+        f"{k}={OmegaConf.select(cfg, k)}" for k in testing.rehearsal_keys(r.name) if k != "rehearsal.name"
+    ]
+    print(
+        f"egsw_rl: this is a rehearsal (rehearsal={r.name}): the preset with only these keys replaced: "
+        f"{', '.join(swapped)}; {r.repo_id} is a tiny Qwen2 in the offline Hugging Face cache {hf_home} "
+        f"(HF_HUB_OFFLINE=1, snapshot {snapshot})",
+        flush=True,
+    )
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -134,17 +153,31 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     except Exception as e:
         import ray.exceptions
 
-        if isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError,
-                          ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError)):
+        if isinstance(
+            e,
+            (
+                ray.exceptions.RayActorError,
+                ray.exceptions.ActorDiedError,
+                ray.exceptions.WorkerCrashedError,
+                ray.exceptions.NodeDiedError,
+            ),
+        ):
             from egsw_rl import checkpoint
 
             last = checkpoint.latest(run_dir)
-            print(f"egsw_rl: an actor died at step {trainer.step} ({type(e).__name__}: "
-                  f"{str(e).splitlines()[0] if str(e) else ''}). "
-                  + (f"The run's checkpoints are kept; the latest complete one is {last}. Continue "
-                     f"with: python -m egsw_rl.launch <same overrides> hydra.run.dir={run_dir} "
-                     "resume=auto" if last else "No checkpoint had been written yet."),
-                  file=sys.stderr, flush=True)
+            print(
+                f"egsw_rl: an actor died at step {trainer.step} ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}). "
+                + (
+                    f"The run's checkpoints are kept; the latest complete one is {last}. Continue "
+                    f"with: python -m egsw_rl.launch <same overrides> hydra.run.dir={run_dir} "
+                    "resume=auto"
+                    if last
+                    else "No checkpoint had been written yet."
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
         raise
     finally:
         trainer.shutdown()
@@ -164,8 +197,14 @@ def main(cfg: DictConfig) -> float | None:
     log.info("run directory %s (preset %s)", run_dir, preset)
     try:
         last = run(cfg, run_dir)
-    except (ConfigError, DataError, CheckpointError, PromptError, ModelNotFoundError,
-            PlacementError) as e:  # the user's to fix: no traceback
+    except (
+        ConfigError,
+        DataError,
+        CheckpointError,
+        PromptError,
+        ModelNotFoundError,
+        PlacementError,
+    ) as e:  # the user's to fix: no traceback
         print(f"egsw_rl: {e}", file=sys.stderr)
         sys.exit(2)
     (run_dir / "final_metrics.json").write_text(json.dumps(last, indent=1, default=str))
@@ -202,7 +241,10 @@ def write_sweep_summary(sweep_dir: Path) -> Path | None:
         writer.writeheader()
         writer.writerows(rows)
     cols = list(rows[0])
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+
+    def fmt(v):
+        return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
     (sweep_dir / "summary.md").write_text("\n".join(md) + "\n")

@@ -29,7 +29,6 @@ reserved with every bundle pinned to its node (the node-id label every Ray node 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 REWARD_CPUS = 0.5  # the reward actor mostly waits on its pool's worker processes
 # Ray's share of a colocated GPU for each of its two actors (learner rank, engine worker): two
@@ -64,7 +63,7 @@ class Plan:
         in device bundle r and engine i in device bundle i*tp (the first device it spans)."""
         if self.layout == "colocated" and role in ("learner", "generator"):
             devices = [i for i, b in enumerate(self.bundles) if b.role == "device"]
-            return devices if role == "learner" else devices[::self.tp]
+            return devices if role == "learner" else devices[:: self.tp]
         return [i for i, b in enumerate(self.bundles) if b.role == role]
 
     def gpu_share(self, role: str) -> float:
@@ -103,8 +102,10 @@ class Plan:
             what = role + ("s" if len(idx) > 1 else "")
             if role == "device":  # colocated: say what shares each one
                 idx = [i for i, b in enumerate(self.bundles) if b.role == "device"]
-                what = (f"colocated device{'s' if len(idx) > 1 else ''} (a learner rank and an engine "
-                        f"worker each, {len(idx) // self.tp} engine(s) of tp={self.tp})")
+                what = (
+                    f"colocated device{'s' if len(idx) > 1 else ''} (a learner rank and an engine "
+                    f"worker each, {len(idx) // self.tp} engine(s) of tp={self.tp})"
+                )
             rows.append(f"{len(idx)} {what} x ({each}){where}")
         total = ", ".join(f"{v:g} {k}" for k, v in sorted(self.need().items()))
         return "; ".join(rows) + f" = {total}"
@@ -128,28 +129,38 @@ def colocation_errors(cfg, device: str) -> list[str]:
     n, tp, engines = int(lc.num_ranks), int(rc.tensor_parallel_size), int(rc.num_generators)
     out = []
     if engines * tp != n:
-        out.append(f"trainer.placement=colocated puts one engine worker on every learner rank's device: "
-                   f"rollout.num_generators x rollout.tensor_parallel_size = {engines} x {tp} must equal "
-                   f"learner.num_ranks={n} (set rollout.num_generators={max(1, n // tp)})")
+        out.append(
+            f"trainer.placement=colocated puts one engine worker on every learner rank's device: "
+            f"rollout.num_generators x rollout.tensor_parallel_size = {engines} x {tp} must equal "
+            f"learner.num_ranks={n} (set rollout.num_generators={max(1, n // tp)})"
+        )
     if device == "cuda" and int(lc.gpus_per_node) % tp:
-        out.append(f"trainer.placement=colocated: an engine's {tp} GPUs must be on one node, so "
-                   f"learner.gpus_per_node={lc.gpus_per_node} must be a multiple of "
-                   "rollout.tensor_parallel_size")
+        out.append(
+            f"trainer.placement=colocated: an engine's {tp} GPUs must be on one node, so "
+            f"learner.gpus_per_node={lc.gpus_per_node} must be a multiple of "
+            "rollout.tensor_parallel_size"
+        )
     if cfg.trainer.overlap:
-        out.append("trainer.overlap=true generates while the learners train: colocated, they share the "
-                   "devices and take turns (trainer.placement=split for overlap)")
+        out.append(
+            "trainer.overlap=true generates while the learners train: colocated, they share the "
+            "devices and take turns (trainer.placement=split for overlap)"
+        )
     if device == "cuda" and str(getattr(lc, "sync_transport", None) or "auto") == "group":
-        out.append("learner.sync_transport=group with trainer.placement=colocated on cuda: NCCL refuses two "
-                   "ranks of one group on one GPU (learner rank 0 and the engine worker beside it); "
-                   "colocated, weights go over CUDA IPC (learner.sync_transport=auto)")
+        out.append(
+            "learner.sync_transport=group with trainer.placement=colocated on cuda: NCCL refuses two "
+            "ranks of one group on one GPU (learner rank 0 and the engine worker beside it); "
+            "colocated, weights go over CUDA IPC (learner.sync_transport=auto)"
+        )
     if lc.offload_params:
-        out.append("learner.offload_params=true: colocated, the learner moves its parameters off the "
-                   "device between phases itself (DeepSpeed's offload_states refuses parameters that "
-                   "ZeRO already offloads); set learner.offload_params=false")
+        out.append(
+            "learner.offload_params=true: colocated, the learner moves its parameters off the "
+            "device between phases itself (DeepSpeed's offload_states refuses parameters that "
+            "ZeRO already offloads); set learner.offload_params=false"
+        )
     return out
 
 
-def make_plan(cfg, device: str, reward_actors: Optional[int] = None) -> Plan:
+def make_plan(cfg, device: str, reward_actors: int | None = None) -> Plan:
     """The plan of a run config on `device` (cpu | cuda), in the config's layout."""
     gpu = device == "cuda"
     lc, rc = cfg.learner, cfg.rollout
@@ -164,16 +175,34 @@ def make_plan(cfg, device: str, reward_actors: Optional[int] = None) -> Plan:
             raise PlacementError("; ".join(problems))
         # the device of rank r also hosts engine r // tp's worker r % tp; the engine's actor (and
         # its CPUs) sits on the first device it spans
-        bundles = [Bundle("device", r, {"CPU": float(lc.cpus_per_rank)
-                                        + (float(rc.cpus_per_generator) if r % tp == 0 else 0.0),
-                                        **({"GPU": 1.0} if gpu else {})}, group=r // per_node)
-                   for r in range(n)]
+        bundles = [
+            Bundle(
+                "device",
+                r,
+                {
+                    "CPU": float(lc.cpus_per_rank) + (float(rc.cpus_per_generator) if r % tp == 0 else 0.0),
+                    **({"GPU": 1.0} if gpu else {}),
+                },
+                group=r // per_node,
+            )
+            for r in range(n)
+        ]
     else:
-        bundles = [Bundle("learner", r, {"CPU": float(lc.cpus_per_rank), **({"GPU": 1.0} if gpu else {})},
-                          group=r // per_node) for r in range(n)]
-        bundles += [Bundle("generator", i, {"CPU": float(rc.cpus_per_generator),
-                                            **({"GPU": float(tp)} if gpu else {})})
-                    for i in range(int(rc.num_generators))]
+        bundles = [
+            Bundle(
+                "learner",
+                r,
+                {"CPU": float(lc.cpus_per_rank), **({"GPU": 1.0} if gpu else {})},
+                group=r // per_node,
+            )
+            for r in range(n)
+        ]
+        bundles += [
+            Bundle(
+                "generator", i, {"CPU": float(rc.cpus_per_generator), **({"GPU": float(tp)} if gpu else {})}
+            )
+            for i in range(int(rc.num_generators))
+        ]
     k = int(reward_actors if reward_actors is not None else cfg.reward.num_actors)
     bundles += [Bundle("reward", i, {"CPU": REWARD_CPUS}) for i in range(k)]
     return Plan(bundles, device, learner_groups=-(-n // per_node), layout=layout, tp=tp)
@@ -194,7 +223,7 @@ def assign(plan: Plan, nodes: dict[str, dict[str, float]]) -> list[str]:
         for k, v in res.items():
             have[k] = have.get(k, 0.0) - v
 
-    out: list[Optional[str]] = [None] * len(plan.bundles)
+    out: list[str | None] = [None] * len(plan.bundles)
     used_by_learners: set[str] = set()
     for g in range(plan.learner_groups):
         idx = [i for i, b in enumerate(plan.bundles) if b.role in _RANK_ROLES and b.group == g]
@@ -205,8 +234,9 @@ def assign(plan: Plan, nodes: dict[str, dict[str, float]]) -> list[str]:
         # the fullest node that holds the whole group, never one another group already uses
         options = [nid for nid in free if nid not in used_by_learners and fits(total, free[nid])]
         if not options:
-            raise PlacementError(_refusal(plan, nodes, f"learner ranks {idx[0]}-{idx[-1]} need "
-                                          f"{_fmt(total)} on one node"))
+            raise PlacementError(
+                _refusal(plan, nodes, f"learner ranks {idx[0]}-{idx[-1]} need {_fmt(total)} on one node")
+            )
         nid = min(options, key=lambda x: (free[x].get("GPU", 0.0), free[x].get("CPU", 0.0)))
         used_by_learners.add(nid)
         take(total, free[nid])
@@ -230,27 +260,43 @@ def _fmt(res: dict) -> str:
 
 
 def _refusal(plan: Plan, nodes: dict, what: str) -> str:
-    have = "; ".join(f"{nid}: {_fmt({k: v for k, v in r.items() if k in ('CPU', 'GPU')}) or 'nothing free'}"
-                     for nid, r in nodes.items()) or "no nodes"
+    have = (
+        "; ".join(
+            f"{nid}: {_fmt({k: v for k, v in r.items() if k in ('CPU', 'GPU')}) or 'nothing free'}"
+            for nid, r in nodes.items()
+        )
+        or "no nodes"
+    )
     need = plan.need()
     fixes = []
     total_cpu = sum(r.get("CPU", 0.0) for r in nodes.values())
     total_gpu = sum(r.get("GPU", 0.0) for r in nodes.values())
     if need.get("GPU", 0.0) > total_gpu:
-        fixes.append(f"The run needs {need['GPU']:g} GPUs and the cluster has {total_gpu:g}: lower "
-                     "learner.num_ranks / rollout.num_generators, or add GPU nodes"
-                     + ("" if plan.layout == "colocated" else
-                        " (or trainer.placement=colocated: engines and learner ranks on the same GPUs)"))
+        fixes.append(
+            f"The run needs {need['GPU']:g} GPUs and the cluster has {total_gpu:g}: lower "
+            "learner.num_ranks / rollout.num_generators, or add GPU nodes"
+            + (
+                ""
+                if plan.layout == "colocated"
+                else " (or trainer.placement=colocated: engines and learner ranks on the same GPUs)"
+            )
+        )
     if need.get("CPU", 0.0) > total_cpu:
-        fixes.append(f"The run needs {need['CPU']:g} CPUs and the cluster offers {total_cpu:g}: start it "
-                     f"with more logical CPUs (ray start --head --num-cpus={int(need['CPU'] + 0.999)}; "
-                     "the actors mostly wait on each other) or lower learner.cpus_per_rank / "
-                     "rollout.cpus_per_generator")
+        fixes.append(
+            f"The run needs {need['CPU']:g} CPUs and the cluster offers {total_cpu:g}: start it "
+            f"with more logical CPUs (ray start --head --num-cpus={int(need['CPU'] + 0.999)}; "
+            "the actors mostly wait on each other) or lower learner.cpus_per_rank / "
+            "rollout.cpus_per_generator"
+        )
     if not fixes:
-        fixes.append("The totals fit but not per node: learner ranks of one group need one node "
-                     "(learner.gpus_per_node, learner.num_nodes); check the per-node resources")
-    return (f"the cluster cannot hold this run: {what}. Plan: {plan.describe()}. Free in the cluster: "
-            f"{have}. " + " ".join(fixes))
+        fixes.append(
+            "The totals fit but not per node: learner ranks of one group need one node "
+            "(learner.gpus_per_node, learner.num_nodes); check the per-node resources"
+        )
+    return (
+        f"the cluster cannot hold this run: {what}. Plan: {plan.describe()}. Free in the cluster: "
+        f"{have}. " + " ".join(fixes)
+    )
 
 
 def local_cpus(plan: Plan) -> int:
@@ -267,8 +313,10 @@ def free_resources() -> dict[str, dict[str, float]]:
     """{node id (hex): free CPU / GPU} of the live Ray nodes (the driver must be connected)."""
     from ray._private.state import available_resources_per_node  # a DeveloperAPI of Ray 2.60
 
-    return {nid: {"CPU": float(res.get("CPU", 0.0)), "GPU": float(res.get("GPU", 0.0))}
-            for nid, res in available_resources_per_node().items()}
+    return {
+        nid: {"CPU": float(res.get("CPU", 0.0)), "GPU": float(res.get("GPU", 0.0))}
+        for nid, res in available_resources_per_node().items()
+    }
 
 
 def reserve(plan: Plan, timeout_s: float = 120.0):
@@ -280,14 +328,17 @@ def reserve(plan: Plan, timeout_s: float = 120.0):
     nodes = assign(plan, free_resources())
     bundles = [{k: v for k, v in b.resources.items() if v} for b in plan.bundles]
     # every node carries its id as the label ray.io/node-id: each bundle goes where it was assigned
-    pg = placement_group(bundles, strategy="PACK",
-                         bundle_label_selector=[{"ray.io/node-id": nid} for nid in nodes])
+    pg = placement_group(
+        bundles, strategy="PACK", bundle_label_selector=[{"ray.io/node-id": nid} for nid in nodes]
+    )
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
     if not ready:
         ray.util.remove_placement_group(pg)
-        raise PlacementError(f"the placement group for {plan.describe()} was not ready within "
-                             f"{timeout_s:.0f} s although the cluster reported room for it (another "
-                             "job took the resources?)")
+        raise PlacementError(
+            f"the placement group for {plan.describe()} was not ready within "
+            f"{timeout_s:.0f} s although the cluster reported room for it (another "
+            "job took the resources?)"
+        )
     return pg
 
 
@@ -300,24 +351,41 @@ GIB = 2**30
 PROCESS_OVERHEAD_GIB = 1.5
 
 
-def learner_resident_bytes(n_params: int, ranks: int, *, reference: bool = True,
-                           bytes_per_param: int = 2) -> dict:
+def learner_resident_bytes(
+    n_params: int, ranks: int, *, reference: bool = True, bytes_per_param: int = 2
+) -> dict:
     """Bytes of training state one ZeRO-3 rank keeps between steps (what a colocated rank moves
     to the host while the engines generate): its bf16 partition, fp32 master partition, AdamW's
     two fp32 moments, bf16 gradient partition and, with a KL term, the reference model's bf16
     partition."""
     shard = n_params / ranks
-    parts = {"params_bf16": shard * bytes_per_param, "master_fp32": shard * 4, "adam_fp32": shard * 8,
-             "grads_bf16": shard * bytes_per_param,
-             "reference_bf16": shard * bytes_per_param if reference else 0.0}
+    parts = {
+        "params_bf16": shard * bytes_per_param,
+        "master_fp32": shard * 4,
+        "adam_fp32": shard * 8,
+        "grads_bf16": shard * bytes_per_param,
+        "reference_bf16": shard * bytes_per_param if reference else 0.0,
+    }
     parts["total"] = sum(parts.values())
     return parts
 
 
-def memory_plan(*, n_params: int, layers: int, hidden: int, vocab: int, gpu_gib: float, layout: str,
-                learner_gpus: int, gpu_memory_utilization: float, micro_batch_tokens: int,
-                logprob_chunk_tokens: int, bucket_mb: int = 256, reference: bool = True,
-                gradient_checkpointing: bool = True) -> dict:
+def memory_plan(
+    *,
+    n_params: int,
+    layers: int,
+    hidden: int,
+    vocab: int,
+    gpu_gib: float,
+    layout: str,
+    learner_gpus: int,
+    gpu_memory_utilization: float,
+    micro_batch_tokens: int,
+    logprob_chunk_tokens: int,
+    bucket_mb: int = 256,
+    reference: bool = True,
+    gradient_checkpointing: bool = True,
+) -> dict:
     """GiB a GPU holds in each phase of a step, by who holds it, for a bf16 ZeRO-3 learner and a
     vLLM engine. Split: the learner GPUs and the engine GPUs apart (each holds its own all the
     time). Colocated: the same GPU in its three phases: generate (engine awake, learner state on
@@ -342,20 +410,38 @@ def memory_plan(*, n_params: int, layers: int, hidden: int, vocab: int, gpu_gib:
     if layout == "colocated":
         phases = {
             "generate": {"vLLM (weights + KV cache + graphs)": g(engine), "learner process": g(over)},
-            "train": {"learner state": g(resident["total"]), "update working set": g(working),
-                      "vLLM process (asleep)": g(over), "learner process": g(over)},
-            "sync": {"vLLM weights": g(weights), "learner state": g(resident["total"]),
-                     "buckets (gathered x2, staging, engine copy)": g(4 * bucket),
-                     "vLLM process": g(over), "learner process": g(over)},
+            "train": {
+                "learner state": g(resident["total"]),
+                "update working set": g(working),
+                "vLLM process (asleep)": g(over),
+                "learner process": g(over),
+            },
+            "sync": {
+                "vLLM weights": g(weights),
+                "learner state": g(resident["total"]),
+                "buckets (gathered x2, staging, engine copy)": g(4 * bucket),
+                "vLLM process": g(over),
+                "learner process": g(over),
+            },
         }
     else:
         phases = {
-            "learner GPU": {"learner state": g(resident["total"]), "update working set": g(working),
-                            "learner process": g(over)},
+            "learner GPU": {
+                "learner state": g(resident["total"]),
+                "update working set": g(working),
+                "learner process": g(over),
+            },
             "engine GPU": {"vLLM (weights + KV cache + graphs)": g(engine)},
         }
     totals = {name: sum(parts.values()) for name, parts in phases.items()}
-    return {"layout": layout, "gpu_gib": gpu_gib, "phases": phases, "totals": totals,
-            "peak_gib": max(totals.values()), "learner_state": learner_state,
-            "learner_state_gib": g(resident["total"]), "kv_cache_gib": g(engine - weights) - 2.0,
-            "host_pinned_gib_per_gpu": g(resident["total"]) if layout == "colocated" else 0.0}
+    return {
+        "layout": layout,
+        "gpu_gib": gpu_gib,
+        "phases": phases,
+        "totals": totals,
+        "peak_gib": max(totals.values()),
+        "learner_state": learner_state,
+        "learner_state_gib": g(resident["total"]),
+        "kv_cache_gib": g(engine - weights) - 2.0,
+        "host_pinned_gib_per_gpu": g(resident["total"]) if layout == "colocated" else 0.0,
+    }

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from egsw_rl.data import Problem, PromptSampler
 from egsw_rl.runlog import Timer
@@ -22,12 +23,16 @@ class Prefetcher:
     samples it on the engines and returns what the trainer takes (its completions and their
     scoring jobs: grading starts in the background too)."""
 
-    def __init__(self, draw: Callable[[], tuple[list[Problem], int]],
-                 generate: Callable[[list[Problem], int], Any], sampler: PromptSampler):
+    def __init__(
+        self,
+        draw: Callable[[], tuple[list[Problem], int]],
+        generate: Callable[[list[Problem], int], Any],
+        sampler: PromptSampler,
+    ):
         self._draw, self._generate, self._sampler = draw, generate, sampler
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="generate")
-        self._inflight: Optional[tuple[list[Problem], concurrent.futures.Future]] = None
-        self._sampler_before: Optional[dict] = None
+        self._inflight: tuple[list[Problem], concurrent.futures.Future] | None = None
+        self._sampler_before: dict | None = None
 
     def start(self) -> None:
         """Draw the next batch and start generating it."""
@@ -40,7 +45,7 @@ class Prefetcher:
         generated = self._generate(problems, seed)
         return generated, time.perf_counter() - t0
 
-    def take(self, timer: Timer) -> Optional[tuple[list[Problem], Any]]:
+    def take(self, timer: Timer) -> tuple[list[Problem], Any] | None:
         """The batch in flight, (problems, what generate returned), once generated (None if
         there is none). The wait shows as timing/generate_wait_s, its generation time as
         timing/generate_s."""

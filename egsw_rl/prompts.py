@@ -21,8 +21,8 @@ refuses the data.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 CHAT_TEMPLATES = ("qwen_math", "qwen_math_user", "chat")
@@ -45,20 +45,26 @@ def render_prompts(tokenizer, questions: Sequence[str], template: str) -> list[s
     """Prompt strings for `questions` under `template` (see the module docstring)."""
     if template in CHAT_TEMPLATES:
         if not getattr(tokenizer, "chat_template", None):
-            raise PromptError(f"prompt template {template!r} needs a chat template and this tokenizer "
-                              "has none: use a plain template containing {question}")
+            raise PromptError(
+                f"prompt template {template!r} needs a chat template and this tokenizer "
+                "has none: use a plain template containing {question}"
+            )
         out = []
         for q in questions:
             msgs = _messages(q, template)
             try:
                 out.append(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
             except Exception as e:  # a template without a system role, say: say which, not guess
-                raise PromptError(f"the tokenizer's chat template cannot render prompt template "
-                                  f"{template!r} ({type(e).__name__}: {e}); try qwen_math_user or chat") from None
+                raise PromptError(
+                    f"the tokenizer's chat template cannot render prompt template "
+                    f"{template!r} ({type(e).__name__}: {e}); try qwen_math_user or chat"
+                ) from None
         return out
     if "{question}" not in template:
-        raise PromptError(f"prompt template {template!r}: use {', '.join(CHAT_TEMPLATES)} or a plain "
-                          "template containing {question}")
+        raise PromptError(
+            f"prompt template {template!r}: use {', '.join(CHAT_TEMPLATES)} or a plain "
+            "template containing {question}"
+        )
     return [template.replace("{question}", q) for q in questions]
 
 
@@ -86,30 +92,44 @@ class Fit:
         if not self.overlong:
             return f"{where}: every prompt fits the {self.budget}-token budget (longest {self.longest})"
         worst = max(self.overlong, key=lambda x: x[1])
-        return (f"{where}: {len(self.overlong)} of {len(self.kept) + len(self.overlong)} prompts longer "
-                f"than the {self.budget}-token budget (rollout.max_model_len - rollout.max_tokens; "
-                f"longest {worst[1]} tokens, problem {worst[0]})")
+        return (
+            f"{where}: {len(self.overlong)} of {len(self.kept) + len(self.overlong)} prompts longer "
+            f"than the {self.budget}-token budget (rollout.max_model_len - rollout.max_tokens; "
+            f"longest {worst[1]} tokens, problem {worst[0]})"
+        )
 
 
-def fit_to_budget(tokenizer, questions: Sequence[str], template: str, budget: int,
-                  policy: str = "drop", where: str = "data") -> Fit:
+def fit_to_budget(
+    tokenizer, questions: Sequence[str], template: str, budget: int, policy: str = "drop", where: str = "data"
+) -> Fit:
     """Measure every rendered prompt against `budget`; `policy` decides what an over-long one means
     (drop: left out; truncate_left: kept; error: PromptError naming the keys)."""
     if policy not in OVERLONG_POLICIES:
-        raise PromptError(f"rollout.overlong_prompt={policy!r}: allowed values are {', '.join(OVERLONG_POLICIES)}")
+        raise PromptError(
+            f"rollout.overlong_prompt={policy!r}: allowed values are {', '.join(OVERLONG_POLICIES)}"
+        )
     if budget < 1:
         raise PromptError(f"rollout.max_model_len - rollout.max_tokens = {budget}: no room for a prompt")
-    lengths = [len(ids) for ids in encode_prompts(tokenizer, render_prompts(tokenizer, questions, template), template)]
+    lengths = [
+        len(ids)
+        for ids in encode_prompts(tokenizer, render_prompts(tokenizer, questions, template), template)
+    ]
     over = [(i, n) for i, n in enumerate(lengths) if n > budget]
-    fit = Fit(kept=[i for i, n in enumerate(lengths) if n <= budget or policy == "truncate_left"],
-              overlong=over, budget=budget, longest=max(lengths, default=0))
+    fit = Fit(
+        kept=[i for i, n in enumerate(lengths) if n <= budget or policy == "truncate_left"],
+        overlong=over,
+        budget=budget,
+        longest=max(lengths, default=0),
+    )
     if over and policy == "error":
-        raise PromptError(fit.report(where) + ": raise rollout.max_model_len, lower rollout.max_tokens, "
-                          "or set rollout.overlong_prompt=drop")
+        raise PromptError(
+            fit.report(where) + ": raise rollout.max_model_len, lower rollout.max_tokens, "
+            "or set rollout.overlong_prompt=drop"
+        )
     return fit
 
 
-def load_tokenizer(path: str, tokenizer: Optional[str] = None, trust_remote_code: bool = False):
+def load_tokenizer(path: str, tokenizer: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tokenizer or path, trust_remote_code=trust_remote_code)

@@ -19,9 +19,10 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class Run:
         return steps, vals
 
 
-def load_run(run_dir: Path, name: str, label: str) -> Optional[Run]:
+def load_run(run_dir: Path, name: str, label: str) -> Run | None:
     """One run's rows in step order, or None when its metrics.jsonl has none yet.
 
     The trainer's periodic eval also goes to eval.jsonl, with the step-0 (before training) row.
@@ -129,8 +130,9 @@ def load_run(run_dir: Path, name: str, label: str) -> Optional[Run]:
     return Run(run_dir, name, label, [by_step[s] for s in sorted(by_step)])
 
 
-def metric_specs(runs: Sequence[Run],
-                 keys: Optional[Sequence[str]] = None) -> list[tuple[str, str, Optional[bool]]]:
+def metric_specs(
+    runs: Sequence[Run], keys: Sequence[str] | None = None
+) -> list[tuple[str, str, bool | None]]:
     """The metrics to show: `keys` if given, else the defaults plus any eval/<bench>/accuracy."""
     known = {k: (t, b) for k, t, b in DEFAULT_METRICS}
     if keys:
@@ -141,8 +143,9 @@ def metric_specs(runs: Sequence[Run],
             out.append((k, t, b))
         return out
     specs = list(DEFAULT_METRICS)
-    evals = sorted({k for r in runs for row in r.rows for k in row
-                    if k.startswith("eval/") and k.endswith("/accuracy")})
+    evals = sorted(
+        {k for r in runs for row in r.rows for k in row if k.startswith("eval/") and k.endswith("/accuracy")}
+    )
     specs += [(k, k.replace("/", " ", 1), True) for k in evals]
     return specs
 
@@ -183,8 +186,14 @@ def plot(runs: Sequence[Run], specs, out_dir: Path, smooth: int = 1) -> list[Pat
                 continue
             many = len(group) > 1
             for r, s, v in group:
-                ax.plot(s, v, color=colors[lab], lw=0.8 if many else 1.6, alpha=0.35 if many else 1.0,
-                        label=None if many else f"{lab} ({r.name})" if len(labels) < len(runs) else lab)
+                ax.plot(
+                    s,
+                    v,
+                    color=colors[lab],
+                    lw=0.8 if many else 1.6,
+                    alpha=0.35 if many else 1.0,
+                    label=None if many else f"{lab} ({r.name})" if len(labels) < len(runs) else lab,
+                )
             if many:
                 common = sorted(set.intersection(*[set(s) for _, s, _ in group]))
                 if common:
@@ -193,8 +202,14 @@ def plot(runs: Sequence[Run], specs, out_dir: Path, smooth: int = 1) -> list[Pat
                     m = [x[0] for x in stats]
                     sd = [x[1] for x in stats]
                     ax.plot(common, m, color=colors[lab], lw=2.0, label=f"{lab} (mean of {len(group)})")
-                    ax.fill_between(common, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)],
-                                    color=colors[lab], alpha=0.15, lw=0)
+                    ax.fill_between(
+                        common,
+                        [a - b for a, b in zip(m, sd)],
+                        [a + b for a, b in zip(m, sd)],
+                        color=colors[lab],
+                        alpha=0.15,
+                        lw=0,
+                    )
         ax.set_xlabel("step")
         ax.set_title(title + (f" (moving average {smooth})" if smooth > 1 else ""))
         ax.grid(alpha=0.3)
@@ -219,7 +234,7 @@ def plot_run(run_dir: Path) -> list[Path]:
     return paths + ([dynamics] if dynamics else [])
 
 
-def plot_entropy_dynamics(run: Run, out_dir: Path) -> Optional[Path]:
+def plot_entropy_dynamics(run: Run, out_dir: Path) -> Path | None:
     """trainer.entropy_dynamics: the predicted (first-order) against the measured entropy change
     of every step, and both over the steps, with their correlation across steps in the title."""
     steps, predicted = run.series("entropy_dynamics/predicted_delta")
@@ -260,8 +275,16 @@ def plot_entropy_dynamics(run: Run, out_dir: Path) -> Optional[Path]:
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, *, total_steps: int, wandb_cfg=None, config: Optional[dict] = None,
-                 progress_bar: bool = True, start_step: int = 0):
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        total_steps: int,
+        wandb_cfg=None,
+        config: dict | None = None,
+        progress_bar: bool = True,
+        start_step: int = 0,
+    ):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
@@ -271,17 +294,30 @@ class RunLogger:
             import wandb
 
             self._wandb = wandb.init(
-                project=wandb_cfg.project, entity=wandb_cfg.entity, name=wandb_cfg.name,
-                group=wandb_cfg.group, tags=list(wandb_cfg.tags), mode=wandb_cfg.mode,
-                dir=str(self.run_dir), config=config, resume="allow",
-                id=self._wandb_id(), settings=wandb.Settings(silent=True),
+                project=wandb_cfg.project,
+                entity=wandb_cfg.entity,
+                name=wandb_cfg.name,
+                group=wandb_cfg.group,
+                tags=list(wandb_cfg.tags),
+                mode=wandb_cfg.mode,
+                dir=str(self.run_dir),
+                config=config,
+                resume="allow",
+                id=self._wandb_id(),
+                settings=wandb.Settings(silent=True),
             )
         self._bar = None
         if progress_bar:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                             file=sys.stderr, desc="egsw_rl")
+            self._bar = tqdm(
+                total=total_steps,
+                initial=start_step,
+                unit="step",
+                dynamic_ncols=True,
+                file=sys.stderr,
+                desc="egsw_rl",
+            )
 
     def _wandb_id(self) -> str:
         # One wandb run per run directory, so a resumed run continues the same curves.
@@ -332,8 +368,10 @@ def _plain(v):
 
 
 def _postfix(row: dict) -> str:
-    parts = [f"reward={row.get('reward/mean', float('nan')):.3f}",
-             f"acc={row.get('reward/accuracy', float('nan')):.3f}"]
+    parts = [
+        f"reward={row.get('reward/mean', float('nan')):.3f}",
+        f"acc={row.get('reward/accuracy', float('nan')):.3f}",
+    ]
     if row.get("perf/tokens_per_s") is not None:
         parts.append(f"tok/s={row['perf/tokens_per_s']:.0f}")
     return " ".join(parts)
@@ -344,11 +382,13 @@ def summary_line(row: dict, total_steps: int) -> str:
         v = row.get(key)
         return "-" if v is None else fmt.format(v)
 
-    return (f"step {row['step']}/{total_steps} | reward {f('reward/mean')} acc {f('reward/accuracy')}"
-            f" | len {f('response_length/mean', '{:.1f}')} | H {f('entropy/mean')}"
-            f" | ess {f('egsw/ess_frac', '{:.2f}')} | loss {f('loss', '{:.4f}')}"
-            f" | gnorm {f('grad_norm', '{:.3f}')} | vLLM gap {f('rollout/logprob_diff_max', '{:.1e}')}"
-            f" | {f('timing/step_s', '{:.1f}')} s")
+    return (
+        f"step {row['step']}/{total_steps} | reward {f('reward/mean')} acc {f('reward/accuracy')}"
+        f" | len {f('response_length/mean', '{:.1f}')} | H {f('entropy/mean')}"
+        f" | ess {f('egsw/ess_frac', '{:.2f}')} | loss {f('loss', '{:.4f}')}"
+        f" | gnorm {f('grad_norm', '{:.3f}')} | vLLM gap {f('rollout/logprob_diff_max', '{:.1e}')}"
+        f" | {f('timing/step_s', '{:.1f}')} s"
+    )
 
 
 class Timer:

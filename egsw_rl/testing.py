@@ -38,8 +38,10 @@ def cache_dir() -> Path:
 def _corpus(n: int = 4000, seed: int = 0) -> list[str]:
     """Arithmetic and LaTeX-flavoured lines so the BPE merges look like math text."""
     rng = random.Random(seed)
-    words = ("the answer is so we get then therefore compute add subtract multiply divide "
-             "total each how many left sum of and with step first next finally").split()
+    words = (
+        "the answer is so we get then therefore compute add subtract multiply divide "
+        "total each how many left sum of and with step first next finally"
+    ).split()
     lines = []
     for _ in range(n):
         a, b = rng.randint(0, 999), rng.randint(0, 999)
@@ -93,10 +95,18 @@ def tiny_model(
 ) -> Path:
     """Build (once) and return a tiny random Qwen2 model folder. head_dim = hidden/heads must be
     32, 64 or 128: vLLM's CPU attention rejects smaller heads."""
-    settings = dict(hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
-                    num_kv_heads=num_kv_heads, intermediate_size=intermediate_size,
-                    vocab_size=vocab_size, max_position_embeddings=max_position_embeddings,
-                    tie_word_embeddings=tie_word_embeddings, seed=seed, format=1)
+    settings = dict(
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        intermediate_size=intermediate_size,
+        vocab_size=vocab_size,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=tie_word_embeddings,
+        seed=seed,
+        format=1,
+    )
     head_dim = hidden_size // num_heads
     if head_dim not in (32, 64, 128):
         raise ValueError(f"head_dim {head_dim} (hidden_size/num_heads): vLLM CPU needs 32, 64 or 128")
@@ -152,7 +162,11 @@ _LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".model", ".h5"
 
 
 def _blob_name(path: Path) -> str:
-    h = hashlib.sha256() if path.suffix in _LFS_SUFFIXES or path.stat().st_size > 10 * 2**20 else hashlib.sha1()
+    h = (
+        hashlib.sha256()
+        if path.suffix in _LFS_SUFFIXES or path.stat().st_size > 10 * 2**20
+        else hashlib.sha1()
+    )
     if h.name == "sha1":
         h.update(b"blob %d\0" % path.stat().st_size)
     with open(path, "rb") as f:
@@ -161,7 +175,9 @@ def _blob_name(path: Path) -> str:
     return h.hexdigest()
 
 
-def populate_hf_cache(model_dir: Path | str, repo_id: str, hf_home: Path | str, *, revision: str = "main") -> Path:
+def populate_hf_cache(
+    model_dir: Path | str, repo_id: str, hf_home: Path | str, *, revision: str = "main"
+) -> Path:
     """Place the model folder `model_dir` into the Hugging Face cache of `hf_home` under `repo_id`,
     in the hub's own layout (`hub/models--org--name/{blobs, snapshots/<commit>, refs/<revision>}`,
     snapshot files symlinked to content-named blobs), so that with `HF_HUB_OFFLINE=1
@@ -169,8 +185,11 @@ def populate_hf_cache(model_dir: Path | str, repo_id: str, hf_home: Path | str, 
     exactly as a real download would have left it. The commit is a hash of the files, so placing
     the same folder again changes nothing. Returns the snapshot folder."""
     src = Path(model_dir)
-    files = sorted(p for p in src.rglob("*") if p.is_file() and not any(
-        part.startswith(".") for part in p.relative_to(src).parts))
+    files = sorted(
+        p
+        for p in src.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(src).parts)
+    )
     if not (src / "config.json").is_file():
         raise FileNotFoundError(f"{src}: not a model folder (no config.json)")
     from egsw_rl.models.resolve import looks_like_repo_id

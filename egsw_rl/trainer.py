@@ -27,7 +27,6 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -49,7 +48,7 @@ log = logging.getLogger(__name__)
 def pad(rows: list[np.ndarray], width: int, dtype=np.float32) -> np.ndarray:
     out = np.zeros((len(rows), width), dtype=dtype)
     for i, r in enumerate(rows):
-        out[i, :len(r)] = r
+        out[i, : len(r)] = r
     return out
 
 
@@ -80,16 +79,19 @@ class Trainer:
         self.G = cfg.rollout.n
         self._seed_everything(cfg.trainer.seed)
 
-        model_cfg = dataclasses.replace(OmegaConf.to_object(cfg.model),
-                                        path=resolve_model_path(cfg.model.path))
+        model_cfg = dataclasses.replace(
+            OmegaConf.to_object(cfg.model), path=resolve_model_path(cfg.model.path)
+        )
         self.model_path = model_cfg.path
         self.vocab_size = vocab_size(model_cfg.path)
 
-        data = load_run_data(cfg, load_tokenizer(model_cfg.path, model_cfg.tokenizer,
-                                                 model_cfg.trust_remote_code))
+        data = load_run_data(
+            cfg, load_tokenizer(model_cfg.path, model_cfg.tokenizer, model_cfg.trust_remote_code)
+        )
         self.problems, self.data_skipped = data.train, data.skipped
-        self.sampler = PromptSampler(len(self.problems), cfg.data.batch_size,
-                                     seed=cfg.trainer.seed, shuffle=cfg.data.shuffle)
+        self.sampler = PromptSampler(
+            len(self.problems), cfg.data.batch_size, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle
+        )
         self.eval_sets = data.eval_sets
         self.eval_overlong = set().union(*data.eval_overlong.values())
         algo_cfg = OmegaConf.to_object(cfg.algo)
@@ -107,11 +109,17 @@ class Trainer:
         self._resume_probe: dict = {}  # the resume push's probe, logged with the first step after it
 
         def start_learners():
-            return LearnerGroup(model_cfg, OmegaConf.to_object(cfg.learner), algo_cfg,
-                                self.device, sampling_temperature=cfg.rollout.temperature,
-                                total_steps=cfg.trainer.total_steps, seed=cfg.trainer.seed,
-                                placement=(self.pg, self.plan.of("learner")),
-                                gpu_share=self.plan.gpu_share("learner"))
+            return LearnerGroup(
+                model_cfg,
+                OmegaConf.to_object(cfg.learner),
+                algo_cfg,
+                self.device,
+                sampling_temperature=cfg.rollout.temperature,
+                total_steps=cfg.trainer.total_steps,
+                seed=cfg.trainer.seed,
+                placement=(self.pg, self.plan.of("learner")),
+                gpu_share=self.plan.gpu_share("learner"),
+            )
 
         engine_gpus = None
         if self.colocated:
@@ -122,17 +130,27 @@ class Trainer:
             self._phase("offload", self.learners.offload())
             gpu_ids = self.learners.gpu_ids()
             engine_gpus = [[gpu_ids[r] for r in span] for span in self.plan.engine_spans()]
-        self.generators = GeneratorGroup(model_cfg, OmegaConf.to_object(cfg.rollout), self.device,
-                                         placement_group=self.pg, bundle_indices=self.plan.of("generator"),
-                                         num_gpus=self.plan.gpu_share("generator"),
-                                         colocated=self.colocated, engine_gpus=engine_gpus)
+        self.generators = GeneratorGroup(
+            model_cfg,
+            OmegaConf.to_object(cfg.rollout),
+            self.device,
+            placement_group=self.pg,
+            bundle_indices=self.plan.of("generator"),
+            num_gpus=self.plan.gpu_share("generator"),
+            colocated=self.colocated,
+            engine_gpus=engine_gpus,
+        )
         # one reward actor per reward bundle, each scoring a slice of every batch
         self.rewarder = RewardGroup(
             OmegaConf.to_container(cfg.reward, resolve=True),
             plan_workers(cfg.reward.workers, self.plan, node_cpus()),
-            placement_group=self.pg, bundle_indices=self.plan.of("reward"), num_cpus=placement.REWARD_CPUS)
-        log.info("reward: %d actor(s), grading processes %s", len(self.rewarder.workers),
-                 self.rewarder.workers)
+            placement_group=self.pg,
+            bundle_indices=self.plan.of("reward"),
+            num_cpus=placement.REWARD_CPUS,
+        )
+        log.info(
+            "reward: %d actor(s), grading processes %s", len(self.rewarder.workers), self.rewarder.workers
+        )
         if not self.colocated:
             self.learners = start_learners()
         self.sync = WeightSync(self.learners, self.generators, colocated=self.colocated)
@@ -142,7 +160,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ colocated hand-overs
 
-    def _phase(self, name: str, metrics: Optional[dict] = None) -> dict:
+    def _phase(self, name: str, metrics: dict | None = None) -> dict:
         self.phases.append(name)
         del self.phases[:-200]  # the recent ones are what a reader (or a test) looks at
         return {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
@@ -193,7 +211,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ phases
 
-    def _draw(self, count: Optional[int] = None) -> tuple[list[Problem], int]:
+    def _draw(self, count: int | None = None) -> tuple[list[Problem], int]:
         """The next problems and the engines' sampling seed for them. The seed comes from where
         they were drawn (the sampler's epoch and position, restored on resume) and nothing else:
         a resumed run samples what the uninterrupted run sampled, however many calls the engines
@@ -222,8 +240,9 @@ class Trainer:
             parts[s] = ray.get(ready[0])
             for c in parts[s]:
                 c.prompt_index += s
-            jobs[s] = self.rewarder.submit([c.text for c in parts[s]],
-                                           [problems[c.prompt_index].answer for c in parts[s]])
+            jobs[s] = self.rewarder.submit(
+                [c.text for c in parts[s]], [problems[c.prompt_index].answer for c in parts[s]]
+            )
         completions = [c for s in sorted(parts) for c in parts[s]]
         return completions, [jobs[s] for s in sorted(jobs)]
 
@@ -234,22 +253,27 @@ class Trainer:
         t0 = time.perf_counter()
         with timer("reward"):
             if jobs is None:
-                jobs = [self.rewarder.submit([c.text for c in completions],
-                                             [problems[c.prompt_index].answer for c in completions])]
+                jobs = [
+                    self.rewarder.submit(
+                        [c.text for c in completions], [problems[c.prompt_index].answer for c in completions]
+                    )
+                ]
             results, rmetrics = self.rewarder.result(jobs)
         busy = rmetrics.get("reward/latency_s", 0.0)
-        rmetrics["reward/hidden_frac"] = (min(1.0, max(0.0, 1.0 - (time.perf_counter() - t0) / busy))
-                                          if busy > 0 else 0.0)
+        rmetrics["reward/hidden_frac"] = (
+            min(1.0, max(0.0, 1.0 - (time.perf_counter() - t0) / busy)) if busy > 0 else 0.0
+        )
         rewards = np.array([res.score for res in results], dtype=np.float32)
         if self.algo.overlong_shaping:
             lengths = np.array([len(c.token_ids) for c in completions])
             max_tokens = self.cfg.rollout.max_tokens
             cache = self.algo.overlong_cache or max(1, max_tokens // 5)
             rewards = rewards + algos.overlong_penalty(
-                torch.from_numpy(lengths), max_len=max_tokens, cache_len=cache).numpy().astype(np.float32)
+                torch.from_numpy(lengths), max_len=max_tokens, cache_len=cache
+            ).numpy().astype(np.float32)
         return rewards, results, rmetrics
 
-    def _rollout(self, timer: Timer, prefetched: Optional[tuple[list[Problem], tuple]] = None) -> Rollout:
+    def _rollout(self, timer: Timer, prefetched: tuple[list[Problem], tuple] | None = None) -> Rollout:
         """One batch of B groups (the first round's completions may come `prefetched`). With DAPO
         dynamic sampling, groups whose answers are all right or all wrong are dropped and more
         are generated, at most algo.max_gen_batches rounds; a batch still short after that is
@@ -269,7 +293,8 @@ class Trainer:
             rewards, results, rmetrics = self._score(problems, completions, timer, jobs)
             rounds.append((rmetrics, len(results)))
             informative = algos.dynamic_sampling_keep(
-                torch.tensor([r.status == "correct" for r in results]), group_size=G).tolist()
+                torch.tensor([r.status == "correct" for r in results]), group_size=G
+            ).tolist()
             for b, problem in enumerate(problems):
                 sl = slice(b * G, (b + 1) * G)
                 group = (problem, completions[sl], rewards[sl], results[sl])
@@ -277,19 +302,29 @@ class Trainer:
         kept = kept[:B]
         short = B - len(kept)
         if short:
-            log.warning("dynamic sampling: %d of %d groups still all right or all wrong after %d "
-                        "generation rounds (algo.max_gen_batches); the batch is topped up with them",
-                        short, B, len(rounds))
-        dapo_metrics = {"dapo/gen_rounds": float(len(rounds)), "dapo/kept_groups": float(len(kept)),
-                        "dapo/dropped_groups": float(len(dropped) - min(short, len(dropped))),
-                        "dapo/short_groups": float(short)}
+            log.warning(
+                "dynamic sampling: %d of %d groups still all right or all wrong after %d "
+                "generation rounds (algo.max_gen_batches); the batch is topped up with them",
+                short,
+                B,
+                len(rounds),
+            )
+        dapo_metrics = {
+            "dapo/gen_rounds": float(len(rounds)),
+            "dapo/kept_groups": float(len(kept)),
+            "dapo/dropped_groups": float(len(dropped) - min(short, len(dropped))),
+            "dapo/short_groups": float(short),
+        }
         kept += dropped[:short]
         problems = [g[0] for g in kept]
         completions = [dataclasses.replace(c, prompt_index=b) for b, g in enumerate(kept) for c in g[1]]
         rewards = np.concatenate([g[2] for g in kept])
         results = [r for g in kept for r in g[3]]
-        metrics = {**merge_reward_metrics(rounds, results), **batch_metrics(completions, rewards, results),
-                   **(dapo_metrics if dynamic else {})}
+        metrics = {
+            **merge_reward_metrics(rounds, results),
+            **batch_metrics(completions, rewards, results),
+            **(dapo_metrics if dynamic else {}),
+        }
         return Rollout(problems, completions, rewards, results, metrics)
 
     def train_step(self, rollout: Rollout, timer: Timer) -> dict:
@@ -300,20 +335,26 @@ class Trainer:
         monitor = self.cfg.trainer.entropy_dynamics
         comps = rollout.completions
         T = max(1, max(len(c.token_ids) for c in comps))
-        batch = TrainBatch(prompt_ids=[c.prompt_ids for c in comps],
-                           completion_ids=[c.token_ids for c in comps],
-                           rollout_logprobs=pad([c.logprobs for c in comps], T))
+        batch = TrainBatch(
+            prompt_ids=[c.prompt_ids for c in comps],
+            completion_ids=[c.token_ids for c in comps],
+            rollout_logprobs=pad([c.logprobs for c in comps], T),
+        )
         # the monitor reads the pre-update policy off the update's own forward when that forward
         # is the only one before the step; with an old-logprob pass it rides on that pass instead
         policy = {}
         old_pass = self.learners.old_logprobs_needed(
             with_entropy=a.entropy_source == "learner" or a.token_mask == "clipv",
-            off_policy=self.cfg.trainer.overlap, keep_policy=monitor)
+            off_policy=self.cfg.trainer.overlap,
+            keep_policy=monitor,
+        )
         if old_pass:
             with timer("logprobs"):
                 policy = self.learners.compute_logprobs(
-                    batch, with_entropy=a.entropy_source == "learner",
-                    with_clipv=a.token_mask == "clipv" or monitor)
+                    batch,
+                    with_entropy=a.entropy_source == "learner",
+                    with_clipv=a.token_mask == "clipv" or monitor,
+                )
             batch.old_logprobs = policy.get("old_logprobs")
             batch.ref_logprobs = policy.get("ref_logprobs")
         entropy = policy["entropy"] if a.entropy_source == "learner" else pad([c.entropy for c in comps], T)
@@ -331,18 +372,24 @@ class Trainer:
         metrics.update({name: update_metrics.get(key, default) for name, (key, default) in HEADLINE.items()})
         return metrics
 
-    def _shape(self, batch: TrainBatch, rewards: np.ndarray, entropy: np.ndarray,
-               clipv_n: Optional[np.ndarray]) -> dict:
+    def _shape(
+        self, batch: TrainBatch, rewards: np.ndarray, entropy: np.ndarray, clipv_n: np.ndarray | None
+    ) -> dict:
         """algos.shape_batch over the whole batch: fills the batch's A, W, M' and the loss
         normalisers of the whole batch; returns the shaping metrics."""
         a = self.algo
         generated = generated_mask([len(c) for c in batch.completion_ids], entropy.shape[1])
         sampled = batch.old_logprobs if batch.old_logprobs is not None else batch.rollout_logprobs
         A, W, M, metrics = algos.shape_batch(
-            torch.from_numpy(rewards), torch.from_numpy(entropy), torch.from_numpy(generated), a,
-            group_size=self.G, sampled_logprobs=torch.from_numpy(sampled),
+            torch.from_numpy(rewards),
+            torch.from_numpy(entropy),
+            torch.from_numpy(generated),
+            a,
+            group_size=self.G,
+            sampled_logprobs=torch.from_numpy(sampled),
             clipv_n=torch.from_numpy(clipv_n) if clipv_n is not None else None,
-            vocab_size=self.vocab_size)
+            vocab_size=self.vocab_size,
+        )
         batch.advantages = A.numpy().astype(np.float32)
         batch.weights = W.numpy().astype(np.float32)
         batch.mask = M.numpy().astype(bool)
@@ -361,16 +408,27 @@ class Trainer:
         after = self.learners.compute_logprobs(batch, with_entropy=True)["entropy"]
         loss_mask = torch.from_numpy(batch.mask)
         steps = int(a.ppo_epochs) * int(a.mini_batches)
-        coef = entropy_dynamics.loss_coefficients(loss_mask, a.agg, norm_constant=a.norm_constant,
-                                                  global_tokens=batch.global_tokens,
-                                                  global_seqs=batch.global_seqs)
+        coef = entropy_dynamics.loss_coefficients(
+            loss_mask,
+            a.agg,
+            norm_constant=a.norm_constant,
+            global_tokens=batch.global_tokens,
+            global_seqs=batch.global_seqs,
+        )
         adv = torch.from_numpy(batch.advantages)
         predicted = entropy_dynamics.predicted_entropy_change(
-            torch.from_numpy(before["old_logprobs"]), torch.from_numpy(before["entropy"]),
-            torch.from_numpy(before["clipv_n"]), adv, coef * steps, loss_mask,
-            lr=lr, weights=torch.from_numpy(batch.weights))
-        generated = torch.from_numpy(generated_mask([len(c) for c in batch.completion_ids],
-                                                    batch.mask.shape[1]))
+            torch.from_numpy(before["old_logprobs"]),
+            torch.from_numpy(before["entropy"]),
+            torch.from_numpy(before["clipv_n"]),
+            adv,
+            coef * steps,
+            loss_mask,
+            lr=lr,
+            weights=torch.from_numpy(batch.weights),
+        )
+        generated = torch.from_numpy(
+            generated_mask([len(c) for c in batch.completion_ids], batch.mask.shape[1])
+        )
         measured = torch.from_numpy(after - before["entropy"])
         out = entropy_dynamics.entropy_dynamics_metrics(predicted, measured, adv, generated)
         return {f"entropy_dynamics/{k}": v for k, v in out.items()}
@@ -384,9 +442,14 @@ class Trainer:
         # as a resumed run does: the seed depends on the step alone
         self.generators.reseed(sampling_seed(self.cfg.rollout.seed, EVAL_EPOCH, step))
 
-        results = evaluate(generator_fn(self.generators), self.eval_sets, n=self.G, ks=(1, self.G),
-                           grader=Grader(scorers={"math": self.rewarder}),
-                           too_long=lambda qs: [q in self.eval_overlong for q in qs])
+        results = evaluate(
+            generator_fn(self.generators),
+            self.eval_sets,
+            n=self.G,
+            ks=(1, self.G),
+            grader=Grader(scorers={"math": self.rewarder}),
+            too_long=lambda qs: [q in self.eval_overlong for q in qs],
+        )
         out = eval_metrics(results)
         with (self.run_dir / "eval.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **out}) + "\n")
@@ -397,9 +460,14 @@ class Trainer:
     def fit(self) -> dict:
         cfg, total = self.cfg, self.cfg.trainer.total_steps
         start = self._maybe_resume()
-        logger = RunLogger(self.run_dir, total_steps=total, wandb_cfg=cfg.logger.wandb,
-                           config=OmegaConf.to_container(cfg, resolve=True),
-                           progress_bar=cfg.logger.progress_bar, start_step=start)
+        logger = RunLogger(
+            self.run_dir,
+            total_steps=total,
+            wandb_cfg=cfg.logger.wandb,
+            config=OmegaConf.to_container(cfg, resolve=True),
+            progress_bar=cfg.logger.progress_bar,
+            start_step=start,
+        )
         before = self.evaluate(0) if start == 0 and self.eval_sets else {}
         prefetch = Prefetcher(self._draw, self._generate, self.sampler)
         last: dict = {}
@@ -428,15 +496,23 @@ class Trainer:
                 step_s = time.perf_counter() - t0
                 metrics.update({**self._resume_probe, **sync_metrics})
                 self._resume_probe = {}
-                if self.eval_sets and (step == total or (cfg.trainer.eval_every
-                                                         and step % cfg.trainer.eval_every == 0)):
+                if self.eval_sets and (
+                    step == total or (cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0)
+                ):
                     with timer("eval"):
                         metrics.update(self.evaluate(step))
-                metrics.update({**timer.times, "step": step, "version": self.version,
-                                "policy_lag/mean": float(np.mean([self.version - 1 - c.version
-                                                                  for c in rollout.completions])),
-                                "timing/step_s": step_s,
-                                "perf/tokens_per_s": metrics["tokens/generated"] / max(step_s, 1e-9)})
+                metrics.update(
+                    {
+                        **timer.times,
+                        "step": step,
+                        "version": self.version,
+                        "policy_lag/mean": float(
+                            np.mean([self.version - 1 - c.version for c in rollout.completions])
+                        ),
+                        "timing/step_s": step_s,
+                        "perf/tokens_per_s": metrics["tokens/generated"] / max(step_s, 1e-9),
+                    }
+                )
                 logger.log(metrics)
                 self._log_samples(step, rollout)
                 last = metrics
@@ -455,30 +531,42 @@ class Trainer:
         """samples.jsonl: which problems each step trained on, and one completion per group, so
         a user can read what the model writes (and a resumed run can be audited)."""
         G = self.G
-        row = {"step": step, "problem_ids": [p.id for p in rollout.problems],
-               "examples": [{"question": p.question, "gold": p.answer,
-                             "completion": rollout.completions[b * G].text,
-                             "reward": float(rollout.rewards[b * G]),
-                             "status": rollout.results[b * G].status}
-                            for b, p in enumerate(rollout.problems[:4])]}
+        row = {
+            "step": step,
+            "problem_ids": [p.id for p in rollout.problems],
+            "examples": [
+                {
+                    "question": p.question,
+                    "gold": p.answer,
+                    "completion": rollout.completions[b * G].text,
+                    "reward": float(rollout.rewards[b * G]),
+                    "status": rollout.results[b * G].status,
+                }
+                for b, p in enumerate(rollout.problems[:4])
+            ],
+        }
         with (self.run_dir / "samples.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
     # ------------------------------------------------------------------ checkpoint / resume
 
-    def save(self, step: int, sampler_state: Optional[dict] = None) -> Path:
+    def save(self, step: int, sampler_state: dict | None = None) -> Path:
         path = checkpoint.step_dir(self.run_dir, step)
         path.mkdir(parents=True, exist_ok=True)
         with self._learners_on_device():
             self.learners.save_checkpoint(str(path / "learner"))
             self.learners.save_hf(str(path / "hf"))
-        checkpoint.write_state(path, {
-            "step": step, "version": self.version,
-            # overlap mode: the batch in flight was never trained on, so resume before it
-            "sampler": sampler_state or self.sampler.state_dict(),
-            "rng": checkpoint.rng_state(),
-            "learner_updates": self.learners.updates,  # seeds the mini-batch shuffle
-        })
+        checkpoint.write_state(
+            path,
+            {
+                "step": step,
+                "version": self.version,
+                # overlap mode: the batch in flight was never trained on, so resume before it
+                "sampler": sampler_state or self.sampler.state_dict(),
+                "rng": checkpoint.rng_state(),
+                "learner_updates": self.learners.updates,  # seeds the mini-batch shuffle
+            },
+        )
         checkpoint.mark_complete(path)
         checkpoint.prune(self.run_dir, self.cfg.trainer.keep_checkpoints)
         log.info("saved checkpoint %s", path)
@@ -530,9 +618,13 @@ class Trainer:
 
 
 # the README's headline names ("Output") of the learner's numbers: name -> (key, if absent)
-HEADLINE = {"loss": ("actor/loss", None), "grad_norm": ("actor/grad_norm", None),
-            "clip_frac": ("actor/clip_frac", None), "approx_kl": ("actor/approx_kl", None),
-            "kl/mean": ("actor/ref_kl", 0.0)}
+HEADLINE = {
+    "loss": ("actor/loss", None),
+    "grad_norm": ("actor/grad_norm", None),
+    "clip_frac": ("actor/clip_frac", None),
+    "approx_kl": ("actor/approx_kl", None),
+    "kl/mean": ("actor/ref_kl", 0.0),
+}
 
 
 def batch_metrics(completions: list[Completion], rewards: np.ndarray, results: list) -> dict:
@@ -574,7 +666,7 @@ def merge_reward_metrics(rounds: list[tuple[dict, int]], kept: list) -> dict[str
     out: dict[str, float] = {}
     for key in dict.fromkeys(k for m, _ in rounds for k in m):
         if key.endswith("_count"):
-            out[key] = float(statuses.count(key[len("reward/"):-len("_count")]))
+            out[key] = float(statuses.count(key[len("reward/") : -len("_count")]))
         elif key == "reward/mean_score":
             out[key] = float(np.mean([r.score for r in kept])) if kept else 0.0
         elif key in ("reward/latency_s", "reward/worker_restarts", "reward/actor_restarts"):

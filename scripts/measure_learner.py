@@ -36,14 +36,29 @@ def main() -> None:
     from egsw_rl.bench import learner_throughput
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    ray.init(address="local", num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1",
-             runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"],
-                                       "TOKENIZERS_PARALLELISM": "false"}})
+    ray.init(
+        address="local",
+        num_cpus=8,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        runtime_env={
+            "env_vars": {
+                "VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"],
+                "TOKENIZERS_PARALLELISM": "false",
+            }
+        },
+    )
     try:
         for ranks in [int(r) for r in args.ranks.split(",")]:
-            row = learner_throughput(args.model, ranks, seqs=args.seqs, max_completion=args.max_completion,
-                                     updates=args.updates, micro_batch_tokens=args.micro_batch_tokens,
-                                     push=args.pushes if args.push else 0)
+            row = learner_throughput(
+                args.model,
+                ranks,
+                seqs=args.seqs,
+                max_completion=args.max_completion,
+                updates=args.updates,
+                micro_batch_tokens=args.micro_batch_tokens,
+                push=args.pushes if args.push else 0,
+            )
             print(json.dumps(row), flush=True)
     finally:
         ray.shutdown()

@@ -29,8 +29,16 @@ def _model_path(name: str) -> str:
     if name == "medium":
         from egsw_rl.testing import tiny_model
 
-        return str(tiny_model(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=8,
-                              intermediate_size=1536, vocab_size=512))
+        return str(
+            tiny_model(
+                hidden_size=512,
+                num_layers=8,
+                num_heads=8,
+                num_kv_heads=8,
+                intermediate_size=1536,
+                vocab_size=512,
+            )
+        )
     from egsw_rl.models import resolve_model_path
 
     return resolve_model_path(name)
@@ -47,14 +55,24 @@ def measure_generation(group, args) -> dict:
         wall = time.perf_counter() - t0
         tokens = sum(len(c.token_ids) for c in comps)
         engine = group.stats()
-        runs.append({"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
-                     "engine_tokens_per_s": sum(s["tokens_per_s"] for s in engine),
-                     "mean_len": tokens / len(comps),
-                     "stop_frac": sum(c.finish_reason == "stop" for c in comps) / len(comps)})
-    return {"batch": args.batch, "G": args.g, "max_tokens": args.max_tokens,
-            "tokens_per_s_median": statistics.median(r["tokens_per_s"] for r in runs),
-            "engine_tokens_per_s_median": statistics.median(r["engine_tokens_per_s"] for r in runs),
-            "runs": runs}
+        runs.append(
+            {
+                "tokens": tokens,
+                "wall_s": wall,
+                "tokens_per_s": tokens / wall,
+                "engine_tokens_per_s": sum(s["tokens_per_s"] for s in engine),
+                "mean_len": tokens / len(comps),
+                "stop_frac": sum(c.finish_reason == "stop" for c in comps) / len(comps),
+            }
+        )
+    return {
+        "batch": args.batch,
+        "G": args.g,
+        "max_tokens": args.max_tokens,
+        "tokens_per_s_median": statistics.median(r["tokens_per_s"] for r in runs),
+        "engine_tokens_per_s_median": statistics.median(r["engine_tokens_per_s"] for r in runs),
+        "runs": runs,
+    }
 
 
 def _copy_baseline(nbytes: int, repeats: int = 5) -> float:
@@ -90,18 +108,31 @@ def measure_sync(group, model_path: str, args) -> dict:
         out = sync.push(probe=True)
         wall = time.perf_counter() - t0
         if i:  # the first sync pays one-off costs (checkpoint scan, allocator)
-            runs.append({"wall_s": wall, "send_s": out["sync/send_s"], "recv_s": out["sync/recv_s"],
-                         "load_s": out["sync/load_s"], "logprob_diff_max": out["sync/logprob_diff_max"]})
+            runs.append(
+                {
+                    "wall_s": wall,
+                    "send_s": out["sync/send_s"],
+                    "recv_s": out["sync/recv_s"],
+                    "load_s": out["sync/load_s"],
+                    "logprob_diff_max": out["sync/logprob_diff_max"],
+                }
+            )
     nbytes = int(out["sync/bytes"])
     wall = statistics.median(r["wall_s"] for r in runs)
-    return {"bytes": nbytes, "MB": nbytes / 2**20, "buckets": len(buckets), "bucket_mb": args.bucket_mb,
-            "sync_s_median": wall, "sync_MB_per_s": nbytes / 2**20 / wall,
-            "send_s_median": statistics.median(r["send_s"] for r in runs),
-            "load_s_median": statistics.median(r["load_s"] for r in runs),
-            "tensor_copy_MB_per_s": _copy_baseline(nbytes),
-            "gloo_broadcast_MB_per_s": _gloo_baseline(nbytes),
-            "logprob_diff_max": float(np.max([r["logprob_diff_max"] for r in runs])),
-            "runs": runs}
+    return {
+        "bytes": nbytes,
+        "MB": nbytes / 2**20,
+        "buckets": len(buckets),
+        "bucket_mb": args.bucket_mb,
+        "sync_s_median": wall,
+        "sync_MB_per_s": nbytes / 2**20 / wall,
+        "send_s_median": statistics.median(r["send_s"] for r in runs),
+        "load_s_median": statistics.median(r["load_s"] for r in runs),
+        "tensor_copy_MB_per_s": _copy_baseline(nbytes),
+        "gloo_broadcast_MB_per_s": _gloo_baseline(nbytes),
+        "logprob_diff_max": float(np.max([r["logprob_diff_max"] for r in runs])),
+        "runs": runs,
+    }
 
 
 def main() -> int:
@@ -124,16 +155,32 @@ def main() -> int:
     from egsw_rl.config import ModelConfig, RolloutConfig
 
     path = _model_path(args.model)
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False)
-    rollout = RolloutConfig(num_generators=args.generators, cpu_kvcache_gib=args.kv_gib,
-                            max_model_len=max(1024, args.max_tokens + 256), max_tokens=args.max_tokens,
-                            n=args.g, temperature=1.0, logprobs=20)
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+    )
+    rollout = RolloutConfig(
+        num_generators=args.generators,
+        cpu_kvcache_gib=args.kv_gib,
+        max_model_len=max(1024, args.max_tokens + 256),
+        max_tokens=args.max_tokens,
+        n=args.g,
+        temperature=1.0,
+        logprobs=20,
+    )
     t0 = time.perf_counter()
     group = GeneratorGroup(ModelConfig(path=path), rollout, "cpu")
-    result = {"model": args.model, "path": path, "generators": args.generators,
-              "engine_start_s": time.perf_counter() - t0, "cpus": os.cpu_count(),
-              "load_avg_start": os.getloadavg()[0]}
+    result = {
+        "model": args.model,
+        "path": path,
+        "generators": args.generators,
+        "engine_start_s": time.perf_counter() - t0,
+        "cpus": os.cpu_count(),
+        "load_avg_start": os.getloadavg()[0],
+    }
     try:
         if "gen" in args.what:
             result["generation"] = measure_generation(group, args)

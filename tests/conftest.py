@@ -41,8 +41,12 @@ def ray_session():
             include_dashboard=False,
             log_to_driver=True,
             _node_ip_address="127.0.0.1",
-            runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"],
-                                      "TOKENIZERS_PARALLELISM": "false"}},
+            runtime_env={
+                "env_vars": {
+                    "VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"],
+                    "TOKENIZERS_PARALLELISM": "false",
+                }
+            },
         )
     yield ray
     ray.shutdown()

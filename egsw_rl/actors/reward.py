@@ -21,7 +21,8 @@ import dataclasses
 import logging
 import math
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import ray
 
@@ -48,13 +49,18 @@ class RewardWorkerPool:
     starts) is accepted and ignored, so the whole `reward` config section can be passed as is.
     """
 
-    def __init__(self, workers: int = 2, timeout_s: float = 5.0, num_actors: Optional[int] = None,
-                 **reward_options) -> None:
+    def __init__(
+        self, workers: int = 2, timeout_s: float = 5.0, num_actors: int | None = None, **reward_options
+    ) -> None:
         self._pool = RewardPool(workers=workers, timeout_s=timeout_s, **reward_options)
         self._scored = 0
 
-    def score(self, completions: Sequence[str], golds: Sequence[str],
-              choices: Optional[Sequence[Optional[Sequence[str]]]] = None) -> tuple[list[RewardResult], dict]:
+    def score(
+        self,
+        completions: Sequence[str],
+        golds: Sequence[str],
+        choices: Sequence[Sequence[str] | None] | None = None,
+    ) -> tuple[list[RewardResult], dict]:
         out = self._pool.score(list(completions), list(golds), choices)
         self._scored += len(completions)
         return out
@@ -101,8 +107,14 @@ def gather_in_order(n: int, pieces: Sequence[tuple[int, int, Sequence]]) -> list
     return out
 
 
-def auto_workers(node_cpus: float, reserved_cpus: float, actors_on_node: int, *,
-                 headroom: float = AUTO_HEADROOM_CPUS, cap: int = AUTO_MAX_WORKERS) -> int:
+def auto_workers(
+    node_cpus: float,
+    reserved_cpus: float,
+    actors_on_node: int,
+    *,
+    headroom: float = AUTO_HEADROOM_CPUS,
+    cap: int = AUTO_MAX_WORKERS,
+) -> int:
     """Grading processes per reward actor for `reward.workers: auto`:
 
         min(cap, max(1, floor((node_cpus - reserved_cpus - headroom) / actors_on_node)))
@@ -132,8 +144,10 @@ def plan_workers(workers: Any, plan, node_cpus: dict[str, float]) -> list[int]:
     actors: dict[str, int] = {}
     for i in idx:
         actors[plan.nodes[i]] = actors.get(plan.nodes[i], 0) + 1
-    return [auto_workers(node_cpus.get(plan.nodes[i], 0.0), reserved[plan.nodes[i]], actors[plan.nodes[i]])
-            for i in idx]
+    return [
+        auto_workers(node_cpus.get(plan.nodes[i], 0.0), reserved[plan.nodes[i]], actors[plan.nodes[i]])
+        for i in idx
+    ]
 
 
 def node_cpus() -> dict[str, float]:
@@ -181,9 +195,10 @@ class _Slice:
 @dataclasses.dataclass
 class Scoring:
     """One submitted batch: its inputs (kept for a retry) and one slice per actor."""
+
     texts: list
     golds: list
-    choices: Optional[list]
+    choices: list | None
     slices: list
     submitted: float
 
@@ -193,9 +208,16 @@ class RewardGroup:
     grading processes in actor i. `score` has the signature of `RewardPool.score`, so the group is
     also the evaluator's grader (`eval.Grader(scorers=...)`)."""
 
-    def __init__(self, reward_options: dict, workers: Sequence[int], *, placement_group=None,
-                 bundle_indices: Optional[Sequence[int]] = None, num_cpus: float = 0.5,
-                 ready_timeout_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        reward_options: dict,
+        workers: Sequence[int],
+        *,
+        placement_group=None,
+        bundle_indices: Sequence[int] | None = None,
+        num_cpus: float = 0.5,
+        ready_timeout_s: float = 300.0,
+    ) -> None:
         self.options = {k: v for k, v in dict(reward_options).items() if k not in ("workers", "num_actors")}
         self.workers = [int(w) for w in workers]
         if not self.workers:
@@ -213,11 +235,16 @@ class RewardGroup:
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
             opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                placement_group=self.pg, placement_group_bundle_index=int(self.bundles[i]))
+                placement_group=self.pg, placement_group_bundle_index=int(self.bundles[i])
+            )
         return RewardActor.options(**opts).remote(workers=self.workers[i], **self.options)
 
-    def submit(self, texts: Sequence[str], golds: Sequence[str],
-               choices: Optional[Sequence[Optional[Sequence[str]]]] = None) -> Scoring:
+    def submit(
+        self,
+        texts: Sequence[str],
+        golds: Sequence[str],
+        choices: Sequence[Sequence[str] | None] | None = None,
+    ) -> Scoring:
         """Send each actor its contiguous slice; returns at once."""
         texts, golds = list(texts), list(golds)
         if len(golds) != len(texts):
@@ -231,8 +258,9 @@ class RewardGroup:
 
     def _send(self, a: int, s: int, e: int, job: Scoring, retried: bool = False) -> _Slice:
         handle = self.actors[a]
-        ref = handle.score.remote(job.texts[s:e], job.golds[s:e],
-                                  None if job.choices is None else job.choices[s:e])
+        ref = handle.score.remote(
+            job.texts[s:e], job.golds[s:e], None if job.choices is None else job.choices[s:e]
+        )
         return _Slice(a, s, e, ref, handle, retried)
 
     def _get(self, sl: _Slice, job: Scoring):
@@ -242,8 +270,12 @@ class RewardGroup:
             if sl.retried:
                 raise
             if self.actors[sl.actor] is sl.handle:  # the first slice to see this death replaces it
-                log.warning("reward actor %d died (%s); starting a fresh one and scoring its %d "
-                            "samples again", sl.actor, type(e).__name__, sl.end - sl.start)
+                log.warning(
+                    "reward actor %d died (%s); starting a fresh one and scoring its %d samples again",
+                    sl.actor,
+                    type(e).__name__,
+                    sl.end - sl.start,
+                )
                 try:
                     ray.kill(sl.handle)
                 except Exception:  # noqa: BLE001 - already gone
@@ -269,8 +301,12 @@ class RewardGroup:
         metrics["reward/actor_restarts"] = float(self.restarts - restarts0)
         return results, metrics
 
-    def score(self, completions: Sequence[str], golds: Sequence[str],
-              choices: Optional[Sequence[Optional[Sequence[str]]]] = None) -> tuple[list[RewardResult], dict]:
+    def score(
+        self,
+        completions: Sequence[str],
+        golds: Sequence[str],
+        choices: Sequence[Sequence[str] | None] | None = None,
+    ) -> tuple[list[RewardResult], dict]:
         return self.result([self.submit(completions, golds, choices)])
 
     def scored(self) -> list[int]:

@@ -21,9 +21,15 @@ from egsw_rl.algos.gtpo import (
     gtpo_advantages,
     gtpo_token_rewards,
 )
-from egsw_rl.algos.loss import AGGREGATIONS, agg_loss, k3_kl, loss_normalizers, policy_loss, reduce_loss_metrics
+from egsw_rl.algos.loss import (
+    AGGREGATIONS,
+    agg_loss,
+    k3_kl,
+    loss_normalizers,
+    policy_loss,
+    reduce_loss_metrics,
+)
 from egsw_rl.algos.masks import clipb_mask, clipv_mask, entropy_discriminator, high_entropy_mask
-from egsw_rl.algos.rollout_correction import ROLLOUT_CORRECTIONS, reduce_rollout_is, rollout_is_weights
 from egsw_rl.algos.registry import (
     ADVANTAGES,
     MASKS,
@@ -37,16 +43,51 @@ from egsw_rl.algos.registry import (
     register_weighting,
     selected,
 )
+from egsw_rl.algos.rollout_correction import ROLLOUT_CORRECTIONS, reduce_rollout_is, rollout_is_weights
 from egsw_rl.algos.shaping import shape_batch
 
 __all__ = [
-    "ADVANTAGES", "ADVANTAGE_MODES", "AGGREGATIONS", "MASKS", "Method", "ROLLOUT_CORRECTIONS",
-    "TOPK_METHODS", "WEIGHTS", "ZSCORE_MODES",
-    "agg_loss", "all_equal_groups", "clipb_mask", "clipv_mask", "clipv_stats_from_logits",
-    "dynamic_sampling_keep", "egsw_diagnostics", "egsw_weights", "entropy_discriminator",
-    "entropy_from_logits", "get_advantage", "get_mask", "get_weighting", "group_advantages",
-    "grpo_s_advantages", "grpo_s_rewards", "gtpo_advantages", "gtpo_token_rewards",
-    "high_entropy_mask", "k3_kl", "loss_normalizers", "normalized_entropy",
-    "overlong_penalty", "policy_loss", "reduce_loss_metrics", "reduce_rollout_is", "register_advantage", "register_mask",
-    "register_weighting", "rollout_is_weights", "selected", "shape_batch", "topk_entropy", "topk_tail_mass",
+    "ADVANTAGES",
+    "ADVANTAGE_MODES",
+    "AGGREGATIONS",
+    "MASKS",
+    "Method",
+    "ROLLOUT_CORRECTIONS",
+    "TOPK_METHODS",
+    "WEIGHTS",
+    "ZSCORE_MODES",
+    "agg_loss",
+    "all_equal_groups",
+    "clipb_mask",
+    "clipv_mask",
+    "clipv_stats_from_logits",
+    "dynamic_sampling_keep",
+    "egsw_diagnostics",
+    "egsw_weights",
+    "entropy_discriminator",
+    "entropy_from_logits",
+    "get_advantage",
+    "get_mask",
+    "get_weighting",
+    "group_advantages",
+    "grpo_s_advantages",
+    "grpo_s_rewards",
+    "gtpo_advantages",
+    "gtpo_token_rewards",
+    "high_entropy_mask",
+    "k3_kl",
+    "loss_normalizers",
+    "normalized_entropy",
+    "overlong_penalty",
+    "policy_loss",
+    "reduce_loss_metrics",
+    "reduce_rollout_is",
+    "register_advantage",
+    "register_mask",
+    "register_weighting",
+    "rollout_is_weights",
+    "selected",
+    "shape_batch",
+    "topk_entropy",
+    "topk_tail_mass",
 ]

@@ -39,7 +39,7 @@ def group_advantages(rewards: Tensor, *, group_size: int, mode: str = "grpo", ep
     grouped = r.view(-1, g)
     # an all-equal group has no signal; its mean is not exact in floating point (ten 0.1s do not
     # average to 0.1 in fp32), and the rounding divided by std + eps would leave A ~ 1e-2
-    equal = (grouped.amax(dim=1, keepdim=True) == grouped.amin(dim=1, keepdim=True))
+    equal = grouped.amax(dim=1, keepdim=True) == grouped.amin(dim=1, keepdim=True)
     centred = torch.where(equal, 0.0, grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1)
     if mode == "dr_grpo":
         return centred

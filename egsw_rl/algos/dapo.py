@@ -42,5 +42,7 @@ def overlong_penalty(lengths: Tensor, *, max_len: int, cache_len: int) -> Tensor
     y = ln.to(torch.float64)
     start = max_len - cache_len
     soft = (start - y) / cache_len if cache_len > 0 else torch.zeros_like(y)
-    out = torch.where(y <= start, torch.zeros_like(y), torch.where(y <= max_len, soft, torch.full_like(y, -1.0)))
+    out = torch.where(
+        y <= start, torch.zeros_like(y), torch.where(y <= max_len, soft, torch.full_like(y, -1.0))
+    )
     return out.to(C.work_dtype(ln) if ln.is_floating_point() else torch.float32)

@@ -30,13 +30,17 @@ ENTROPY_NORMS = ("log_vocab", "none")
 TRAJECTORY_ENTROPY = ("mean", "sum")
 
 
-def normalized_entropy(entropy: Tensor, *, entropy_norm: str = "log_vocab", vocab_size: int | None = None) -> Tensor:
+def normalized_entropy(
+    entropy: Tensor, *, entropy_norm: str = "log_vocab", vocab_size: int | None = None
+) -> Tensor:
     """H / log|V| (`log_vocab`, in [0, 1]) or H unchanged (`none`)."""
     C.choice(entropy_norm, "entropy_norm", ENTROPY_NORMS)
     if entropy_norm == "none":
         return entropy
     if vocab_size is None or isinstance(vocab_size, bool) or int(vocab_size) < 2:
-        raise ValueError(f"vocab_size (an int >= 2) is required for entropy_norm='log_vocab', got {vocab_size!r}")
+        raise ValueError(
+            f"vocab_size (an int >= 2) is required for entropy_norm='log_vocab', got {vocab_size!r}"
+        )
     return entropy / math.log(int(vocab_size))
 
 
@@ -101,7 +105,9 @@ def egsw_weights(
 
     if granularity == "step":
         scores = (a + alpha * hn) / p
-        w = _masked_softmax(_set_view(scores, normalize_over, g), _set_view(m, normalize_over, g), bool(rescale))
+        w = _masked_softmax(
+            _set_view(scores, normalize_over, g), _set_view(m, normalize_over, g), bool(rescale)
+        )
         return w.reshape(m.shape)
 
     lengths = m.sum(dim=1)
@@ -110,7 +116,9 @@ def egsw_weights(
     h_seq = hn.sum(dim=1) if trajectory_entropy == "sum" else hn.sum(dim=1) / denom
     a_seq = advantages.to(dt) if advantages.dim() == 1 else a.sum(dim=1) / denom
     scores = (a_seq + alpha * h_seq) / p
-    w_seq = _masked_softmax(_set_view(scores, normalize_over, g), _set_view(nonempty, normalize_over, g), bool(rescale))
+    w_seq = _masked_softmax(
+        _set_view(scores, normalize_over, g), _set_view(nonempty, normalize_over, g), bool(rescale)
+    )
     return w_seq.reshape(-1)[:, None] * m.to(dt)
 
 
@@ -137,8 +145,13 @@ def egsw_diagnostics(
     g = C.group_size(m.shape[0], group_size if normalize_over == "group" else max(m.shape[0], 1))
     dt = C.work_dtype(w)
     w = torch.where(m, w.to(dt), 0.0)
-    out = {"egsw/weight_max": 0.0, "egsw/weight_min": 0.0, "egsw/weight_mean": 0.0,
-           "egsw/ess_frac": 1.0, "egsw/ess_frac_min": 1.0}
+    out = {
+        "egsw/weight_max": 0.0,
+        "egsw/weight_min": 0.0,
+        "egsw/weight_mean": 0.0,
+        "egsw/ess_frac": 1.0,
+        "egsw/ess_frac_min": 1.0,
+    }
     if not bool(m.any()):
         return out
     vals = w[m]
@@ -163,9 +176,20 @@ def egsw_diagnostics(
 
 
 # The EGSW weighting is egsw_weights itself: it reads these algo config fields by name.
-register_weighting("egsw", reads=("alpha", "temperature", "granularity", "normalize_over", "entropy_norm",
-                                  "trajectory_entropy", "rescale"),
-                   entropy=True, diagnostics=egsw_diagnostics)(egsw_weights)
+register_weighting(
+    "egsw",
+    reads=(
+        "alpha",
+        "temperature",
+        "granularity",
+        "normalize_over",
+        "entropy_norm",
+        "trajectory_entropy",
+        "rescale",
+    ),
+    entropy=True,
+    diagnostics=egsw_diagnostics,
+)(egsw_weights)
 
 
 @register_weighting("none")

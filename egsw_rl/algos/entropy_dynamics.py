@@ -30,22 +30,37 @@ from egsw_rl.algos.loss import agg_loss
 __all__ = ["loss_coefficients", "predicted_entropy_change", "entropy_dynamics_metrics"]
 
 
-def loss_coefficients(mask: Tensor, agg: str, *, norm_constant: float | None = None,
-                      global_tokens: float | None = None, global_seqs: float | None = None) -> Tensor:
+def loss_coefficients(
+    mask: Tensor,
+    agg: str,
+    *,
+    norm_constant: float | None = None,
+    global_tokens: float | None = None,
+    global_seqs: float | None = None,
+) -> Tensor:
     """c_t = d agg_loss / d x_t for every token (0 outside the mask): the aggregation is linear in
     x, so its gradient at any point is the per-token coefficient."""
     m = C.mask2d(mask)
     x = torch.zeros(m.shape, dtype=torch.float64, requires_grad=True)
     with torch.enable_grad():
-        agg_loss(x, m, agg, norm_constant=norm_constant, global_tokens=global_tokens,
-                 global_seqs=global_seqs).backward()
+        agg_loss(
+            x, m, agg, norm_constant=norm_constant, global_tokens=global_tokens, global_seqs=global_seqs
+        ).backward()
     return x.grad.detach()
 
 
 @torch.no_grad()
-def predicted_entropy_change(sampled_logprobs: Tensor, entropy: Tensor, expected_s: Tensor,
-                             advantages: Tensor, coefficients: Tensor, mask: Tensor, *,
-                             lr: float, weights: Tensor | None = None) -> Tensor:
+def predicted_entropy_change(
+    sampled_logprobs: Tensor,
+    entropy: Tensor,
+    expected_s: Tensor,
+    advantages: Tensor,
+    coefficients: Tensor,
+    mask: Tensor,
+    *,
+    lr: float,
+    weights: Tensor | None = None,
+) -> Tensor:
     """dH_t = -lr * c_t * W_t * A_t * (S_t - N_t) per token ([N, T], 0 outside the mask).
 
     sampled_logprobs / entropy / expected_s (N) are the policy's before the step, on the full
@@ -62,8 +77,9 @@ def predicted_entropy_change(sampled_logprobs: Tensor, entropy: Tensor, expected
 
 
 @torch.no_grad()
-def entropy_dynamics_metrics(predicted: Tensor, measured: Tensor, advantages: Tensor,
-                             mask: Tensor) -> dict[str, float]:
+def entropy_dynamics_metrics(
+    predicted: Tensor, measured: Tensor, advantages: Tensor, mask: Tensor
+) -> dict[str, float]:
     """The step's summary, over the valid tokens of `mask`:
 
     predicted_delta / measured_delta: mean per-token entropy change, predicted (first order) and
@@ -74,11 +90,16 @@ def entropy_dynamics_metrics(predicted: Tensor, measured: Tensor, advantages: Te
     p = C.same_shape(predicted, m, "predicted").double()[m]
     d = C.same_shape(measured, m, "measured").double()[m]
     a = C.per_token(advantages, m)[m]
-    out = {"predicted_delta": float(p.mean()) if p.numel() else 0.0,
-           "measured_delta": float(d.mean()) if d.numel() else 0.0,
-           "token_corr": _corr(p, d)}
-    for name, sel in (("decrease_frac", torch.ones_like(a, dtype=torch.bool)),
-                      ("decrease_frac_pos_adv", a > 0), ("decrease_frac_neg_adv", a < 0)):
+    out = {
+        "predicted_delta": float(p.mean()) if p.numel() else 0.0,
+        "measured_delta": float(d.mean()) if d.numel() else 0.0,
+        "token_corr": _corr(p, d),
+    }
+    for name, sel in (
+        ("decrease_frac", torch.ones_like(a, dtype=torch.bool)),
+        ("decrease_frac_pos_adv", a > 0),
+        ("decrease_frac_neg_adv", a < 0),
+    ):
         out[name] = float((p[sel] < 0).double().mean()) if bool(sel.any()) else 0.0
     return out
 

@@ -40,8 +40,16 @@ def _inputs(rewards: Tensor, entropy: Tensor, mask: Tensor, group_size: int, flo
 
 
 @torch.no_grad()
-def gtpo_token_rewards(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size: int,
-                       alpha1: float = 1.0, alpha2: float = 0.1, entropy_floor: float = 1e-3) -> Tensor:
+def gtpo_token_rewards(
+    rewards: Tensor,
+    entropy: Tensor,
+    mask: Tensor,
+    *,
+    group_size: int,
+    alpha1: float = 1.0,
+    alpha2: float = 0.1,
+    entropy_floor: float = 1e-3,
+) -> Tensor:
     """Shaped token rewards [N, T] (arXiv 2508.04349 Eq. 3 for O+, Eq. 5 for O-; 0 on padding).
 
     O+: alpha1 * R_i + alpha2 * d_t * H_it / sum_{O+_t} H
@@ -86,9 +94,18 @@ def _zscore(x: Tensor, sel: Tensor, k: int, *, center: bool, eps: float) -> Tens
 
 @register_advantage("gtpo", reads=("alpha1", "alpha2", "zscore"), entropy=True)
 @torch.no_grad()
-def gtpo_advantages(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size: int,
-                    alpha1: float = 1.0, alpha2: float = 0.1, zscore: str = "separate",
-                    entropy_floor: float = 1e-3, eps: float = 1e-6) -> Tensor:
+def gtpo_advantages(
+    rewards: Tensor,
+    entropy: Tensor,
+    mask: Tensor,
+    *,
+    group_size: int,
+    alpha1: float = 1.0,
+    alpha2: float = 0.1,
+    zscore: str = "separate",
+    entropy_floor: float = 1e-3,
+    eps: float = 1e-6,
+) -> Tensor:
     """GTPO token advantages A[N, T] (arXiv 2508.04349 Eq. 6), 0 on padding.
 
     zscore: separate (O+ tokens and O- tokens each standardised over the whole batch, as the
@@ -99,8 +116,15 @@ def gtpo_advantages(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_siz
     A group of size 1 gives 0, as in GRPO.
     """
     C.choice(zscore, "zscore", ZSCORE_MODES)
-    rt = gtpo_token_rewards(rewards, entropy, mask, group_size=group_size, alpha1=alpha1,
-                            alpha2=alpha2, entropy_floor=entropy_floor)
+    rt = gtpo_token_rewards(
+        rewards,
+        entropy,
+        mask,
+        group_size=group_size,
+        alpha1=alpha1,
+        alpha2=alpha2,
+        entropy_floor=entropy_floor,
+    )
     m = C.mask2d(mask)
     if group_size == 1 or m.numel() == 0:
         return torch.zeros_like(rt)
@@ -113,16 +137,27 @@ def gtpo_advantages(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_siz
 
 
 @torch.no_grad()
-def grpo_s_rewards(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size: int,
-                   beta1: float = 1.0, beta2: float = 0.1, entropy_floor: float = 1e-3) -> Tensor:
+def grpo_s_rewards(
+    rewards: Tensor,
+    entropy: Tensor,
+    mask: Tensor,
+    *,
+    group_size: int,
+    beta1: float = 1.0,
+    beta2: float = 0.1,
+    entropy_floor: float = 1e-3,
+) -> Tensor:
     """Shaped sequence rewards rh[N] from the mean (clamped) token entropy Hbar_i of each sequence.
 
-    O+: beta1 * R_i + beta2 * n * Hbar_i / sum_{O+} Hbar;  O-: -beta1 - beta2 * m * (1/Hbar_j) / sum_{O-} 1/Hbar.
+    O+: beta1 * R_i + beta2 * n * Hbar_i / sum_{O+} Hbar;
+    O-: -beta1 - beta2 * m * (1/Hbar_j) / sum_{O-} 1/Hbar.
     An empty sequence has Hbar = entropy_floor.
     """
     r, h, m, g, dt = _inputs(rewards, entropy, mask, group_size, entropy_floor)
     lengths = m.sum(dim=1)
-    hbar = torch.where(lengths > 0, (h * m).sum(dim=1) / lengths.clamp_min(1), torch.full_like(r, float(entropy_floor)))
+    hbar = torch.where(
+        lengths > 0, (h * m).sum(dim=1) / lengths.clamp_min(1), torch.full_like(r, float(entropy_floor))
+    )
     hbar = hbar.clamp_min(float(entropy_floor))
     pos = r > 0
 
@@ -139,12 +174,21 @@ def grpo_s_rewards(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size
 
 @register_advantage("grpo_s", reads=("beta1", "beta2"), entropy=True)
 @torch.no_grad()
-def grpo_s_advantages(rewards: Tensor, entropy: Tensor, mask: Tensor, *, group_size: int,
-                      beta1: float = 1.0, beta2: float = 0.1, entropy_floor: float = 1e-3,
-                      eps: float = 1e-6) -> Tensor:
+def grpo_s_advantages(
+    rewards: Tensor,
+    entropy: Tensor,
+    mask: Tensor,
+    *,
+    group_size: int,
+    beta1: float = 1.0,
+    beta2: float = 0.1,
+    entropy_floor: float = 1e-3,
+    eps: float = 1e-6,
+) -> Tensor:
     """GRPO-S sequence advantages A[N]: group z-score (unbiased std) of the shaped rewards rh."""
-    rh = grpo_s_rewards(rewards, entropy, mask, group_size=group_size, beta1=beta1, beta2=beta2,
-                        entropy_floor=entropy_floor)
+    rh = grpo_s_rewards(
+        rewards, entropy, mask, group_size=group_size, beta1=beta1, beta2=beta2, entropy_floor=entropy_floor
+    )
     if group_size == 1:
         return torch.zeros_like(rh)
     grouped = rh.view(-1, group_size)

@@ -17,7 +17,7 @@ and the losses (and gradients) of the micro-batches sum to the whole-batch ones.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor
@@ -31,9 +31,13 @@ LOG_RATIO_CLAMP = 20.0
 
 # metrics that are additive over micro-batches (loss shares) vs token sums that need a count
 _ADDITIVE = ("actor/loss", "actor/pg_loss", "actor/kl_loss", "actor/entropy_loss", "actor/tokens")
-_MEANS = {"actor/clip_frac": "actor/clip_frac_sum", "actor/approx_kl": "actor/approx_kl_sum",
-          "actor/ratio_mean": "actor/ratio_sum", "actor/ref_kl": "actor/ref_kl_sum",
-          "actor/entropy": "actor/entropy_sum"}
+_MEANS = {
+    "actor/clip_frac": "actor/clip_frac_sum",
+    "actor/approx_kl": "actor/approx_kl_sum",
+    "actor/ratio_mean": "actor/ratio_sum",
+    "actor/ref_kl": "actor/ref_kl_sum",
+    "actor/entropy": "actor/entropy_sum",
+}
 
 
 def loss_normalizers(mask: Tensor, agg: str = "seq_mean_token_mean") -> dict[str, int]:
@@ -43,8 +47,15 @@ def loss_normalizers(mask: Tensor, agg: str = "seq_mean_token_mean") -> dict[str
     return {"global_tokens": int(m.sum()), "global_seqs": int(m.shape[0])}
 
 
-def agg_loss(x: Tensor, mask: Tensor, agg: str = "seq_mean_token_mean", *, norm_constant: float | None = None,
-             global_tokens: int | float | Tensor | None = None, global_seqs: int | float | Tensor | None = None) -> Tensor:
+def agg_loss(
+    x: Tensor,
+    mask: Tensor,
+    agg: str = "seq_mean_token_mean",
+    *,
+    norm_constant: float | None = None,
+    global_tokens: int | float | Tensor | None = None,
+    global_seqs: int | float | Tensor | None = None,
+) -> Tensor:
     """Aggregate per-token values x[N, T] over mask[N, T] (see the module docstring)."""
     C.choice(agg, "agg", AGGREGATIONS)
     m = C.mask2d(mask)
@@ -58,7 +69,10 @@ def agg_loss(x: Tensor, mask: Tensor, agg: str = "seq_mean_token_mean", *, norm_
         per_seq = xm.sum(dim=1) / m.sum(dim=1).clamp_min(1).to(x.dtype)
         return per_seq.sum() / _clamp1(seqs, x)
     if norm_constant is None or not float(norm_constant) > 0:
-        raise ValueError(f"norm_constant (the generation budget, > 0) is required for agg='seq_mean_token_sum_norm', got {norm_constant!r}")
+        raise ValueError(
+            "norm_constant (the generation budget, > 0) is required for agg='seq_mean_token_sum_norm', "
+            f"got {norm_constant!r}"
+        )
     return xm.sum() / (float(norm_constant) * _clamp1(seqs, x))
 
 
@@ -158,9 +172,12 @@ def policy_loss(
             "actor/entropy_sum": ent_sum,
         }
         metrics: dict[str, Tensor] = {
-            "actor/loss": loss.detach(), "actor/pg_loss": pg.detach(),
-            "actor/kl_loss": kl_loss.detach(), "actor/entropy_loss": ent_loss.detach(),
-            "actor/tokens": n_tok, **sums,
+            "actor/loss": loss.detach(),
+            "actor/pg_loss": pg.detach(),
+            "actor/kl_loss": kl_loss.detach(),
+            "actor/entropy_loss": ent_loss.detach(),
+            "actor/tokens": n_tok,
+            **sums,
         }
         for mean_key, sum_key in _MEANS.items():
             metrics[mean_key] = sums[sum_key] / n_tok.clamp_min(1)

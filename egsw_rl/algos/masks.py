@@ -26,8 +26,7 @@ from torch import Tensor
 from egsw_rl.algos import _checks as C
 from egsw_rl.algos.registry import register_mask
 
-__all__ = ["entropy_discriminator", "clipb_mask", "clipv_mask", "high_entropy_mask",
-           "CLIPB_MU", "CLIPV_MU"]
+__all__ = ["entropy_discriminator", "clipb_mask", "clipv_mask", "high_entropy_mask", "CLIPB_MU", "CLIPV_MU"]
 
 CLIPB_MU = 2.5
 CLIPV_MU = 8.5
@@ -47,7 +46,9 @@ def _common(advantages: Tensor, sampled_logprobs: Tensor | None, entropy: Tensor
     m = C.mask2d(mask)
     a = C.per_token(advantages, m)
     if sampled_logprobs is None:
-        raise ValueError("sampled_logprobs [N, T] (log-prob of each sampled token) is required for ClipB/ClipV")
+        raise ValueError(
+            "sampled_logprobs [N, T] (log-prob of each sampled token) is required for ClipB/ClipV"
+        )
     lp = C.same_shape(C.tensor(sampled_logprobs, "sampled_logprobs", 2), m, "sampled_logprobs")
     h = C.same_shape(C.tensor(entropy, "entropy", 2), m, "entropy")
     return a, lp, h, m
@@ -62,8 +63,9 @@ def entropy_discriminator(sampled_logprobs: Tensor, entropy: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def clipb_mask(advantages: Tensor, sampled_logprobs: Tensor, entropy: Tensor, mask: Tensor, *,
-               mu: float = CLIPB_MU) -> Tensor:
+def clipb_mask(
+    advantages: Tensor, sampled_logprobs: Tensor, entropy: Tensor, mask: Tensor, *, mu: float = CLIPB_MU
+) -> Tensor:
     """ClipB: drop tokens with A < 0 and S - mean(S) < -mu * std(S); keep all if std(S) < 1e-12."""
     a, lp, h, m = _common(advantages, sampled_logprobs, entropy, mask)
     s = entropy_discriminator(lp, h)
@@ -76,8 +78,16 @@ def clipb_mask(advantages: Tensor, sampled_logprobs: Tensor, entropy: Tensor, ma
 
 
 @torch.no_grad()
-def clipv_mask(advantages: Tensor, sampled_logprobs: Tensor, entropy: Tensor, clipv_n: Tensor, mask: Tensor,
-               *, mu: float = CLIPV_MU, max_frac: float = 1e-4) -> Tensor:
+def clipv_mask(
+    advantages: Tensor,
+    sampled_logprobs: Tensor,
+    entropy: Tensor,
+    clipv_n: Tensor,
+    mask: Tensor,
+    *,
+    mu: float = CLIPV_MU,
+    max_frac: float = 1e-4,
+) -> Tensor:
     """ClipV: with D = N - S, drop tokens with A <= 0 and D > mu * std(D) (population std, mean not
     subtracted). If more than max_frac of the valid tokens qualify, drop only the K = max(int(max_frac
     * n_valid), 1) qualifying tokens with the largest D. Keep all if std(D) < 1e-12.
@@ -85,7 +95,10 @@ def clipv_mask(advantages: Tensor, sampled_logprobs: Tensor, entropy: Tensor, cl
     """
     a, lp, h, m = _common(advantages, sampled_logprobs, entropy, mask)
     if clipv_n is None:
-        raise ValueError("clipv_n [N, T] (from clipv_stats_from_logits, needs entropy_source=learner) is required for ClipV")
+        raise ValueError(
+            "clipv_n [N, T] (from clipv_stats_from_logits, needs entropy_source=learner) "
+            "is required for ClipV"
+        )
     nn = C.same_shape(C.tensor(clipv_n, "clipv_n", 2), m, "clipv_n")
     s = entropy_discriminator(lp, h)
     d = torch.where(m, nn.detach().to(s.dtype) - s, 0.0)
@@ -133,18 +146,39 @@ def _no_mask(advantages: Tensor, entropy: Tensor, mask: Tensor, **_: object) -> 
 
 
 @register_mask("clipb", reads=("mu",), entropy=True)
-def _clipb(advantages: Tensor, entropy: Tensor, mask: Tensor, *, sampled_logprobs: Tensor | None,
-           clipv_n: Tensor | None, **reads: float) -> Tensor:
+def _clipb(
+    advantages: Tensor,
+    entropy: Tensor,
+    mask: Tensor,
+    *,
+    sampled_logprobs: Tensor | None,
+    clipv_n: Tensor | None,
+    **reads: float,
+) -> Tensor:
     return clipb_mask(advantages, sampled_logprobs, entropy, mask, **reads)
 
 
 @register_mask("clipv", reads=("mu", "max_frac"), entropy=True, learner_entropy=True)
-def _clipv(advantages: Tensor, entropy: Tensor, mask: Tensor, *, sampled_logprobs: Tensor | None,
-           clipv_n: Tensor | None, **reads: float) -> Tensor:
+def _clipv(
+    advantages: Tensor,
+    entropy: Tensor,
+    mask: Tensor,
+    *,
+    sampled_logprobs: Tensor | None,
+    clipv_n: Tensor | None,
+    **reads: float,
+) -> Tensor:
     return clipv_mask(advantages, sampled_logprobs, entropy, clipv_n, mask, **reads)
 
 
 @register_mask("high_entropy", reads=("rho",), entropy=True)
-def _high_entropy(advantages: Tensor, entropy: Tensor, mask: Tensor, *, sampled_logprobs: Tensor | None,
-                  clipv_n: Tensor | None, **reads: float) -> Tensor:
+def _high_entropy(
+    advantages: Tensor,
+    entropy: Tensor,
+    mask: Tensor,
+    *,
+    sampled_logprobs: Tensor | None,
+    clipv_n: Tensor | None,
+    **reads: float,
+) -> Tensor:
     return high_entropy_mask(entropy, mask, **reads)

@@ -18,8 +18,9 @@ one field of `config.AlgoConfig`, where Hydra checks its type and refuses a miss
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Method:
     # check asks for algo.entropy_source=learner.
     learner_entropy: bool = False
     # fn(W, M', *, group_size, **params) -> float metrics, logged with this weighting
-    diagnostics: Optional[Callable[..., dict[str, float]]] = None
+    diagnostics: Callable[..., dict[str, float]] | None = None
 
     def params(self, algo: Any) -> dict[str, Any]:
         """The keywords `fn` takes from the algo config (attributes named as in `reads`)."""
@@ -46,8 +47,10 @@ class Method:
             try:
                 value = getattr(algo, key)
             except AttributeError:
-                raise ValueError(f"{self.kind} {self.name!r} reads algo.{key}, which the algo "
-                                 "config does not have (add it to config.AlgoConfig)") from None
+                raise ValueError(
+                    f"{self.kind} {self.name!r} reads algo.{key}, which the algo "
+                    "config does not have (add it to config.AlgoConfig)"
+                ) from None
             if value is not None:
                 out[key] = value
         return out
@@ -81,13 +84,15 @@ def register_advantage(name: str, *, reads=(), entropy: bool = False) -> Callabl
     return _register("advantage", name, reads, entropy=entropy)
 
 
-def register_mask(name: str, *, reads=(), entropy: bool = False,
-                  learner_entropy: bool = False) -> Callable[[Callable], Callable]:
+def register_mask(
+    name: str, *, reads=(), entropy: bool = False, learner_entropy: bool = False
+) -> Callable[[Callable], Callable]:
     return _register("token_mask", name, reads, entropy=entropy, learner_entropy=learner_entropy)
 
 
-def register_weighting(name: str, *, reads=(), entropy: bool = False,
-                       diagnostics: Optional[Callable] = None) -> Callable[[Callable], Callable]:
+def register_weighting(
+    name: str, *, reads=(), entropy: bool = False, diagnostics: Callable | None = None
+) -> Callable[[Callable], Callable]:
     return _register("weighting", name, reads, entropy=entropy, diagnostics=diagnostics)
 
 

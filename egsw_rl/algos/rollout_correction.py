@@ -19,7 +19,7 @@ The weights are detached: they scale the gradient, they are not differentiated.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor
@@ -33,8 +33,9 @@ ROLLOUT_CORRECTIONS = ("none", "tis", "mis")
 
 
 @torch.no_grad()
-def rollout_is_weights(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, *, mode: str = "tis",
-                       cap: float = 2.0) -> tuple[Tensor, dict[str, Tensor]]:
+def rollout_is_weights(
+    old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, *, mode: str = "tis", cap: float = 2.0
+) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-token weights [N, T] for the policy-gradient term (0 outside `mask`), and the
     statistics of the raw ratio rho = exp(old - rollout) over the valid tokens as 0-d tensors:
     `sum`, `count`, `max`, `min` and `clipped` (tokens with rho > cap: truncated by tis, zeroed
@@ -42,7 +43,9 @@ def rollout_is_weights(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Ten
     `reduce_rollout_is`."""
     C.choice(mode, "mode", ROLLOUT_CORRECTIONS)
     if not float(cap) >= 1.0:
-        raise ValueError(f"cap must be >= 1 (a cap below 1 would cut tokens the two policies agree on), got {cap!r}")
+        raise ValueError(
+            f"cap must be >= 1 (a cap below 1 would cut tokens the two policies agree on), got {cap!r}"
+        )
     m = C.mask2d(mask)
     old = C.same_shape(C.tensor(old_logprobs, "old_logprobs", 2), m, "old_logprobs").detach()
     roll = C.same_shape(C.tensor(rollout_logprobs, "rollout_logprobs", 2), m, "rollout_logprobs").detach()
@@ -82,5 +85,9 @@ def reduce_rollout_is(parts: Iterable[Mapping[str, Tensor | float]]) -> dict[str
         hi, lo = max(hi, float(p["max"])), min(lo, float(p["min"]))
     if count == 0:
         return {}
-    return {"rollout_is/mean": total / count, "rollout_is/max": hi, "rollout_is/min": lo,
-            "rollout_is/clipped_frac": clipped / count}
+    return {
+        "rollout_is/mean": total / count,
+        "rollout_is/max": hi,
+        "rollout_is/min": lo,
+        "rollout_is/clipped_frac": clipped / count,
+    }

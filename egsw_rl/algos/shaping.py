@@ -62,7 +62,9 @@ def shape_batch(
     hv = h[m].to(torch.float64)
     av = a[m2].to(torch.float64)
     metrics: dict[str, float] = {
-        "groups/all_equal_frac": float(all_equal_groups(r, group_size=g).to(torch.float64).mean()) if r.numel() else 0.0,
+        "groups/all_equal_frac": float(all_equal_groups(r, group_size=g).to(torch.float64).mean())
+        if r.numel()
+        else 0.0,
         "tokens/valid": float(n_valid),
         "mask/dropped_tokens": float(n_valid - n_kept),
         "mask/dropped_frac": (n_valid - n_kept) / n_valid if n_valid else 0.0,

@@ -11,7 +11,6 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 log = logging.getLogger(__name__)
 
@@ -21,15 +20,15 @@ class Problem:
     question: str
     answer: str  # gold, as the reward function expects it
     id: str = ""
-    choices: Optional[tuple[str, ...]] = None  # multiple choice (GPQA): graded by letter
+    choices: tuple[str, ...] | None = None  # multiple choice (GPQA): graded by letter
 
 
 @dataclass(frozen=True)
 class Source:
     """Where a named data set lives: a file name looked up in local data folders, else the hub."""
 
-    file: Optional[str]
-    hub: Optional[tuple[str, Optional[str], str]]  # (name, config, split)
+    file: str | None
+    hub: tuple[str, str | None, str] | None  # (name, config, split)
     question_key: str
     answer_key: str
     answer_format: str
@@ -39,14 +38,17 @@ class Source:
 # package (egsw_rl/data/sets, see its README for sources and licences), plain or gzipped.
 PACKAGE_DATA = Path(__file__).resolve().parent / "sets"
 SOURCES = {
-    "math500": Source("math500.jsonl", ("HuggingFaceH4/MATH-500", None, "test"), "problem", "answer", "latex"),
+    "math500": Source(
+        "math500.jsonl", ("HuggingFaceH4/MATH-500", None, "test"), "problem", "answer", "latex"
+    ),
     "aime24": Source("aime24.jsonl", ("math-ai/aime24", None, "test"), "problem", "answer", "aime"),
     "aime25": Source("aime25.jsonl", ("math-ai/aime25", None, "test"), "problem", "answer", "aime"),
     "gsm8k": Source("gsm8k_test.jsonl", ("openai/gsm8k", "main", "test"), "question", "answer", "gsm8k"),
     "simplerl_8k": Source("simplerl_math_level3to5_8k.jsonl", None, "question", "answer", "latex"),
     # Gated on the hub and never shipped in plain text (its authors ask so): a path or the hub.
-    "gpqa_diamond": Source(None, ("Idavidrein/gpqa", "gpqa_diamond", "train"), "Question",
-                           "Correct Answer", "choice"),
+    "gpqa_diamond": Source(
+        None, ("Idavidrein/gpqa", "gpqa_diamond", "train"), "Question", "Correct Answer", "choice"
+    ),
 }
 
 
@@ -95,18 +97,21 @@ def read_rows(path: Path) -> list[dict]:
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
-    raise DataError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json or .parquet, "
-                    "optionally gzipped)")
+    raise DataError(
+        f"{path}: unsupported file type {suffix!r} (use .jsonl, .json or .parquet, optionally gzipped)"
+    )
 
 
-def _hub_rows(name: str, config: Optional[str], split: str) -> list[dict]:
+def _hub_rows(name: str, config: str | None, split: str) -> list[dict]:
     import datasets
 
     try:
         ds = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # offline, gated, misspelled: say which and how to fix it
-        raise DataError(f"could not load data set {name!r} (config={config}, split={split}) from "
-                        f"the hub: {type(e).__name__}: {e}. Give a local path instead.") from None
+        raise DataError(
+            f"could not load data set {name!r} (config={config}, split={split}) from "
+            f"the hub: {type(e).__name__}: {e}. Give a local path instead."
+        ) from None
     return list(ds)
 
 
@@ -138,15 +143,17 @@ def _drop_report(where: str, dropped: dict[str, list], total: int, answer_format
         i, key, value, count = rows
         part = f"{count} {why} (e.g. row {i}: {key}={str(value)[:60]!r})"
         if why.startswith("answer not readable") and answer_format != "auto":
-            part += (f"; data.answer_format={answer_format} expects "
-                     f"{_FORMAT_HINT.get(answer_format, answer_format)}, "
-                     "data.answer_format=auto reads GSM8K, integers and LaTeX")
+            part += (
+                f"; data.answer_format={answer_format} expects "
+                f"{_FORMAT_HINT.get(answer_format, answer_format)}, "
+                "data.answer_format=auto reads GSM8K, integers and LaTeX"
+            )
         parts.append(part)
     n = sum(r[3] for r in dropped.values())
     return f"{where}: {n} of {total} rows dropped: " + "; ".join(parts)
 
 
-def locate(file: str) -> Optional[Path]:
+def locate(file: str) -> Path | None:
     """The first of data_dirs() holding `file` or `file.gz`."""
     for d in data_dirs():
         for candidate in (d / file, d / f"{file}.gz"):
@@ -158,18 +165,28 @@ def locate(file: str) -> Optional[Path]:
 def dataset_path(name: str) -> Path:
     """The local file of a named data set (SOURCES), or DataError naming where it looked."""
     if name not in SOURCES or SOURCES[name].file is None:
-        raise DataError(f"{name!r} is not a data set shipped with egsw_rl "
-                        f"(shipped: {', '.join(n for n, s in SOURCES.items() if s.file)})")
+        raise DataError(
+            f"{name!r} is not a data set shipped with egsw_rl "
+            f"(shipped: {', '.join(n for n, s in SOURCES.items() if s.file)})"
+        )
     path = locate(SOURCES[name].file)
     if path is None:
-        raise DataError(f"data set {name!r}: no {SOURCES[name].file}[.gz] in "
-                        f"{', '.join(map(str, data_dirs()))}")
+        raise DataError(
+            f"data set {name!r}: no {SOURCES[name].file}[.gz] in {', '.join(map(str, data_dirs()))}"
+        )
     return path
 
 
-def load_problems(spec: str, *, split: str = "train", question_key: str = "question",
-                  answer_key: str = "answer", answer_format: str = "auto",
-                  max_samples: Optional[int] = None, seed: int = 0) -> tuple[list[Problem], int]:
+def load_problems(
+    spec: str,
+    *,
+    split: str = "train",
+    question_key: str = "question",
+    answer_key: str = "answer",
+    answer_format: str = "auto",
+    max_samples: int | None = None,
+    seed: int = 0,
+) -> tuple[list[Problem], int]:
     """Load problems; returns (problems, number of rows skipped for a missing answer).
 
     `spec` is a named set (SOURCES, or "arithmetic"), a local .jsonl/.json/.parquet path, or a
@@ -211,8 +228,10 @@ def load_problems(spec: str, *, split: str = "train", question_key: str = "quest
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or question_key not in row:
             fields = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise DataError(f"{where}: row {i} has no field {question_key!r} (set "
-                            f"data.question_key); its fields are {fields}")
+            raise DataError(
+                f"{where}: row {i} has no field {question_key!r} (set "
+                f"data.question_key); its fields are {fields}"
+            )
         if answer_format == "choice":
             problems.append(_choice_problem(row, i, seed))
             continue
@@ -229,8 +248,7 @@ def load_problems(spec: str, *, split: str = "train", question_key: str = "quest
             break
     skipped = sum(r[3] for r in dropped.values())
     if not problems:
-        report = _drop_report(where, dropped, len(rows), answer_format) if dropped \
-            else f"{where}: no rows"
+        report = _drop_report(where, dropped, len(rows), answer_format) if dropped else f"{where}: no rows"
         raise DataError(f"no usable problems in {report}")
     if skipped:
         log.warning("%s", _drop_report(where, dropped, len(rows), answer_format))
@@ -243,7 +261,7 @@ def _choice_problem(row: dict, i: int, seed: int) -> Problem:
     options = [correct] + [row[f"Incorrect Answer {k}"].strip() for k in (1, 2, 3)]
     random.Random(f"{seed}-{i}").shuffle(options)
     letter = "ABCD"[options.index(correct)]
-    body = "\n".join(f"({l}) {o}" for l, o in zip("ABCD", options))
+    body = "\n".join(f"({c}) {o}" for c, o in zip("ABCD", options))
     return Problem(f"{row['Question'].strip()}\n\n{body}", letter, id=str(i), choices=tuple(options))
 
 
@@ -251,8 +269,9 @@ def _heldout_pair(a: int, b: int) -> bool:
     return (7 * a + 3 * b) % 5 == 0  # about a fifth of the operand pairs, never trained on
 
 
-def arithmetic_problems(n: int, *, seed: int = 0, max_operand: int = 15,
-                        split: str = "train") -> list[Problem]:
+def arithmetic_problems(
+    n: int, *, seed: int = 0, max_operand: int = 15, split: str = "train"
+) -> list[Problem]:
     """Two-operand addition / subtraction word problems with integer answers. The "test" split
     uses only operand pairs the "train" split never contains, so its accuracy is held out;
     "all" draws from every pair."""
@@ -274,13 +293,15 @@ def arithmetic_problems(n: int, *, seed: int = 0, max_operand: int = 15,
 
 
 def _heldout_chain(operands: tuple[int, ...], ops: tuple[str, ...]) -> bool:
-    code = sum((2 * k + 3) * x for k, x in enumerate(operands)) + sum(k + 1 for k, o in enumerate(ops)
-                                                                      if o == "-")
+    code = sum((2 * k + 3) * x for k, x in enumerate(operands)) + sum(
+        k + 1 for k, o in enumerate(ops) if o == "-"
+    )
     return code % 5 == 0  # about a fifth of the expressions, never trained on
 
 
-def arithmetic_chain_problems(n: int, *, seed: int = 0, max_operand: int = 9, terms: int = 3,
-                              split: str = "train") -> list[Problem]:
+def arithmetic_chain_problems(
+    n: int, *, seed: int = 0, max_operand: int = 9, terms: int = 3, split: str = "train"
+) -> list[Problem]:
     """Multi-step expressions evaluated left to right ("What is 3 + 9 - 4?"), `terms` operands in
     0..max_operand, each operator + or - at random; answers may be negative. The "test" split uses
     only expressions (operands and operators) the "train" split never contains; "all" draws from
@@ -318,7 +339,7 @@ class PromptSampler:
         if self.shuffle:
             random.Random(self.seed * 1_000_003 + self.epoch).shuffle(self._order)
 
-    def next_indices(self, count: Optional[int] = None) -> list[int]:
+    def next_indices(self, count: int | None = None) -> list[int]:
         count = count or self.batch_size
         out = []
         while len(out) < count:
@@ -328,18 +349,19 @@ class PromptSampler:
                 self.epoch, self.position = self.epoch + 1, 0
                 self._make_order()
             take = min(count - len(out), self.size - self.position)
-            out += self._order[self.position:self.position + take]
+            out += self._order[self.position : self.position + take]
             self.position += take
         return out
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "size": self.size}
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "size": self.size}
 
     def load_state_dict(self, state: dict) -> None:
         if state["size"] != self.size:
-            raise DataError(f"checkpoint was taken on a data set of {state['size']} problems, "
-                            f"this run has {self.size}: resume with the same data")
+            raise DataError(
+                f"checkpoint was taken on a data set of {state['size']} problems, "
+                f"this run has {self.size}: resume with the same data"
+            )
         self.epoch, self.position, self.seed = state["epoch"], state["position"], state["seed"]
         self._make_order()
 
@@ -363,14 +385,33 @@ def load_run_data(cfg, tokenizer) -> RunData:
     from egsw_rl.prompts import fit_to_budget, prompt_budget
 
     d, r = cfg.data, cfg.rollout
-    train, skipped = load_problems(d.train, split=d.split, question_key=d.question_key,
-                                   answer_key=d.answer_key, answer_format=d.answer_format,
-                                   max_samples=d.max_samples, seed=cfg.trainer.seed)
+    train, skipped = load_problems(
+        d.train,
+        split=d.split,
+        question_key=d.question_key,
+        answer_key=d.answer_key,
+        answer_format=d.answer_format,
+        max_samples=d.max_samples,
+        seed=cfg.trainer.seed,
+    )
     budget = prompt_budget(r.max_model_len, r.max_tokens)
-    fit = fit_to_budget(tokenizer, [p.question for p in train], r.prompt_template, budget,
-                        r.overlong_prompt, where=f"data.train={d.train}")
-    reports = [fit.report(f"data.train={d.train}") + f": {len(fit.overlong)} rows left out"
-               if r.overlong_prompt == "drop" else fit.report(f"data.train={d.train}")] if fit.overlong else []
+    fit = fit_to_budget(
+        tokenizer,
+        [p.question for p in train],
+        r.prompt_template,
+        budget,
+        r.overlong_prompt,
+        where=f"data.train={d.train}",
+    )
+    reports = (
+        [
+            fit.report(f"data.train={d.train}") + f": {len(fit.overlong)} rows left out"
+            if r.overlong_prompt == "drop"
+            else fit.report(f"data.train={d.train}")
+        ]
+        if fit.overlong
+        else []
+    )
     dropped = len(train) - len(fit.kept)
     train = [train[i] for i in fit.kept]
     if not train:
@@ -378,16 +419,33 @@ def load_run_data(cfg, tokenizer) -> RunData:
     eval_sets, eval_overlong = {}, {}
     for spec in d.eval:
         # a named set keeps its name in the metrics (eval/math500/...), a file its stem
-        name = spec if spec in SOURCES or not Path(spec).expanduser().exists() else Path(spec).name.split(".")[0]
-        problems = load_problems(spec, max_samples=d.eval_samples, seed=cfg.trainer.seed)[0][:d.eval_samples]
-        efit = fit_to_budget(tokenizer, [p.question for p in problems], r.prompt_template, budget,
-                             "drop" if r.overlong_prompt == "error" else r.overlong_prompt, where=name)
+        name = (
+            spec if spec in SOURCES or not Path(spec).expanduser().exists() else Path(spec).name.split(".")[0]
+        )
+        problems = load_problems(spec, max_samples=d.eval_samples, seed=cfg.trainer.seed)[0][: d.eval_samples]
+        efit = fit_to_budget(
+            tokenizer,
+            [p.question for p in problems],
+            r.prompt_template,
+            budget,
+            "drop" if r.overlong_prompt == "error" else r.overlong_prompt,
+            where=name,
+        )
         eval_sets[name] = problems
-        eval_overlong[name] = {problems[i].question for i, _ in efit.overlong} \
-            if r.overlong_prompt != "truncate_left" else set()
+        eval_overlong[name] = (
+            {problems[i].question for i, _ in efit.overlong}
+            if r.overlong_prompt != "truncate_left"
+            else set()
+        )
         if efit.overlong:
-            reports.append(efit.report(f"data.eval {name}") + (
-                ": scored overlong_prompt" if r.overlong_prompt != "truncate_left" else ": cut from the left"))
+            reports.append(
+                efit.report(f"data.eval {name}")
+                + (
+                    ": scored overlong_prompt"
+                    if r.overlong_prompt != "truncate_left"
+                    else ": cut from the left"
+                )
+            )
     for line in reports:
         log.warning("%s", line)
     return RunData(train, skipped, dropped, eval_sets, eval_overlong, reports)

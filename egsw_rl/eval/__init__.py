@@ -23,7 +23,23 @@ from egsw_rl.eval.scores import OVERLONG, BenchmarkResult, eval_metrics, pass_at
 from egsw_rl.eval.tables import fmt_pct, markdown_table, results_markdown
 
 __all__ = [
-    "DEFAULT_BENCHMARKS", "OVERLONG", "BenchmarkResult", "EvalError", "GenerateFn", "Grader", "ModelSpec",
-    "eval_metrics", "evaluate", "fmt_pct", "generator_fn", "load_benchmark", "markdown_table",
-    "parse_benchmarks", "pass_at_k", "prompt_for", "render_prompts", "resolve_model", "results_markdown",
+    "DEFAULT_BENCHMARKS",
+    "OVERLONG",
+    "BenchmarkResult",
+    "EvalError",
+    "GenerateFn",
+    "Grader",
+    "ModelSpec",
+    "eval_metrics",
+    "evaluate",
+    "fmt_pct",
+    "generator_fn",
+    "load_benchmark",
+    "markdown_table",
+    "parse_benchmarks",
+    "pass_at_k",
+    "prompt_for",
+    "render_prompts",
+    "resolve_model",
+    "results_markdown",
 ]

@@ -11,14 +11,14 @@ import csv
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from egsw_rl.eval.loop import EvalError
 
 DEFAULT_BENCHMARKS = ("math500", "aime24", "aime25")
 
 
-def parse_benchmarks(spec: str, gpqa: Optional[str]) -> list[tuple[str, Optional[str]]]:
+def parse_benchmarks(spec: str, gpqa: str | None) -> list[tuple[str, str | None]]:
     items = []
     for part in [p.strip() for p in spec.split(",") if p.strip()]:
         name, _, path = part.partition("=")
@@ -43,8 +43,7 @@ def _csv_to_jsonl(path: Path, tmpdir: Path) -> Path:
     return out
 
 
-def load_benchmark(name: str, path: Optional[str] = None, *, limit: Optional[int] = None,
-                   seed: int = 0) -> list:
+def load_benchmark(name: str, path: str | None = None, *, limit: int | None = None, seed: int = 0) -> list:
     """Problems of one benchmark (first `limit` of them). `path` overrides where a named set is
     read from; GPQA-Diamond files (.csv as published, .jsonl, .parquet) keep its original columns
     (Question, Correct Answer, Incorrect Answer 1-3) and are graded by letter, options shuffled
@@ -61,8 +60,10 @@ def load_benchmark(name: str, path: Optional[str] = None, *, limit: Optional[int
         except ValueError as e:
             if not choice:
                 raise
-            raise EvalError(f"{e}\nGPQA-Diamond is gated and never shipped: pass its file with "
-                            "--gpqa PATH (or gpqa_diamond=PATH), or log in to the hub") from None
+            raise EvalError(
+                f"{e}\nGPQA-Diamond is gated and never shipped: pass its file with "
+                "--gpqa PATH (or gpqa_diamond=PATH), or log in to the hub"
+            ) from None
     else:
         p = Path(path).expanduser()
         if not p.exists():
@@ -72,8 +73,9 @@ def load_benchmark(name: str, path: Optional[str] = None, *, limit: Optional[int
             kw = dict(question_key="Question", answer_key="Correct Answer", answer_format="choice")
         elif name in SOURCES:
             src = SOURCES[name]
-            kw = dict(question_key=src.question_key, answer_key=src.answer_key,
-                      answer_format=src.answer_format)
+            kw = dict(
+                question_key=src.question_key, answer_key=src.answer_key, answer_format=src.answer_format
+            )
         with tempfile.TemporaryDirectory() as tmp:
             if p.suffix.lower() == ".csv":
                 p = _csv_to_jsonl(p, Path(tmp))

@@ -44,8 +44,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
 
 from egsw_rl import prompts
 from egsw_rl.compare import CompareError, compare_results, write_comparison
@@ -59,13 +59,22 @@ RESULTS_FORMAT = 1
 
 
 def _settings(args) -> dict:
-    return {"n": args.n, "ks": args.ks, "temperature": args.temperature, "top_p": args.top_p,
-            "top_k": args.top_k, "max_tokens": args.max_tokens, "prompt": args.prompt, "seed": args.seed,
-            "limit": args.limit, "extraction": args.extraction,
-            "fallback_last_number": args.fallback_last_number}
+    return {
+        "n": args.n,
+        "ks": args.ks,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "max_tokens": args.max_tokens,
+        "prompt": args.prompt,
+        "seed": args.seed,
+        "limit": args.limit,
+        "extraction": args.extraction,
+        "fallback_last_number": args.fallback_last_number,
+    }
 
 
-def _max_model_len(path: str, lengths: Sequence[int], max_tokens: int, requested: Optional[int]) -> int:
+def _max_model_len(path: str, lengths: Sequence[int], max_tokens: int, requested: int | None) -> int:
     """The engine's context: --max-model-len, else the longest prompt + --max-tokens, capped at the
     model's positions (prompts that then do not fit are scored `overlong_prompt`, not fatal)."""
     if requested:
@@ -79,14 +88,17 @@ def _max_model_len(path: str, lengths: Sequence[int], max_tokens: int, requested
         limit = 0
     if limit and need > limit:
         if max_tokens >= limit:
-            raise EvalError(f"--max-tokens {max_tokens} leaves no room for a prompt in the model's "
-                            f"{limit} positions; lower --max-tokens")
+            raise EvalError(
+                f"--max-tokens {max_tokens} leaves no room for a prompt in the model's "
+                f"{limit} positions; lower --max-tokens"
+            )
         return limit
     return ((need + 63) // 64) * 64
 
 
-def evaluate_model(model: ModelSpec, problems: Mapping[str, list], args, grader: Grader,
-                   samples_out: Optional[list] = None) -> dict:
+def evaluate_model(
+    model: ModelSpec, problems: Mapping[str, list], args, grader: Grader, samples_out: list | None = None
+) -> dict:
     """One model: start a vLLM engine (egsw_rl.actors.generator.Generator, in this process),
     generate, grade; returns the results.json record."""
     from transformers import AutoTokenizer
@@ -106,18 +118,32 @@ def evaluate_model(model: ModelSpec, problems: Mapping[str, list], args, grader:
     budget = max_len - args.max_tokens
     enforce_eager = args.enforce_eager if args.enforce_eager is not None else device == "cpu"
     template = "chat" if prompt in prompts.CHAT_TEMPLATES else prompt  # chat: no extra special tokens
-    rollout = RolloutConfig(num_generators=1, tensor_parallel_size=args.tensor_parallel_size,
-                            gpu_memory_utilization=args.gpu_memory_utilization,
-                            cpu_kvcache_gib=args.kv_cache_gib, max_model_len=max_len,
-                            enforce_eager=enforce_eager, seed=args.seed, n=args.n,
-                            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                            max_tokens=args.max_tokens, logprobs=0, prompt_template=template)
+    rollout = RolloutConfig(
+        num_generators=1,
+        tensor_parallel_size=args.tensor_parallel_size,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        cpu_kvcache_gib=args.kv_cache_gib,
+        max_model_len=max_len,
+        enforce_eager=enforce_eager,
+        seed=args.seed,
+        n=args.n,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_tokens=args.max_tokens,
+        logprobs=0,
+        prompt_template=template,
+    )
     t0 = time.perf_counter()
-    gen = Generator(ModelConfig(path=model.path, dtype=args.dtype, trust_remote_code=args.trust_remote_code),
-                    rollout, device)
+    gen = Generator(
+        ModelConfig(path=model.path, dtype=args.dtype, trust_remote_code=args.trust_remote_code),
+        rollout,
+        device,
+    )
     start_s = time.perf_counter() - t0
-    print(f"[eval] {model.name}: vLLM engine up in {start_s:.1f} s ({model.path})",
-          file=sys.stderr, flush=True)
+    print(
+        f"[eval] {model.name}: vLLM engine up in {start_s:.1f} s ({model.path})", file=sys.stderr, flush=True
+    )
     by_question = {}
     for b, ps in problems.items():
         for p, prompt in zip(ps, rendered[b]):
@@ -125,22 +151,40 @@ def evaluate_model(model: ModelSpec, problems: Mapping[str, list], args, grader:
     try:
         fn = generator_fn(gen, render=lambda qs: [by_question[q] for q in qs])
         t1 = time.perf_counter()
-        res = evaluate(fn, problems, n=args.n, ks=args.ks, grader=grader, batch_size=args.batch_size,
-                       samples_out=samples_out, too_long=lambda qs: [length[q] > budget for q in qs],
-                       progress=lambda m: print(f"[eval] {model.name}: {m}", file=sys.stderr, flush=True))
+        res = evaluate(
+            fn,
+            problems,
+            n=args.n,
+            ks=args.ks,
+            grader=grader,
+            batch_size=args.batch_size,
+            samples_out=samples_out,
+            too_long=lambda qs: [length[q] > budget for q in qs],
+            progress=lambda m: print(f"[eval] {model.name}: {m}", file=sys.stderr, flush=True),
+        )
         total_s = time.perf_counter() - t1
     finally:
         gen.close()
     tokens = sum(r.tokens or 0 for r in res.values())
     gen_s = sum(r.generate_s for r in res.values())
-    return {"name": model.name, "label": model.label, "model": model.spec, "model_path": model.path,
-            "run_dir": model.run_dir, "step": model.step, "settings": {**_settings(args), "prompt": prompt,
-                                                                         "max_model_len": max_len},
-            "benchmarks": {b: r.to_json() for b, r in res.items()},
-            "timing": {"engine_start_s": start_s, "eval_s": total_s, "generate_s": gen_s,
-                       "tokens": tokens, "tokens_per_s": tokens / gen_s if gen_s else None,
-                       "problems_per_s": (sum(r.problems for r in res.values()) / total_s
-                                          if total_s else None)}}
+    return {
+        "name": model.name,
+        "label": model.label,
+        "model": model.spec,
+        "model_path": model.path,
+        "run_dir": model.run_dir,
+        "step": model.step,
+        "settings": {**_settings(args), "prompt": prompt, "max_model_len": max_len},
+        "benchmarks": {b: r.to_json() for b, r in res.items()},
+        "timing": {
+            "engine_start_s": start_s,
+            "eval_s": total_s,
+            "generate_s": gen_s,
+            "tokens": tokens,
+            "tokens_per_s": tokens / gen_s if gen_s else None,
+            "problems_per_s": (sum(r.problems for r in res.values()) / total_s if total_s else None),
+        },
+    }
 
 
 def _int_list(s: str) -> list[int]:
@@ -151,63 +195,112 @@ def _int_list(s: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m egsw_rl.eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", nargs="+", help="HF folder, hub name, tiny / smollm2, run directory or "
-                   "checkpoint directory; several are evaluated one after the other")
-    p.add_argument("--label", nargs="+", help="group label per --model (default: the run's algo.name, "
-                   "else the model name); --compare groups by it")
-    p.add_argument("--benchmarks", default=",".join(DEFAULT_BENCHMARKS),
-                   help="comma-separated: math500, aime24, aime25, gsm8k, gpqa_diamond, or NAME=PATH "
-                   "(default: %(default)s)")
-    p.add_argument("--gpqa",
-                   help="GPQA-Diamond file (.csv as published / .jsonl / .parquet); adds gpqa_diamond")
+    p = argparse.ArgumentParser(
+        prog="python -m egsw_rl.eval",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        nargs="+",
+        help="HF folder, hub name, tiny / smollm2, run directory or "
+        "checkpoint directory; several are evaluated one after the other",
+    )
+    p.add_argument(
+        "--label",
+        nargs="+",
+        help="group label per --model (default: the run's algo.name, "
+        "else the model name); --compare groups by it",
+    )
+    p.add_argument(
+        "--benchmarks",
+        default=",".join(DEFAULT_BENCHMARKS),
+        help="comma-separated: math500, aime24, aime25, gsm8k, gpqa_diamond, or NAME=PATH "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--gpqa", help="GPQA-Diamond file (.csv as published / .jsonl / .parquet); adds gpqa_diamond"
+    )
     p.add_argument("--limit", type=int, default=None, help="first N problems per benchmark")
     p.add_argument("--n", type=int, default=1, help="samples per problem (default 1)")
-    p.add_argument("--k", dest="ks", type=_int_list, default=None,
-                   help="pass@k values, comma-separated (default: 1 and n)")
+    p.add_argument(
+        "--k",
+        dest="ks",
+        type=_int_list,
+        default=None,
+        help="pass@k values, comma-separated (default: 1 and n)",
+    )
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=-1)
-    p.add_argument("--max-tokens", type=int, default=3000,
-                   help="new tokens per completion (default %(default)s)")
+    p.add_argument(
+        "--max-tokens", type=int, default=3000, help="new tokens per completion (default %(default)s)"
+    )
     p.add_argument("--max-model-len", type=int, default=None, help="default: longest prompt + max-tokens")
-    p.add_argument("--prompt", default=None, help="qwen_math, qwen_math_user, chat, or a template containing "
-                   "{question} (default: a run's own rollout.prompt_template, else qwen_math)")
-    p.add_argument("--extraction", default="boxed_then_latex", help="answer extraction of egsw_rl.rewards "
-                   "(boxed | boxed_then_latex | boxed_then_any)")
-    p.add_argument("--fallback-last-number", action="store_true", help="grade the last number when nothing "
-                   "is boxed or anchored")
+    p.add_argument(
+        "--prompt",
+        default=None,
+        help="qwen_math, qwen_math_user, chat, or a template containing "
+        "{question} (default: a run's own rollout.prompt_template, else qwen_math)",
+    )
+    p.add_argument(
+        "--extraction",
+        default="boxed_then_latex",
+        help="answer extraction of egsw_rl.rewards (boxed | boxed_then_latex | boxed_then_any)",
+    )
+    p.add_argument(
+        "--fallback-last-number",
+        action="store_true",
+        help="grade the last number when nothing is boxed or anchored",
+    )
     p.add_argument("--seed", type=int, default=0, help="engine seed (and GPQA option shuffling)")
-    p.add_argument("--batch-size", type=int, default=64,
-                   help="problems per generate call (progress is reported per call)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="problems per generate call (progress is reported per call)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85)
-    p.add_argument("--kv-cache-gib", type=float,
-                   default=float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 1) or 1),
-                   help="CPU only: KV cache size (default $VLLM_CPU_KVCACHE_SPACE or 1)")
-    p.add_argument("--enforce-eager", dest="enforce_eager", action="store_true", default=None,
-                   help="no CUDA graphs / torch.compile (default on CPU)")
+    p.add_argument(
+        "--kv-cache-gib",
+        type=float,
+        default=float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", 1) or 1),
+        help="CPU only: KV cache size (default $VLLM_CPU_KVCACHE_SPACE or 1)",
+    )
+    p.add_argument(
+        "--enforce-eager",
+        dest="enforce_eager",
+        action="store_true",
+        default=None,
+        help="no CUDA graphs / torch.compile (default on CPU)",
+    )
     p.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--reward-workers", type=int, default=2)
     p.add_argument("--reward-timeout", type=float, default=10.0, help="seconds per graded sample")
-    p.add_argument("--out", help="write results.json, results.md, samples.jsonl here "
-                   "(default for a run directory: <run>/eval)")
+    p.add_argument(
+        "--out",
+        help="write results.json, results.md, samples.jsonl here (default for a run directory: <run>/eval)",
+    )
     p.add_argument("--no-samples", action="store_true", help="do not write samples.jsonl")
-    p.add_argument("--compare", nargs="+", metavar="RESULTS_OR_RUN",
-                   help="compare mode: results.json files, eval output dirs or run dirs; "
-                   "mean ± std per label")
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="RESULTS_OR_RUN",
+        help="compare mode: results.json files, eval output dirs or run dirs; mean ± std per label",
+    )
     p.add_argument("--labels", help="compare mode: comma-separated label per input (default: stored labels)")
-    p.add_argument("--label-key",
-                   help="compare mode: derive labels from each run's config.yaml key, e.g. algo.name")
+    p.add_argument(
+        "--label-key", help="compare mode: derive labels from each run's config.yaml key, e.g. algo.name"
+    )
     p.add_argument("--metric", default="accuracy", help="compare mode: accuracy (avg@n) or pass@k")
     return p
 
 
-def _write(out: Path, records: list[dict], samples: Optional[list], metric_tables: str) -> None:
+def _write(out: Path, records: list[dict], samples: list | None, metric_tables: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     payload = {"egsw_rl_eval": RESULTS_FORMAT, "results": records}
     tmp = out / "results.json.tmp"
@@ -228,7 +321,7 @@ def _tables(records: list[dict], ks: Sequence[int]) -> str:
     return "\n\n".join(parts)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The engine core runs in this process (no separate scheduler process to leave a core for);
     # without this vLLM CPU drops torch to one thread fewer than the cores (2 -> 1 here: measured
@@ -239,8 +332,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.compare:  # final results of several runs: egsw_rl.compare's, under eval's flags
             labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
-            md, summary = compare_results(args.compare, labels=labels, metric=args.metric,
-                                          label_key=args.label_key)
+            md, summary = compare_results(
+                args.compare, labels=labels, metric=args.metric, label_key=args.label_key
+            )
             print(md)
             if args.out:
                 write_comparison(Path(args.out), md, summary)
@@ -250,22 +344,33 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.n < 1:
             raise EvalError("--n must be >= 1")
         if args.n > 1 and args.temperature == 0:
-            raise EvalError("--n > 1 with --temperature 0 draws the same greedy completion n times; "
-                            "use --n 1, or sample (e.g. --temperature 0.6 --top-p 0.95)")
+            raise EvalError(
+                "--n > 1 with --temperature 0 draws the same greedy completion n times; "
+                "use --n 1, or sample (e.g. --temperature 0.6 --top-p 0.95)"
+            )
         if args.label and len(args.label) != len(args.model):
             raise EvalError(f"--label gives {len(args.label)} labels for {len(args.model)} models")
         args.ks = sorted({k for k in (args.ks or [1, args.n]) if 1 <= k <= args.n})
         models = [resolve_model(m, args.label[i] if args.label else None) for i, m in enumerate(args.model)]
-        problems = {name: load_benchmark(name, path, limit=args.limit, seed=args.seed)
-                    for name, path in parse_benchmarks(args.benchmarks, args.gpqa)}
-        out = Path(args.out) if args.out else (Path(models[0].run_dir) / "eval"
-                                               if len(models) == 1 and models[0].run_dir else None)
+        problems = {
+            name: load_benchmark(name, path, limit=args.limit, seed=args.seed)
+            for name, path in parse_benchmarks(args.benchmarks, args.gpqa)
+        }
+        out = (
+            Path(args.out)
+            if args.out
+            else (Path(models[0].run_dir) / "eval" if len(models) == 1 and models[0].run_dir else None)
+        )
         records: list[dict] = []
-        samples: Optional[list] = None if args.no_samples or out is None else []
-        with Grader(workers=args.reward_workers, timeout_s=args.reward_timeout, extraction=args.extraction,
-                    fallback_last_number=args.fallback_last_number) as grader:
+        samples: list | None = None if args.no_samples or out is None else []
+        with Grader(
+            workers=args.reward_workers,
+            timeout_s=args.reward_timeout,
+            extraction=args.extraction,
+            fallback_last_number=args.fallback_last_number,
+        ) as grader:
             for m in models:
-                rec_samples: Optional[list] = [] if samples is not None else None
+                rec_samples: list | None = [] if samples is not None else None
                 rec = evaluate_model(m, problems, args, grader, rec_samples)
                 if samples is not None:
                     samples += [dict(s, model=m.name) for s in rec_samples]
@@ -276,8 +381,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         for r in records:
             t = r["timing"]
             tps = f"{t['tokens_per_s']:.0f}" if t["tokens_per_s"] else "-"
-            print(f"\n{r['name']}: engine start {t['engine_start_s']:.1f} s, eval {t['eval_s']:.1f} s, "
-                  f"{t['tokens']} tokens generated at {tps} tokens/s", file=sys.stderr)
+            print(
+                f"\n{r['name']}: engine start {t['engine_start_s']:.1f} s, eval {t['eval_s']:.1f} s, "
+                f"{t['tokens']} tokens generated at {tps} tokens/s",
+                file=sys.stderr,
+            )
         if out is not None:
             print(f"\nwrote {out / 'results.json'} and {out / 'results.md'}", file=sys.stderr)
         return 0

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 class Grader:
@@ -15,8 +16,14 @@ class Grader:
     metrics)`: a `RewardPool`, an `actors.reward.RewardWorkerPool`, or a Ray actor handle of one
     (`.score.remote` is detected) — e.g. the trainer's reward actor for periodic eval."""
 
-    def __init__(self, workers: int = 2, timeout_s: float = 10.0, *,
-                 scorers: Optional[Mapping[str, Any]] = None, **reward_options) -> None:
+    def __init__(
+        self,
+        workers: int = 2,
+        timeout_s: float = 10.0,
+        *,
+        scorers: Mapping[str, Any] | None = None,
+        **reward_options,
+    ) -> None:
         self.workers, self.timeout_s = workers, timeout_s
         self.reward_options = dict(reward_options)
         self._own: dict[str, Any] = {}
@@ -33,8 +40,14 @@ class Grader:
         self._own[task] = self._scorers[task] = pool
         return pool
 
-    def __call__(self, texts: Sequence[str], golds: Sequence[str],
-                 choices: Optional[Sequence[Optional[Sequence[str]]]] = None, *, task: str = "math") -> list:
+    def __call__(
+        self,
+        texts: Sequence[str],
+        golds: Sequence[str],
+        choices: Sequence[Sequence[str] | None] | None = None,
+        *,
+        task: str = "math",
+    ) -> list:
         if not texts:
             return []
         scorer = self._scorer(task)
@@ -54,7 +67,7 @@ class Grader:
             self._scorers.pop(task, None)
         self._own.clear()
 
-    def __enter__(self) -> "Grader":
+    def __enter__(self) -> Grader:
         return self
 
     def __exit__(self, *exc) -> None:

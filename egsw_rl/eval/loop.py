@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from egsw_rl.eval.grader import Grader
 from egsw_rl.eval.scores import OVERLONG, BenchmarkResult, summarise
@@ -27,12 +28,18 @@ def _text(c) -> str:
     return c if isinstance(c, str) else str(getattr(c, "text", c))
 
 
-def evaluate(generate_fn: GenerateFn, benchmarks: Mapping[str, Sequence], *, n: int = 1,
-             ks: Iterable[int] = (1,), grader: Optional[Grader] = None, batch_size: Optional[int] = None,
-             samples_out: Optional[list] = None,
-             progress: Optional[Callable[[str], None]] = None,
-             too_long: Optional[Callable[[Sequence[str]], Sequence[bool]]] = None,
-             ) -> dict[str, BenchmarkResult]:
+def evaluate(
+    generate_fn: GenerateFn,
+    benchmarks: Mapping[str, Sequence],
+    *,
+    n: int = 1,
+    ks: Iterable[int] = (1,),
+    grader: Grader | None = None,
+    batch_size: int | None = None,
+    samples_out: list | None = None,
+    progress: Callable[[str], None] | None = None,
+    too_long: Callable[[Sequence[str]], Sequence[bool]] | None = None,
+) -> dict[str, BenchmarkResult]:
     """Evaluate with any generator: `{benchmark name: BenchmarkResult}`.
 
     generate_fn(questions, n): for each question (the raw problem text) a list of n completions,
@@ -66,20 +73,27 @@ def evaluate(generate_fn: GenerateFn, benchmarks: Mapping[str, Sequence], *, n: 
             if not problems:
                 raise EvalError(f"benchmark {name}: no problems")
             t0 = time.perf_counter()
-            over = set(i for i, flag in enumerate(too_long([p.question for p in problems])) if flag) \
-                if too_long else set()
+            over = (
+                set(i for i, flag in enumerate(too_long([p.question for p in problems])) if flag)
+                if too_long
+                else set()
+            )
             if over and progress:
-                progress(f"{name}: {len(over)} of {len(problems)} prompts do not fit the context: "
-                         f"scored 0 as {OVERLONG}")
+                progress(
+                    f"{name}: {len(over)} of {len(problems)} prompts do not fit the context: "
+                    f"scored 0 as {OVERLONG}"
+                )
             todo = [i for i in range(len(problems)) if i not in over]
             comps: list[list] = [[""] * n for _ in problems]
             step = batch_size or max(1, len(todo))
             for s in range(0, len(todo), step):
-                chunk = todo[s:s + step]
+                chunk = todo[s : s + step]
                 got = list(generate_fn([problems[i].question for i in chunk], n))
                 if len(got) != len(chunk) or any(len(g) != n for g in got):
-                    raise EvalError(f"generate_fn returned {[len(g) for g in got]} completions for "
-                                    f"{len(chunk)} questions x n={n}")
+                    raise EvalError(
+                        f"generate_fn returned {[len(g) for g in got]} completions for "
+                        f"{len(chunk)} questions x n={n}"
+                    )
                 for i, g in zip(chunk, got):
                     comps[i] = list(g)
                 if progress:
@@ -91,14 +105,20 @@ def evaluate(generate_fn: GenerateFn, benchmarks: Mapping[str, Sequence], *, n: 
                 for j in range(n):
                     results[i * n + j] = _overlong_result()
             for task in ("math", "choice"):
-                idx = [i for i, p in enumerate(problems)
-                       if (task == "choice") == bool(p.choices) and i not in over]
+                idx = [
+                    i
+                    for i, p in enumerate(problems)
+                    if (task == "choice") == bool(p.choices) and i not in over
+                ]
                 if not idx:
                     continue
                 flat = [(i, j) for i in idx for j in range(n)]
-                graded = grader([_text(comps[i][j]) for i, j in flat], [problems[i].answer for i, _ in flat],
-                                [problems[i].choices for i, _ in flat] if task == "choice" else None,
-                                task=task)
+                graded = grader(
+                    [_text(comps[i][j]) for i, j in flat],
+                    [problems[i].answer for i, _ in flat],
+                    [problems[i].choices for i, _ in flat] if task == "choice" else None,
+                    task=task,
+                )
                 for (i, j), r in zip(flat, graded):
                     results[i * n + j] = r
             grade_s = time.perf_counter() - t1
@@ -107,14 +127,25 @@ def evaluate(generate_fn: GenerateFn, benchmarks: Mapping[str, Sequence], *, n: 
                 for i, p in enumerate(problems):
                     for j in range(n):
                         r = results[i * n + j]
-                        samples_out.append({"benchmark": name, "id": p.id, "sample": j, "gold": p.answer,
-                                            "status": r.status, "parsed": r.parsed, "boxed": r.boxed,
-                                            "text": _text(comps[i][j])})
+                        samples_out.append(
+                            {
+                                "benchmark": name,
+                                "id": p.id,
+                                "sample": j,
+                                "gold": p.answer,
+                                "status": r.status,
+                                "parsed": r.parsed,
+                                "boxed": r.boxed,
+                                "text": _text(comps[i][j]),
+                            }
+                        )
             if progress:
                 b = out[name]
-                progress(f"{name}: avg@{n} {fmt_pct(b.accuracy)}% over {b.problems} problems "
-                         f"(boxed {fmt_pct(b.boxed_rate)}%, {gen_s:.1f} s generation, "
-                         f"{grade_s:.1f} s grading)")
+                progress(
+                    f"{name}: avg@{n} {fmt_pct(b.accuracy)}% over {b.problems} problems "
+                    f"(boxed {fmt_pct(b.boxed_rate)}%, {gen_s:.1f} s generation, "
+                    f"{grade_s:.1f} s grading)"
+                )
     finally:
         if own:
             grader.close()
@@ -127,8 +158,9 @@ def _overlong_result():
     return RewardResult(0.0, OVERLONG, None, False, "prompt longer than the context allows")
 
 
-def generator_fn(generator, *, render: Optional[Callable[[Sequence[str]], list[str]]] = None,
-                 **sampling) -> GenerateFn:
+def generator_fn(
+    generator, *, render: Callable[[Sequence[str]], list[str]] | None = None, **sampling
+) -> GenerateFn:
     """A generate_fn over an `actors.generator.Generator` or `GeneratorGroup` (both have
     `render` and `generate(prompts, n, **overrides)`). `render` turns questions into prompt
     strings (default: the generator's own, i.e. its `rollout.prompt_template`; for Qwen2.5-Math's

@@ -8,9 +8,9 @@ renderer training uses (`render_prompts`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 from egsw_rl import prompts
 from egsw_rl.eval.loop import EvalError
@@ -23,11 +23,11 @@ class ModelSpec:
     path: str  # the local model folder (a hub id resolved through the HF cache)
     name: str  # row label in tables (unique-ish)
     label: str  # group label for --compare (algo name for runs)
-    run_dir: Optional[str] = None
-    step: Optional[int] = None
+    run_dir: str | None = None
+    step: int | None = None
 
 
-def resolve_model(spec: str, label: Optional[str] = None) -> ModelSpec:
+def resolve_model(spec: str, label: str | None = None) -> ModelSpec:
     """Model spec -> the folder to load, as `model.path` resolves in training
     (`egsw_rl.models.locate_model`): a run directory (newest complete checkpoint's hf/), a
     checkpoint directory (its hf/), an HF folder, a built-in name, or a hub repo id (from the
@@ -39,20 +39,31 @@ def resolve_model(spec: str, label: Optional[str] = None) -> ModelSpec:
     except ModelNotFoundError as e:
         raise EvalError(str(e)) from None
     if m.kind == "run":
-        return ModelSpec(spec, str(m.path), f"{m.run_dir.name}@{m.step}", label or run_label(m.run_dir),
-                         run_dir=str(m.run_dir), step=m.step)
+        return ModelSpec(
+            spec,
+            str(m.path),
+            f"{m.run_dir.name}@{m.step}",
+            label or run_label(m.run_dir),
+            run_dir=str(m.run_dir),
+            step=m.step,
+        )
     if m.kind == "checkpoint":
         run = m.run_dir
         ckpt = m.path.parent
-        return ModelSpec(spec, str(m.path), f"{run.name}@{m.step}" if run is not None else ckpt.name,
-                         label or (run_label(run) if run is not None else ckpt.name),
-                         run_dir=str(run) if run is not None else None, step=m.step)
+        return ModelSpec(
+            spec,
+            str(m.path),
+            f"{run.name}@{m.step}" if run is not None else ckpt.name,
+            label or (run_label(run) if run is not None else ckpt.name),
+            run_dir=str(run) if run is not None else None,
+            step=m.step,
+        )
     if m.kind == "folder":
         return ModelSpec(spec, str(m.path), m.path.name, label or m.path.name)
     return ModelSpec(spec, str(m.path), spec, label or spec)  # built-in name or hub repo id
 
 
-def prompt_for(model: "ModelSpec", requested: Optional[str]) -> str:
+def prompt_for(model: ModelSpec, requested: str | None) -> str:
     """--prompt, else the template the run was trained with, else qwen_math."""
     if requested:
         return requested

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 OVERLONG = "overlong_prompt"  # a problem whose prompt does not fit: not generated, scored 0
 
@@ -37,20 +38,28 @@ class BenchmarkResult:
     pass_at_k: dict[str, float]  # {"pass@1": ..., "pass@8": ...}
     boxed_rate: float  # fraction of completions whose answer came from a \boxed{}
     status: dict[str, int]
-    mean_response_tokens: Optional[float] = None
-    truncated_frac: Optional[float] = None  # finish_reason == "length"
-    tokens: Optional[int] = None
+    mean_response_tokens: float | None = None
+    truncated_frac: float | None = None  # finish_reason == "length"
+    tokens: int | None = None
     generate_s: float = 0.0
     grade_s: float = 0.0
-    tokens_per_s: Optional[float] = None
+    tokens_per_s: float | None = None
     per_problem_correct: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def summarise(name: str, problems: Sequence, comps: Sequence[Sequence[Any]], results: Sequence, n: int,
-              ks: Sequence[int], gen_s: float, grade_s: float) -> BenchmarkResult:
+def summarise(
+    name: str,
+    problems: Sequence,
+    comps: Sequence[Sequence[Any]],
+    results: Sequence,
+    n: int,
+    ks: Sequence[int],
+    gen_s: float,
+    grade_s: float,
+) -> BenchmarkResult:
     """One benchmark's record from its completions (`comps[i][j]`, sample j of problem i) and
     their grades (`results[i * n + j]`, each with `.status` and `.boxed`)."""
     from egsw_rl.rewards import STATUSES
@@ -64,16 +73,21 @@ def summarise(name: str, problems: Sequence, comps: Sequence[Sequence[Any]], res
     reasons = [c.finish_reason for c in flat if getattr(c, "finish_reason", None) is not None]
     tokens = sum(lengths) if lengths else None
     return BenchmarkResult(
-        name=name, problems=len(problems), n=n,
+        name=name,
+        problems=len(problems),
+        n=n,
         accuracy=statistics.fmean(c / n for c in correct),
         pass_at_k={f"pass@{k}": statistics.fmean(pass_at_k(n, c, k) for c in correct) for k in ks},
         boxed_rate=statistics.fmean(1.0 if r.boxed else 0.0 for r in results),
         status=status,
         mean_response_tokens=statistics.fmean(lengths) if lengths else None,
         truncated_frac=statistics.fmean(r == "length" for r in reasons) if reasons else None,
-        tokens=tokens, generate_s=gen_s, grade_s=grade_s,
+        tokens=tokens,
+        generate_s=gen_s,
+        grade_s=grade_s,
         tokens_per_s=(tokens / gen_s) if tokens and gen_s > 0 else None,
-        per_problem_correct=correct)
+        per_problem_correct=correct,
+    )
 
 
 def eval_metrics(results: Mapping[str, BenchmarkResult], prefix: str = "eval") -> dict[str, float]:

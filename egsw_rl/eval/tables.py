@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
-DISPLAY = {"math500": "MATH-500", "aime24": "AIME24", "aime25": "AIME25",
-           "gpqa_diamond": "GPQA-D", "gsm8k": "GSM8K"}
+DISPLAY = {
+    "math500": "MATH-500",
+    "aime24": "AIME24",
+    "aime25": "AIME25",
+    "gpqa_diamond": "GPQA-D",
+    "gsm8k": "GSM8K",
+}
 
 
-def fmt_pct(value: Optional[float], std: Optional[float] = None, digits: int = 1) -> str:
+def fmt_pct(value: float | None, std: float | None = None, digits: int = 1) -> str:
     """A fraction as a percentage, with '± std' when std is given (and there are >= 2 runs)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -21,7 +26,7 @@ def fmt_pct(value: Optional[float], std: Optional[float] = None, digits: int = 1
     return s
 
 
-def columns(records: Sequence[Mapping], benchmarks: Optional[Sequence[str]] = None) -> list[str]:
+def columns(records: Sequence[Mapping], benchmarks: Sequence[str] | None = None) -> list[str]:
     """The benchmark columns of some results records: the paper's order first, then as they come."""
     if benchmarks:
         return list(benchmarks)
@@ -34,16 +39,22 @@ def columns(records: Sequence[Mapping], benchmarks: Optional[Sequence[str]] = No
     return sorted(seen, key=lambda b: (order.index(b) if b in order else len(order), seen.index(b)))
 
 
-def metric_of(bench: Mapping, metric: str) -> Optional[float]:
+def metric_of(bench: Mapping, metric: str) -> float | None:
     """`accuracy` (avg@n) or `pass@k` of one benchmark record; None when absent."""
     if metric in ("accuracy", "avg"):
         return bench.get("accuracy")
     return bench.get("pass_at_k", {}).get(metric)
 
 
-def markdown_table(rows: Sequence[tuple[str, Mapping[str, tuple[float, Optional[float]]]]],
-                   benchmarks: Sequence[str], *, first: str = "Model", average: bool = True,
-                   extra: Optional[Mapping[str, str]] = None, extra_name: str = "") -> str:
+def markdown_table(
+    rows: Sequence[tuple[str, Mapping[str, tuple[float, float | None]]]],
+    benchmarks: Sequence[str],
+    *,
+    first: str = "Model",
+    average: bool = True,
+    extra: Mapping[str, str] | None = None,
+    extra_name: str = "",
+) -> str:
     """Rows = models / runs / labels, columns = benchmarks (+ Avg.), cells in percent. A cell is
     (mean, std or None); a missing benchmark is '–'. The average is over the benchmarks a row
     has, and only shown when it has all of them."""
@@ -82,6 +93,7 @@ def results_markdown(records: Sequence[Mapping], metric: str = "accuracy") -> st
     s = records[0]["settings"]
     what = f"avg@{s['n']}" if metric == "accuracy" else metric
     sampling = "greedy" if s["temperature"] == 0 else f"temperature {s['temperature']}, top-p {s['top_p']}"
-    caption = (f"{what} (%), {sampling}, max {s['max_tokens']} new tokens, prompt {s['prompt']}"
-               + (f", first {s['limit']} problems per benchmark" if s.get("limit") else ""))
+    caption = f"{what} (%), {sampling}, max {s['max_tokens']} new tokens, prompt {s['prompt']}" + (
+        f", first {s['limit']} problems per benchmark" if s.get("limit") else ""
+    )
     return caption + "\n\n" + markdown_table(rows, benchmarks)

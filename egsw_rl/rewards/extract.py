@@ -6,7 +6,6 @@ Everything here treats the completion as untrusted text: nothing is evaluated.
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 # \boxed{ / \fbox{ (a space is allowed before the brace: "\boxed {x}").
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
@@ -33,7 +32,7 @@ def sanitize(text: object) -> str:
     return text
 
 
-def last_boxed(text: str) -> Optional[str]:
+def last_boxed(text: str) -> str | None:
     """Content of the last closed \\boxed{...} (or \\fbox{...}), braces balanced; None if none.
 
     "Last" is the box that opens last, so nested boxes give the inner one. An unclosed box (a
@@ -71,7 +70,7 @@ def has_box(text: str) -> bool:
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:(?:,|\{,\})(?:\\!)?\s?\d{3})+(?:\.\d+)?$")
 
 
-def strip_thousands(content: str) -> Optional[str]:
+def strip_thousands(content: str) -> str | None:
     """'10,\\!080' -> '10080' when the whole answer is one number with thousands separators."""
     s = content.strip().replace("\\!", "").replace("{,}", ",")
     if _THOUSANDS.match(s):
@@ -82,7 +81,7 @@ def strip_thousands(content: str) -> Optional[str]:
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
-def last_number(text: str) -> Optional[str]:
+def last_number(text: str) -> str | None:
     """The last plain number in the tail of the text (commas as thousands separators dropped)."""
     tail = text[-TAIL_CHARS:]
     found = None
@@ -102,7 +101,7 @@ def last_number(text: str) -> Optional[str]:
 _HASH_ANSWER = re.compile(r"####\s*\$?\s*(-?(?:\d[\d,]*(?:\.\d+)?|\.\d+))")
 
 
-def hash_answer(text: str) -> Optional[str]:
+def hash_answer(text: str) -> str | None:
     """The number after the last GSM8K-style '#### ' marker in the tail, commas dropped."""
     found = None
     for m in _HASH_ANSWER.finditer(text[-TAIL_CHARS:]):
@@ -115,15 +114,17 @@ def hash_answer(text: str) -> Optional[str]:
 _WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|textrm|mbox)\s*\{([^{}]*)\}")
 
 
-def choice_letter(content: str, letters: str) -> Optional[str]:
+def choice_letter(content: str, letters: str) -> str | None:
     """'B', '(B)', '\\text{(B)}', 'B)', '(B) 42', 'B. 42', '$B$' -> 'B' if B is among `letters`."""
     s = content.strip()
     for _ in range(3):
         s = _WRAPPERS.sub(r"\1", s)
     s = s.replace("$", "").strip().strip("{}").strip()
-    m = (re.fullmatch(r"\(?\s*([A-Za-z])\s*\)?\.?", s)
-         or re.match(r"\(\s*([A-Za-z])\s*\)\s*\S", s)
-         or re.match(r"([A-Z])[.:)]\s*\S", s))
+    m = (
+        re.fullmatch(r"\(?\s*([A-Za-z])\s*\)?\.?", s)
+        or re.match(r"\(\s*([A-Za-z])\s*\)\s*\S", s)
+        or re.match(r"([A-Z])[.:)]\s*\S", s)
+    )
     if m:
         letter = m.group(1).upper()
         if letter in letters:
@@ -131,11 +132,12 @@ def choice_letter(content: str, letters: str) -> Optional[str]:
     return None
 
 
-def anchored_choice(text: str, letters: str) -> Optional[str]:
+def anchored_choice(text: str, letters: str) -> str | None:
     """The letter after the last 'answer is (X)' / 'Answer: X' in the tail of the text."""
     tail = text[-TAIL_CHARS:]
     pattern = re.compile(
-        r"(?i:answer)\s*(?i:is)?\s*[:：]?\s*(?:\*\*)?\s*(?:\\text\{)?\s*\(?\s*([A-Z])\s*\)?(?![A-Za-z])")
+        r"(?i:answer)\s*(?i:is)?\s*[:：]?\s*(?:\*\*)?\s*(?:\\text\{)?\s*\(?\s*([A-Z])\s*\)?(?![A-Za-z])"
+    )
     found = None
     for m in pattern.finditer(tail):
         if m.group(1) in letters:

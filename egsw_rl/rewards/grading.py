@@ -20,8 +20,8 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Optional, Sequence
 
 from egsw_rl.rewards.extract import (
     TAIL_CHARS,
@@ -36,8 +36,8 @@ from egsw_rl.rewards.extract import (
     strip_thousands,
 )
 from egsw_rl.rewards.types import (
-    DEFAULT_TIMEOUT_S,
     CORRECT,
+    DEFAULT_TIMEOUT_S,
     ERROR,
     NO_ANSWER,
     WRONG,
@@ -70,11 +70,12 @@ def _mv():
 
 # --- gold answers -----------------------------------------------------------------------------
 
-def _where(name: Optional[str]) -> str:
+
+def _where(name: str | None) -> str:
     return f" of {name}" if name else ""
 
 
-def gsm8k_gold(answer_field: str, *, name: Optional[str] = None) -> str:
+def gsm8k_gold(answer_field: str, *, name: str | None = None) -> str:
     """The number after the last '####' of a GSM8K worked answer: '... #### 1,234' -> '1234'."""
     if not isinstance(answer_field, str) or "####" not in answer_field:
         raise ValueError(f"gold answer{_where(name)} has no '#### <number>' line: {str(answer_field)[:80]!r}")
@@ -85,7 +86,7 @@ def gsm8k_gold(answer_field: str, *, name: Optional[str] = None) -> str:
     return number
 
 
-def parse_gold(gold: object, answer_format: str = "auto", *, name: Optional[str] = None) -> str:
+def parse_gold(gold: object, answer_format: str = "auto", *, name: str | None = None) -> str:
     """Validate a gold answer and return its canonical text (what the graders compare with).
 
     answer_format:
@@ -188,9 +189,16 @@ def _configs() -> tuple:
     mv = _mv()
     latex = mv.LatexExtractionConfig()
     norm = latex.normalization_config
-    no_units = mv.LatexExtractionConfig(normalization_config=mv.LatexNormalizationConfig(
-        basic_latex=norm.basic_latex, units=False, malformed_operators=norm.malformed_operators,
-        nits=norm.nits, boxed=norm.boxed, equations=norm.equations))
+    no_units = mv.LatexExtractionConfig(
+        normalization_config=mv.LatexNormalizationConfig(
+            basic_latex=norm.basic_latex,
+            units=False,
+            malformed_operators=norm.malformed_operators,
+            nits=norm.nits,
+            boxed=norm.boxed,
+            equations=norm.equations,
+        )
+    )
     return latex, no_units, mv.ExprExtractionConfig()
 
 
@@ -209,7 +217,9 @@ def _answer_targets(answer: str) -> list:
     text = f"${_strip_dollars(answer)}$"
     found = list(mv.parse(text, [latex, expr], parsing_timeout=None))
     inner = _strip_dollars(answer)
-    if normalize_latex(inner, latex.normalization_config) != normalize_latex(inner, no_units.normalization_config):
+    if normalize_latex(inner, latex.normalization_config) != normalize_latex(
+        inner, no_units.normalization_config
+    ):
         found += mv.parse(text, [no_units, expr], parsing_timeout=None)
     parsed = [t for t in found if not isinstance(t, str) and not _undefined(t)]
     strings = [t for t in found if isinstance(t, str)]
@@ -234,11 +244,12 @@ def _pred_targets(content: str) -> tuple:
 
 # --- predictions --------------------------------------------------------------------------------
 
+
 def _parse_boxed(content: str) -> list:
     return list(_pred_targets(content))
 
 
-def _parse_unboxed(text: str, extraction: str, fallback_last_number: bool) -> tuple[list, Optional[str]]:
+def _parse_unboxed(text: str, extraction: str, fallback_last_number: bool) -> tuple[list, str | None]:
     """math-verify's extraction over the tail of an unboxed completion; only parsed values count.
 
     boxed_then_latex: only an anchored answer: a GSM8K-style '#### 42' line, then 'final answer
@@ -251,8 +262,9 @@ def _parse_unboxed(text: str, extraction: str, fallback_last_number: bool) -> tu
     if extraction != "boxed":
         marked = hash_answer(text)
         if marked is not None:
-            found = mv.parse(f"${marked}$", [mv.LatexExtractionConfig()], fallback_mode="no_fallback",
-                             parsing_timeout=None)
+            found = mv.parse(
+                f"${marked}$", [mv.LatexExtractionConfig()], fallback_mode="no_fallback", parsing_timeout=None
+            )
             if found:
                 return found, marked
         anchored = extraction == "boxed_then_latex"
@@ -263,8 +275,9 @@ def _parse_unboxed(text: str, extraction: str, fallback_last_number: bool) -> tu
     if fallback_last_number:
         number = last_number(text)
         if number is not None:
-            found = mv.parse(f"${number}$", [mv.LatexExtractionConfig()], fallback_mode="no_fallback",
-                             parsing_timeout=None)
+            found = mv.parse(
+                f"${number}$", [mv.LatexExtractionConfig()], fallback_mode="no_fallback", parsing_timeout=None
+            )
             if found:
                 return found, number
     return [], None
@@ -273,8 +286,10 @@ def _parse_unboxed(text: str, extraction: str, fallback_last_number: bool) -> tu
 @lru_cache(maxsize=2)
 def _unboxed_configs(anchored: bool) -> list:
     mv = _mv()
-    return [mv.LatexExtractionConfig(try_extract_without_anchor=not anchored),
-            mv.ExprExtractionConfig(try_extract_without_anchor=not anchored)]
+    return [
+        mv.LatexExtractionConfig(try_extract_without_anchor=not anchored),
+        mv.ExprExtractionConfig(try_extract_without_anchor=not anchored),
+    ]
 
 
 def _verify(gold_targets: Sequence, pred: list) -> bool:
@@ -294,8 +309,10 @@ def _debug_sleep(text: str, opts: RewardOptions) -> None:
 
 # --- graders ------------------------------------------------------------------------------------
 
-def grade(completion: object, gold: object, opts: RewardOptions,
-          choices: Optional[Sequence[str]] = None) -> RewardResult:
+
+def grade(
+    completion: object, gold: object, opts: RewardOptions, choices: Sequence[str] | None = None
+) -> RewardResult:
     """Grade one completion with prepared options; never raises (an exception -> status error)."""
     try:
         if opts.task == "choice":
@@ -315,8 +332,13 @@ def _grade_math(completion: object, gold: object, opts: RewardOptions) -> Reward
         if not content:
             return RewardResult(opts.score_for(False, True), NO_ANSWER, None, True, "empty \\boxed{}")
         if len(content) > opts.max_answer_chars:
-            return RewardResult(opts.score_for(False, True), WRONG, _short(content), True,
-                                f"boxed answer longer than max_answer_chars={opts.max_answer_chars}")
+            return RewardResult(
+                opts.score_for(False, True),
+                WRONG,
+                _short(content),
+                True,
+                f"boxed answer longer than max_answer_chars={opts.max_answer_chars}",
+            )
         ok = _verify(targets, _parse_boxed(clean_answer(content)))
         if not ok:
             plain = strip_thousands(content)
@@ -333,8 +355,9 @@ def _grade_math(completion: object, gold: object, opts: RewardOptions) -> Reward
     return RewardResult(opts.score_for(ok, False), CORRECT if ok else WRONG, shown, False)
 
 
-def _grade_choice(completion: object, gold: object, opts: RewardOptions,
-                  choices: Optional[Sequence[str]]) -> RewardResult:
+def _grade_choice(
+    completion: object, gold: object, opts: RewardOptions, choices: Sequence[str] | None
+) -> RewardResult:
     text = sanitize(completion)
     _debug_sleep(text, opts)
     letters = _LETTERS if not choices else "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: len(choices)]
@@ -357,7 +380,9 @@ def _grade_choice(completion: object, gold: object, opts: RewardOptions,
         if letter is None and not content:
             return RewardResult(opts.score_for(False, True), NO_ANSWER, None, True, "empty \\boxed{}")
         if letter is None:
-            return RewardResult(opts.score_for(False, True), WRONG, shown, True, "boxed answer is not a choice")
+            return RewardResult(
+                opts.score_for(False, True), WRONG, shown, True, "boxed answer is not a choice"
+            )
     else:
         if opts.extraction != "boxed" or opts.fallback_last_number:
             letter = anchored_choice(text, letters)
@@ -368,8 +393,9 @@ def _grade_choice(completion: object, gold: object, opts: RewardOptions,
     return RewardResult(opts.score_for(ok, boxed), CORRECT if ok else WRONG, shown, boxed)
 
 
-def math_reward(completion: str, gold: str, *, timeout_s: Optional[float] = DEFAULT_TIMEOUT_S,
-                **options) -> RewardResult:
+def math_reward(
+    completion: str, gold: str, *, timeout_s: float | None = DEFAULT_TIMEOUT_S, **options
+) -> RewardResult:
     """Grade one completion against a gold answer; never raises for bad model output and returns
     within `timeout_s` seconds (status 'timeout' past it), from any thread or process.
 
@@ -388,8 +414,14 @@ def math_reward(completion: str, gold: str, *, timeout_s: Optional[float] = DEFA
     return _graded(completion, gold, _options(options), choices, timeout_s)
 
 
-def choice_reward(completion: str, gold: str, choices: Optional[Sequence[str]] = None, *,
-                  timeout_s: Optional[float] = DEFAULT_TIMEOUT_S, **options) -> RewardResult:
+def choice_reward(
+    completion: str,
+    gold: str,
+    choices: Sequence[str] | None = None,
+    *,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    **options,
+) -> RewardResult:
     """Multiple-choice grading by letter (GPQA style): the last \\boxed{} holding a letter ('B',
     '(B)', '\\text{B}', 'B) text'), or, when `choices` (the option texts, in letter order) are
     given, holding exactly one option's text; unboxed, the last 'answer is (B)' / 'Answer: B'
@@ -399,7 +431,7 @@ def choice_reward(completion: str, gold: str, choices: Optional[Sequence[str]] =
     return _graded(completion, gold, _options(options), choices, timeout_s)
 
 
-def _graded(completion, gold, opts: RewardOptions, choices, timeout_s: Optional[float]) -> RewardResult:
+def _graded(completion, gold, opts: RewardOptions, choices, timeout_s: float | None) -> RewardResult:
     if timeout_s is None:
         return grade(completion, gold, opts, choices)
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
@@ -421,12 +453,14 @@ _warned_daemon = False
 def _warn_daemon() -> None:
     global _warned_daemon
     _warned_daemon = True
-    log.warning("math_reward called in a daemonic process, which may not start the grading "
-                "worker that enforces timeout_s: grading without a deadline here")
+    log.warning(
+        "math_reward called in a daemonic process, which may not start the grading "
+        "worker that enforces timeout_s: grading without a deadline here"
+    )
 
 
 # One single-worker pool per (options, timeout) in use, a few at most; rebuilt after a fork.
-_POOLS: "OrderedDict[tuple, object]" = OrderedDict()
+_POOLS: OrderedDict[tuple, object] = OrderedDict()
 _POOLS_LOCK = threading.Lock()
 _POOLS_PID = os.getpid()
 _MAX_POOLS = 4

@@ -26,11 +26,20 @@ import threading
 import time
 import types
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict
 from multiprocessing.connection import Connection, wait
-from typing import Optional, Sequence
 
-from egsw_rl.rewards.types import CORRECT, ERROR, NO_ANSWER, STATUSES, TIMEOUT, WRONG, RewardOptions, RewardResult
+from egsw_rl.rewards.types import (
+    CORRECT,
+    ERROR,
+    NO_ANSWER,
+    STATUSES,
+    TIMEOUT,
+    WRONG,
+    RewardOptions,
+    RewardResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +105,7 @@ class _Worker:
         self.conn = conn
         self.ready = False
         self.born = time.monotonic()
-        self.index: Optional[int] = None  # sample in flight
+        self.index: int | None = None  # sample in flight
         self.deadline = 0.0
         self.started = 0.0
         self.tasks = 0
@@ -109,9 +118,16 @@ class RewardPool:
     key raises ValueError here, before any process starts.
     """
 
-    def __init__(self, workers: int = 2, timeout_s: float = 5.0, *, start_timeout_s: float = 120.0,
-                 max_tasks_per_worker: Optional[int] = None, start_method: Optional[str] = None,
-                 **reward_options) -> None:
+    def __init__(
+        self,
+        workers: int = 2,
+        timeout_s: float = 5.0,
+        *,
+        start_timeout_s: float = 120.0,
+        max_tasks_per_worker: int | None = None,
+        start_method: str | None = None,
+        **reward_options,
+    ) -> None:
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"reward.workers must be an integer >= 1 (got {workers!r})")
         if not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
@@ -141,8 +157,9 @@ class RewardPool:
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=_worker_main, args=(child, self._options_dict),
-                                 name="egsw-reward-worker", daemon=True)
+        proc = self._ctx.Process(
+            target=_worker_main, args=(child, self._options_dict), name="egsw-reward-worker", daemon=True
+        )
         with _without_main_module():
             proc.start()
         child.close()
@@ -234,7 +251,7 @@ class RewardPool:
             self._kill(w)
         self._pool = []
 
-    def __enter__(self) -> "RewardPool":
+    def __enter__(self) -> RewardPool:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -254,8 +271,12 @@ class RewardPool:
             self._logged.add(key)
             log.warning("%s", message)
 
-    def score(self, completions: Sequence[str], golds: Sequence[str],
-              choices: Optional[Sequence[Optional[Sequence[str]]]] = None) -> tuple[list[RewardResult], dict]:
+    def score(
+        self,
+        completions: Sequence[str],
+        golds: Sequence[str],
+        choices: Sequence[Sequence[str] | None] | None = None,
+    ) -> tuple[list[RewardResult], dict]:
         """Grade completions[i] against golds[i]; results in input order plus metrics:
         reward/latency_s (batch wall time), reward/{correct,wrong,no_answer,timeout,error}_count,
         reward/mean_score, reward/sample_p50_s, reward/sample_p99_s, reward/worker_restarts."""
@@ -276,7 +297,7 @@ class RewardPool:
             if w.ready and not w.proc.is_alive():
                 self._log_once(f"reward worker died while idle (exit code {w.proc.exitcode}); replacing it")
                 self._replace(w, "died while idle")
-        results: list[Optional[RewardResult]] = [None] * n
+        results: list[RewardResult | None] = [None] * n
         latency = [0.0] * n
         attempts = [0] * n
         pending = deque(range(n))
@@ -354,8 +375,11 @@ class RewardPool:
                 if now >= w.deadline:
                     w.index = None
                     self._replace(w, "timeout")
-                    finish(i, RewardResult(fail, TIMEOUT, None, False, f"no result within {self.timeout_s:g} s"),
-                           now - w.started)
+                    finish(
+                        i,
+                        RewardResult(fail, TIMEOUT, None, False, f"no result within {self.timeout_s:g} s"),
+                        now - w.started,
+                    )
             self._poll_starting([w for w in self._pool if not w.ready], timeout=0)
             if self._broken():
                 while pending:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Optional
 
 CORRECT = "correct"
 WRONG = "wrong"
@@ -38,9 +37,9 @@ class RewardResult:
 
     score: float
     status: str
-    parsed: Optional[str] = None
+    parsed: str | None = None
     boxed: bool = False
-    message: Optional[str] = None
+    message: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,25 +72,36 @@ class RewardOptions:
         need(self.task in TASKS, "task", f"must be one of {', '.join(TASKS)}")
         need(self.scheme in SCHEMES, "scheme", f"must be one of {', '.join(SCHEMES)}")
         need(self.extraction in EXTRACTIONS, "extraction", f"must be one of {', '.join(EXTRACTIONS)}")
-        need(self.answer_format in ANSWER_FORMATS, "answer_format",
-             f"must be one of {', '.join(ANSWER_FORMATS)}")
+        need(
+            self.answer_format in ANSWER_FORMATS,
+            "answer_format",
+            f"must be one of {', '.join(ANSWER_FORMATS)}",
+        )
         for key in ("correct_score", "wrong_boxed_score", "no_box_score", "format_penalty", "_debug_sleep_s"):
-            need(isinstance(getattr(self, key), (int, float)) and not isinstance(getattr(self, key), bool),
-                 key, "must be a number")
+            need(
+                isinstance(getattr(self, key), (int, float)) and not isinstance(getattr(self, key), bool),
+                key,
+                "must be a number",
+            )
         need(self.format_penalty >= 0, "format_penalty", "must be >= 0 (it is subtracted)")
         need(isinstance(self.fallback_last_number, bool), "fallback_last_number", "must be true or false")
-        need(isinstance(self.max_answer_chars, int) and self.max_answer_chars > 0, "max_answer_chars",
-             "must be a positive integer")
+        need(
+            isinstance(self.max_answer_chars, int) and self.max_answer_chars > 0,
+            "max_answer_chars",
+            "must be a positive integer",
+        )
 
     @classmethod
-    def build(cls, **options) -> "RewardOptions":
+    def build(cls, **options) -> RewardOptions:
         """RewardOptions from keyword options; an unknown key is refused by name."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
             public = sorted(k for k in known if not k.startswith("_"))
-            raise ValueError(f"unknown reward option(s) {', '.join('reward.' + k for k in unknown)}; "
-                             f"known: {', '.join(public)}")
+            raise ValueError(
+                f"unknown reward option(s) {', '.join('reward.' + k for k in unknown)}; "
+                f"known: {', '.join(public)}"
+            )
         return cls(**options)
 
     def failure_score(self) -> float:

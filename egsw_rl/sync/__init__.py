@@ -17,15 +17,23 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any, Optional
+from typing import Any
 
 import ray
 import torch
 
 from egsw_rl.actors.group import wait_all
 from egsw_rl.sync.group import WeightSender, receiver_rank_offsets
-from egsw_rl.sync.plan import (DEFAULT_TIMEOUT_S, ParamMeta, choose_transport, meta_to_rows, param_meta,
-                               plan_buckets, rows_to_meta, validate_meta)
+from egsw_rl.sync.plan import (
+    DEFAULT_TIMEOUT_S,
+    ParamMeta,
+    choose_transport,
+    meta_to_rows,
+    param_meta,
+    plan_buckets,
+    rows_to_meta,
+    validate_meta,
+)
 from egsw_rl.sync.timing import split_sync
 
 __all__ = ["WeightSync", "ModuleSender"]
@@ -39,7 +47,7 @@ class ModuleSender:
 
     def __init__(self, module: torch.nn.Module, bucket_bytes: int, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.module, self.bucket_bytes, self.timeout_s = module, int(bucket_bytes), float(timeout_s)
-        self.sender: Optional[WeightSender] = None
+        self.sender: WeightSender | None = None
 
     def connect(self, port: int, world: int) -> dict:
         """Rank 0 of the sync group; the engines' joins must have been started."""
@@ -48,8 +56,9 @@ class ModuleSender:
         return {"params": len(param_meta(self.module))}
 
     def send(self, meta: list[ParamMeta], probe: bool) -> dict:
-        return self.sender.send(self.module, plan_buckets(meta, self.bucket_bytes), is_sender=True,
-                                probe=probe)
+        return self.sender.send(
+            self.module, plan_buckets(meta, self.bucket_bytes), is_sender=True, probe=probe
+        )
 
     def close(self) -> None:
         if self.sender is not None:
@@ -90,16 +99,19 @@ class WeightSync:
     `transport` overrides learner.sync_transport (auto | shm | group | ipc; a `ModuleSender`
     uses group). The first push after set-up carries the consistency probe."""
 
-    def __init__(self, learners, generators, *, transport: Optional[str] = None, colocated: bool = False):
+    def __init__(self, learners, generators, *, transport: str | None = None, colocated: bool = False):
         self.learners, self.generators = learners, generators
         self.local = isinstance(learners, ModuleSender)
         self._collect = ray.remote(num_cpus=0)(collect_engines)
-        self._expected: Optional[dict] = None
+        self._expected: dict | None = None
         want = str(transport or ("group" if self.local else learners.lcfg.sync_transport))
         self.transport = self._choose(want, bool(colocated))
         self.info = {"transport": self.transport, **self._connect()}
-        self.meta = (param_meta(learners.module) if self.local else
-                     rows_to_meta(ray.get(learners.actors[0].sync_meta.remote())))
+        self.meta = (
+            param_meta(learners.module)
+            if self.local
+            else rows_to_meta(ray.get(learners.actors[0].sync_meta.remote()))
+        )
         self.pushes = 0
 
     # ------------------------------------------------------------------ set-up
@@ -108,15 +120,19 @@ class WeightSync:
         return [] if self.local else list(self.learners.actors)
 
     def _names(self, engines: int = 0) -> list[str]:
-        return ([f"learner rank {r}" for r in range(len(self._ranks()))]
-                + [f"generator {i}" for i in range(engines)])
+        return [f"learner rank {r}" for r in range(len(self._ranks()))] + [
+            f"generator {i}" for i in range(engines)
+        ]
 
     def _choose(self, want: str, colocated: bool) -> str:
         device = self.learners.device
         nodes = 1
         if want in ("auto", "shm") and device != "cuda":  # only then does the node count matter
-            ids = {ray.get_runtime_context().get_node_id()} if self.local else set(
-                ray.get([a.node_id.remote() for a in self.learners.actors]))
+            ids = (
+                {ray.get_runtime_context().get_node_id()}
+                if self.local
+                else set(ray.get([a.node_id.remote() for a in self.learners.actors]))
+            )
             nodes = len(ids | set(ray.get([a.node_id.remote() for a in self.generators.actors])))
         return choose_transport(want, device, colocated, nodes)
 
@@ -127,14 +143,17 @@ class WeightSync:
             addr = self.learners.master_addr
             _, port = ray.get(self.learners.actors[0].address.remote())
             self._ipc_at = (addr, port)
-            return wait_all([a.init_ipc_sender.remote(addr, port) for a in self.learners.actors],
-                            self._names())[0]
+            return wait_all(
+                [a.init_ipc_sender.remote(addr, port) for a in self.learners.actors], self._names()
+            )[0]
         if self.transport == "shm":
             first = ray.get(self.learners.actors[0].open_shared.remote())
             try:
-                wait_all([a.open_shared.remote(first["path"]) for a in self.learners.actors[1:]]
-                         + [a.open_shared.remote(first["path"], int(first["bytes"])) for a in gens.actors],
-                         self._names(engines)[1:])
+                wait_all(
+                    [a.open_shared.remote(first["path"]) for a in self.learners.actors[1:]]
+                    + [a.open_shared.remote(first["path"], int(first["bytes"])) for a in gens.actors],
+                    self._names(engines)[1:],
+                )
             finally:
                 ray.get(self.learners.actors[0].unlink_shared.remote())
             return first
@@ -146,14 +165,18 @@ class WeightSync:
             addr = self.learners.master_addr
             _, port = ray.get(self.learners.actors[0].address.remote())
         backend = "nccl" if self.learners.device == "cuda" else "gloo"
-        joins = [a.init_weight_receiver.remote(addr, port, offset, world, backend)
-                 for offset, a in zip(receiver_rank_offsets(engines, gens.tp), gens.actors)]
+        joins = [
+            a.init_weight_receiver.remote(addr, port, offset, world, backend)
+            for offset, a in zip(receiver_rank_offsets(engines, gens.tp), gens.actors)
+        ]
         if self.local:
             info = self.learners.connect(port, world)
             wait_all(joins, self._names(engines))
             return info
-        return wait_all([a.init_weight_sender.remote(addr, port, world) for a in self.learners.actors]
-                        + joins, self._names(engines))[0]
+        return wait_all(
+            [a.init_weight_sender.remote(addr, port, world) for a in self.learners.actors] + joins,
+            self._names(engines),
+        )[0]
 
     # ------------------------------------------------------------------ the plan
 
@@ -182,11 +205,13 @@ class WeightSync:
         """Start every engine's `method` (args, plus `per_engine(i)` if given); one ref to the
         engines' summary."""
         actors = self.generators.actors
-        refs = [getattr(a, method).remote(*args, *(per_engine(i) if per_engine else ()))
-                for i, a in enumerate(actors)]
+        refs = [
+            getattr(a, method).remote(*args, *(per_engine(i) if per_engine else ()))
+            for i, a in enumerate(actors)
+        ]
         return self._collect.remote(actors, *refs)
 
-    def push(self, probe: Optional[bool] = None) -> dict:
+    def push(self, probe: bool | None = None) -> dict:
         """Send the current weights to every engine. Returns the engines' summary (sync/version,
         sync/load_s, ...), the split (sync/gather_s, sync/transfer_s, sync/load_s),
         sync/send_s, sync/total_s and timing/sync_s; with `probe` (default: the first push after
@@ -198,20 +223,27 @@ class WeightSync:
         if self.transport == "shm":
             res = wait_all(self._send(probe), self._names())
             send_s = time.perf_counter() - t0
-            out = dict(ray.get(self._receive("load_shared", rows, res[0].get("probe_ids"),
-                                             res[0].get("probe_logprobs"))))
+            out = dict(
+                ray.get(
+                    self._receive("load_shared", rows, res[0].get("probe_ids"), res[0].get("probe_logprobs"))
+                )
+            )
             total_s = time.perf_counter() - t0
             # nothing is gathered: every rank writes its own shards at once, the slowest one counts
-            split = {"gather_s": 0.0, "transfer_s": max(float(r.get("write_s", 0.0)) for r in res),
-                     "load_s": float(out.get("sync/load_s", 0.0))}
+            split = {
+                "gather_s": 0.0,
+                "transfer_s": max(float(r.get("write_s", 0.0)) for r in res),
+                "load_s": float(out.get("sync/load_s", 0.0)),
+            }
         else:
             # group: rank 0 broadcasts every bucket to every engine; ipc: every rank hands it to
             # the engine worker on its own GPU. Either way an engine waits for each bucket, takes
             # it (the wire, or a copy out of the rank's buffer) and loads it: one timeline
             if self.transport == "ipc":
                 tp = self.generators.tp
-                recv = self._receive("receive_ipc", rows, *self._ipc_at,
-                                     per_engine=lambda i: (i * tp, self.pushes))
+                recv = self._receive(
+                    "receive_ipc", rows, *self._ipc_at, per_engine=lambda i: (i * tp, self.pushes)
+                )
             else:
                 recv = self._receive("receive_weights", rows)
             res = wait_all(self._send(probe) + [recv], self._names() + ["the generators"])
@@ -223,9 +255,18 @@ class WeightSync:
             # they add up within its receipt)
             timelines = [e for e in out.get("engines", []) if e.get("payload_waits") is not None]
             slowest = max(timelines, key=lambda e: float(e.get("recv_s", 0.0)), default=None)
-            split = {} if slowest is None else dict(split_sync(
-                sent.get("gathers", []), slowest["header_waits"], slowest["payload_waits"],
-                slowest["load_s"]))
+            split = (
+                {}
+                if slowest is None
+                else dict(
+                    split_sync(
+                        sent.get("gathers", []),
+                        slowest["header_waits"],
+                        slowest["payload_waits"],
+                        slowest["load_s"],
+                    )
+                )
+            )
             split["gather_total_s"] = float(sent.get("gather_s", 0.0))
         out = {k: v for k, v in out.items() if isinstance(v, (int, float))}
         out.update({f"sync/{k}": float(v) for k, v in split.items()})

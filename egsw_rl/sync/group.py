@@ -26,13 +26,20 @@ import datetime
 import os
 import socket
 import time
-from typing import Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 
-from egsw_rl.sync.plan import (DEFAULT_TIMEOUT_S, DTYPES, ParamMeta, checkpoint_name, dtype_name, gathered,
-                               run_probe)
+from egsw_rl.sync.plan import (
+    DEFAULT_TIMEOUT_S,
+    DTYPES,
+    ParamMeta,
+    checkpoint_name,
+    dtype_name,
+    gathered,
+    run_probe,
+)
 from egsw_rl.sync.timing import Laps, lap_lists
 
 KIND_BUCKET = 1
@@ -51,20 +58,35 @@ def _local_ip_towards(addr: str) -> str:
         return socket.gethostbyname(socket.gethostname())
 
 
-def new_group(master_addr: str, master_port: int, rank: int, world_size: int, backend: str,
-              timeout_s: float = DEFAULT_TIMEOUT_S):
+def new_group(
+    master_addr: str,
+    master_port: int,
+    rank: int,
+    world_size: int,
+    backend: str,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+):
     """A process group over its own TCPStore (rank 0 hosts the store). Collective: every rank
     must call it at the same time. Returns (group, store, device)."""
     timeout = datetime.timedelta(seconds=timeout_s)
-    store = dist.TCPStore(master_addr, int(master_port), int(world_size), is_master=(rank == 0),
-                          timeout=timeout, wait_for_workers=False)
+    store = dist.TCPStore(
+        master_addr,
+        int(master_port),
+        int(world_size),
+        is_master=(rank == 0),
+        timeout=timeout,
+        wait_for_workers=False,
+    )
     store = dist.PrefixStore("egsw_rl_weight_sync", store)
     if backend == "gloo":
         opts = dist.ProcessGroupGloo._Options()
         opts._timeout = timeout
         iface = os.environ.get("GLOO_SOCKET_IFNAME")
-        dev = (dist.ProcessGroupGloo.create_device(interface=iface) if iface else
-               dist.ProcessGroupGloo.create_device(hostname=_local_ip_towards(master_addr)))
+        dev = (
+            dist.ProcessGroupGloo.create_device(interface=iface)
+            if iface
+            else dist.ProcessGroupGloo.create_device(hostname=_local_ip_towards(master_addr))
+        )
         opts._devices = [dev]
         pg = dist.ProcessGroupGloo(store, rank, world_size, opts)
         device = torch.device("cpu")
@@ -89,8 +111,14 @@ class WeightSender:
     """Rank 0 of the sync group (learner rank 0). Other learner ranks use `non_sender()`: they
     take part in the ZeRO-3 gathers and the probe forward but send nothing."""
 
-    def __init__(self, master_addr: Optional[str], master_port: Optional[int], world_size: int,
-                 backend: str = "gloo", timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(
+        self,
+        master_addr: str | None,
+        master_port: int | None,
+        world_size: int,
+        backend: str = "gloo",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ):
         self.master_addr = master_addr
         self.master_port = master_port
         self.world_size = int(world_size)
@@ -101,7 +129,7 @@ class WeightSender:
         self.device = torch.device("cpu")
 
     @classmethod
-    def non_sender(cls) -> "WeightSender":
+    def non_sender(cls) -> WeightSender:
         return cls(None, None, 0)
 
     def connect(self) -> None:
@@ -109,8 +137,9 @@ class WeightSender:
         concurrently."""
         if self.world_size < 2:
             raise ValueError(f"world_size must count the sender and >= 1 receiver, got {self.world_size}")
-        self.pg, self._store, self.device = new_group(self.master_addr, self.master_port, 0,
-                                                      self.world_size, self.backend, self.timeout_s)
+        self.pg, self._store, self.device = new_group(
+            self.master_addr, self.master_port, 0, self.world_size, self.backend, self.timeout_s
+        )
 
     def close(self) -> None:
         self.pg, self._store = None, None
@@ -119,8 +148,13 @@ class WeightSender:
         bcast(self.pg, torch.tensor([kind, a, b, 0], dtype=torch.int64, device=self.device))
 
     @torch.no_grad()
-    def send(self, module: torch.nn.Module, buckets: Sequence[Sequence[ParamMeta]], is_sender: bool,
-             probe: bool = True) -> dict:
+    def send(
+        self,
+        module: torch.nn.Module,
+        buckets: Sequence[Sequence[ParamMeta]],
+        is_sender: bool,
+        probe: bool = True,
+    ) -> dict:
         """Send `module`'s parameters bucket by bucket. Call on EVERY learner rank with the same
         buckets (the gathers are collective); only `is_sender` (rank 0) broadcasts."""
         if is_sender and self.pg is None:
@@ -143,9 +177,11 @@ class WeightSender:
                 for m, p in zip(bucket, plist):
                     data = p.data
                     if tuple(data.shape) != m.shape or dtype_name(data.dtype) != m.dtype:
-                        raise ValueError(f"{m.name}: module has {tuple(data.shape)} {data.dtype}, "
-                                         f"the plan says {m.shape} {m.dtype}")
-                    view = flat[off:off + m.nbytes].view(DTYPES[m.dtype]).view(m.shape)
+                        raise ValueError(
+                            f"{m.name}: module has {tuple(data.shape)} {data.dtype}, "
+                            f"the plan says {m.shape} {m.dtype}"
+                        )
+                    view = flat[off : off + m.nbytes].view(DTYPES[m.dtype]).view(m.shape)
                     view.copy_(data)
                     off += m.padded_nbytes
                 laps.mark("gather")  # the previous bucket's release (re-partition) counts here too
@@ -168,14 +204,21 @@ class WeightSender:
             laps.mark("end")
         lists = lap_lists(laps.intervals())  # on GPU: synchronizes, the broadcasts have completed
         secs = time.perf_counter() - t0
-        return {"bytes": total, "seconds": secs, "buckets": len(lists.get("payload", [])),
-                "gathers": lists.get("gather", []), "gather_s": sum(lists.get("gather", [])),
-                "header_s": sum(lists.get("header", [])), "payload_s": sum(lists.get("payload", [])),
-                "probe_s": sum(lists.get("probe", []))}
+        return {
+            "bytes": total,
+            "seconds": secs,
+            "buckets": len(lists.get("payload", [])),
+            "gathers": lists.get("gather", []),
+            "gather_s": sum(lists.get("gather", [])),
+            "header_s": sum(lists.get("header", [])),
+            "payload_s": sum(lists.get("payload", [])),
+            "probe_s": sum(lists.get("probe", [])),
+        }
 
 
-def receive_stream(pg, device: torch.device, meta: Sequence[ParamMeta], state: dict,
-                   drain: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+def receive_stream(
+    pg, device: torch.device, meta: Sequence[ParamMeta], state: dict, drain: bool = False
+) -> Iterator[tuple[str, torch.Tensor]]:
     """A receiver's end of one push over group `pg`: (name, tensor) bucket by bucket, then the
     END message (the probe, into state["probe_ids"] / ["probe_logprobs"]). With `drain`, receive
     and discard everything up to END (keeps the group in step). Fills state["bytes"],
@@ -193,8 +236,8 @@ def receive_stream(pg, device: torch.device, meta: Sequence[ParamMeta], state: d
             if drain:
                 continue
             off = 0
-            for m in meta[pos:pos + a]:
-                t = flat[off:off + m.nbytes].view(DTYPES[m.dtype]).view(m.shape)
+            for m in meta[pos : pos + a]:
+                t = flat[off : off + m.nbytes].view(DTYPES[m.dtype]).view(m.shape)
                 off += m.padded_nbytes
                 state["names"].append(m.name)
                 yield m.name, t

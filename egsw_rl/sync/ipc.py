@@ -13,7 +13,8 @@ from __future__ import annotations
 import datetime
 import pickle
 import time
-from typing import Any, Callable, Iterator, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -27,15 +28,37 @@ def ipc_handle(t: torch.Tensor) -> dict:
     IPC description of its storage, as plain values, and the device's UUID (the receiver checks
     it holds the same physical GPU; device indices differ between processes)."""
     _, args = reductions.reduce_tensor(t)
-    (_, size, stride, offset, _, dtype, _, handle, storage_bytes, storage_offset, _, ref_handle,
-     ref_offset, event_handle, event_sync) = args
-    return {"size": list(size), "stride": list(stride), "offset": int(offset),
-            "dtype": str(dtype).removeprefix("torch."),
-            "handle": bytes(handle), "storage_bytes": int(storage_bytes),
-            "storage_offset": int(storage_offset),
-            "ref_handle": bytes(ref_handle), "ref_offset": int(ref_offset),
-            "event_handle": bytes(event_handle) if event_handle is not None else None,
-            "event_sync": bool(event_sync), "uuid": str(torch.cuda.get_device_properties(t.device).uuid)}
+    (
+        _,
+        size,
+        stride,
+        offset,
+        _,
+        dtype,
+        _,
+        handle,
+        storage_bytes,
+        storage_offset,
+        _,
+        ref_handle,
+        ref_offset,
+        event_handle,
+        event_sync,
+    ) = args
+    return {
+        "size": list(size),
+        "stride": list(stride),
+        "offset": int(offset),
+        "dtype": str(dtype).removeprefix("torch."),
+        "handle": bytes(handle),
+        "storage_bytes": int(storage_bytes),
+        "storage_offset": int(storage_offset),
+        "ref_handle": bytes(ref_handle),
+        "ref_offset": int(ref_offset),
+        "event_handle": bytes(event_handle) if event_handle is not None else None,
+        "event_sync": bool(event_sync),
+        "uuid": str(torch.cuda.get_device_properties(t.device).uuid),
+    }
 
 
 def open_ipc_handle(h: dict, device: torch.device) -> torch.Tensor:
@@ -43,18 +66,39 @@ def open_ipc_handle(h: dict, device: torch.device) -> torch.Tensor:
     same physical GPU."""
     mine = str(torch.cuda.get_device_properties(device).uuid)
     if mine != h["uuid"]:
-        raise ValueError(f"CUDA IPC: the learner's buffer is on GPU {h['uuid']}, this engine worker on "
-                         f"{mine}: "
-                         "a colocated engine worker must share its learner rank's device")
+        raise ValueError(
+            f"CUDA IPC: the learner's buffer is on GPU {h['uuid']}, this engine worker on "
+            f"{mine}: "
+            "a colocated engine worker must share its learner rank's device"
+        )
     return reductions.rebuild_cuda_tensor(
-        torch.Tensor, torch.Size(h["size"]), tuple(h["stride"]), h["offset"], torch.UntypedStorage,
-        getattr(torch, h["dtype"]), torch.device(device).index, h["handle"], h["storage_bytes"],
-        h["storage_offset"], False, h["ref_handle"], h["ref_offset"], h["event_handle"], h["event_sync"])
+        torch.Tensor,
+        torch.Size(h["size"]),
+        tuple(h["stride"]),
+        h["offset"],
+        torch.UntypedStorage,
+        getattr(torch, h["dtype"]),
+        torch.device(device).index,
+        h["handle"],
+        h["storage_bytes"],
+        h["storage_offset"],
+        False,
+        h["ref_handle"],
+        h["ref_offset"],
+        h["event_handle"],
+        h["event_sync"],
+    )
 
 
 def ipc_store(addr: str, port: int, is_master: bool, timeout_s: float):
-    store = dist.TCPStore(addr, int(port), None, is_master=is_master,
-                          timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
+    store = dist.TCPStore(
+        addr,
+        int(port),
+        None,
+        is_master=is_master,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        wait_for_workers=False,
+    )
     return dist.PrefixStore("egsw_rl_ipc", store)
 
 
@@ -67,8 +111,14 @@ class IpcSender:
     the layer is complete, so the engine cannot load from a buffer the learner reuses). The
     staging buffer (one bucket) is allocated for the push and freed after it."""
 
-    def __init__(self, addr: str, port: int, rank: int, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 share: Optional[Callable[[torch.Tensor], Any]] = None):
+    def __init__(
+        self,
+        addr: str,
+        port: int,
+        rank: int,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        share: Callable[[torch.Tensor], Any] | None = None,
+    ):
         """`share`: how the staging buffer is described to the receiver (default `ipc_handle`;
         the protocol's unit test hands a tensor between threads instead)."""
         self.rank = int(rank)
@@ -77,14 +127,20 @@ class IpcSender:
         self.pushes = 0
 
     @torch.no_grad()
-    def send(self, module: torch.nn.Module, buckets: Sequence[Sequence[ParamMeta]], probe: bool,
-             device: torch.device) -> dict:
+    def send(
+        self,
+        module: torch.nn.Module,
+        buckets: Sequence[Sequence[ParamMeta]],
+        probe: bool,
+        device: torch.device,
+    ) -> dict:
         params = {checkpoint_name(n): p for n, p in module.named_parameters()}
         push, r, store = self.pushes, self.rank, self.store
         self.pushes += 1
         t0 = time.perf_counter()
-        staging = torch.empty(max(sum(m.padded_nbytes for m in b) for b in buckets), dtype=torch.uint8,
-                              device=device)
+        staging = torch.empty(
+            max(sum(m.padded_nbytes for m in b) for b in buckets), dtype=torch.uint8, device=device
+        )
         if push:  # the previous push's handle and probe: every engine has read them
             store.delete_key(f"h/{push - 1}/{r}")
             if r == 0:
@@ -102,7 +158,7 @@ class IpcSender:
                 t3 = time.perf_counter()
                 off = 0
                 for m, p in zip(bucket, plist):
-                    staging[off:off + m.nbytes].view(DTYPES[m.dtype]).view(m.shape).copy_(p.data)
+                    staging[off : off + m.nbytes].view(DTYPES[m.dtype]).view(m.shape).copy_(p.data)
                     off += m.padded_nbytes
                 if staging.is_cuda:  # packed before it is announced
                     torch.cuda.current_stream(device).synchronize()
@@ -121,12 +177,19 @@ class IpcSender:
             store.set(f"p/{push}", pickle.dumps({"ids": ids, "logprobs": [] if lp is None else lp.tolist()}))
         store.set(f"b/{push}/{len(buckets)}/{r}", "end")
         del staging  # the engine's mapping keeps nothing alive past its own receive
-        return {"bytes": total, "seconds": time.perf_counter() - t0, "buckets": len(buckets),
-                "gathers": gathers, "gather_s": sum(gathers), "ack_wait_s": sum(waits)}
+        return {
+            "bytes": total,
+            "seconds": time.perf_counter() - t0,
+            "buckets": len(buckets),
+            "gathers": gathers,
+            "gather_s": sum(gathers),
+            "ack_wait_s": sum(waits),
+        }
 
 
-def ipc_stream(store, push: int, rank: int, meta: Sequence[ParamMeta], staging: torch.Tensor,
-               state: dict) -> Iterator[tuple[str, torch.Tensor]]:
+def ipc_stream(
+    store, push: int, rank: int, meta: Sequence[ParamMeta], staging: torch.Tensor, state: dict
+) -> Iterator[tuple[str, torch.Tensor]]:
     """The receiving half of `IpcSender`: (name, tensor) bucket by bucket from learner rank
     `rank`'s staging buffer (mapped as `staging`), each bucket copied out before it is
     acknowledged, until the sender's end mark. Fills state["bytes"], ["waits"], ["copies"]."""
@@ -148,8 +211,8 @@ def ipc_stream(store, push: int, rank: int, meta: Sequence[ParamMeta], staging: 
         state.setdefault("copies", []).append(time.perf_counter() - t2)
         state["bytes"] += nbytes
         off = 0
-        for m in meta[pos:pos + n]:
-            yield m.name, flat[off:off + m.nbytes].view(DTYPES[m.dtype]).view(m.shape)
+        for m in meta[pos : pos + n]:
+            yield m.name, flat[off : off + m.nbytes].view(DTYPES[m.dtype]).view(m.shape)
             off += m.padded_nbytes
         pos += n
         k += 1

@@ -14,8 +14,9 @@ import contextlib
 import glob
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -27,8 +28,12 @@ log = logging.getLogger(__name__)
 ALIGN = 16  # byte alignment of each tensor inside a bucket (dtype views need aligned offsets)
 DEFAULT_TIMEOUT_S = 1800.0
 PROBE_LEN = 32
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "float64": torch.float64}
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
 
 
 # ============================================================================ metadata
@@ -69,7 +74,7 @@ def checkpoint_name(name: str) -> str:
         changed = False
         for prefix in ("module.", "_orig_mod.", "_fsdp_wrapped_module."):
             if name.startswith(prefix):
-                name, changed = name[len(prefix):], True
+                name, changed = name[len(prefix) :], True
     return name.replace("._orig_mod.", ".").replace("._fsdp_wrapped_module.", ".")
 
 
@@ -176,7 +181,7 @@ def run_probe(module: torch.nn.Module) -> tuple[list[int], torch.Tensor]:
 # ============================================================================ the engine's checkpoint
 
 
-def checkpoint_shapes(model_path: str) -> Optional[dict[str, tuple[int, ...]]]:
+def checkpoint_shapes(model_path: str) -> dict[str, tuple[int, ...]] | None:
     """Names and shapes of the tensors in a model folder's safetensors files (what vLLM's
     `load_weights` consumes); None when there are none to read."""
     try:
@@ -203,8 +208,9 @@ def _optional_names(expected: dict[str, tuple[int, ...]], tied: bool) -> set[str
     return out
 
 
-def validate_meta(meta: Sequence[ParamMeta], expected: Optional[dict[str, tuple[int, ...]]],
-                  tied: bool) -> list[str]:
+def validate_meta(
+    meta: Sequence[ParamMeta], expected: dict[str, tuple[int, ...]] | None, tied: bool
+) -> list[str]:
     """Problems with a sync plan against the engine's checkpoint: missing names, unknown names,
     shape or dtype errors. Empty when the plan covers exactly the model."""
     problems = []
@@ -221,8 +227,10 @@ def validate_meta(meta: Sequence[ParamMeta], expected: Optional[dict[str, tuple[
     have = set(names)
     missing = sorted(set(expected) - have - optional)
     if missing:
-        problems.append(f"missing parameter(s) {missing[:8]}{' ...' if len(missing) > 8 else ''} "
-                        f"({len(missing)} of {len(expected)}): the engine would keep old weights")
+        problems.append(
+            f"missing parameter(s) {missing[:8]}{' ...' if len(missing) > 8 else ''} "
+            f"({len(missing)} of {len(expected)}): the engine would keep old weights"
+        )
     allowed = set(expected) | ({"lm_head.weight"} if tied else set())
     unknown = sorted(have - allowed)
     if unknown:
@@ -239,19 +247,25 @@ def choose_transport(want: str, device: str, colocated: bool, nodes: int) -> str
     ValueError naming what the asked one needs."""
     if want == "ipc":
         if not (device == "cuda" and colocated):
-            raise ValueError("learner.sync_transport=ipc reads the learner's GPU buffers from the engine "
-                             "on the same GPU: it needs trainer.placement=colocated on cuda (use auto)")
+            raise ValueError(
+                "learner.sync_transport=ipc reads the learner's GPU buffers from the engine "
+                "on the same GPU: it needs trainer.placement=colocated on cuda (use auto)"
+            )
         return "ipc"
     if want == "shm":
         if device == "cuda" or nodes != 1:
-            raise ValueError("learner.sync_transport=shm needs the learner ranks and every generator on one "
-                             f"CPU node; they run on {nodes} node(s) on {device} (use group or auto)")
+            raise ValueError(
+                "learner.sync_transport=shm needs the learner ranks and every generator on one "
+                f"CPU node; they run on {nodes} node(s) on {device} (use group or auto)"
+            )
         return "shm"
     if want == "group":
         if device == "cuda" and colocated:
-            raise ValueError("learner.sync_transport=group with trainer.placement=colocated on cuda: NCCL "
-                             "refuses two ranks of one group on one GPU (learner rank 0 and the engine "
-                             "worker beside it); colocated, weights go over CUDA IPC (use auto)")
+            raise ValueError(
+                "learner.sync_transport=group with trainer.placement=colocated on cuda: NCCL "
+                "refuses two ranks of one group on one GPU (learner rank 0 and the engine "
+                "worker beside it); colocated, weights go over CUDA IPC (use auto)"
+            )
         return "group"
     if device == "cuda":
         return "ipc" if colocated else "group"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -55,15 +55,17 @@ def map_shared(path: str, nbytes: int, create: bool = False) -> torch.Tensor:
     return torch.from_file(path, shared=True, size=int(nbytes), dtype=torch.uint8)
 
 
-def shared_views(buf: torch.Tensor, meta: Sequence[ParamMeta],
-                 offsets: Sequence[int]) -> Iterator[tuple[str, torch.Tensor]]:
+def shared_views(
+    buf: torch.Tensor, meta: Sequence[ParamMeta], offsets: Sequence[int]
+) -> Iterator[tuple[str, torch.Tensor]]:
     for m, off in zip(meta, offsets):
-        yield m.name, buf[off:off + m.nbytes].view(DTYPES[m.dtype]).view(m.shape)
+        yield m.name, buf[off : off + m.nbytes].view(DTYPES[m.dtype]).view(m.shape)
 
 
 @torch.no_grad()
-def write_shards(module: torch.nn.Module, meta: Sequence[ParamMeta], offsets: Sequence[int],
-                 buf: torch.Tensor, rank: int) -> int:
+def write_shards(
+    module: torch.nn.Module, meta: Sequence[ParamMeta], offsets: Sequence[int], buf: torch.Tensor, rank: int
+) -> int:
     """Write this rank's part of every parameter into the shared buffer; returns the bytes
     written. A ZeRO-3 parameter of n elements is stored flat, rank r holding elements
     [r*s, (r+1)*s) of it in `ds_tensor` (s = the padded partition size, the tail beyond n is
@@ -77,7 +79,7 @@ def write_shards(module: torch.nn.Module, meta: Sequence[ParamMeta], offsets: Se
             raise KeyError(f"parameter {m.name} not in the module")
         if dtype_name(p.dtype) != m.dtype:
             raise ValueError(f"{m.name}: module has {p.dtype}, the plan says {m.dtype}")
-        dst = buf[off:off + m.nbytes].view(DTYPES[m.dtype])
+        dst = buf[off : off + m.nbytes].view(DTYPES[m.dtype])
         part = getattr(p, "ds_tensor", None)
         if part is None:
             if rank == 0:
@@ -90,6 +92,6 @@ def write_shards(module: torch.nn.Module, meta: Sequence[ParamMeta], offsets: Se
         start = rank * size
         count = min(size, m.numel - start)
         if count > 0:
-            dst[start:start + count].copy_(part.data.reshape(-1)[:count])
+            dst[start : start + count].copy_(part.data.reshape(-1)[:count])
             written += count * dst.element_size()
     return written

@@ -9,7 +9,8 @@ gather; a receiver its wait for each header and payload and the loader's time in
 from __future__ import annotations
 
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -24,11 +25,11 @@ class Laps:
     def __init__(self, device: torch.device):
         self.cuda = torch.device(device).type == "cuda"
         self.device = torch.device(device)
-        self._labels: list[Optional[str]] = []
+        self._labels: list[str | None] = []
         self._stamps: list[Any] = []
         self.mark(None)
 
-    def mark(self, label: Optional[str]) -> None:
+    def mark(self, label: str | None) -> None:
         if self.cuda:
             ev = torch.cuda.Event(enable_timing=True)
             ev.record(torch.cuda.current_stream(self.device))
@@ -47,7 +48,7 @@ class Laps:
         return lap_intervals(self._labels, stamps)
 
 
-def lap_intervals(labels: Sequence[Optional[str]], stamps: Sequence[float]) -> list[tuple[str, float]]:
+def lap_intervals(labels: Sequence[str | None], stamps: Sequence[float]) -> list[tuple[str, float]]:
     """(label of the closing mark, seconds since the previous mark) for every mark after the
     first, consecutive intervals of the same label merged (a bucket's gather and the release of
     the previous one are one gather)."""
@@ -69,8 +70,9 @@ def lap_lists(intervals: Sequence[tuple[str, float]]) -> dict[str, list[float]]:
     return out
 
 
-def split_sync(gathers: Sequence[float], headers: Sequence[float], payloads: Sequence[float],
-               load_s: float) -> dict:
+def split_sync(
+    gathers: Sequence[float], headers: Sequence[float], payloads: Sequence[float], load_s: float
+) -> dict:
     """One group-transport sync on the receiving engine's timeline, split into gather, transfer
     and load. The engine alternates: wait for bucket k's header (the sender is gathering and
     packing bucket k, or the header is on the wire), wait for its payload (the wire: the sender
@@ -84,11 +86,18 @@ def split_sync(gathers: Sequence[float], headers: Sequence[float], payloads: Seq
     payload waits), load_s, start_s and buckets."""
     n = len(payloads)
     if len(headers) < n or len(gathers) < n:
-        raise ValueError(f"{n} payloads need as many headers and gathers, "
-                         f"got {len(headers)} and {len(gathers)}")
+        raise ValueError(
+            f"{n} payloads need as many headers and gathers, got {len(headers)} and {len(gathers)}"
+        )
     exposed = [min(float(headers[k]), float(gathers[k])) for k in range(n)]
     header_s = sum(float(headers[k]) - exposed[k] for k in range(1, n))
     start_s = float(headers[0]) - exposed[0] if n else 0.0
-    return {"gather_s": sum(exposed), "gather_hidden_s": sum(float(g) for g in gathers[:n]) - sum(exposed),
-            "header_s": header_s, "transfer_s": header_s + sum(float(p) for p in payloads),
-            "load_s": float(load_s), "start_s": start_s, "buckets": n}
+    return {
+        "gather_s": sum(exposed),
+        "gather_hidden_s": sum(float(g) for g in gathers[:n]) - sum(exposed),
+        "header_s": header_s,
+        "transfer_s": header_s + sum(float(p) for p in payloads),
+        "load_s": float(load_s),
+        "start_s": start_s,
+        "buckets": n,
+    }

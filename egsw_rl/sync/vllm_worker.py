@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pickle
 import time
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -31,14 +31,22 @@ class WorkerExtension:
     pickled callables, no VLLM_ALLOW_INSECURE_SERIALIZATION). Names are prefixed so they never
     clash with the worker's own attributes."""
 
-    def egsw_init_receiver(self, master_addr: str, master_port: int, rank_offset: int,
-                           world_size: int, backend: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> int:
+    def egsw_init_receiver(
+        self,
+        master_addr: str,
+        master_port: int,
+        rank_offset: int,
+        world_size: int,
+        backend: str,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> int:
         """Join the sync group as rank `rank_offset + this worker's rank` (tensor parallel
         workers of one engine take consecutive ranks)."""
         self.egsw_close_receiver()
         rank = int(rank_offset) + int(getattr(self, "rank", 0))
         self._egsw_pg, self._egsw_store, self._egsw_device = new_group(
-            master_addr, master_port, rank, world_size, backend, timeout_s)
+            master_addr, master_port, rank, world_size, backend, timeout_s
+        )
         return rank
 
     def egsw_close_receiver(self) -> None:
@@ -54,8 +62,7 @@ class WorkerExtension:
     def egsw_expected_weights(self) -> dict:
         """{"names": {name: shape}, "tied": bool} from the engine's checkpoint (None: unknown)."""
         shapes, tied = self._egsw_expected()
-        return {"shapes": None if shapes is None else {k: list(v) for k, v in shapes.items()},
-                "tied": tied}
+        return {"shapes": None if shapes is None else {k: list(v) for k, v in shapes.items()}, "tied": tied}
 
     def egsw_reseed(self, seed: int) -> None:
         """Reset the worker's global RNG (vLLM samples from it when no per-request seed is set)."""
@@ -88,12 +95,18 @@ class WorkerExtension:
         laps = state["laps"]
         laps.mark("load")  # vLLM's finalize and the tied head's re-processing
         lists = lap_lists(laps.intervals())  # on GPU: synchronizes, the engine has loaded
-        return {"bytes": state["bytes"], "params": len(state["names"]),
-                "probe_ids": state.get("probe_ids", []),
-                "probe_logprobs": state.get("probe_logprobs", []),
-                "repacked": repacked, "seconds": time.perf_counter() - t0,
-                "header_waits": lists.get("header", []), "payload_waits": lists.get("payload", []),
-                "end_wait_s": sum(lists.get("end", [])), "load_s": sum(lists.get("load", []))}
+        return {
+            "bytes": state["bytes"],
+            "params": len(state["names"]),
+            "probe_ids": state.get("probe_ids", []),
+            "probe_logprobs": state.get("probe_logprobs", []),
+            "repacked": repacked,
+            "seconds": time.perf_counter() - t0,
+            "header_waits": lists.get("header", []),
+            "payload_waits": lists.get("payload", []),
+            "end_wait_s": sum(lists.get("end", [])),
+            "load_s": sum(lists.get("load", [])),
+        }
 
     def _egsw_rejected(self, meta: Sequence[ParamMeta], strict: bool) -> str:
         """Why a plan cannot be loaded ('' when it covers the engine's model exactly)."""
@@ -128,11 +141,24 @@ class WorkerExtension:
         t1 = time.perf_counter()
         repacked = self._egsw_reload(shared_views(buf, meta, offsets))
         t2 = time.perf_counter()
-        return {"bytes": sum(m.nbytes for m in meta), "params": len(meta), "repacked": repacked,
-                "seconds": t2 - t0, "load_s": t2 - t1}
+        return {
+            "bytes": sum(m.nbytes for m in meta),
+            "params": len(meta),
+            "repacked": repacked,
+            "seconds": t2 - t0,
+            "load_s": t2 - t1,
+        }
 
-    def egsw_ipc_receive(self, meta_rows: list, addr: str, port: int, rank_offset: int, push: int,
-                         strict: bool = True, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
+    def egsw_ipc_receive(
+        self,
+        meta_rows: list,
+        addr: str,
+        port: int,
+        rank_offset: int,
+        push: int,
+        strict: bool = True,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> dict:
         """CUDA IPC transport: load one push from the staging buffer of the learner rank on this
         worker's device (rank `rank_offset` + this worker's tensor-parallel rank), bucket by bucket,
         each copied out on the device before it is acknowledged (see `IpcSender`). A plan that
@@ -156,13 +182,21 @@ class WorkerExtension:
         del staging
         probe = ipc_probe(store, push)
         secs = time.perf_counter() - t0
-        return {"bytes": state["bytes"], "params": len(meta), "repacked": repacked, "seconds": secs,
-                "probe_ids": probe["ids"], "probe_logprobs": probe["logprobs"],
-                "handoff_wait_s": sum(state["waits"]), "copy_s": sum(state["copies"]),
-                # the group transport's timeline names (split_sync): each bucket's wait for its
-                # announcement, then its copy out of the rank's buffer
-                "header_waits": list(state["waits"]), "payload_waits": list(state["copies"]),
-                "load_s": secs - sum(state["waits"]) - sum(state["copies"])}
+        return {
+            "bytes": state["bytes"],
+            "params": len(meta),
+            "repacked": repacked,
+            "seconds": secs,
+            "probe_ids": probe["ids"],
+            "probe_logprobs": probe["logprobs"],
+            "handoff_wait_s": sum(state["waits"]),
+            "copy_s": sum(state["copies"]),
+            # the group transport's timeline names (split_sync): each bucket's wait for its
+            # announcement, then its copy out of the rank's buffer
+            "header_waits": list(state["waits"]),
+            "payload_waits": list(state["copies"]),
+            "load_s": secs - sum(state["waits"]) - sum(state["copies"]),
+        }
 
 
 def _reprocess_aliased_modules(model: torch.nn.Module) -> list[str]:

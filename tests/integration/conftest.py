@@ -23,8 +23,17 @@ EXACT_TOL = 1e-5
 def rollout_cfg(**kw):
     from egsw_rl.config import RolloutConfig
 
-    base = dict(num_generators=2, cpus_per_generator=1, cpu_kvcache_gib=0.25, max_model_len=512,
-                max_tokens=24, n=4, temperature=1.0, logprobs=20, seed=0)
+    base = dict(
+        num_generators=2,
+        cpus_per_generator=1,
+        cpu_kvcache_gib=0.25,
+        max_model_len=512,
+        max_tokens=24,
+        n=4,
+        temperature=1.0,
+        logprobs=20,
+        seed=0,
+    )
     base.update(kw)
     return RolloutConfig(**base)
 
@@ -64,7 +73,7 @@ def hf_token_logprobs(model, prompt_ids, completion_ids, temperature=1.0):
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0].double()
     p = len(prompt_ids)
-    logp = torch.log_softmax(logits[p - 1:-1] / temperature, dim=-1)
+    logp = torch.log_softmax(logits[p - 1 : -1] / temperature, dim=-1)
     tgt = torch.tensor(list(completion_ids))
     lp = logp.gather(-1, tgt[:, None])[:, 0]
     ent = -(logp.exp() * logp).sum(-1)
@@ -85,6 +94,12 @@ def vh():
     """The helpers and tolerances above, for test modules (conftest is not importable by name)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(KERNEL_TOL=KERNEL_TOL, ENGINE_TOL=ENGINE_TOL, EXACT_TOL=EXACT_TOL,
-                           rollout_cfg=rollout_cfg, start_group=start_group,
-                           hf_token_logprobs=hf_token_logprobs, save_model=save_model)
+    return SimpleNamespace(
+        KERNEL_TOL=KERNEL_TOL,
+        ENGINE_TOL=ENGINE_TOL,
+        EXACT_TOL=EXACT_TOL,
+        rollout_cfg=rollout_cfg,
+        start_group=start_group,
+        hf_token_logprobs=hf_token_logprobs,
+        save_model=save_model,
+    )

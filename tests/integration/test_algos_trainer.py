@@ -22,9 +22,17 @@ from egsw_rl.runlog import read_metrics
 pytestmark = pytest.mark.integration
 
 B, G, MAX_TOKENS = 8, 4, 16
-BASE = [f"data.batch_size={B}", f"rollout.n={G}", f"rollout.max_tokens={MAX_TOKENS}",
-        "data.eval=[]", "trainer.total_steps=2", "trainer.save_every=0", "logger.plots=false",
-        "logger.progress_bar=false", "logger.wandb.mode=disabled"]
+BASE = [
+    f"data.batch_size={B}",
+    f"rollout.n={G}",
+    f"rollout.max_tokens={MAX_TOKENS}",
+    "data.eval=[]",
+    "trainer.total_steps=2",
+    "trainer.save_every=0",
+    "logger.plots=false",
+    "logger.progress_bar=false",
+    "logger.wandb.mode=disabled",
+]
 
 
 def compose(*overrides):
@@ -83,8 +91,9 @@ def run_preset(trainer, tmp_path, *overrides) -> Run:
     finally:
         del trainer.learners.update, trainer._rollout  # back to the class's methods
     after = trainer.learners.compute_logprobs(probe)["old_logprobs"]
-    return Run(read_metrics(tmp_path / "metrics.jsonl"), batches, rollouts,
-               float(np.abs(after - before).max()), algo)
+    return Run(
+        read_metrics(tmp_path / "metrics.jsonl"), batches, rollouts, float(np.abs(after - before).max()), algo
+    )
 
 
 def expected_loss(b: TrainBatch, agg: str, norm_constant: float) -> float:
@@ -182,10 +191,13 @@ def test_grpo_s_sequence_advantages_even_for_all_equal_groups(trainer, tmp_path)
     assert seen_equal, "no all-equal group in 16: GRPO-S's distinguishing case never occurred"
 
 
-@pytest.mark.parametrize("preset, overrides", [
-    ("clipb", ["algo.mu=0.5"]),  # tightened from 2.5 so that some tokens must drop
-    ("clipv", ["algo.mu=0.5", "algo.max_frac=0.5"]),  # from 8.5 and 1e-4
-])
+@pytest.mark.parametrize(
+    "preset, overrides",
+    [
+        ("clipb", ["algo.mu=0.5"]),  # tightened from 2.5 so that some tokens must drop
+        ("clipv", ["algo.mu=0.5", "algo.max_frac=0.5"]),  # from 8.5 and 1e-4
+    ],
+)
 def test_clip_masks_drop_tokens(trainer, tmp_path, preset, overrides):
     run = run_preset(trainer, tmp_path, f"algo={preset}", *overrides)
     check_common(run)
@@ -252,10 +264,13 @@ def test_rollout_correction_weights_are_one_on_cpu(trainer, tmp_path):
         assert row["rollout_is/clipped_frac"] == 0.0
 
 
-@pytest.mark.parametrize("overrides,passes", [
-    (("algo=grpo",), 1),  # one update a batch: the pre-update policy comes from the update's forward
-    (("algo=clipv",), 2),  # ClipV needs an old-logprob pass (full-vocabulary N) anyway: it carries it
-])
+@pytest.mark.parametrize(
+    "overrides,passes",
+    [
+        (("algo=grpo",), 1),  # one update a batch: the pre-update policy comes from the update's forward
+        (("algo=clipv",), 2),  # ClipV needs an old-logprob pass (full-vocabulary N) anyway: it carries it
+    ],
+)
 def test_entropy_dynamics_monitor(trainer, tmp_path, overrides, passes):
     """trainer.entropy_dynamics: the predicted and measured entropy changes are logged, finite
     and non-zero, at the cost of one learner forward a step (none when off)."""

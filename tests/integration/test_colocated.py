@@ -22,13 +22,26 @@ def compose(*overrides):
     from egsw_rl.bench_peer import compose as compose_preset  # as `launch` composes it
     from egsw_rl.config import validate
 
-    cfg = compose_preset("tiny_cpu", ("trainer.placement=colocated", "rollout.num_generators=2",
-                                      "rollout.cpus_per_generator=1", "rollout.cpu_kvcache_gib=0.25",
-                                      "data.batch_size=4", "rollout.n=4", "rollout.max_tokens=12",
-                                      "algo.beta=1e-3",  # a reference model, whose partitions move too
-                                      "data.eval=[]", "trainer.total_steps=2", "trainer.save_every=2",
-                                      "logger.plots=false", "logger.progress_bar=false",
-                                      "logger.wandb.mode=disabled", *overrides))
+    cfg = compose_preset(
+        "tiny_cpu",
+        (
+            "trainer.placement=colocated",
+            "rollout.num_generators=2",
+            "rollout.cpus_per_generator=1",
+            "rollout.cpu_kvcache_gib=0.25",
+            "data.batch_size=4",
+            "rollout.n=4",
+            "rollout.max_tokens=12",
+            "algo.beta=1e-3",  # a reference model, whose partitions move too
+            "data.eval=[]",
+            "trainer.total_steps=2",
+            "trainer.save_every=2",
+            "logger.plots=false",
+            "logger.progress_bar=false",
+            "logger.wandb.mode=disabled",
+            *overrides,
+        ),
+    )
     validate(cfg)
     return cfg
 

@@ -55,10 +55,10 @@ def test_generate_g_per_prompt_in_prompt_order(gen_group, prompts, tiny_model_di
         assert c.version == version
         if c.finish_reason == "length":  # vLLM holds back a trailing incomplete UTF-8 sequence
             full = tok.decode(c.token_ids, skip_special_tokens=True)
-            assert full.startswith(c.text) and not full[len(c.text):].strip("\ufffd")
+            assert full.startswith(c.text) and not full[len(c.text) :].strip("\ufffd")
     # G samples of one prompt are not copies of each other
     for b in range(len(prompts)):
-        group = [tuple(c.token_ids) for c in comps[b * G:(b + 1) * G]]
+        group = [tuple(c.token_ids) for c in comps[b * G : (b + 1) * G]]
         assert len(set(group)) > 1
 
 
@@ -99,8 +99,10 @@ def test_sampled_logprobs_match_transformers(gen_group, prompts, hf_model, vh, t
         ref, _ = vh.hf_token_logprobs(hf_model, c.prompt_ids, c.token_ids, temperature)
         diffs.append(np.abs(c.logprobs.astype(np.float64) - ref).max())
     worst = float(max(diffs))
-    print(f"\nvLLM vs transformers sampled-token logprob, T={temperature}: max abs diff {worst:.2e} "
-          f"over {sum(len(c.token_ids) for c in comps)} tokens")
+    print(
+        f"\nvLLM vs transformers sampled-token logprob, T={temperature}: max abs diff {worst:.2e} "
+        f"over {sum(len(c.token_ids) for c in comps)} tokens"
+    )
     assert worst < vh.KERNEL_TOL
     # and vLLM's own prompt-logprob path (logprobs_of, re-tempered) agrees with its sampler
     actor = gen_group.actors[0]
@@ -143,8 +145,12 @@ def test_entropy_estimators_bracket_the_exact_entropy(gen_group, prompts, hf_mod
     assert n_checked > 20
     assert np.mean(tail) > 0.1  # a real tail: the test is not trivially exact
     # the gaps are real, not rounding: the lower bound is strictly below the upper bound
-    assert np.mean(np.concatenate([u.entropy - l.entropy for u, l in
-                                   zip(est["upper_bound"], est["lower_bound"])])) > 0.1
+    assert (
+        np.mean(
+            np.concatenate([u.entropy - lo.entropy for u, lo in zip(est["upper_bound"], est["lower_bound"])])
+        )
+        > 0.1
+    )
 
 
 def test_entropy_is_exact_when_k_covers_the_vocabulary(gen_group, prompts, hf_model, vh):
@@ -191,13 +197,24 @@ def test_text_is_what_the_engines_detokenizer_returns(gen_group, prompts):
         self.reseed(11)
         ours = self.generate(prompts, n=8, max_tokens=24)
         self.reseed(11)
-        sp = SamplingParams(n=8, temperature=float(self.rcfg.temperature), max_tokens=24, logprobs=20,
-                            flat_logprobs=True, detokenize=True, skip_special_tokens=True,
-                            stop_token_ids=list(self.stop_ids) or None)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=x) for x in self._encode(prompts, 24)], sp,
-                                 use_tqdm=False)
-        theirs = [(list(c.token_ids), c.text, c.finish_reason) for o in outs
-                  for c in sorted(o.outputs, key=lambda c: c.index)]
+        sp = SamplingParams(
+            n=8,
+            temperature=float(self.rcfg.temperature),
+            max_tokens=24,
+            logprobs=20,
+            flat_logprobs=True,
+            detokenize=True,
+            skip_special_tokens=True,
+            stop_token_ids=list(self.stop_ids) or None,
+        )
+        outs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=x) for x in self._encode(prompts, 24)], sp, use_tqdm=False
+        )
+        theirs = [
+            (list(c.token_ids), c.text, c.finish_reason)
+            for o in outs
+            for c in sorted(o.outputs, key=lambda c: c.index)
+        ]
         return [(c.token_ids, c.text, c.finish_reason) for c in ours], theirs
 
     ours, theirs = ray.get(gen_group.actors[0].__ray_call__.remote(both, prompts))

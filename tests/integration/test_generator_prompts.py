@@ -31,8 +31,10 @@ def test_chat_template(tok):
 
 def test_qwen_math_template(tok):
     (p,) = render_prompts(tok, ["What is 1 + 1?"], "qwen_math")
-    assert p == (f"<|im_start|>system\n{BOXED_INSTRUCTION}<|im_end|>\n"
-                 "<|im_start|>user\nWhat is 1 + 1?<|im_end|>\n<|im_start|>assistant\n")
+    assert p == (
+        f"<|im_start|>system\n{BOXED_INSTRUCTION}<|im_end|>\n"
+        "<|im_start|>user\nWhat is 1 + 1?<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_plain_template_keeps_other_braces(tok):
@@ -56,8 +58,11 @@ def test_overlong_prompt_error_names_index_and_limit(tok):
     g = make(tok, max_model_len=128)
     ok = render_prompts(tok, ["short"], "qwen_math")[0]
     long = ok + " 1 +" * 100
-    with pytest.raises(ValueError, match=r"prompt 2 has \d+ tokens, more than rollout.max_model_len - "
-                                         r"rollout.max_tokens = 128 - 16 = 112"):
+    with pytest.raises(
+        ValueError,
+        match=r"prompt 2 has \d+ tokens, more than rollout.max_model_len - "
+        r"rollout.max_tokens = 128 - 16 = 112",
+    ):
         g._encode([ok, ok, long], 16)
 
 

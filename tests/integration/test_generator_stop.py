@@ -39,9 +39,11 @@ def base_model_dir(tmp_path_factory):
     head[im_end, 0], head[other, 0] = 50.0, -50.0
     sd["lm_head.weight"] = head
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
-    for name, key, value in (("tokenizer_config.json", "eos_token", "<|endoftext|>"),
-                             ("config.json", "eos_token_id", eot),
-                             ("generation_config.json", "eos_token_id", eot)):
+    for name, key, value in (
+        ("tokenizer_config.json", "eos_token", "<|endoftext|>"),
+        ("config.json", "eos_token_id", eot),
+        ("generation_config.json", "eos_token_id", eot),
+    ):
         cfg = json.loads((out / name).read_text())
         cfg[key] = value
         (out / name).write_text(json.dumps(cfg))
@@ -53,10 +55,20 @@ def base_group(ray_session, base_model_dir):
     from egsw_rl.actors.generator import GeneratorGroup
     from egsw_rl.config import ModelConfig, RolloutConfig
 
-    group = GeneratorGroup(ModelConfig(path=str(base_model_dir[0])),
-                           RolloutConfig(num_generators=1, cpus_per_generator=1, cpu_kvcache_gib=0.25,
-                                         max_model_len=256, max_tokens=24, n=8, logprobs=5,
-                                         prompt_template="qwen_math"), "cpu")
+    group = GeneratorGroup(
+        ModelConfig(path=str(base_model_dir[0])),
+        RolloutConfig(
+            num_generators=1,
+            cpus_per_generator=1,
+            cpu_kvcache_gib=0.25,
+            max_model_len=256,
+            max_tokens=24,
+            n=8,
+            logprobs=5,
+            prompt_template="qwen_math",
+        ),
+        "cpu",
+    )
     yield group
     group.shutdown()
 

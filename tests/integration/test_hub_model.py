@@ -32,10 +32,25 @@ def _run_on_repo_id(repo: str, kernel_tol: float) -> dict:
     from egsw_rl.sync import WeightSync
 
     model = ModelConfig(path=repo)
-    lcfg = LearnerConfig(num_ranks=2, cpus_per_rank=1.0, micro_batch_tokens=64, logprob_chunk_tokens=16,
-                         lr=2e-2, sync_bucket_mb=1)
-    rollout = RolloutConfig(num_generators=1, temperature=1.0, max_tokens=8, n=2, logprobs=0,
-                            max_model_len=256, cpu_kvcache_gib=0.25, seed=0, prompt_template="chat")
+    lcfg = LearnerConfig(
+        num_ranks=2,
+        cpus_per_rank=1.0,
+        micro_batch_tokens=64,
+        logprob_chunk_tokens=16,
+        lr=2e-2,
+        sync_bucket_mb=1,
+    )
+    rollout = RolloutConfig(
+        num_generators=1,
+        temperature=1.0,
+        max_tokens=8,
+        n=2,
+        logprobs=0,
+        max_model_len=256,
+        cpu_kvcache_gib=0.25,
+        seed=0,
+        prompt_template="chat",
+    )
     learners = LearnerGroup(model, lcfg, AlgoConfig(beta=0.05), "cpu")
     gens = None
     try:
@@ -56,9 +71,14 @@ def _run_on_repo_id(repo: str, kernel_tol: float) -> dict:
         after = ray.get(engine.logprobs_of.remote(prompts[0], comps[0], 1.0))
         return {
             "group_model_path": learners.model_path,
-            "rank_paths": ray.get([a.__ray_call__.remote(lambda self: self.model_path) for a in learners.actors]),
-            "rank_env": ray.get(learners.actors[0].__ray_call__.remote(
-                lambda self: {k: os.environ.get(k) for k in ("HF_HOME", "HF_HUB_OFFLINE")})),
+            "rank_paths": ray.get(
+                [a.__ray_call__.remote(lambda self: self.model_path) for a in learners.actors]
+            ),
+            "rank_env": ray.get(
+                learners.actors[0].__ray_call__.remote(
+                    lambda self: {k: os.environ.get(k) for k in ("HF_HOME", "HF_HUB_OFFLINE")}
+                )
+            ),
             "has_ref": learners.has_ref,
             "engine_model": gens.info[0]["model"],
             "transport": sync.transport,
@@ -82,8 +102,12 @@ def test_learner_and_generator_load_a_hub_id_from_an_offline_cache(ray_session, 
     with pytest.raises(ModelNotFoundError):  # not here: only the actors' environment has the cache
         resolve_model(REPO)
 
-    env = {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    env = {
+        "HF_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+    }
     runner = ray.remote(num_cpus=0, runtime_env={"env_vars": env})(_run_on_repo_id)
     out = ray.get(runner.remote(REPO, vh.KERNEL_TOL), timeout=600)
     print("hub-id run", out)

@@ -23,16 +23,38 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIRED_KEYS = [
-    "step", "reward/mean", "reward/accuracy", "response_length/mean", "entropy/mean",
-    "egsw/weight_max", "egsw/ess_frac", "kl/mean", "loss", "grad_norm", "rollout/logprob_diff_max",
-    "timing/generate_s", "timing/reward_s", "timing/logprobs_s", "timing/update_s",
-    "timing/sync_s", "timing/step_s", "reward/correct_count", "reward/wrong_count",
-    "reward/no_answer_count", "reward/timeout_count", "reward/error_count",
+    "step",
+    "reward/mean",
+    "reward/accuracy",
+    "response_length/mean",
+    "entropy/mean",
+    "egsw/weight_max",
+    "egsw/ess_frac",
+    "kl/mean",
+    "loss",
+    "grad_norm",
+    "rollout/logprob_diff_max",
+    "timing/generate_s",
+    "timing/reward_s",
+    "timing/logprobs_s",
+    "timing/update_s",
+    "timing/sync_s",
+    "timing/step_s",
+    "reward/correct_count",
+    "reward/wrong_count",
+    "reward/no_answer_count",
+    "reward/timeout_count",
+    "reward/error_count",
 ]
 # Small and fast: 4 prompts x G=4, short completions. beta > 0 so the reference model and the
 # logprob pass run too (kl/mean and timing/logprobs_s are real numbers).
-FAST = ["data.batch_size=4", "rollout.n=4", "rollout.max_tokens=16", "algo.beta=0.01",
-        "logger.progress_bar=false"]
+FAST = [
+    "data.batch_size=4",
+    "rollout.n=4",
+    "rollout.max_tokens=16",
+    "algo.beta=0.01",
+    "logger.progress_bar=false",
+]
 
 
 def env():
@@ -44,8 +66,15 @@ def env():
 
 
 def launch(args, timeout=900, **kw):
-    return subprocess.run([sys.executable, "-m", "egsw_rl.launch", *args], cwd=REPO,
-                          env=env(), capture_output=True, text=True, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "egsw_rl.launch", *args],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -55,15 +84,30 @@ def read_jsonl(path: Path) -> list[dict]:
 def test_three_steps_write_every_metric_plots_and_a_checkpoint(tmp_path):
     run = tmp_path / "run"
     # two epochs over each batch: the old-policy logprob pass runs (and is timed) too
-    p = launch(["conf=tiny_cpu", "trainer.total_steps=3", "trainer.save_every=3", "algo.ppo_epochs=2",
-                f"hydra.run.dir={run}", *FAST])
+    p = launch(
+        [
+            "conf=tiny_cpu",
+            "trainer.total_steps=3",
+            "trainer.save_every=3",
+            "algo.ppo_epochs=2",
+            f"hydra.run.dir={run}",
+            *FAST,
+        ]
+    )
     assert p.returncode == 0, p.stderr[-4000:]
     rows = read_jsonl(run / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
     for key in REQUIRED_KEYS:
         assert all(r.get(key) is not None for r in rows), f"metric {key} missing: {rows[-1]}"
-    for key in ("timing/generate_s", "timing/reward_s", "timing/logprobs_s", "timing/update_s",
-                "timing/sync_s", "timing/step_s", "grad_norm"):
+    for key in (
+        "timing/generate_s",
+        "timing/reward_s",
+        "timing/logprobs_s",
+        "timing/update_s",
+        "timing/sync_s",
+        "timing/step_s",
+        "grad_norm",
+    ):
         assert all(r[key] > 0 for r in rows), (key, [r[key] for r in rows])
     assert all(r["kl/mean"] > 0 for r in rows[1:])  # the policy has left the reference
     assert rows[-1]["version"] == 3
@@ -91,9 +135,19 @@ def test_config_errors_name_the_key_before_anything_starts():
 
 def test_multirun_two_by_two_writes_four_runs_and_a_summary(tmp_path):
     sweep = tmp_path / "sweep"
-    p = launch(["-m", "algo.alpha=0.1,0.3", "algo.temperature=1,2", "trainer.total_steps=1",
-                "trainer.save_every=0", "logger.plots=false", f"hydra.sweep.dir={sweep}", *FAST],
-               timeout=1500)
+    p = launch(
+        [
+            "-m",
+            "algo.alpha=0.1,0.3",
+            "algo.temperature=1,2",
+            "trainer.total_steps=1",
+            "trainer.save_every=0",
+            "logger.plots=false",
+            f"hydra.sweep.dir={sweep}",
+            *FAST,
+        ],
+        timeout=1500,
+    )
     assert p.returncode == 0, p.stderr[-4000:]
     runs = sorted(d for d in sweep.iterdir() if (d / "metrics.jsonl").exists())
     assert len(runs) == 4
@@ -110,7 +164,7 @@ def test_multirun_two_by_two_writes_four_runs_and_a_summary(tmp_path):
     for alpha in (0.1, 0.3):
         assert by_pair[(alpha, 1.0)]["egsw/weight_max"] != by_pair[(alpha, 2.0)]["egsw/weight_max"]
     summary = (sweep / "summary.md").read_text()
-    assert len([l for l in summary.splitlines() if "algo.alpha=" in l]) == 4
+    assert sum("algo.alpha=" in line for line in summary.splitlines()) == 4
     assert "final reward/mean" in summary
     assert (sweep / "summary.csv").read_text().count("\n") == 5
 
@@ -128,11 +182,23 @@ def _wait_for_step(path: Path, step: int, proc, timeout: float) -> None:
 def test_sigkill_then_resume_continues_without_repeating_or_skipping(tmp_path):
     run = tmp_path / "run"
     total = 40
-    args = ["conf=tiny_cpu", f"trainer.total_steps={total}", "trainer.save_every=2",
-            "trainer.keep_checkpoints=3", "logger.plots=false", f"hydra.run.dir={run}", *FAST]
-    proc = subprocess.Popen([sys.executable, "-m", "egsw_rl.launch", *args], cwd=REPO,
-                            env=env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    args = [
+        "conf=tiny_cpu",
+        f"trainer.total_steps={total}",
+        "trainer.save_every=2",
+        "trainer.keep_checkpoints=3",
+        "logger.plots=false",
+        f"hydra.run.dir={run}",
+        *FAST,
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "egsw_rl.launch", *args],
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         _wait_for_step(run / "metrics.jsonl", 7, proc, timeout=900)
     finally:
@@ -184,37 +250,73 @@ def test_ray_job_submit_to_a_local_cluster(tmp_path):
     port, dash = _free_port(), _free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     # A head of our own, in its own process group: `ray stop` would stop every Ray on the machine.
-    head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-                             f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                             "--num-cpus=6", "--include-dashboard=true", "--disable-usage-stats",
-                             # ports of our own, so another Ray on the machine cannot take them
-                             *(f"--{flag}={_free_port()}" for flag in (
-                                 "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                 "metrics-export-port", "runtime-env-agent-port",
-                                 "node-manager-port", "object-manager-port",
-                                 "ray-client-server-port")),
-                             f"--temp-dir={temp_dir}"],
-                            env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    head = subprocess.Popen(
+        [
+            ray,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--num-cpus=6",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+            # ports of our own, so another Ray on the machine cannot take them
+            *(
+                f"--{flag}={_free_port()}"
+                for flag in (
+                    "dashboard-agent-listen-port",
+                    "dashboard-agent-grpc-port",
+                    "metrics-export-port",
+                    "runtime-env-agent-port",
+                    "node-manager-port",
+                    "object-manager-port",
+                    "ray-client-server-port",
+                )
+            ),
+            f"--temp-dir={temp_dir}",
+        ],
+        env=e,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         run = tmp_path / "job"
         address = f"http://127.0.0.1:{dash}"
         with_mode = dict(e, RAY_AUTH_MODE="token")
         for _ in range(45):  # the dashboard's job API takes a few seconds to come up
-            if subprocess.run([ray, "job", "list", f"--address={address}"], env=with_mode,
-                              capture_output=True, timeout=60).returncode == 0:
+            if (
+                subprocess.run(
+                    [ray, "job", "list", f"--address={address}"],
+                    env=with_mode,
+                    capture_output=True,
+                    timeout=60,
+                ).returncode
+                == 0
+            ):
                 break
             assert head.poll() is None, "ray start --head exited"
             time.sleep(2)
         # The head did turn token auth on: a job client without RAY_AUTH_MODE is refused.
-        p = subprocess.run([ray, "job", "list", f"--address={address}"], env=e, capture_output=True,
-                           text=True, timeout=60)
+        p = subprocess.run(
+            [ray, "job", "list", f"--address={address}"], env=e, capture_output=True, text=True, timeout=60
+        )
         assert p.returncode != 0 and "authentication" in (p.stdout + p.stderr).lower(), p.stdout + p.stderr
         key = "dummy-" + secrets.token_hex(8)
         user = dict(e, RAY_ADDRESS=address, WANDB_API_KEY=key, WANDB_MODE="offline")
         # one-step off-policy overlap rides along: batch k+1 generates while batch k trains
-        submit = [str(REPO / "launch" / "submit.sh"), "trainer.total_steps=2", "trainer.overlap=true",
-                  "trainer.save_every=0", "logger.plots=false", f"hydra.run.dir={run}", *FAST]
+        submit = [
+            str(REPO / "launch" / "submit.sh"),
+            "trainer.total_steps=2",
+            "trainer.overlap=true",
+            "trainer.save_every=0",
+            "logger.plots=false",
+            f"hydra.run.dir={run}",
+            *FAST,
+        ]
         for _ in range(20):  # the job agent comes up a little after the dashboard
             p = subprocess.run(submit, cwd=tmp_path, env=user, capture_output=True, text=True, timeout=900)
             if p.returncode == 0 or "No available agent" not in p.stdout + p.stderr:
@@ -225,8 +327,13 @@ def test_ray_job_submit_to_a_local_cluster(tmp_path):
         assert "succeeded" in out.lower()
         assert "RAY_AUTH_MODE=token" in out and "WANDB_API_KEY" in out  # it says what it did
         assert key not in out
-        jobs = subprocess.run([ray, "job", "list", f"--address={address}"], env=with_mode,
-                              capture_output=True, text=True, timeout=60).stdout
+        jobs = subprocess.run(
+            [ray, "job", "list", f"--address={address}"],
+            env=with_mode,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
         assert key in jobs and "WANDB_MODE" in jobs  # the job's runtime env has both
         rows = read_jsonl(run / "metrics.jsonl")
         assert [r["step"] for r in rows] == [1, 2]
@@ -249,20 +356,36 @@ def test_a_dead_actor_is_reported_and_the_checkpoints_are_kept(tmp_path):
     import psutil
 
     run = tmp_path / "run"
-    args = ["conf=tiny_cpu", "trainer.total_steps=60", "trainer.save_every=2", "logger.plots=false",
-            f"hydra.run.dir={run}", *FAST]
-    proc = subprocess.Popen([sys.executable, "-m", "egsw_rl.launch", *args], cwd=REPO,
-                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    args = [
+        "conf=tiny_cpu",
+        "trainer.total_steps=60",
+        "trainer.save_every=2",
+        "logger.plots=false",
+        f"hydra.run.dir={run}",
+        *FAST,
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "egsw_rl.launch", *args],
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 900
         while not (run / "checkpoints").exists() or not any(
-                (p / "COMPLETE").exists() for p in (run / "checkpoints").iterdir()):
+            (p / "COMPLETE").exists() for p in (run / "checkpoints").iterdir()
+        ):
             assert time.time() < deadline and proc.poll() is None, "no checkpoint was written"
             time.sleep(0.5)
         # this run's generator actor: a ray::Generator process descending from the driver
-        victims = [p for p in psutil.process_iter(["pid", "cmdline"])
-                   if "ray::Generator" in " ".join(p.info["cmdline"] or []) and _descends(p, proc.pid)]
+        victims = [
+            p
+            for p in psutil.process_iter(["pid", "cmdline"])
+            if "ray::Generator" in " ".join(p.info["cmdline"] or []) and _descends(p, proc.pid)
+        ]
         assert victims, "generator actor process not found"
         victims[0].kill()
         out, _ = proc.communicate(timeout=600)

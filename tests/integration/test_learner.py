@@ -28,8 +28,17 @@ LR, EPS, CLIP = 2e-2, 1.0, 1.0
 
 
 def _learner_cfg(**kw) -> LearnerConfig:
-    base = dict(num_ranks=2, cpus_per_rank=1.0, micro_batch_tokens=40, logprob_chunk_tokens=16, lr=LR,
-                adam_eps=EPS, weight_decay=0.01, grad_clip=CLIP, sync_bucket_mb=1)
+    base = dict(
+        num_ranks=2,
+        cpus_per_rank=1.0,
+        micro_batch_tokens=40,
+        logprob_chunk_tokens=16,
+        lr=LR,
+        adam_eps=EPS,
+        weight_decay=0.01,
+        grad_clip=CLIP,
+        sync_bucket_mb=1,
+    )
     base.update(kw)
     return LearnerConfig(**base)
 
@@ -53,8 +62,9 @@ def make_batch(n: int = 7, seed: int = 0, vocab: int = 400) -> TrainBatch:
     return TrainBatch(prompt_ids=prompts, completion_ids=comps, advantages=adv, weights=w, mask=mask)
 
 
-def hf_logprobs(model, batch: TrainBatch, temperature: float = TEMP, grad: bool = False,
-                entropy: bool = False):
+def hf_logprobs(
+    model, batch: TrainBatch, temperature: float = TEMP, grad: bool = False, entropy: bool = False
+):
     """[N, T] logprobs of the completion tokens under a plain transformers model, one sequence at a
     time (no padding at all), full logits; with entropy=True also the [N, T] exact entropy."""
     T = max(len(c) for c in batch.completion_ids)
@@ -63,7 +73,7 @@ def hf_logprobs(model, batch: TrainBatch, temperature: float = TEMP, grad: bool 
     with ctx:
         for p, c in zip(batch.prompt_ids, batch.completion_ids):
             ids = torch.tensor([p + c])
-            logits = model(input_ids=ids).logits[0].float()[len(p) - 1:len(p) - 1 + len(c)] / temperature
+            logits = model(input_ids=ids).logits[0].float()[len(p) - 1 : len(p) - 1 + len(c)] / temperature
             lp = torch.log_softmax(logits, -1)
             tok = lp.gather(-1, torch.tensor(c)[:, None])[:, 0]
             rows.append(torch.nn.functional.pad(tok, (0, T - len(c))))
@@ -85,16 +95,31 @@ def reference_update(model_dir, batch: TrainBatch, algo: AlgoConfig, lcfg: Learn
     mask = torch.from_numpy(batch.mask)
     norms = algos.loss_normalizers(mask, algo.agg)
     loss, _ = algos.policy_loss(
-        lp, torch.from_numpy(batch.old_logprobs), torch.from_numpy(batch.advantages), mask,
+        lp,
+        torch.from_numpy(batch.old_logprobs),
+        torch.from_numpy(batch.advantages),
+        mask,
         weights=torch.from_numpy(batch.weights),
         ref_logprobs=None if batch.ref_logprobs is None else torch.from_numpy(batch.ref_logprobs),
-        clip_low=algo.clip_low, clip_high=algo.clip_high, beta=algo.beta, agg=algo.agg,
-        norm_constant=algo.norm_constant, entropy=ent, entropy_coef=algo.entropy_coef,
-        global_tokens=norms["global_tokens"], global_seqs=norms["global_seqs"])
+        clip_low=algo.clip_low,
+        clip_high=algo.clip_high,
+        beta=algo.beta,
+        agg=algo.agg,
+        norm_constant=algo.norm_constant,
+        entropy=ent,
+        entropy_coef=algo.entropy_coef,
+        global_tokens=norms["global_tokens"],
+        global_seqs=norms["global_seqs"],
+    )
     loss.backward()
     gn = torch.nn.utils.clip_grad_norm_(model.parameters(), lcfg.grad_clip)
-    opt = torch.optim.AdamW(model.parameters(), lr=lcfg.lr, betas=tuple(lcfg.adam_betas), eps=lcfg.adam_eps,
-                            weight_decay=lcfg.weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=lcfg.lr,
+        betas=tuple(lcfg.adam_betas),
+        eps=lcfg.adam_eps,
+        weight_decay=lcfg.weight_decay,
+    )
     opt.step()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, float(gn), float(loss.detach())
 
@@ -121,8 +146,9 @@ def check_equals_reference(group, model_dir, algo, lcfg, tmp_path, tag):
     out = group.compute_logprobs(batch)
     rng = np.random.default_rng(1)
     # old logprobs off the current policy so that some ratios clip
-    batch.old_logprobs = (out["old_logprobs"] + rng.normal(0, 0.25, out["old_logprobs"].shape)
-                          ).astype(np.float32) * batch.mask
+    batch.old_logprobs = (out["old_logprobs"] + rng.normal(0, 0.25, out["old_logprobs"].shape)).astype(
+        np.float32
+    ) * batch.mask
     batch.ref_logprobs = out.get("ref_logprobs")
     norms = algos.loss_normalizers(torch.from_numpy(batch.mask), algo.agg)
     batch.global_tokens, batch.global_seqs = float(norms["global_tokens"]), float(norms["global_seqs"])
@@ -158,8 +184,9 @@ def group_kl(ray_session, tiny_model_dir):
     from egsw_rl.actors.learner import LearnerGroup
 
     algo = AlgoConfig(beta=0.05, agg="seq_mean_token_mean")
-    g = LearnerGroup(ModelConfig(path=str(tiny_model_dir)), _learner_cfg(), algo, "cpu",
-                     sampling_temperature=TEMP)
+    g = LearnerGroup(
+        ModelConfig(path=str(tiny_model_dir)), _learner_cfg(), algo, "cpu", sampling_temperature=TEMP
+    )
     yield g
     g.shutdown()
 
@@ -187,7 +214,7 @@ def test_logprobs_entropy_clipv_match_plain_transformers(group_kl, tiny_model_di
     want = hf_logprobs(model, batch).numpy()
     valid = np.zeros_like(want, dtype=bool)
     for i, c in enumerate(batch.completion_ids):
-        valid[i, :len(c)] = True
+        valid[i, : len(c)] = True
     for k in out:
         assert out[k].shape == want.shape and out[k].dtype == np.float32
         assert np.all(out[k][~valid] == 0)
@@ -196,10 +223,10 @@ def test_logprobs_entropy_clipv_match_plain_transformers(group_kl, tiny_model_di
     # exact entropy / ClipV's N at the sampling temperature, from full logits
     with torch.no_grad():
         for i, (p, c) in enumerate(zip(batch.prompt_ids, batch.completion_ids)):
-            logits = model(input_ids=torch.tensor([p + c])).logits[0, len(p) - 1:len(p) - 1 + len(c)] / TEMP
+            logits = model(input_ids=torch.tensor([p + c])).logits[0, len(p) - 1 : len(p) - 1 + len(c)] / TEMP
             h, n = algos.clipv_stats_from_logits(logits)
-            np.testing.assert_allclose(out["entropy"][i, :len(c)], h.numpy(), atol=2e-5)
-            np.testing.assert_allclose(out["clipv_n"][i, :len(c)], n.numpy(), atol=2e-5)
+            np.testing.assert_allclose(out["entropy"][i, : len(c)], h.numpy(), atol=2e-5)
+            np.testing.assert_allclose(out["clipv_n"][i, : len(c)], n.numpy(), atol=2e-5)
 
 
 def test_update_equals_single_process_reference_kl(group_kl, tiny_model_dir, tmp_path):
@@ -224,7 +251,9 @@ def test_reference_stays_fixed_while_policy_moves(group_kl):
     valid = batch.mask
     for out in lps:
         np.testing.assert_array_equal(out["ref_logprobs"], first["ref_logprobs"])
-    means = [float(first["old_logprobs"][valid].mean())] + [float(o["old_logprobs"][valid].mean()) for o in lps]
+    means = [float(first["old_logprobs"][valid].mean())] + [
+        float(o["old_logprobs"][valid].mean()) for o in lps
+    ]
     assert all(b > a for a, b in zip(means, means[1:])), means  # positive advantages raise logprobs
     # k3 KL to the frozen reference grows from (almost) 0 as the policy moves away
     assert kls[-1] > kls[0] >= 0.0
@@ -248,8 +277,9 @@ def group_plain(ray_session, untied_model_dir, tmp_path_factory):
     from egsw_rl.actors.learner import LearnerGroup
 
     algo = AlgoConfig(beta=0.0, agg="token_mean", entropy_coef=0.01, clip_high=0.28)
-    lcfg = _learner_cfg(grad_clip=100.0, gradient_checkpointing=True, offload_params=True,
-                        offload_optimizer=True)
+    lcfg = _learner_cfg(
+        grad_clip=100.0, gradient_checkpointing=True, offload_params=True, offload_optimizer=True
+    )
     g = LearnerGroup(ModelConfig(path=str(untied_model_dir)), lcfg, algo, "cpu", sampling_temperature=TEMP)
     g.test_algo, g.test_lcfg = algo, lcfg
     g.test_init_ckpt = str(tmp_path_factory.mktemp("init") / "ckpt")
@@ -265,8 +295,9 @@ def test_no_reference_model_when_beta_is_zero(group_plain):
 
 
 def test_update_equals_single_process_reference_token_mean(group_plain, untied_model_dir, tmp_path):
-    check_equals_reference(group_plain, untied_model_dir, group_plain.test_algo, group_plain.test_lcfg,
-                           tmp_path, "tm")
+    check_equals_reference(
+        group_plain, untied_model_dir, group_plain.test_algo, group_plain.test_lcfg, tmp_path, "tm"
+    )
 
 
 def test_epochs_and_mini_batches_equal_sequential_reference_steps(group_plain, untied_model_dir, tmp_path):
@@ -282,7 +313,9 @@ def test_epochs_and_mini_batches_equal_sequential_reference_steps(group_plain, u
         batch = make_batch(n=8, seed=26)
         with pytest.raises(ValueError, match="old_logprobs"):
             g.update(batch)
-        batch.old_logprobs = (g.compute_logprobs(batch)["old_logprobs"] - 0.05 * batch.mask).astype(np.float32)
+        batch.old_logprobs = (g.compute_logprobs(batch)["old_logprobs"] - 0.05 * batch.mask).astype(
+            np.float32
+        )
         steps = g._plan_update(batch)
         assert len(steps) == 4
         for epoch in (steps[:2], steps[2:]):  # each epoch visits both halves (whole groups)
@@ -296,19 +329,36 @@ def test_epochs_and_mini_batches_equal_sequential_reference_steps(group_plain, u
     lcfg = g.test_lcfg
     model = AutoModelForCausalLM.from_pretrained(untied_model_dir, dtype=torch.float32)
     w0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=lcfg.lr, betas=tuple(lcfg.adam_betas), eps=lcfg.adam_eps,
-                            weight_decay=lcfg.weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=lcfg.lr,
+        betas=tuple(lcfg.adam_betas),
+        eps=lcfg.adam_eps,
+        weight_decay=lcfg.weight_decay,
+    )
     for st in steps:
-        sub = TrainBatch(prompt_ids=[batch.prompt_ids[i] for i in st["seqs"]],
-                         completion_ids=[batch.completion_ids[i] for i in st["seqs"]])
+        sub = TrainBatch(
+            prompt_ids=[batch.prompt_ids[i] for i in st["seqs"]],
+            completion_ids=[batch.completion_ids[i] for i in st["seqs"]],
+        )
         T = max(len(c) for c in sub.completion_ids)
-        pick = lambda a: torch.from_numpy(a[st["seqs"], :T])  # noqa: E731
+        pick = lambda a, st=st, T=T: torch.from_numpy(a[st["seqs"], :T])  # noqa: E731
         lp, ent = hf_logprobs(model, sub, grad=True, entropy=True)
         mask = pick(batch.mask)
         norms = algos.loss_normalizers(mask, algo.agg)
-        loss, _ = algos.policy_loss(lp, pick(batch.old_logprobs), pick(batch.advantages), mask,
-                                    weights=pick(batch.weights), clip_low=algo.clip_low, clip_high=algo.clip_high,
-                                    agg=algo.agg, entropy=ent, entropy_coef=algo.entropy_coef, **norms)
+        loss, _ = algos.policy_loss(
+            lp,
+            pick(batch.old_logprobs),
+            pick(batch.advantages),
+            mask,
+            weights=pick(batch.weights),
+            clip_low=algo.clip_low,
+            clip_high=algo.clip_high,
+            agg=algo.agg,
+            entropy=ent,
+            entropy_coef=algo.entropy_coef,
+            **norms,
+        )
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), lcfg.grad_clip)
@@ -343,8 +393,17 @@ KERNEL_TOL = 5e-3  # vLLM CPU vs transformers on a tiny random model (up to ~4e-
 def _rollout_cfg(**kw):
     from egsw_rl.config import RolloutConfig
 
-    base = dict(num_generators=1, temperature=TEMP, max_tokens=12, n=2, logprobs=0, max_model_len=256,
-                cpu_kvcache_gib=0.25, seed=0, prompt_template="chat")
+    base = dict(
+        num_generators=1,
+        temperature=TEMP,
+        max_tokens=12,
+        n=2,
+        logprobs=0,
+        max_model_len=256,
+        cpu_kvcache_gib=0.25,
+        seed=0,
+        prompt_template="chat",
+    )
     base.update(kw)
     return RolloutConfig(**base)
 
@@ -413,9 +472,11 @@ def test_push_then_engine_equals_fresh_engine_from_export(group_plain, untied_mo
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
 
     # the learner's logprobs of the sampled tokens (same temperature) within the kernel tolerance
-    sampled = TrainBatch(prompt_ids=[c.prompt_ids for c in synced], completion_ids=[c.token_ids for c in synced])
+    sampled = TrainBatch(
+        prompt_ids=[c.prompt_ids for c in synced], completion_ids=[c.token_ids for c in synced]
+    )
     ours = group_plain.compute_logprobs(sampled)["old_logprobs"]
-    gap = max(float(np.abs(ours[i, :len(c.token_ids)] - c.logprobs).max()) for i, c in enumerate(synced))
+    gap = max(float(np.abs(ours[i, : len(c.token_ids)] - c.logprobs).max()) for i, c in enumerate(synced))
     print("learner vs vLLM sampled-token logprob gap", gap)
     assert gap < KERNEL_TOL
 
@@ -441,12 +502,17 @@ def test_rollout_correction_weights_are_one_against_an_fp32_engine(group_plain, 
     mask = np.zeros((len(comps), T), dtype=bool)
     roll = np.zeros((len(comps), T), dtype=np.float32)
     for i, c in enumerate(comps):
-        mask[i, :len(c.token_ids)] = True
-        roll[i, :len(c.token_ids)] = c.logprobs
+        mask[i, : len(c.token_ids)] = True
+        roll[i, : len(c.token_ids)] = c.logprobs
     rng = np.random.default_rng(4)
-    batch = TrainBatch(prompt_ids=[c.prompt_ids for c in comps], completion_ids=[c.token_ids for c in comps],
-                       advantages=(rng.normal(size=(len(comps), 1)) * mask).astype(np.float32),
-                       weights=mask.astype(np.float32), mask=mask, rollout_logprobs=roll)
+    batch = TrainBatch(
+        prompt_ids=[c.prompt_ids for c in comps],
+        completion_ids=[c.token_ids for c in comps],
+        advantages=(rng.normal(size=(len(comps), 1)) * mask).astype(np.float32),
+        weights=mask.astype(np.float32),
+        mask=mask,
+        rollout_logprobs=roll,
+    )
     ckpt = str(tmp_path / "ckpt")
     g.save_checkpoint(ckpt)
     saved = g.acfg

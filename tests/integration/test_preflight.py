@@ -23,8 +23,14 @@ def _env(**kw):
 
 
 def _py(args, cwd, timeout=600, **env):
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=_env(**env), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=cwd,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_preflight_passes_the_default_and_names_the_missing_gpus_of_the_papers_preset(tmp_path):
@@ -32,13 +38,26 @@ def test_preflight_passes_the_default_and_names_the_missing_gpus_of_the_papers_p
     assert p.returncode == 0, p.stdout + p.stderr[-3000:]
     lines = [x for x in p.stdout.splitlines() if x[:1] in "✓✗-"]
     assert lines and all(x.startswith("✓") for x in lines), p.stdout
-    for name in ("config", "model context", "stop tokens", "training data", "placement", "run directory",
-                 "disk", "versions", "wandb"):
+    for name in (
+        "config",
+        "model context",
+        "stop tokens",
+        "training data",
+        "placement",
+        "run directory",
+        "disk",
+        "versions",
+        "wandb",
+    ):
         assert any(x[2:].startswith(name) for x in lines), (name, p.stdout)
     assert not (tmp_path / "run").exists()  # the write probe leaves nothing behind
 
-    p = _py(["egsw_rl.preflight", "conf=qwen_math_7b", f"hydra.run.dir={tmp_path / 'q'}"], tmp_path,
-            HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    p = _py(
+        ["egsw_rl.preflight", "conf=qwen_math_7b", f"hydra.run.dir={tmp_path / 'q'}"],
+        tmp_path,
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf"),
+    )
     assert p.returncode == 1, p.stdout + p.stderr[-3000:]
     out = p.stdout
     assert "The run needs 8 GPUs and the cluster has 0" in out
@@ -51,8 +70,11 @@ def test_preflight_passes_the_default_and_names_the_missing_gpus_of_the_papers_p
 
 def test_launch_refuses_a_context_the_model_does_not_have_in_one_line(tmp_path):
     t0 = time.monotonic()
-    p = _py(["egsw_rl.launch", "model=tiny", "rollout.max_model_len=8192", f"hydra.run.dir={tmp_path}"],
-            REPO, timeout=300)
+    p = _py(
+        ["egsw_rl.launch", "model=tiny", "rollout.max_model_len=8192", f"hydra.run.dir={tmp_path}"],
+        REPO,
+        timeout=300,
+    )
     assert p.returncode == 2, p.stderr[-3000:]
     err = [x for x in p.stderr.splitlines() if x.startswith("egsw_rl:")]
     assert len(err) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
@@ -74,20 +96,47 @@ def test_a_cluster_too_small_for_the_plan_is_refused_in_seconds(tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     e = _env(RAY_AUTH_MODE="disabled")
     e["PATH"] = str(Path(sys.executable).parent) + os.pathsep + e.get("PATH", "")
-    head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
-                             *(f"--{flag}={_free_port()}" for flag in (
-                                 "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                 "metrics-export-port", "runtime-env-agent-port", "node-manager-port",
-                                 "object-manager-port", "ray-client-server-port")),
-                             f"--temp-dir={temp_dir}"],
-                            env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    head = subprocess.Popen(
+        [
+            ray,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            *(
+                f"--{flag}={_free_port()}"
+                for flag in (
+                    "dashboard-agent-listen-port",
+                    "dashboard-agent-grpc-port",
+                    "metrics-export-port",
+                    "runtime-env-agent-port",
+                    "node-manager-port",
+                    "object-manager-port",
+                    "ray-client-server-port",
+                )
+            ),
+            f"--temp-dir={temp_dir}",
+        ],
+        env=e,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         time.sleep(5)
         t0 = time.monotonic()
-        p = subprocess.run([sys.executable, "-m", "egsw_rl.launch", f"hydra.run.dir={tmp_path / 'run'}"],
-                           cwd=REPO, env=dict(e, RAY_ADDRESS=f"127.0.0.1:{port}"), capture_output=True,
-                           text=True, timeout=300)
+        p = subprocess.run(
+            [sys.executable, "-m", "egsw_rl.launch", f"hydra.run.dir={tmp_path / 'run'}"],
+            cwd=REPO,
+            env=dict(e, RAY_ADDRESS=f"127.0.0.1:{port}"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         elapsed = time.monotonic() - t0
         err = p.stderr
         assert p.returncode == 2, err[-3000:]

@@ -20,17 +20,38 @@ def test_overlong_prompts_are_dropped_from_training_and_scored_in_a_step0_eval(t
     rows = [{"question": f"What is {a} + {b}?", "answer": str(a + b)} for a in range(4) for b in range(3)]
     rows[5] = {"question": LONG, "answer": "201"}
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    ev.write_text(json.dumps({"question": LONG, "answer": "201"}) + "\n"
-                  + json.dumps({"question": "What is 2 + 2?", "answer": "4"}) + "\n")
+    ev.write_text(
+        json.dumps({"question": LONG, "answer": "201"})
+        + "\n"
+        + json.dumps({"question": "What is 2 + 2?", "answer": "4"})
+        + "\n"
+    )
     run = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     p = subprocess.run(
-        [sys.executable, "-m", "egsw_rl.launch", f"hydra.run.dir={run}", f"data.train={train}",
-         f"data.eval=[{ev}]", "data.batch_size=4", "rollout.n=4", "rollout.max_tokens=16",
-         "rollout.max_model_len=144", "trainer.total_steps=1", "trainer.save_every=0",
-         "logger.plots=false", "logger.progress_bar=false"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "egsw_rl.launch",
+            f"hydra.run.dir={run}",
+            f"data.train={train}",
+            f"data.eval=[{ev}]",
+            "data.batch_size=4",
+            "rollout.n=4",
+            "rollout.max_tokens=16",
+            "rollout.max_model_len=144",
+            "trainer.total_steps=1",
+            "trainer.save_every=0",
+            "logger.plots=false",
+            "logger.progress_bar=false",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert p.returncode == 0, p.stderr[-4000:]
     log = p.stdout + p.stderr
     assert "Failed to load weights" not in log  # vLLM's benign reload chatter is filtered

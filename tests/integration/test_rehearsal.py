@@ -32,8 +32,14 @@ def env():
 
 
 def launch(args, timeout=1200):
-    return subprocess.run([sys.executable, "-m", "egsw_rl.launch", *args], cwd=REPO, env=env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "egsw_rl.launch", *args],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -42,8 +48,14 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def test_paper_preset_rehearsed_on_cpu_two_steps_then_resume(tmp_path):
     run, hf_home = tmp_path / "run", tmp_path / "hf"
-    args = ["conf=qwen_math_7b", "rehearsal=cpu", f"rehearsal.hf_home={hf_home}",
-            f"hydra.run.dir={run}", "logger.progress_bar=false", "logger.plots=false"]
+    args = [
+        "conf=qwen_math_7b",
+        "rehearsal=cpu",
+        f"rehearsal.hf_home={hf_home}",
+        f"hydra.run.dir={run}",
+        "logger.progress_bar=false",
+        "logger.plots=false",
+    ]
     p = launch([*args, "trainer.total_steps=2"])
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-4000:]
@@ -59,12 +71,15 @@ def test_paper_preset_rehearsed_on_cpu_two_steps_then_resume(tmp_path):
     # loaded by repo id from the cache the rehearsal filled (offline, the only place holding it)
     snapshots = hf_home / "hub" / ("models--" + REPO_ID.replace("/", "--")) / "snapshots"
     (snap,) = list(snapshots.iterdir())
-    engine_lines = [l for l in out.splitlines() if str(snap) in l and "this is a rehearsal" not in l]
+    engine_lines = [x for x in out.splitlines() if str(snap) in x and "this is a rehearsal" not in x]
     assert engine_lines, "the vLLM engine did not report loading the cached snapshot"
 
     # over-long training rows left out at load time, reported once
-    report = re.findall(r"data\.train=simplerl_8k: (\d+) of (\d+) prompts longer than the 480-token "
-                        r"budget.*?: (\d+) rows left out", out)
+    report = re.findall(
+        r"data\.train=simplerl_8k: (\d+) of (\d+) prompts longer than the 480-token "
+        r"budget.*?: (\d+) rows left out",
+        out,
+    )
     assert len(report) == 1, out[-4000:]
     over, total, left_out = map(int, report[0])
     assert 0 < over == left_out < total
@@ -90,7 +105,9 @@ def test_paper_preset_rehearsed_on_cpu_two_steps_then_resume(tmp_path):
     tok = AutoTokenizer.from_pretrained(str(snap))
     trained = [ex["question"] for s in read_jsonl(run / "samples.jsonl") for ex in s["examples"]]
     assert len(trained) == 8
-    lengths = [len(ids) for ids in encode_prompts(tok, render_prompts(tok, trained, "qwen_math"), "qwen_math")]
+    lengths = [
+        len(ids) for ids in encode_prompts(tok, render_prompts(tok, trained, "qwen_math"), "qwen_math")
+    ]
     assert max(lengths) <= 480
 
     ckpt = run / "checkpoints" / "step_00000002"

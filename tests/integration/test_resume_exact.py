@@ -13,15 +13,29 @@ import pytest
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-ARGS = ["data.batch_size=4", "rollout.n=4", "rollout.max_tokens=16", "algo.beta=0.01",
-        "trainer.save_every=2", "trainer.eval_every=1", "logger.plots=false", "logger.progress_bar=false"]
+ARGS = [
+    "data.batch_size=4",
+    "rollout.n=4",
+    "rollout.max_tokens=16",
+    "algo.beta=0.01",
+    "trainer.save_every=2",
+    "trainer.eval_every=1",
+    "logger.plots=false",
+    "logger.progress_bar=false",
+]
 
 
 def _launch(run: Path, *extra: str) -> None:
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
-    p = subprocess.run([sys.executable, "-m", "egsw_rl.launch", f"hydra.run.dir={run}", *ARGS, *extra],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    p = subprocess.run(
+        [sys.executable, "-m", "egsw_rl.launch", f"hydra.run.dir={run}", *ARGS, *extra],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert p.returncode == 0, (p.stdout + p.stderr)[-5000:]
 
 

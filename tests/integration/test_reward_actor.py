@@ -3,13 +3,11 @@ replacement after a stuck sample or a SIGKILL, and the pure function off the mai
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -36,8 +34,9 @@ def actor(ray_session):
     from egsw_rl.actors.reward import RewardActor
 
     ray = ray_session
-    a = RewardActor.options(num_cpus=1).remote(workers=2, timeout_s=TIMEOUT_S, num_actors=1,
-                                              _debug_sleep_s=60.0)
+    a = RewardActor.options(num_cpus=1).remote(
+        workers=2, timeout_s=TIMEOUT_S, num_actors=1, _debug_sleep_s=60.0
+    )
     assert ray.get(a.ready.remote(), timeout=120)
     yield a
     ray.get(a.close.remote(), timeout=30)
@@ -84,7 +83,9 @@ def test_actor_and_thread_scores_equal_main_process_scores(ray_session, actor, p
     assert sum(r.status == "wrong" for r in main) == 25
     remote, metrics = ray.get(actor.score.remote(completions, golds), timeout=120)
     threaded: list = []
-    t = threading.Thread(target=lambda: threaded.extend(math_reward(c, g) for c, g in zip(completions, golds)))
+    t = threading.Thread(
+        target=lambda: threaded.extend(math_reward(c, g) for c, g in zip(completions, golds))
+    )
     t.start()
     t.join(120)
     assert remote == main
@@ -96,8 +97,12 @@ def test_stuck_sample_times_out_and_the_worker_is_replaced(ray_session, actor):
     ray = ray_session
     before = set(ray.get(actor.worker_pids.remote()))
     t0 = time.monotonic()
-    results, metrics = ray.get(actor.score.remote(
-        ["<debug-sleep> \\boxed{1}", r"\boxed{9^{9^{9^{9^{9}}}}}", r"\boxed{1}"], ["1", "1", "1"]), timeout=60)
+    results, metrics = ray.get(
+        actor.score.remote(
+            ["<debug-sleep> \\boxed{1}", r"\boxed{9^{9^{9^{9^{9}}}}}", r"\boxed{1}"], ["1", "1", "1"]
+        ),
+        timeout=60,
+    )
     wall = time.monotonic() - t0
     assert [r.status for r in results] == ["timeout", "timeout", "correct"]
     assert metrics["reward/timeout_count"] == 2 and metrics["reward/worker_restarts"] == 2

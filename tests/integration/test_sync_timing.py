@@ -16,9 +16,13 @@ PARTS = ("sync/gather_s", "sync/transfer_s", "sync/load_s")
 def rig(ray_session, tiny_model_dir, vh):
     from egsw_rl.actors.learner import LearnerGroup
 
-    learners = LearnerGroup(ModelConfig(path=str(tiny_model_dir)),
-                            LearnerConfig(num_ranks=2, cpus_per_rank=1.0, sync_bucket_mb=1),
-                            AlgoConfig(beta=0.0), "cpu", 1.0)
+    learners = LearnerGroup(
+        ModelConfig(path=str(tiny_model_dir)),
+        LearnerConfig(num_ranks=2, cpus_per_rank=1.0, sync_bucket_mb=1),
+        AlgoConfig(beta=0.0),
+        "cpu",
+        1.0,
+    )
     gens = vh.start_group(tiny_model_dir)
     yield learners, gens
     gens.shutdown()

@@ -12,8 +12,16 @@ import pytest
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-FAST = ["data.batch_size=4", "rollout.n=4", "rollout.max_tokens=16", "trainer.total_steps=2",
-        "trainer.save_every=0", "data.eval=[]", "logger.plots=false", "logger.progress_bar=false"]
+FAST = [
+    "data.batch_size=4",
+    "rollout.n=4",
+    "rollout.max_tokens=16",
+    "trainer.total_steps=2",
+    "trainer.save_every=0",
+    "data.eval=[]",
+    "logger.plots=false",
+    "logger.progress_bar=false",
+]
 
 
 @pytest.fixture
@@ -27,8 +35,14 @@ def cluster():
 
 def _launch(address: str, run: Path, *extra: str):
     env = {**os.environ, "RAY_ADDRESS": address, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "egsw_rl.launch", f"hydra.run.dir={run}", *FAST, *extra],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    return subprocess.run(
+        [sys.executable, "-m", "egsw_rl.launch", f"hydra.run.dir={run}", *FAST, *extra],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
 
 
 def _check(p, run: Path) -> list[dict]:
@@ -53,7 +67,7 @@ def test_learners_and_engine_on_different_nodes_sync_over_the_process_group(clus
     run = tmp_path / "split"
     p = _launch(cluster.address, run)
     _check(p, run)
-    placed = (p.stdout + p.stderr)
+    placed = p.stdout + p.stderr
     assert "2 learners x (1 CPU) on node" in placed and "1 generator x (2 CPU) on node" in placed
     line = next(x for x in placed.splitlines() if "placement: 2 learners" in x)
     learner_node = line.split("2 learners x (1 CPU) on node ")[1].split(";")[0]

@@ -47,8 +47,9 @@ class Rig:
 
     @staticmethod
     def maxdiff(a, b):
-        return float(max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).max()
-                         for x, y in zip(a, b)))
+        return float(
+            max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).max() for x, y in zip(a, b))
+        )
 
 
 def perturbed(model, names=None, scale=0.05, seed=0, rows=None):
@@ -101,8 +102,10 @@ def first_sync(rig, hf_model, tmp_path_factory, vh):
         res["synced_lp"] = rig.engine_lp(a0)
     finally:
         fresh.shutdown()
-    print(f"\nbefore sync: engine vs sender {res['diff_before']:.3e}; engine vs its own weights "
-          f"{res['orig_diff']:.3e}; after: {res['diff_after']}; sync {res['out']}")
+    print(
+        f"\nbefore sync: engine vs sender {res['diff_before']:.3e}; engine vs its own weights "
+        f"{res['orig_diff']:.3e}; after: {res['diff_after']}; sync {res['out']}"
+    )
     return res
 
 
@@ -143,8 +146,10 @@ def test_sync_increments_the_version(first_sync, rig):
 def _groups(model):
     names = [n for n, _ in model.named_parameters()]
     layers = sorted({n.split(".")[2] for n in names if n.startswith("model.layers.")}, key=int)
-    out = {"embed_tokens (tied output head)": ["model.embed_tokens.weight"],
-           "final norm": ["model.norm.weight"]}
+    out = {
+        "embed_tokens (tied output head)": ["model.embed_tokens.weight"],
+        "final norm": ["model.norm.weight"],
+    }
     for i in layers:
         out[f"layer {i}"] = [n for n in names if n.startswith(f"model.layers.{i}.")]
     assert sum(len(v) for v in out.values()) == len(names)
@@ -224,8 +229,10 @@ def test_unknown_name_and_wrong_shape_are_refused(first_sync, rig):
     bad = meta + [ParamMeta("model.layers.9.mlp.up_proj.weight", (256, 128), "float32")]
     with pytest.raises(ValueError, match="unknown parameter name"):
         rig.weights.check(bad)
-    wrong = [ParamMeta(m.name, (m.shape[0] + 1,) + m.shape[1:], m.dtype)
-             if m.name == "model.norm.weight" else m for m in meta]
+    wrong = [
+        ParamMeta(m.name, (m.shape[0] + 1,) + m.shape[1:], m.dtype) if m.name == "model.norm.weight" else m
+        for m in meta
+    ]
     with pytest.raises(ValueError, match=r"model\.norm\.weight: shape"):
         rig.weights.check(wrong)
 

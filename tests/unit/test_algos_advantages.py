@@ -18,7 +18,7 @@ def _ref(rewards: list[float], g: int, mode: str, eps: float = 1e-6) -> list[flo
     batch_mean = sum(rewards) / n
     batch_std = math.sqrt(sum((r - batch_mean) ** 2 for r in rewards) / (n - 1)) if n > 1 else 0.0
     for b in range(n // g):
-        grp = rewards[b * g:(b + 1) * g]
+        grp = rewards[b * g : (b + 1) * g]
         mean = sum(grp) / g
         std = math.sqrt(sum((r - mean) ** 2 for r in grp) / (g - 1)) if g > 1 else 0.0
         for r in grp:
@@ -64,12 +64,18 @@ def test_group_of_one_gives_zero():
 
 
 @settings(max_examples=30, deadline=None)
-@given(g=st.integers(1, 5), b=st.integers(1, 4), mode=st.sampled_from(["grpo", "dr_grpo", "batch_std"]),
-       data=st.data())
+@given(
+    g=st.integers(1, 5),
+    b=st.integers(1, 4),
+    mode=st.sampled_from(["grpo", "dr_grpo", "batch_std"]),
+    data=st.data(),
+)
 def test_against_loop_reference(g, b, mode, data):
     rewards = data.draw(st.lists(st.sampled_from([0.0, 1.0, -1.0, 0.5]), min_size=g * b, max_size=g * b))
     a = group_advantages(torch.tensor(rewards, dtype=torch.float64), group_size=g, mode=mode)
-    torch.testing.assert_close(a, torch.tensor(_ref(rewards, g, mode), dtype=torch.float64), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(
+        a, torch.tensor(_ref(rewards, g, mode), dtype=torch.float64), atol=1e-12, rtol=1e-12
+    )
 
 
 def test_fp32_default_and_bad_inputs():

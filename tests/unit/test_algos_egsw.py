@@ -28,8 +28,15 @@ def _batch(seed: int, b: int, g: int, t: int):
 
 def _ref(adv, ent, mask, *, g, alpha, p, gran, over, norm, vocab, traj, rescale):
     n, t = mask.shape
-    hn = [[(ent[i, s].item() / math.log(vocab) if norm == "log_vocab" else ent[i, s].item()) if mask[i, s] else 0.0
-           for s in range(t)] for i in range(n)]
+    hn = [
+        [
+            (ent[i, s].item() / math.log(vocab) if norm == "log_vocab" else ent[i, s].item())
+            if mask[i, s]
+            else 0.0
+            for s in range(t)
+        ]
+        for i in range(n)
+    ]
     sets = [list(range(n))] if over == "batch" else [list(range(k * g, (k + 1) * g)) for k in range(n // g)]
     w = [[0.0] * t for _ in range(n)]
     for members in sets:
@@ -62,21 +69,51 @@ def _ref(adv, ent, mask, *, g, alpha, p, gran, over, norm, vocab, traj, rescale)
 
 
 OPTS = dict(
-    gran=st.sampled_from(["step", "trajectory"]), over=st.sampled_from(["batch", "group"]),
-    norm=st.sampled_from(["log_vocab", "none"]), traj=st.sampled_from(["mean", "sum"]), rescale=st.booleans(),
+    gran=st.sampled_from(["step", "trajectory"]),
+    over=st.sampled_from(["batch", "group"]),
+    norm=st.sampled_from(["log_vocab", "none"]),
+    traj=st.sampled_from(["mean", "sum"]),
+    rescale=st.booleans(),
 )
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), b=st.integers(1, 3), g=st.integers(1, 4), t=st.integers(1, 5),
-       alpha=st.floats(0.0, 1.0), p=st.floats(0.2, 3.0), **OPTS)
+@given(
+    seed=st.integers(0, 10_000),
+    b=st.integers(1, 3),
+    g=st.integers(1, 4),
+    t=st.integers(1, 5),
+    alpha=st.floats(0.0, 1.0),
+    p=st.floats(0.2, 3.0),
+    **OPTS,
+)
 def test_against_loop_reference_and_sums(seed, b, g, t, alpha, p, gran, over, norm, traj, rescale):
     adv, ent, mask = _batch(seed, b, g, t)
-    kw = dict(alpha=alpha, temperature=p, granularity=gran, normalize_over=over, entropy_norm=norm,
-              vocab_size=50, trajectory_entropy=traj, rescale=rescale)
+    kw = dict(
+        alpha=alpha,
+        temperature=p,
+        granularity=gran,
+        normalize_over=over,
+        entropy_norm=norm,
+        vocab_size=50,
+        trajectory_entropy=traj,
+        rescale=rescale,
+    )
     w = egsw_weights(adv, ent, mask, group_size=g, **kw)
-    ref = _ref(adv, ent, mask, g=g, alpha=alpha, p=p, gran=gran, over=over, norm=norm, vocab=50, traj=traj,
-               rescale=rescale)
+    ref = _ref(
+        adv,
+        ent,
+        mask,
+        g=g,
+        alpha=alpha,
+        p=p,
+        gran=gran,
+        over=over,
+        norm=norm,
+        vocab=50,
+        traj=traj,
+        rescale=rescale,
+    )
     torch.testing.assert_close(w, ref, atol=1e-12, rtol=1e-12)
     assert torch.all(w[~mask] == 0)
     assert not w.requires_grad and torch.isfinite(w).all()
@@ -106,7 +143,9 @@ def test_hand_values_step_batch():
     e, ei = math.e, 1 / math.e
     expect = torch.tensor([[2 * e / (e + ei), 1.0], [2 * ei / (e + ei), 0.0]], dtype=F64)
     torch.testing.assert_close(w, expect, atol=1e-15, rtol=0)
-    w1 = egsw_weights(adv, ent, mask, group_size=2, alpha=0.5, temperature=1.0, entropy_norm="none", rescale=False)
+    w1 = egsw_weights(
+        adv, ent, mask, group_size=2, alpha=0.5, temperature=1.0, entropy_norm="none", rescale=False
+    )
     torch.testing.assert_close(w1, torch.tensor([[e / (e + ei), 1.0], [ei / (e + ei), 0.0]], dtype=F64))
     # log_vocab normalisation: Hn = H / log V; alpha = log V makes it identical to raw nats with alpha = 1
     wv = egsw_weights(adv, ent, mask, group_size=2, alpha=math.log(7), vocab_size=7)
@@ -137,7 +176,9 @@ def test_large_temperature_reproduces_grpo_loss(agg, gran):
     gen = torch.Generator().manual_seed(5)
     old = -torch.rand(n, t, generator=gen, dtype=F64) * 3
     base = old + 0.3 * torch.randn(n, t, generator=gen, dtype=F64)
-    w = egsw_weights(adv, ent, mask, group_size=4, alpha=0.3, temperature=1e9, granularity=gran, vocab_size=50)
+    w = egsw_weights(
+        adv, ent, mask, group_size=4, alpha=0.3, temperature=1e9, granularity=gran, vocab_size=50
+    )
     lp1, lp2 = base.clone().requires_grad_(), base.clone().requires_grad_()
     kw = dict(agg=agg, norm_constant=t)
     l1, _ = policy_loss(lp1, old, adv, mask, weights=w, **kw)
@@ -147,7 +188,9 @@ def test_large_temperature_reproduces_grpo_loss(agg, gran):
     assert l1.item() == pytest.approx(l2.item(), rel=1e-7, abs=1e-12)
     torch.testing.assert_close(lp1.grad, lp2.grad, rtol=1e-7, atol=1e-12)
     # P = inf is exactly uniform
-    winf = egsw_weights(adv, ent, mask, group_size=4, temperature=float("inf"), granularity=gran, vocab_size=50)
+    winf = egsw_weights(
+        adv, ent, mask, group_size=4, temperature=float("inf"), granularity=gran, vocab_size=50
+    )
     assert torch.equal(winf, mask.to(F64))
 
 
@@ -181,7 +224,11 @@ def test_diagnostics():
     mask = torch.tensor([[True, True], [True, False], [True, True], [False, False]])
     uni = mask.to(F64)
     d = egsw_diagnostics(uni, mask, group_size=2, normalize_over="group")
-    assert d["egsw/weight_max"] == 1.0 and d["egsw/weight_min"] == 1.0 and d["egsw/ess_frac"] == pytest.approx(1.0)
+    assert (
+        d["egsw/weight_max"] == 1.0
+        and d["egsw/weight_min"] == 1.0
+        and d["egsw/ess_frac"] == pytest.approx(1.0)
+    )
     # batch, step: column 0 has |S_0| = 3 with weights (3, 0, 0) -> ESS 1 -> 1/3; column 1 (2, _, 0) -> 1/2
     w = torch.tensor([[3.0, 2.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]], dtype=F64)
     d = egsw_diagnostics(w, mask)

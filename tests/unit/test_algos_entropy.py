@@ -24,7 +24,9 @@ def test_hand_case_exact_when_tail_is_one_token():
     h_true = 1.5 * math.log(2.0)
     assert topk_tail_mass(top).item() == pytest.approx(0.25, abs=1e-15)
     assert topk_entropy(top).item() == pytest.approx(h_true, abs=1e-12)
-    assert topk_entropy(top, method="renorm").item() == pytest.approx(math.log(0.75) + math.log(2.0) / 0.75, abs=1e-12)
+    assert topk_entropy(top, method="renorm").item() == pytest.approx(
+        math.log(0.75) + math.log(2.0) / 0.75, abs=1e-12
+    )
     assert topk_entropy(top, method="upper_bound", vocab_size=3).item() == pytest.approx(h_true, abs=1e-12)
     # a larger vocabulary only raises the upper bound: 0.25 * log((10 - 2) / 0.25)
     ub = math.log(2.0) + 0.25 * math.log(8 / 0.25)

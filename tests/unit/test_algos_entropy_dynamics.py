@@ -52,8 +52,9 @@ def _tabular_step(z, tokens, adv, mask, weights, agg, lr):
     """One gradient-descent step of size lr on our policy loss, the logits being the parameters."""
     z = z.clone().requires_grad_(True)
     lp = torch.log_softmax(z, -1).gather(-1, tokens[..., None]).squeeze(-1)
-    norm = dict(global_tokens=float(mask.sum()), global_seqs=float(mask.shape[0]),
-                norm_constant=float(mask.shape[1]))
+    norm = dict(
+        global_tokens=float(mask.sum()), global_seqs=float(mask.shape[0]), norm_constant=float(mask.shape[1])
+    )
     loss, _ = policy_loss(lp, lp.detach(), adv, mask, weights=weights, agg=agg, **norm)
     loss.backward()
     return (z - lr * z.grad).detach(), lp.detach(), norm
@@ -122,7 +123,13 @@ def test_masked_tokens_and_empty_batches():
     pred = predicted_entropy_change(zeros, zeros, zeros, torch.ones(2), zeros.double(), mask, lr=1.0)
     assert torch.all(pred == 0)
     m = entropy_dynamics_metrics(pred, zeros, torch.ones(2), mask)
-    assert m == {"predicted_delta": 0.0, "measured_delta": 0.0, "token_corr": 0.0, "decrease_frac": 0.0,
-                 "decrease_frac_pos_adv": 0.0, "decrease_frac_neg_adv": 0.0}
+    assert m == {
+        "predicted_delta": 0.0,
+        "measured_delta": 0.0,
+        "token_corr": 0.0,
+        "decrease_frac": 0.0,
+        "decrease_frac_pos_adv": 0.0,
+        "decrease_frac_neg_adv": 0.0,
+    }
     with pytest.raises(ValueError, match="expected_s"):
         predicted_entropy_change(zeros, zeros, torch.zeros(2, 2), torch.ones(2), zeros, mask, lr=1.0)

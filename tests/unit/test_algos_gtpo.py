@@ -43,8 +43,15 @@ def _ref_token_rewards(r, h, mask, g, a1, a2, floor=1e-3):
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 10_000), b=st.integers(1, 3), g=st.integers(1, 5), t=st.integers(1, 5),
-       a1=st.sampled_from([1.0, 0.9]), a2=st.sampled_from([0.1, 0.5]), zero=st.booleans())
+@given(
+    seed=st.integers(0, 10_000),
+    b=st.integers(1, 3),
+    g=st.integers(1, 5),
+    t=st.integers(1, 5),
+    a1=st.sampled_from([1.0, 0.9]),
+    a2=st.sampled_from([0.1, 0.5]),
+    zero=st.booleans(),
+)
 def test_token_rewards_loop_reference_and_conservation(seed, b, g, t, a1, a2, zero):
     r, h, mask = _batch(seed, b, g, t, zero)
     rt = gtpo_token_rewards(r, h, mask, group_size=g, alpha1=a1, alpha2=a2)

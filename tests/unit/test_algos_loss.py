@@ -86,21 +86,58 @@ def test_aggregation_hand_values():
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 10_000), n=st.integers(1, 6), t=st.integers(1, 5), agg=st.sampled_from(AGGREGATIONS),
-       beta=st.sampled_from([0.0, 0.04]), c_ent=st.sampled_from([0.0, 0.01]), token_adv=st.booleans(),
-       clip_high=st.sampled_from([0.2, 0.28]))
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 6),
+    t=st.integers(1, 5),
+    agg=st.sampled_from(AGGREGATIONS),
+    beta=st.sampled_from([0.0, 0.04]),
+    c_ent=st.sampled_from([0.0, 0.01]),
+    token_adv=st.booleans(),
+    clip_high=st.sampled_from([0.2, 0.28]),
+)
 def test_against_loop_reference(seed, n, t, agg, beta, c_ent, token_adv, clip_high):
     lp, old, ref, adv, w, ent, mask = _data(seed, n, t, token_adv)
-    loss, _ = policy_loss(lp, old, adv, mask, weights=w, ref_logprobs=ref, beta=beta, agg=agg, norm_constant=7,
-                          entropy=ent, entropy_coef=c_ent, clip_high=clip_high)
-    expect = _ref_loss(lp, old, ref, adv, w, ent, mask, clip_low=0.2, clip_high=clip_high, beta=beta, agg=agg,
-                       norm_constant=7, c_ent=c_ent)
+    loss, _ = policy_loss(
+        lp,
+        old,
+        adv,
+        mask,
+        weights=w,
+        ref_logprobs=ref,
+        beta=beta,
+        agg=agg,
+        norm_constant=7,
+        entropy=ent,
+        entropy_coef=c_ent,
+        clip_high=clip_high,
+    )
+    expect = _ref_loss(
+        lp,
+        old,
+        ref,
+        adv,
+        w,
+        ent,
+        mask,
+        clip_low=0.2,
+        clip_high=clip_high,
+        beta=beta,
+        agg=agg,
+        norm_constant=7,
+        c_ent=c_ent,
+    )
     assert loss.item() == pytest.approx(expect, rel=1e-10, abs=1e-12)
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 10_000), n=st.integers(1, 7), t=st.integers(1, 5), agg=st.sampled_from(AGGREGATIONS),
-       data=st.data())
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 7),
+    t=st.integers(1, 5),
+    agg=st.sampled_from(AGGREGATIONS),
+    data=st.data(),
+)
 def test_micro_batch_split_equals_whole_batch(seed, n, t, agg, data):
     lp, old, ref, adv, w, ent, mask = _data(seed, n, t, token_adv=seed % 2 == 0)
     # any partition of the rows into micro-batches (not necessarily contiguous)
@@ -119,8 +156,17 @@ def test_micro_batch_split_equals_whole_batch(seed, n, t, agg, data):
     parts = []
     for lab in sorted(set(labels)):
         idx = torch.tensor([i for i in range(n) if labels[i] == lab])
-        loss, m = policy_loss(part_lp[idx], old[idx], adv[idx], mask[idx], weights=w[idx], ref_logprobs=ref[idx],
-                              entropy=part_ent[idx], **kw, **norms)
+        loss, m = policy_loss(
+            part_lp[idx],
+            old[idx],
+            adv[idx],
+            mask[idx],
+            weights=w[idx],
+            ref_logprobs=ref[idx],
+            entropy=part_ent[idx],
+            **kw,
+            **norms,
+        )
         loss.backward()
         total = total + loss.detach()
         parts.append(m)
@@ -128,8 +174,18 @@ def test_micro_batch_split_equals_whole_batch(seed, n, t, agg, data):
     torch.testing.assert_close(part_lp.grad, whole_lp.grad, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(part_ent.grad, whole_ent.grad, rtol=1e-12, atol=1e-14)
     red = reduce_loss_metrics(parts)
-    for key in ("actor/loss", "actor/pg_loss", "actor/kl_loss", "actor/entropy_loss", "actor/clip_frac",
-                "actor/approx_kl", "actor/ratio_mean", "actor/ref_kl", "actor/entropy", "actor/tokens"):
+    for key in (
+        "actor/loss",
+        "actor/pg_loss",
+        "actor/kl_loss",
+        "actor/entropy_loss",
+        "actor/clip_frac",
+        "actor/approx_kl",
+        "actor/ratio_mean",
+        "actor/ref_kl",
+        "actor/entropy",
+        "actor/tokens",
+    ):
         assert red[key] == pytest.approx(float(wm[key]), rel=1e-10, abs=1e-12), key
 
 

@@ -9,7 +9,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egsw_rl.algos import clipb_mask, clipv_mask, entropy_discriminator, high_entropy_mask, policy_loss, shape_batch
+from egsw_rl.algos import (
+    clipb_mask,
+    clipv_mask,
+    entropy_discriminator,
+    high_entropy_mask,
+    policy_loss,
+    shape_batch,
+)
 from egsw_rl.config import AlgoConfig
 
 F64 = torch.float64
@@ -37,8 +44,12 @@ def test_clipb_constructed_example():
 
 
 def _ref_clipb(adv, lp, h, mask, mu):
-    vals = [(i, s, math.exp(lp[i, s].item()) * (h[i, s].item() + lp[i, s].item()))
-            for i in range(mask.shape[0]) for s in range(mask.shape[1]) if mask[i, s]]
+    vals = [
+        (i, s, math.exp(lp[i, s].item()) * (h[i, s].item() + lp[i, s].item()))
+        for i in range(mask.shape[0])
+        for s in range(mask.shape[1])
+        if mask[i, s]
+    ]
     keep = mask.clone()
     if not vals:
         return keep
@@ -54,8 +65,13 @@ def _ref_clipb(adv, lp, h, mask, mu):
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 10_000), n=st.integers(1, 6), t=st.integers(1, 8), mu=st.sampled_from([0.5, 1.0, 2.5]),
-       token_adv=st.booleans())
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 6),
+    t=st.integers(1, 8),
+    mu=st.sampled_from([0.5, 1.0, 2.5]),
+    token_adv=st.booleans(),
+)
 def test_clipb_loop_reference(seed, n, t, mu, token_adv):
     g = torch.Generator().manual_seed(seed)
     mask = torch.rand(n, t, generator=g) > 0.2
@@ -104,7 +120,9 @@ def test_clipv_constructed_example():
 def test_entropy_discriminator_values():
     lp = torch.tensor([0.0, -1.0, math.log(0.5)], dtype=F64)
     h = torch.tensor([0.0, 2.0, math.log(2.0)], dtype=F64)
-    torch.testing.assert_close(entropy_discriminator(lp, h), torch.tensor([0.0, math.exp(-1.0), 0.0], dtype=F64))
+    torch.testing.assert_close(
+        entropy_discriminator(lp, h), torch.tensor([0.0, math.exp(-1.0), 0.0], dtype=F64)
+    )
 
 
 def test_high_entropy_mask():

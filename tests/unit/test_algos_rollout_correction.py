@@ -15,7 +15,9 @@ F64 = torch.float64
 def _case():
     # ratios pi_old / pi_vllm of 1, 3, 0.5 on row 0; row 1: 2.5 and a padding token
     old = torch.tensor([[math.log(0.5), math.log(0.6), math.log(0.1)], [math.log(0.5), 0.0, 0.0]], dtype=F64)
-    vllm = torch.tensor([[math.log(0.5), math.log(0.2), math.log(0.2)], [math.log(0.2), -7.0, 0.0]], dtype=F64)
+    vllm = torch.tensor(
+        [[math.log(0.5), math.log(0.2), math.log(0.2)], [math.log(0.2), -7.0, 0.0]], dtype=F64
+    )
     mask = torch.tensor([[True, True, True], [True, False, False]])
     return old, vllm, mask
 
@@ -33,14 +35,22 @@ def test_tis_truncates_mis_zeroes_none_measures():
     assert (float(stats["count"]), float(stats["clipped"])) == (4.0, 2.0)
     assert float(stats["max"]) == pytest.approx(3.0) and float(stats["min"]) == pytest.approx(0.5)
     m = reduce_rollout_is([stats])
-    assert m == pytest.approx({"rollout_is/mean": 7.0 / 4, "rollout_is/max": 3.0, "rollout_is/min": 0.5,
-                               "rollout_is/clipped_frac": 0.5})
+    assert m == pytest.approx(
+        {
+            "rollout_is/mean": 7.0 / 4,
+            "rollout_is/max": 3.0,
+            "rollout_is/min": 0.5,
+            "rollout_is/clipped_frac": 0.5,
+        }
+    )
 
 
 def test_reduce_over_micro_batches_equals_whole_batch():
     old, vllm, mask = _case()
     whole = reduce_rollout_is([rollout_is_weights(old, vllm, mask, cap=2.0)[1]])
-    parts = [rollout_is_weights(old[i:i + 1], vllm[i:i + 1], mask[i:i + 1], cap=2.0)[1] for i in range(2)]
+    parts = [
+        rollout_is_weights(old[i : i + 1], vllm[i : i + 1], mask[i : i + 1], cap=2.0)[1] for i in range(2)
+    ]
     empty = rollout_is_weights(old, vllm, torch.zeros_like(mask), cap=2.0)[1]
     assert reduce_rollout_is(parts + [empty]) == pytest.approx(whole)
     assert reduce_rollout_is([empty]) == {}

@@ -60,10 +60,22 @@ def test_registry_names():
         register_advantage("grpo")(lambda *a, **k: None)
     # what each method takes from the config, and nothing else (no entropy_floor, eps, ...)
     reads = {m.name: m.reads for table in (ADVANTAGES, MASKS, WEIGHTS) for m in table.values() if m.reads}
-    assert reads == {"gtpo": ("alpha1", "alpha2", "zscore"), "grpo_s": ("beta1", "beta2"), "clipb": ("mu",),
-                     "clipv": ("mu", "max_frac"), "high_entropy": ("rho",),
-                     "egsw": ("alpha", "temperature", "granularity", "normalize_over", "entropy_norm",
-                              "trajectory_entropy", "rescale")}
+    assert reads == {
+        "gtpo": ("alpha1", "alpha2", "zscore"),
+        "grpo_s": ("beta1", "beta2"),
+        "clipb": ("mu",),
+        "clipv": ("mu", "max_frac"),
+        "high_entropy": ("rho",),
+        "egsw": (
+            "alpha",
+            "temperature",
+            "granularity",
+            "normalize_over",
+            "entropy_norm",
+            "trajectory_entropy",
+            "rescale",
+        ),
+    }
 
 
 def test_plain_grpo():
@@ -79,8 +91,15 @@ def test_plain_grpo():
 
 def test_egsw_composition_matches_direct_call():
     r, h, m, _ = _batch()
-    params = dict(alpha=0.3, temperature=0.8, granularity="step", normalize_over="group", entropy_norm="log_vocab",
-                  trajectory_entropy="mean", rescale=True)
+    params = dict(
+        alpha=0.3,
+        temperature=0.8,
+        granularity="step",
+        normalize_over="group",
+        entropy_norm="log_vocab",
+        trajectory_entropy="mean",
+        rescale=True,
+    )
     a, w, m2, met = shape_batch(r, h, m, algo(weighting="egsw", **params), group_size=4, vocab_size=1000)
     direct = egsw_weights(group_advantages(r, group_size=4), h, m, group_size=4, vocab_size=1000, **params)
     torch.testing.assert_close(w, direct)
@@ -91,8 +110,14 @@ def test_egsw_composition_matches_direct_call():
 
 def test_gtpo_with_clipb_and_egsw():
     r, h, m, lp = _batch(2)
-    a, w, m2, met = shape_batch(r, h, m, algo(advantage="gtpo", token_mask="clipb", weighting="egsw",
-                                              entropy_norm="none", mu=0.5), group_size=4, sampled_logprobs=lp)
+    a, w, m2, met = shape_batch(
+        r,
+        h,
+        m,
+        algo(advantage="gtpo", token_mask="clipb", weighting="egsw", entropy_norm="none", mu=0.5),
+        group_size=4,
+        sampled_logprobs=lp,
+    )
     a_ref = gtpo_advantages(r, h, m, group_size=4)
     m_ref = clipb_mask(a_ref, lp, h, m, mu=0.5)
     assert torch.equal(m2, m_ref)
@@ -108,8 +133,10 @@ def test_mu_none_is_each_masks_own_default():
     r, h, m, lp = _batch(2)
     n_stat = torch.rand_like(h) * 5
     a = group_advantages(r, group_size=4)[:, None].expand(m.shape)
-    for name, want in (("clipb", clipb_mask(a, lp, h, m)),
-                       ("clipv", clipv_mask(a, lp, h, n_stat, m, max_frac=0.5))):
+    for name, want in (
+        ("clipb", clipb_mask(a, lp, h, m)),
+        ("clipv", clipv_mask(a, lp, h, n_stat, m, max_frac=0.5)),
+    ):
         kw = dict(group_size=4, sampled_logprobs=lp, clipv_n=n_stat)
         got = shape_batch(r, h, m, algo(token_mask=name, mu=None, max_frac=0.5), **kw)[2]
         assert torch.equal(got, want)
@@ -121,8 +148,15 @@ def test_clipv_and_high_entropy_through_shape_batch():
     r, h, m, lp = _batch(3)
     n_stat = torch.zeros_like(h)
     n_stat[0, 0] = n_stat[1, 0] = 50.0
-    _, _, m2, met = shape_batch(r, h, m, algo(token_mask="clipv", advantage="dr_grpo", mu=2.0, max_frac=0.5),
-                                group_size=4, sampled_logprobs=lp, clipv_n=n_stat)
+    _, _, m2, met = shape_batch(
+        r,
+        h,
+        m,
+        algo(token_mask="clipv", advantage="dr_grpo", mu=2.0, max_frac=0.5),
+        group_size=4,
+        sampled_logprobs=lp,
+        clipv_n=n_stat,
+    )
     # row 0 has A > 0 (reward 1 in a mixed group): kept; row 1 (A < 0) loses its outlier token only
     expect = m.clone()
     expect[1, 0] = False
@@ -162,13 +196,34 @@ def test_only_the_selected_methods_fields_take_effect():
     r, h, m, _ = _batch()
     cfg = AlgoConfig()  # the default: EGSW on GRPO advantages
     a, w, m2, _ = shape_batch(r, h, m, cfg, group_size=4, vocab_size=1000)
-    want = egsw_weights(group_advantages(r, group_size=4)[:, None] * m, h, m, group_size=4, vocab_size=1000,
-                        alpha=0.2, temperature=1.0, granularity="step", normalize_over="batch",
-                        entropy_norm="log_vocab", rescale=True)
+    want = egsw_weights(
+        group_advantages(r, group_size=4)[:, None] * m,
+        h,
+        m,
+        group_size=4,
+        vocab_size=1000,
+        alpha=0.2,
+        temperature=1.0,
+        granularity="step",
+        normalize_over="batch",
+        entropy_norm="log_vocab",
+        rescale=True,
+    )
     assert torch.equal(w, want) and torch.equal(m2, m)
-    others = dataclasses.replace(cfg, clip_low=0.9, beta=0.5, agg="token_mean", rollout_correction="tis",
-                                 dynamic_sampling=True, entropy_source="learner", alpha1=5.0, beta1=3.0,
-                                 mu=0.1, rho=0.5, zscore="joint")
+    others = dataclasses.replace(
+        cfg,
+        clip_low=0.9,
+        beta=0.5,
+        agg="token_mean",
+        rollout_correction="tis",
+        dynamic_sampling=True,
+        entropy_source="learner",
+        alpha1=5.0,
+        beta1=3.0,
+        mu=0.1,
+        rho=0.5,
+        zscore="joint",
+    )
     assert torch.equal(shape_batch(r, h, m, others, group_size=4, vocab_size=1000)[1], w)
     sharp = dataclasses.replace(cfg, temperature=0.1)
     sharper = shape_batch(r, h, m, sharp, group_size=4, vocab_size=1000)[1]
@@ -187,14 +242,30 @@ def test_unreachable_params_are_not_passed():
 
 def test_end_to_end_micro_batches_match_whole_batch():
     r, h, m, lp = _batch(4)
-    a, w, m2, _ = shape_batch(r, h, m, algo(advantage="grpo", weighting="egsw", token_mask="high_entropy",
-                                            entropy_norm="none", rho=0.5), group_size=4)
+    a, w, m2, _ = shape_batch(
+        r,
+        h,
+        m,
+        algo(advantage="grpo", weighting="egsw", token_mask="high_entropy", entropy_norm="none", rho=0.5),
+        group_size=4,
+    )
     new = (lp + 0.1 * torch.randn_like(lp)).requires_grad_()
     for agg in ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"):
         whole, _ = policy_loss(new, lp, a, m2, weights=w, agg=agg, norm_constant=6)
         norms = loss_normalizers(m2, agg)
-        parts = sum(policy_loss(new[i:i + 5], lp[i:i + 5], a[i:i + 5], m2[i:i + 5], weights=w[i:i + 5], agg=agg,
-                                norm_constant=6, **norms)[0] for i in range(0, 12, 5))
+        parts = sum(
+            policy_loss(
+                new[i : i + 5],
+                lp[i : i + 5],
+                a[i : i + 5],
+                m2[i : i + 5],
+                weights=w[i : i + 5],
+                agg=agg,
+                norm_constant=6,
+                **norms,
+            )[0]
+            for i in range(0, 12, 5)
+        )
         assert parts.item() == pytest.approx(whole.item(), rel=1e-12, abs=1e-14)
 
 

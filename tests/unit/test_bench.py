@@ -10,12 +10,25 @@ from egsw_rl import bench
 
 
 def _row(step, gen=1.0, rew=0.1, lp=0.0, upd=2.0, sync=0.5, extra=0.2, **kw):
-    row = {"step": step, "timing/generate_s": gen, "timing/reward_s": rew, "timing/logprobs_s": lp,
-           "timing/update_s": upd, "timing/sync_s": sync, "timing/shape_s": 0.01,
-           "timing/step_s": gen + rew + lp + upd + sync + extra, "tokens/generated": 300,
-           "actor/train_tokens": 1800.0, "actor/padding_frac": 0.1, "response_length/mean": 4.5,
-           "policy_lag/mean": 0.0, "sync/bytes": 1.0e6, "sync/send_s": 0.2, "sync/load_s": 0.1,
-           "sync/recv_s": 0.4}
+    row = {
+        "step": step,
+        "timing/generate_s": gen,
+        "timing/reward_s": rew,
+        "timing/logprobs_s": lp,
+        "timing/update_s": upd,
+        "timing/sync_s": sync,
+        "timing/shape_s": 0.01,
+        "timing/step_s": gen + rew + lp + upd + sync + extra,
+        "tokens/generated": 300,
+        "actor/train_tokens": 1800.0,
+        "actor/padding_frac": 0.1,
+        "response_length/mean": 4.5,
+        "policy_lag/mean": 0.0,
+        "sync/bytes": 1.0e6,
+        "sync/send_s": 0.2,
+        "sync/load_s": 0.1,
+        "sync/recv_s": 0.4,
+    }
     row.update(kw)
     return row
 
@@ -82,11 +95,27 @@ def test_overlap_summary_speedup_and_lag():
 
 
 def test_peer_summary_ratio_and_recorded_failure():
-    ok = bench.peer_summary(2.0, {"mode": "hf", "warmup": 1, "step_s": [9.0, 4.0, 4.0],
-                                  "generate_s": [5, 1, 1], "completion_len": [4, 5], "error": None})
+    ok = bench.peer_summary(
+        2.0,
+        {
+            "mode": "hf",
+            "warmup": 1,
+            "step_s": [9.0, 4.0, 4.0],
+            "generate_s": [5, 1, 1],
+            "completion_len": [4, 5],
+            "error": None,
+        },
+    )
     assert ok["step_s"] == 4.0 and ok["ours_over_peer"] == 0.5 and ok["generate_s"] == 1
-    bad = bench.peer_summary(2.0, {"mode": "vllm", "warmup": 1, "step_s": [],
-                                   "error": "AttributeError: 'Parameter' object has no attribute 'weight_loader'"})
+    bad = bench.peer_summary(
+        2.0,
+        {
+            "mode": "vllm",
+            "warmup": 1,
+            "step_s": [],
+            "error": "AttributeError: 'Parameter' object has no attribute 'weight_loader'",
+        },
+    )
     assert bad["steps_done"] == 0 and math.isnan(bad["ours_over_peer"])
     assert "weight_loader" in bad["error"]
 
@@ -112,8 +141,12 @@ def test_human_bytes():
 
 def test_document_structure_is_json_and_refuses_unknown_suites():
     steps = bench.step_breakdown([_row(s) for s in range(1, 4)], 1)
-    doc = bench.document({"steps": {"table": "t", "presets": {"tiny_cpu": steps}}}, quick=True,
-                         argv=["--quick"], info={"cpus": 2, "load_avg": [1.0, 1.0, 1.0]})
+    doc = bench.document(
+        {"steps": {"table": "t", "presets": {"tiny_cpu": steps}}},
+        quick=True,
+        argv=["--quick"],
+        info={"cpus": 2, "load_avg": [1.0, 1.0, 1.0]},
+    )
     assert doc["schema"] == bench.SCHEMA and doc["quick"] is True
     assert doc["command"] == "python -m egsw_rl.bench --quick"
     assert doc["machine"]["cpus"] == 2
@@ -128,7 +161,9 @@ def test_qwen_math_7b_parameter_count_and_estimate():
     assert 7.5e9 < n < 7.7e9  # Qwen2.5-7B: 7.62 B parameters
     est = bench.paper_estimate()
     assert est["sync_bytes"] == 2 * n
-    assert est["step_s"] == pytest.approx(est["generate_s"] + est["logprobs_s"] + est["update_s"] + est["sync_s"])
+    assert est["step_s"] == pytest.approx(
+        est["generate_s"] + est["logprobs_s"] + est["update_s"] + est["sync_s"]
+    )
     # sync is a rounding error next to the step on NVLink
     assert est["sync_s"] < 1.0 < est["generate_s"]
     # update FLOPs: (fwd + 2x bwd + recompute) = 4 forward passes with checkpointing

@@ -26,10 +26,25 @@ def test_reward_paper_estimate():
 
 
 def test_reward_hidden_summary_medians_after_warmup():
-    rows = [{"step": 1, "timing/reward_s": 9.0, "reward/latency_s": 9.0, "reward/hidden_frac": 0.0,
-             "timing/generate_s": 5.0}]
-    rows += [{"step": s, "timing/reward_s": 0.1 * s, "reward/latency_s": 1.0, "reward/hidden_frac": 1 - 0.1 * s,
-              "timing/generate_s": 2.0} for s in (2, 3, 4)]
+    rows = [
+        {
+            "step": 1,
+            "timing/reward_s": 9.0,
+            "reward/latency_s": 9.0,
+            "reward/hidden_frac": 0.0,
+            "timing/generate_s": 5.0,
+        }
+    ]
+    rows += [
+        {
+            "step": s,
+            "timing/reward_s": 0.1 * s,
+            "reward/latency_s": 1.0,
+            "reward/hidden_frac": 1 - 0.1 * s,
+            "timing/generate_s": 2.0,
+        }
+        for s in (2, 3, 4)
+    ]
     out = reward_hidden_summary(rows, warmup=1)
     assert out["steps"] == 3
     assert out["reward_s"] == pytest.approx(0.3) and out["grading_s"] == 1.0

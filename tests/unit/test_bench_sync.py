@@ -26,8 +26,18 @@ def test_fit_load_separates_per_tensor_and_per_byte_costs():
 
 
 def test_sync_push_summary_medians_of_the_split():
-    pushes = [{"sync/total_s": t, "sync/gather_s": 0.1, "sync/transfer_s": 0.2, "sync/load_s": 0.3,
-               "sync/other_s": t - 0.6, "sync/header_s": 0.01, "sync/buckets": 3.0} for t in (1.0, 3.0, 2.0)]
+    pushes = [
+        {
+            "sync/total_s": t,
+            "sync/gather_s": 0.1,
+            "sync/transfer_s": 0.2,
+            "sync/load_s": 0.3,
+            "sync/other_s": t - 0.6,
+            "sync/header_s": 0.01,
+            "sync/buckets": 3.0,
+        }
+        for t in (1.0, 3.0, 2.0)
+    ]
     s = bench.sync_push_summary(pushes)
     assert s["total_s"] == 2.0 and s["other_s"] == pytest.approx(1.4) and s["buckets"] == 3.0
     assert math.isnan(bench.sync_push_summary([{"sync/total_s": 1.0}])["gather_s"])  # shm: no split keys
@@ -53,14 +63,22 @@ def test_paper_sync_is_link_time_plus_headers_and_layerwise_load():
     p, a = est["sync_parts"], est["assumptions"]
     assert est["sync_s"] == pytest.approx(sum(p.values()))
     assert p["gather_s"] + p["broadcast_s"] == pytest.approx(
-        est["sync_bytes"] * (1.75) / (a["link_gb_s"] * 1e9))
+        est["sync_bytes"] * (1.75) / (a["link_gb_s"] * 1e9)
+    )
     assert p["header_s"] == pytest.approx(est["sync_buckets"] * 0.01)
     assert p["load_host_s"] == pytest.approx(339 * 0.002)
     assert p["load_device_s"] == pytest.approx(4 * est["sync_bytes"] / 3.35e12)
     # the old figure counted only the link and two HBM passes
-    assert est["sync_link_only_s"] == pytest.approx(p["gather_s"] + p["broadcast_s"] + 2 * est["sync_bytes"] / 3.35e12)
+    assert est["sync_link_only_s"] == pytest.approx(
+        p["gather_s"] + p["broadcast_s"] + 2 * est["sync_bytes"] / 3.35e12
+    )
     assert est["sync_s"] > est["sync_link_only_s"]
     # bigger buckets: fewer headers
-    assert bench.paper_estimate(bucket_mb=1024)["sync_parts"]["header_s"] < bench.paper_estimate()["sync_parts"]["header_s"]
-    assert est["step_s"] == pytest.approx(est["generate_s"] + est["logprobs_s"] + est["update_s"] + est["sync_s"])
+    assert (
+        bench.paper_estimate(bucket_mb=1024)["sync_parts"]["header_s"]
+        < bench.paper_estimate()["sync_parts"]["header_s"]
+    )
+    assert est["step_s"] == pytest.approx(
+        est["generate_s"] + est["logprobs_s"] + est["update_s"] + est["sync_s"]
+    )
     assert "bucket headers" in bench.paper_table(est)

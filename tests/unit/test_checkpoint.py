@@ -40,5 +40,6 @@ def test_rng_roundtrip():
     state = checkpoint.rng_state()
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     import json
+
     checkpoint.set_rng_state(json.loads(json.dumps(state, default=checkpoint._json_default)))
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a

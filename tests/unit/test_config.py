@@ -25,8 +25,9 @@ def test_every_preset_composes(preset):
         validate(cfg)
 
 
-@pytest.mark.parametrize("algo", ["grpo", "egsw", "egsw_trajectory", "gtpo", "grpo_s", "clipb",
-                                  "clipv", "dr_grpo", "dapo"])
+@pytest.mark.parametrize(
+    "algo", ["grpo", "egsw", "egsw_trajectory", "gtpo", "grpo_s", "clipb", "clipv", "dr_grpo", "dapo"]
+)
 def test_every_algo_composes_and_validates(algo):
     cfg = cfg_with(f"algo={algo}")
     assert cfg.algo.name == algo
@@ -52,8 +53,15 @@ def test_egsw_keys_reach_the_weights_and_only_them():
     def weights(c):
         return algos.shape_batch(r, h, m, OmegaConf.to_object(c.algo), group_size=4, vocab_size=100)[1]
 
-    want = algos.egsw_weights(algos.group_advantages(r, group_size=4)[:, None].expand(8, 5), h, m,
-                              group_size=4, vocab_size=100, alpha=0.7, temperature=0.25)
+    want = algos.egsw_weights(
+        algos.group_advantages(r, group_size=4)[:, None].expand(8, 5),
+        h,
+        m,
+        group_size=4,
+        vocab_size=100,
+        alpha=0.7,
+        temperature=0.25,
+    )
     torch.testing.assert_close(weights(cfg), want)
     assert (weights(cfg) - weights(base)).abs().max().item() > 1e-2
 
@@ -89,7 +97,8 @@ def test_a_new_method_is_one_function_and_one_yaml(throwaway_methods, tmp_path):
 
     (tmp_path / "algo").mkdir()
     (tmp_path / "algo" / "sign_test.yaml").write_text(
-        "name: sign_test\nadvantage: sign_test\nweighting: halves_test\nalpha1: 3.0\n")
+        "name: sign_test\nadvantage: sign_test\nweighting: halves_test\nalpha1: 3.0\n"
+    )
     cfg = cfg_with(f"hydra.searchpath=[file://{tmp_path}]", "algo=sign_test")
     assert cfg.algo.advantage == "sign_test" and cfg.algo.weighting == "halves_test"
     validate(cfg)
@@ -105,8 +114,10 @@ def test_a_new_method_is_one_function_and_one_yaml(throwaway_methods, tmp_path):
 def test_an_unregistered_method_lists_the_registered_ones(throwaway_methods):
     with pytest.raises(ConfigError) as e:
         validate(cfg_with("algo.advantage=sign_tst"))
-    assert "algo.advantage='sign_tst': allowed values are grpo, dr_grpo, batch_std, gtpo, grpo_s, sign_test" \
+    assert (
+        "algo.advantage='sign_tst': allowed values are grpo, dr_grpo, batch_std, gtpo, grpo_s, sign_test"
         in str(e.value)
+    )
 
 
 def test_typo_key_is_refused_with_its_name():
@@ -124,39 +135,45 @@ def test_unknown_preset_lists_the_options():
         cfg_with("conf=nope")
 
 
-@pytest.mark.parametrize("overrides, key", [
-    (["algo=clipv", "algo.entropy_source=rollout"], "algo.entropy_source=learner"),
-    (["rollout.n=1"], "rollout.n=1"),
-    (["algo.agg=token_sum"], "algo.agg='token_sum'"),
-    (["algo.mini_batches=3"], "algo.mini_batches=3"),
-    (["learner.num_ranks=100", "data.batch_size=2", "rollout.n=2"], "learner.num_ranks=100"),
-    (["algo.temperature=0"], "algo.temperature"),
-    (["rollout.max_tokens=4096"], "rollout.max_tokens=4096"),
-    (["learner.gpus_per_node=8"], "learner.gpus_per_node=8"),
-    (["reward.scheme=ternary"], "reward.scheme"),
-    (["reward.format_penalty=-1"], "reward.format_penalty"),
-    (["rollout.top_p=0.9"], "rollout.top_p"),
-    # every consumer of the rollout entropy needs the untruncated distribution
-    (["algo=gtpo", "algo.entropy_source=rollout", "rollout.top_p=0.9"], "algo.advantage=gtpo"),
-    (["algo=grpo_s", "algo.entropy_source=rollout", "rollout.top_k=50"], "algo.advantage=grpo_s"),
-    (["algo=clipb", "algo.entropy_source=rollout", "rollout.top_p=0.9"], "algo.token_mask=clipb"),
-    (["algo=grpo", "algo.token_mask=high_entropy", "rollout.top_k=20"], "algo.token_mask=high_entropy"),
-    (["algo=grpo", "algo.entropy_coef=0.01", "rollout.top_p=0.95"], "algo.entropy_coef=0.01"),
-    (["algo.rollout_correction=is"], "algo.rollout_correction"),
-    (["algo.rollout_correction=tis", "algo.rollout_correction_cap=0.5"], "algo.rollout_correction_cap"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["algo=clipv", "algo.entropy_source=rollout"], "algo.entropy_source=learner"),
+        (["rollout.n=1"], "rollout.n=1"),
+        (["algo.agg=token_sum"], "algo.agg='token_sum'"),
+        (["algo.mini_batches=3"], "algo.mini_batches=3"),
+        (["learner.num_ranks=100", "data.batch_size=2", "rollout.n=2"], "learner.num_ranks=100"),
+        (["algo.temperature=0"], "algo.temperature"),
+        (["rollout.max_tokens=4096"], "rollout.max_tokens=4096"),
+        (["learner.gpus_per_node=8"], "learner.gpus_per_node=8"),
+        (["reward.scheme=ternary"], "reward.scheme"),
+        (["reward.format_penalty=-1"], "reward.format_penalty"),
+        (["rollout.top_p=0.9"], "rollout.top_p"),
+        # every consumer of the rollout entropy needs the untruncated distribution
+        (["algo=gtpo", "algo.entropy_source=rollout", "rollout.top_p=0.9"], "algo.advantage=gtpo"),
+        (["algo=grpo_s", "algo.entropy_source=rollout", "rollout.top_k=50"], "algo.advantage=grpo_s"),
+        (["algo=clipb", "algo.entropy_source=rollout", "rollout.top_p=0.9"], "algo.token_mask=clipb"),
+        (["algo=grpo", "algo.token_mask=high_entropy", "rollout.top_k=20"], "algo.token_mask=high_entropy"),
+        (["algo=grpo", "algo.entropy_coef=0.01", "rollout.top_p=0.95"], "algo.entropy_coef=0.01"),
+        (["algo.rollout_correction=is"], "algo.rollout_correction"),
+        (["algo.rollout_correction=tis", "algo.rollout_correction_cap=0.5"], "algo.rollout_correction_cap"),
+    ],
+)
 def test_impossible_combinations_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as e:
         validate(cfg_with(*overrides))
     assert key in str(e.value)
 
 
-@pytest.mark.parametrize("overrides", [
-    ["algo=grpo", "rollout.top_p=0.9"],  # nothing reads the entropy
-    ["algo=gtpo", "rollout.top_p=0.9"],  # the preset's entropy is the learner's exact one
-    ["algo=egsw", "algo.entropy_source=learner", "rollout.top_k=40"],
-    ["algo.rollout_correction=mis", "algo.rollout_correction_cap=1"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["algo=grpo", "rollout.top_p=0.9"],  # nothing reads the entropy
+        ["algo=gtpo", "rollout.top_p=0.9"],  # the preset's entropy is the learner's exact one
+        ["algo=egsw", "algo.entropy_source=learner", "rollout.top_k=40"],
+        ["algo.rollout_correction=mis", "algo.rollout_correction_cap=1"],
+    ],
+)
 def test_truncated_sampling_is_fine_when_no_rollout_entropy_is_used(overrides):
     validate(cfg_with(*overrides))
 

@@ -30,8 +30,7 @@ def test_simplerl_drops_the_two_empty_answers():
 def test_gsm8k_gold_is_the_final_number():
     problems, _ = load_problems("gsm8k", max_samples=20)
     assert len(problems) == 20
-    assert all("####" not in p.answer and p.answer.replace(",", "").lstrip("-").isdigit()
-               for p in problems)
+    assert all("####" not in p.answer and p.answer.replace(",", "").lstrip("-").isdigit() for p in problems)
 
 
 def test_local_jsonl_with_field_mapping_and_bad_rows(tmp_path):
@@ -80,6 +79,7 @@ def test_named_set_without_local_copy_says_where_it_looked(tmp_path, monkeypatch
 
 # --- where named data sets come from ------------------------------------------------------------
 
+
 def test_named_sets_are_found_in_the_package_with_their_documented_row_counts(monkeypatch, tmp_path):
     import egsw_rl.data as data
 
@@ -124,8 +124,11 @@ def test_a_missing_shipped_set_names_every_place_it_looked(monkeypatch, tmp_path
 
 def test_a_users_file_refused_in_one_line_with_reasons_an_example_and_the_key(tmp_path):
     f = tmp_path / "my.jsonl"
-    f.write_text("".join(json.dumps({"prompt": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n"
-                         for i in range(5)) + json.dumps({"prompt": "", "answer": "3"}) + "\n")
+    f.write_text(
+        "".join(json.dumps({"prompt": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(5))
+        + json.dumps({"prompt": "", "answer": "3"})
+        + "\n"
+    )
     with pytest.raises(DataError) as e:
         load_problems(str(f), question_key="prompt", answer_format="gsm8k")
     msg = str(e.value)

@@ -12,7 +12,10 @@ from egsw_rl.eval.loop import EvalError
 def test_parse_benchmarks():
     assert parse_benchmarks("math500, aime24", None) == [("math500", None), ("aime24", None)]
     assert parse_benchmarks("gsm8k,mine=/x/y.jsonl", "/g.csv") == [
-        ("gsm8k", None), ("mine", "/x/y.jsonl"), ("gpqa_diamond", "/g.csv")]
+        ("gsm8k", None),
+        ("mine", "/x/y.jsonl"),
+        ("gpqa_diamond", "/g.csv"),
+    ]
     with pytest.raises(EvalError):
         parse_benchmarks("math500,math500", None)
 
@@ -34,8 +37,15 @@ def test_load_benchmarks_local_and_gpqa_csv(tmp_path):
         w = csv.DictWriter(f, cols)
         w.writeheader()
         for i in range(4):
-            w.writerow({"Question": f"Which is right {i}?", "Correct Answer": f"good{i}",
-                        "Incorrect Answer 1": "bad1", "Incorrect Answer 2": "bad2", "Incorrect Answer 3": "bad3"})
+            w.writerow(
+                {
+                    "Question": f"Which is right {i}?",
+                    "Correct Answer": f"good{i}",
+                    "Incorrect Answer 1": "bad1",
+                    "Incorrect Answer 2": "bad2",
+                    "Incorrect Answer 3": "bad3",
+                }
+            )
     gpqa = load_benchmark("gpqa_diamond", str(path))
     assert len(gpqa) == 4
     for i, p in enumerate(gpqa):

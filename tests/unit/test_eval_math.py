@@ -48,8 +48,12 @@ class ScriptedGrader:
 
     def __call__(self, texts, golds, choices=None, *, task="math"):
         self.calls.append((task, len(texts), choices is not None))
-        return [RewardResult(1.0 if t == "right" else 0.0, "correct" if t == "right" else "wrong",
-                             t, boxed=t != "unboxed") for t in texts]
+        return [
+            RewardResult(
+                1.0 if t == "right" else 0.0, "correct" if t == "right" else "wrong", t, boxed=t != "unboxed"
+            )
+            for t in texts
+        ]
 
     def close(self):
         pass
@@ -64,15 +68,18 @@ def test_evaluate_avg_and_pass_at_k():
 
     grader = ScriptedGrader()
     samples = []
-    res = evaluate(gen, {"math500": problems}, n=4, ks=[1, 2, 4, 8], grader=grader, batch_size=3,
-                      samples_out=samples)
+    res = evaluate(
+        gen, {"math500": problems}, n=4, ks=[1, 2, 4, 8], grader=grader, batch_size=3, samples_out=samples
+    )
     r = res["math500"]
     assert r.problems == 4 and r.n == 4
     assert r.per_problem_correct == [1, 2, 3, 4]
     assert r.accuracy == pytest.approx((1 + 2 + 3 + 4) / 16)
     assert set(r.pass_at_k) == {"pass@1", "pass@2", "pass@4"}  # k > n dropped
     assert r.pass_at_k["pass@1"] == pytest.approx(r.accuracy)
-    assert r.pass_at_k["pass@2"] == pytest.approx(statistics.fmean(brute_pass_at_k(4, c, 2) for c in (1, 2, 3, 4)))
+    assert r.pass_at_k["pass@2"] == pytest.approx(
+        statistics.fmean(brute_pass_at_k(4, c, 2) for c in (1, 2, 3, 4))
+    )
     assert r.pass_at_k["pass@4"] == 1.0
     assert r.status["correct"] == 10 and r.status["wrong"] == 6
     assert len(samples) == 16 and samples[0]["benchmark"] == "math500" and samples[0]["status"] == "correct"
@@ -89,8 +96,13 @@ def test_evaluate_routes_choice_problems_and_counts_tokens():
     problems = [Problem("m", "2"), Problem("c", "B", choices=("x", "y", "z", "w"))]
 
     def gen(questions, n):
-        return [[SimpleNamespace(text="right", token_ids=[1, 2, 3], finish_reason="stop"),
-                 SimpleNamespace(text="unboxed", token_ids=[1], finish_reason="length")] for _ in questions]
+        return [
+            [
+                SimpleNamespace(text="right", token_ids=[1, 2, 3], finish_reason="stop"),
+                SimpleNamespace(text="unboxed", token_ids=[1], finish_reason="length"),
+            ]
+            for _ in questions
+        ]
 
     grader = ScriptedGrader()
     r = evaluate(gen, {"mixed": problems}, n=2, grader=grader)["mixed"]
@@ -116,8 +128,11 @@ def test_generator_fn_groups_completions_by_prompt():
         def generate(self, prompts, n, **kw):
             assert kw["logprobs"] == 0 and kw["temperature"] == 0.0
             # deliberately out of order
-            return [SimpleNamespace(prompt_index=b, sample_index=j, text=f"{p}{j}")
-                    for j in reversed(range(n)) for b, p in enumerate(prompts)]
+            return [
+                SimpleNamespace(prompt_index=b, sample_index=j, text=f"{p}{j}")
+                for j in reversed(range(n))
+                for b, p in enumerate(prompts)
+            ]
 
     fn = generator_fn(FakeGen(), temperature=0.0)
     out = fn(["a", "b"], 2)
@@ -128,7 +143,9 @@ def test_real_grader_math_and_choice():
     with Grader(workers=1, timeout_s=10.0) as g:
         res = g(["so \\boxed{\\frac{1}{2}}", "\\boxed{3}", "no answer here"], ["0.5", "4", "1"])
         assert [r.status for r in res] == ["correct", "wrong", "no_answer"]
-        res = g(["The answer is \\boxed{B}", "\\boxed{C}"], ["B", "B"], [("a", "b", "c", "d")] * 2, task="choice")
+        res = g(
+            ["The answer is \\boxed{B}", "\\boxed{C}"], ["B", "B"], [("a", "b", "c", "d")] * 2, task="choice"
+        )
         assert [r.status for r in res] == ["correct", "wrong"]
 
 

@@ -13,18 +13,23 @@ from egsw_rl.runlog import run_label
 def test_one_renderer_for_training_and_evaluation(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from egsw_rl.actors import generator
     from egsw_rl import prompts
+    from egsw_rl.actors import generator
 
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     for name in ("qwen_math", "qwen_math_user", "chat", "Question: {question}\\boxed{}"):
-        assert (render_prompts(tok, ["What is 1+1?"], name) == prompts.render_prompts(tok, ["What is 1+1?"], name)
-                == generator.render_prompts(tok, ["What is 1+1?"], name)), name
+        assert (
+            render_prompts(tok, ["What is 1+1?"], name)
+            == prompts.render_prompts(tok, ["What is 1+1?"], name)
+            == generator.render_prompts(tok, ["What is 1+1?"], name)
+        ), name
     [s] = render_prompts(tok, ["Q"], "qwen_math")  # Qwen2.5-Math's: the instruction is the system turn
     assert s.index("<|im_start|>system\nPlease reason") < s.index("<|im_start|>user\nQ<|im_end|>")
     [u] = render_prompts(tok, ["What is 1+1?"], "qwen_math_user")  # SimpleRL-Zoo's: in the user turn
-    assert ("<|im_start|>user\nWhat is 1+1?\nPlease reason step by step, and put your final answer "
-            "within \\boxed{}.<|im_end|>") in u and u.endswith("<|im_start|>assistant\n")
+    assert (
+        "<|im_start|>user\nWhat is 1+1?\nPlease reason step by step, and put your final answer "
+        "within \\boxed{}.<|im_end|>"
+    ) in u and u.endswith("<|im_start|>assistant\n")
     assert render_prompts(tok, ["Q"], "Question: {question}\\boxed{}") == ["Question: Q\\boxed{}"]
     with pytest.raises(EvalError):
         render_prompts(tok, ["Q"], "no placeholder")

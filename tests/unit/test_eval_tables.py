@@ -13,14 +13,27 @@ def test_percent_format():
 
 
 def _record(name, label, accs, n=1, pass_k=None):
-    return {"name": name, "label": label, "settings": {"n": n, "ks": [1], "temperature": 0.0, "top_p": 1.0,
-                                                      "max_tokens": 64, "prompt": "qwen_math", "limit": 5},
-            "benchmarks": {b: {"accuracy": a, "pass_at_k": dict(pass_k or {})} for b, a in accs.items()}}
+    return {
+        "name": name,
+        "label": label,
+        "settings": {
+            "n": n,
+            "ks": [1],
+            "temperature": 0.0,
+            "top_p": 1.0,
+            "max_tokens": 64,
+            "prompt": "qwen_math",
+            "limit": 5,
+        },
+        "benchmarks": {b: {"accuracy": a, "pass_at_k": dict(pass_k or {})} for b, a in accs.items()},
+    }
 
 
 def test_markdown_table_layout():
-    rows = [("GRPO", {"math500": (0.70, 0.01), "aime24": (0.10, 0.02), "aime25": (0.05, None)}),
-            ("EGSW", {"math500": (0.72, None), "aime24": (0.20, None)})]
+    rows = [
+        ("GRPO", {"math500": (0.70, 0.01), "aime24": (0.10, 0.02), "aime25": (0.05, None)}),
+        ("EGSW", {"math500": (0.72, None), "aime24": (0.20, None)}),
+    ]
     md = markdown_table(rows, ["math500", "aime24", "aime25"], first="Method")
     lines = md.splitlines()
     assert lines[0] == "| Method | MATH-500 | AIME24 | AIME25 | Avg. |"
@@ -32,8 +45,10 @@ def test_markdown_table_layout():
 
 
 def test_results_markdown_rows_are_models_columns_benchmarks():
-    recs = [_record("base", "base", {"aime24": 0.1, "math500": 0.5, "gpqa_diamond": 0.3}),
-            _record("run@10", "egsw", {"math500": 0.6, "aime24": 0.2, "gpqa_diamond": 0.25})]
+    recs = [
+        _record("base", "base", {"aime24": 0.1, "math500": 0.5, "gpqa_diamond": 0.3}),
+        _record("run@10", "egsw", {"math500": 0.6, "aime24": 0.2, "gpqa_diamond": 0.25}),
+    ]
     md = results_markdown(recs)
     caption, _, table = md.partition("\n\n")
     assert caption.startswith("avg@1 (%), greedy, max 64 new tokens, prompt qwen_math")

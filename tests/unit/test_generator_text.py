@@ -28,8 +28,12 @@ def vllm_text(tokenizer, prompt_ids, token_ids, stopped_by_token):
     from vllm import SamplingParams
     from vllm.v1.engine.detokenizer import IncrementalDetokenizer
 
-    request = SimpleNamespace(request_id="r", prompt_token_ids=list(prompt_ids), prompt_embeds=None,
-                              sampling_params=SamplingParams(skip_special_tokens=True))
+    request = SimpleNamespace(
+        request_id="r",
+        prompt_token_ids=list(prompt_ids),
+        prompt_embeds=None,
+        sampling_params=SamplingParams(skip_special_tokens=True),
+    )
     detok = IncrementalDetokenizer.from_new_request(tokenizer, request)
     for i, t in enumerate(token_ids):
         detok.update([t], stopped_by_token and i == len(token_ids) - 1)
@@ -38,13 +42,16 @@ def vllm_text(tokenizer, prompt_ids, token_ids, stopped_by_token):
 
 def random_cases(tokenizer, n, seed, max_len=40):
     rng = random.Random(seed)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2+3? é ü 漢字"}],
-                                           tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2+3? é ü 漢字"}], tokenize=False, add_generation_prompt=True
+    )
     pids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     # uniform ids from a byte-level vocabulary: split and invalid UTF-8 sequences everywhere,
     # special tokens in the middle, trailing incomplete characters
-    return [(pids, [rng.randrange(len(tokenizer)) for _ in range(rng.randint(0, max_len))],
-             rng.random() < 0.5) for _ in range(n)]
+    return [
+        (pids, [rng.randrange(len(tokenizer)) for _ in range(rng.randint(0, max_len))], rng.random() < 0.5)
+        for _ in range(n)
+    ]
 
 
 def test_completion_text_matches_vllm_detokenizer_on_random_ids(tok):
@@ -64,10 +71,15 @@ def test_completion_text_matches_vllm_on_a_non_byte_level_decoder(tmp_path):
     raw = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Metaspace()
     raw.decoder = decoders.Sequence([decoders.Metaspace(), decoders.ByteFallback()])
-    raw.train_from_iterator(["the answer is 42 so we get 7", "compute 3 + 4 then divide é"] * 50,
-                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "</s>"],
-                                                initial_alphabet=[f"<0x{i:02X}>" for i in range(256)],
-                                                show_progress=False))
+    raw.train_from_iterator(
+        ["the answer is 42 so we get 7", "compute 3 + 4 then divide é"] * 50,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<unk>", "</s>"],
+            initial_alphabet=[f"<0x{i:02X}>" for i in range(256)],
+            show_progress=False,
+        ),
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>", unk_token="<unk>")
     fast.save_pretrained(tmp_path)
     from transformers import AutoTokenizer
@@ -75,8 +87,10 @@ def test_completion_text_matches_vllm_on_a_non_byte_level_decoder(tmp_path):
     sp = AutoTokenizer.from_pretrained(str(tmp_path))
     rng = random.Random(1)
     pids = sp("compute the answer", add_special_tokens=False)["input_ids"]
-    cases = [(pids, [rng.randrange(len(sp)) for _ in range(rng.randint(0, 20))], rng.random() < 0.5)
-             for _ in range(200)]
+    cases = [
+        (pids, [rng.randrange(len(sp)) for _ in range(rng.randint(0, 20))], rng.random() < 0.5)
+        for _ in range(200)
+    ]
     got = gen.completion_texts(sp, [c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases])
     assert got == [vllm_text(sp, *c) for c in cases]
     # the leading space of the first completion token survives (it would not in a bare decode)
@@ -88,8 +102,9 @@ def test_completion_text_leaves_out_the_stop_token_only_when_it_stopped(tok):
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     body = tok("so we get 5", add_special_tokens=False)["input_ids"]
     prompt = tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
-    stopped, cut = gen.completion_texts(tok, [prompt, prompt], [body + [im_end], body + body[:1]],
-                                        [True, True])
+    stopped, cut = gen.completion_texts(
+        tok, [prompt, prompt], [body + [im_end], body + body[:1]], [True, True]
+    )
     assert stopped == "so we get 5"
     assert cut == "so we get 5"  # the stop token is dropped whatever it is, as vLLM does
     assert gen.completion_texts(tok, [prompt], [body], [False]) == ["so we get 5"]
@@ -127,13 +142,17 @@ def test_turn_end_of_other_templates(tok):
     from copy import deepcopy
 
     llama3ish = deepcopy(tok)
-    llama3ish.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n\n{{ m['content'] | trim }}"
-                               "<|endoftext|>{% endfor %}{% if add_generation_prompt %}<|im_start|>"
-                               "assistant\n\n{% endif %}")
+    llama3ish.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n\n{{ m['content'] | trim }}"
+        "<|endoftext|>{% endfor %}{% if add_generation_prompt %}<|im_start|>"
+        "assistant\n\n{% endif %}"
+    )
     assert gen.turn_end_token_ids(llama3ish) == [tok.convert_tokens_to_ids("<|endoftext|>")]
     plain_turns = deepcopy(tok)  # turns end in a newline: nothing to stop on but EOS
-    plain_turns.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                                 "{% if add_generation_prompt %}assistant: {% endif %}")
+    plain_turns.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
     assert gen.turn_end_token_ids(plain_turns) == []
     no_template = deepcopy(tok)
     no_template.chat_template = None
@@ -143,14 +162,17 @@ def test_turn_end_of_other_templates(tok):
 # ---------------------------------------------------------------- GPU indices
 
 
-@pytest.mark.parametrize("gpu_ids, visible, want", [
-    (["3"], "3", [0]),                   # Ray set CUDA_VISIBLE_DEVICES to the actor's GPU
-    ([2, 3], "2,3", [0, 1]),             # a tensor-parallel engine
-    (["5"], None, [5]),                  # RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES, all visible
-    (["5"], "", [5]),
-    (["6", "7"], "4,5,6,7", [2, 3]),     # NOSET on a node started with a subset visible
-    ([1], " 0, 1 ", [1]),
-])
+@pytest.mark.parametrize(
+    "gpu_ids, visible, want",
+    [
+        (["3"], "3", [0]),  # Ray set CUDA_VISIBLE_DEVICES to the actor's GPU
+        ([2, 3], "2,3", [0, 1]),  # a tensor-parallel engine
+        (["5"], None, [5]),  # RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES, all visible
+        (["5"], "", [5]),
+        (["6", "7"], "4,5,6,7", [2, 3]),  # NOSET on a node started with a subset visible
+        ([1], " 0, 1 ", [1]),
+    ],
+)
 def test_engine_device_indices(gpu_ids, visible, want):
     assert gen.engine_device_ids(gpu_ids, visible) == want
 
@@ -170,8 +192,9 @@ def vllm_flat(rows):
 
     flat = FlatLogprobs()
     for row in rows:
-        append_logprobs_for_next_position(flat, list(range(len(row))), [float(x) for x in row],
-                                          [None] * len(row), 1, len(row) - 1)
+        append_logprobs_for_next_position(
+            flat, list(range(len(row))), [float(x) for x in row], [None] * len(row), 1, len(row) - 1
+        )
     return flat
 
 
@@ -197,8 +220,8 @@ def reference_arrays(flats, lengths, k, method, vocab):
                 else:
                     topk = np.full((T, int(width.max()) - 1), -np.inf, dtype=np.float32)
                     for t in range(T):
-                        row = vals[starts[t] + 1:ends[t]]
-                        topk[t, :len(row)] = row
+                        row = vals[starts[t] + 1 : ends[t]]
+                        topk[t, : len(row)] = row
         lps.append(lp)
         topks.append(topk)
     hs = [np.full(T, np.nan, dtype=np.float32) for T in lengths]
@@ -206,8 +229,12 @@ def reference_arrays(flats, lengths, k, method, vocab):
     rows = [t for t in topks if t is not None and len(t)]
     if rows:
         width = max(r.shape[1] for r in rows)
-        rows = [r if r.shape[1] == width else
-                np.pad(r, ((0, 0), (0, width - r.shape[1])), constant_values=-np.inf) for r in rows]
+        rows = [
+            r
+            if r.shape[1] == width
+            else np.pad(r, ((0, 0), (0, width - r.shape[1])), constant_values=-np.inf)
+            for r in rows
+        ]
         allk = torch.from_numpy(np.concatenate(rows, 0))
         h = topk_entropy(allk, method=method, vocab_size=vocab).numpy().astype(np.float32)
         r = topk_tail_mass(allk).numpy().astype(np.float32)
@@ -215,9 +242,12 @@ def reference_arrays(flats, lengths, k, method, vocab):
         for i, t in enumerate(topks):
             if t is None or not len(t):
                 continue
-            hs[i], rs[i] = h[off:off + len(t)].copy(), r[off:off + len(t)].copy()
+            hs[i], rs[i] = h[off : off + len(t)].copy(), r[off : off + len(t)].copy()
             off += len(t)
-    cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0, dtype=np.float32))
+
+    def cat(xs):
+        return np.concatenate(xs) if xs else np.zeros(0, dtype=np.float32)
+
     return cat(lps), cat(hs), cat(rs)
 
 
@@ -226,7 +256,7 @@ def random_batch(seed, k, n=40, irregular=False, missing=False, vocab=64):
 
     rng = np.random.default_rng(seed)
     flats, lengths = [], []
-    for i in range(n):
+    for _i in range(n):
         T = int(rng.integers(0, 30))
         rows = []
         for _ in range(T):
@@ -234,9 +264,9 @@ def random_batch(seed, k, n=40, irregular=False, missing=False, vocab=64):
             lp = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
             cands = np.sort(lp)[::-1][:k]
             if rng.random() < 0.2:  # outside top-p: processed logprobs are -inf
-                cands[int(rng.integers(0, max(k, 1))):] = -np.inf
+                cands[int(rng.integers(0, max(k, 1))) :] = -np.inf
             if irregular and rng.random() < 0.3:
-                cands = cands[:int(rng.integers(0, k + 1))]
+                cands = cands[: int(rng.integers(0, k + 1))]
             rows.append([lp[int(rng.integers(0, vocab))], *cands])
         lengths.append(T)
         flats.append(None if missing and rng.random() < 0.2 else vllm_flat(rows))
@@ -244,8 +274,10 @@ def random_batch(seed, k, n=40, irregular=False, missing=False, vocab=64):
 
 
 @pytest.mark.parametrize("method", ["lower_bound", "renorm", "upper_bound"])
-@pytest.mark.parametrize("k,irregular,missing", [(20, False, False), (5, True, False), (8, False, True),
-                                                 (0, False, False), (64, True, True)])
+@pytest.mark.parametrize(
+    "k,irregular,missing",
+    [(20, False, False), (5, True, False), (8, False, True), (0, False, False), (64, True, True)],
+)
 def test_token_arrays_are_the_per_completion_results_bit_for_bit(method, k, irregular, missing):
     import numpy as np
 
@@ -289,11 +321,21 @@ def completions(seed=0, n_prompts=3, G=4):
         prompt = rng.integers(0, 500, int(rng.integers(1, 40))).tolist()
         for j in range(G):
             T = int(rng.integers(0, 17))
-            arr = lambda: rng.normal(size=T).astype(np.float32)  # noqa: E731
-            out.append(Completion(prompt_index=b, sample_index=j, prompt_ids=list(prompt),
-                                  token_ids=rng.integers(0, 151_000, T).tolist(), text=f"é {b}/{j} \\boxed{{1}}",
-                                  logprobs=arr(), entropy=arr(), tail_mass=np.full(T, np.nan, dtype=np.float32),
-                                  finish_reason="stop" if j % 2 else "length", version=7))
+            arr = lambda T=T: rng.normal(size=T).astype(np.float32)  # noqa: E731
+            out.append(
+                Completion(
+                    prompt_index=b,
+                    sample_index=j,
+                    prompt_ids=list(prompt),
+                    token_ids=rng.integers(0, 151_000, T).tolist(),
+                    text=f"é {b}/{j} \\boxed{{1}}",
+                    logprobs=arr(),
+                    entropy=arr(),
+                    tail_mass=np.full(T, np.nan, dtype=np.float32),
+                    finish_reason="stop" if j % 2 else "length",
+                    version=7,
+                )
+            )
     return out
 
 

@@ -7,7 +7,9 @@ import pytest
 from egsw_rl.config import ConfigError
 from egsw_rl.launch import check_run_dir
 
-RAY_COPY = Path("/tmp/ray/session_1/runtime_resources/working_dir_files/_ray_pkg_0a1b/outputs/2026-12-02/10-00-00")
+RAY_COPY = Path(
+    "/tmp/ray/session_1/runtime_resources/working_dir_files/_ray_pkg_0a1b/outputs/2026-12-02/10-00-00"
+)
 
 
 def test_a_ray_job_must_write_outside_rays_copy_of_the_working_dir(monkeypatch):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from egsw_rl import algos
-from egsw_rl.actors._learner_model import (
+from egsw_rl.actors.learner_model import (
     ChunkedLogprobHead,
     build_ds_config,
     collate,
@@ -21,8 +21,9 @@ from egsw_rl.config import LearnerConfig
 
 
 def test_cpu_config_is_zero3_fp32_torch_adamw():
-    cfg = build_ds_config(LearnerConfig(lr=3e-6, grad_clip=0.5, weight_decay=0.1), device="cpu",
-                          dtype="float32", train=True)
+    cfg = build_ds_config(
+        LearnerConfig(lr=3e-6, grad_clip=0.5, weight_decay=0.1), device="cpu", dtype="float32", train=True
+    )
     assert cfg["zero_optimization"]["stage"] == 3
     assert not cfg["bf16"]["enabled"] and not cfg["fp16"]["enabled"]
     assert "data_types" not in cfg
@@ -38,7 +39,9 @@ def test_gpu_config_is_bf16_with_fp32_accumulation_and_offload():
     lc = LearnerConfig(offload_params=True, offload_optimizer=True)
     cfg = build_ds_config(lc, device="cuda", dtype="bfloat16", train=True)
     assert cfg["bf16"]["enabled"] and cfg["data_types"]["grad_accum_dtype"] == "fp32"
-    assert cfg["optimizer"]["params"]["torch_adam"] is True  # no DeepSpeed op to build (test_learner_optimizer)
+    assert (
+        cfg["optimizer"]["params"]["torch_adam"] is True
+    )  # no DeepSpeed op to build (test_learner_optimizer)
     z = cfg["zero_optimization"]
     assert z["offload_param"]["device"] == "cpu" and z["offload_optimizer"]["device"] == "cpu"
     assert z["offload_param"]["pin_memory"] is True
@@ -47,8 +50,13 @@ def test_gpu_config_is_bf16_with_fp32_accumulation_and_offload():
 
 
 def test_user_deepspeed_keys_are_merged_over_the_generated_config():
-    lc = LearnerConfig(deepspeed={"zero_optimization": {"stage3_max_live_parameters": 123},
-                                  "optimizer": {"params": {"torch_adam": True}}, "steps_per_print": 5})
+    lc = LearnerConfig(
+        deepspeed={
+            "zero_optimization": {"stage3_max_live_parameters": 123},
+            "optimizer": {"params": {"torch_adam": True}},
+            "steps_per_print": 5,
+        }
+    )
     cfg = build_ds_config(lc, device="cuda", dtype="bfloat16", train=True)
     assert cfg["zero_optimization"]["stage"] == 3  # kept
     assert cfg["zero_optimization"]["stage3_max_live_parameters"] == 123
@@ -118,5 +126,9 @@ def test_zero3_buffers_follow_the_hidden_size_unless_overridden():
     assert z["reduce_bucket_size"] == 4096 and z["stage3_param_persistence_threshold"] == 640
     assert z["stage3_prefetch_bucket_size"] == int(0.9 * 4096)
     user = LearnerConfig(deepspeed={"zero_optimization": {"reduce_bucket_size": 10}})
-    assert build_ds_config(user, device="cpu", dtype="float32", train=True,
-                           hidden_size=64)["zero_optimization"]["reduce_bucket_size"] == 10
+    assert (
+        build_ds_config(user, device="cpu", dtype="float32", train=True, hidden_size=64)["zero_optimization"][
+            "reduce_bucket_size"
+        ]
+        == 10
+    )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from egsw_rl.actors._learner_model import build_ds_config
+from egsw_rl.actors.learner_model import build_ds_config
 from egsw_rl.config import LearnerConfig
 
 
@@ -47,8 +47,9 @@ def _deepspeed_basic_optimizer(ds_config: dict, params):
 
 @pytest.mark.parametrize("offload_optimizer", [False, True])
 def test_gpu_learner_optimizer_is_torch_fused_adamw_with_no_op_build(no_op_builds, offload_optimizer):
-    lc = LearnerConfig(lr=5e-7, weight_decay=0.01, offload_optimizer=offload_optimizer,
-                       offload_params=offload_optimizer)
+    lc = LearnerConfig(
+        lr=5e-7, weight_decay=0.01, offload_optimizer=offload_optimizer, offload_params=offload_optimizer
+    )
     cfg = build_ds_config(lc, device="cuda", dtype="bfloat16", train=True, hidden_size=64)
     assert cfg["optimizer"]["type"] == "AdamW"
     assert cfg["optimizer"]["params"]["torch_adam"] is True and cfg["optimizer"]["params"]["fused"] is True
@@ -63,7 +64,9 @@ def test_gpu_learner_optimizer_is_torch_fused_adamw_with_no_op_build(no_op_build
     p = torch.nn.Parameter(torch.randn(64))
     opt = _deepspeed_basic_optimizer(cfg, [p])
     assert type(opt) is torch.optim.AdamW, type(opt)
-    assert opt.defaults["fused"] is True and opt.defaults["lr"] == 5e-7 and opt.defaults["weight_decay"] == 0.01
+    assert (
+        opt.defaults["fused"] is True and opt.defaults["lr"] == 5e-7 and opt.defaults["weight_decay"] == 0.01
+    )
     before = p.detach().clone()
     p.grad = torch.ones_like(p)
     opt.step()
@@ -84,10 +87,11 @@ def test_the_guard_catches_deepspeeds_own_adam(no_op_builds):
     """Without torch_adam DeepSpeed picks FusedAdam (DeepSpeedCPUAdam when offloaded): the
     config the GPU learner generated before; the guard above must see its build."""
     for offload in (False, True):
-        cfg = build_ds_config(LearnerConfig(offload_optimizer=offload), device="cuda", dtype="bfloat16",
-                              train=True)
+        cfg = build_ds_config(
+            LearnerConfig(offload_optimizer=offload), device="cuda", dtype="bfloat16", train=True
+        )
         cfg["optimizer"]["params"]["torch_adam"] = False
         del cfg["optimizer"]["params"]["fused"]
-        with pytest.raises(Exception):  # DeepSpeedCPUAdam re-raises the build failure as its own
+        with pytest.raises(Exception):  # noqa: B017 - DeepSpeedCPUAdam re-raises the build failure as its own
             _deepspeed_basic_optimizer(cfg, [torch.nn.Parameter(torch.randn(8))])
     assert no_op_builds == ["fused_adam", "cpu_adam"]

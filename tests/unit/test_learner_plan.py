@@ -1,4 +1,4 @@
-"""Micro-batch planning of the learner group (pure logic, egsw_rl/actors/_learner_plan.py)."""
+"""Micro-batch planning of the learner group (pure logic, egsw_rl/actors/learner_plan.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from egsw_rl.actors import _learner_plan as plan
+from egsw_rl.actors import learner_plan as plan
 
 
 def _lengths(n, seed=0, lo=5, hi=200):

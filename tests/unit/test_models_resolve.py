@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from egsw_rl.checkpoint import mark_complete, step_dir
-from egsw_rl.models import (ModelNotFoundError, locate_model, portable_model_path, resolve_model,
-                            vocab_size)
+from egsw_rl.models import ModelNotFoundError, locate_model, portable_model_path, resolve_model, vocab_size
 from egsw_rl.testing import populate_hf_cache
 
 REPO = "egsw-rl-test/tiny-qwen2"
@@ -91,7 +90,7 @@ def test_hub_id_from_offline_cache(offline_cache):
 
 def test_learner_checkpoint_index_takes_a_hub_id(offline_cache):
     """The learner's loader read only local folders: a hub id raised FileNotFoundError on rank 0."""
-    from egsw_rl.actors._learner_model import _checkpoint_index
+    from egsw_rl.actors.learner_model import _checkpoint_index
 
     _, snap = offline_cache
     index = _checkpoint_index(REPO)
@@ -118,7 +117,9 @@ def test_missing_everywhere_says_what_was_tried(offline_cache):
     assert f"local path {Path.cwd() / 'egsw-rl-test' / 'absent'}: does not exist" in text
     assert f"Hugging Face cache {home / 'hub'}: no snapshot" in text
     assert "HF_HUB_OFFLINE=1" in text and "hf download egsw-rl-test/absent" in text
-    with pytest.raises(ModelNotFoundError, match=r"model.path='\./gone/model'.*does not exist.*not a hub repo id"):
+    with pytest.raises(
+        ModelNotFoundError, match=r"model.path='\./gone/model'.*does not exist.*not a hub repo id"
+    ):
         resolve_model("./gone/model")
     with pytest.raises(ModelNotFoundError, match=r"rollout\.x="):
         resolve_model("/no/such/dir", key="rollout.x")
@@ -131,8 +132,11 @@ def test_incomplete_cached_snapshot_is_refused_offline(tmp_path, monkeypatch, ti
     src.mkdir()
     for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         (src / f).write_bytes((tiny_model_dir / f).read_bytes())
-    (src / "model.safetensors.index.json").write_text(json.dumps(
-        {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (src / "model.safetensors.index.json").write_text(
+        json.dumps(
+            {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+        )
+    )
     home = tmp_path / "hf_home"
     snap = populate_hf_cache(src, "org/partial", home)
     monkeypatch.setenv("HF_HOME", str(home))
@@ -175,15 +179,18 @@ def test_populate_hf_cache_loads_by_repo_id_in_transformers(tmp_path, tiny_model
     actor on another node: transformers loads config, tokenizer and weights by repo id."""
     home = tmp_path / "h"
     populate_hf_cache(tiny_model_dir, REPO, home)
-    code = ("from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer\n"
-            f"r = {REPO!r}\n"
-            "tok = AutoTokenizer.from_pretrained(r)\n"
-            "m = AutoModelForCausalLM.from_pretrained(r)\n"
-            "print(AutoConfig.from_pretrained(r).vocab_size, len(tok), type(m).__name__)\n")
+    code = (
+        "from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer\n"
+        f"r = {REPO!r}\n"
+        "tok = AutoTokenizer.from_pretrained(r)\n"
+        "m = AutoModelForCausalLM.from_pretrained(r)\n"
+        "print(AutoConfig.from_pretrained(r).vocab_size, len(tok), type(m).__name__)\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
     env.update(HF_HOME=str(home), HF_HUB_OFFLINE="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     from transformers import AutoTokenizer
 

@@ -7,10 +7,13 @@ from egsw_rl.placement import PlacementError, assign, make_plan
 
 
 def cfg(ranks=4, nodes=1, gpn=4, gens=4, tp=1, cpr=8.0, cpg=4.0, rewards=1):
-    return OmegaConf.create({
-        "learner": {"num_ranks": ranks, "num_nodes": nodes, "gpus_per_node": gpn, "cpus_per_rank": cpr},
-        "rollout": {"tensor_parallel_size": tp, "cpus_per_generator": cpg, "num_generators": gens},
-        "reward": {"num_actors": rewards}})
+    return OmegaConf.create(
+        {
+            "learner": {"num_ranks": ranks, "num_nodes": nodes, "gpus_per_node": gpn, "cpus_per_rank": cpr},
+            "rollout": {"tensor_parallel_size": tp, "cpus_per_generator": cpg, "num_generators": gens},
+            "reward": {"num_actors": rewards},
+        }
+    )
 
 
 def test_the_papers_node_holds_learners_and_engines_on_its_8_gpus():
@@ -30,7 +33,7 @@ def test_learner_groups_get_whole_nodes_before_engines_scatter_over_them():
     assert {nodes[i] for i in plan.of("generator")} == {"a", "b"} - learner_nodes
     two = make_plan(cfg(ranks=8, nodes=2, gpn=4, gens=4, cpr=4, cpg=4), "cuda")
     nodes = assign(two, {"a": {"CPU": 64, "GPU": 8}, "b": {"CPU": 64, "GPU": 8}})
-    groups = [{nodes[i] for i in two.of("learner")[k * 4:(k + 1) * 4]} for k in range(2)]
+    groups = [{nodes[i] for i in two.of("learner")[k * 4 : (k + 1) * 4]} for k in range(2)]
     assert all(len(g) == 1 for g in groups) and groups[0] != groups[1]
 
 
@@ -49,7 +52,9 @@ def test_a_plan_the_cluster_cannot_hold_fails_at_once_naming_need_have_and_fix()
 
 def test_tensor_parallel_engines_need_their_gpus_on_one_node():
     plan = make_plan(cfg(ranks=2, gpn=2, gens=1, tp=4), "cuda")
-    with pytest.raises(PlacementError, match="generator 0 needs 4 CPU, 4 GPU.*The totals fit but not per node"):
+    with pytest.raises(
+        PlacementError, match="generator 0 needs 4 CPU, 4 GPU.*The totals fit but not per node"
+    ):
         assign(plan, {"a": {"CPU": 64, "GPU": 3}, "b": {"CPU": 64, "GPU": 3}})
     # the learners take the smaller node, which leaves the engine a whole one
     nodes = assign(plan, {"a": {"CPU": 64, "GPU": 4}, "b": {"CPU": 64, "GPU": 2}})

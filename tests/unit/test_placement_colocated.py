@@ -7,14 +7,34 @@ from omegaconf import OmegaConf
 from egsw_rl.placement import COLOCATED_GPU_SHARE, PlacementError, assign, colocation_errors, make_plan
 
 
-def cfg(ranks=8, nodes=1, gpn=8, gens=8, tp=1, cpr=4.0, cpg=4.0, rewards=2, overlap=False,
-        offload_params=False, transport="auto"):
-    return OmegaConf.create({
-        "learner": {"num_ranks": ranks, "num_nodes": nodes, "gpus_per_node": gpn, "cpus_per_rank": cpr,
-                    "offload_params": offload_params, "sync_transport": transport},
-        "rollout": {"tensor_parallel_size": tp, "cpus_per_generator": cpg, "num_generators": gens},
-        "reward": {"num_actors": rewards},
-        "trainer": {"placement": "colocated", "overlap": overlap}})
+def cfg(
+    ranks=8,
+    nodes=1,
+    gpn=8,
+    gens=8,
+    tp=1,
+    cpr=4.0,
+    cpg=4.0,
+    rewards=2,
+    overlap=False,
+    offload_params=False,
+    transport="auto",
+):
+    return OmegaConf.create(
+        {
+            "learner": {
+                "num_ranks": ranks,
+                "num_nodes": nodes,
+                "gpus_per_node": gpn,
+                "cpus_per_rank": cpr,
+                "offload_params": offload_params,
+                "sync_transport": transport,
+            },
+            "rollout": {"tensor_parallel_size": tp, "cpus_per_generator": cpg, "num_generators": gens},
+            "reward": {"num_actors": rewards},
+            "trainer": {"placement": "colocated", "overlap": overlap},
+        }
+    )
 
 
 def test_the_papers_node_colocated_is_8_devices_each_a_rank_and_an_engine():
@@ -60,18 +80,25 @@ def test_on_cpu_the_same_plan_holds_cpus_only():
     assert plan.gpu_share("learner") == plan.gpu_share("generator") == 0.0
 
 
-@pytest.mark.parametrize("kw, says", [
-    (dict(gens=4), "rollout.num_generators x rollout.tensor_parallel_size = 4 x 1 must equal "
-                   "learner.num_ranks=8"),
-    (dict(gens=2, tp=3, ranks=6, gpn=8), "must be a multiple of rollout.tensor_parallel_size"),
-    (dict(overlap=True), "trainer.overlap=true"),
-    (dict(offload_params=True), "learner.offload_params=false"),
-    (dict(transport="group"), "NCCL refuses two ranks of one group on one GPU"),
-])
+@pytest.mark.parametrize(
+    "kw, says",
+    [
+        (
+            dict(gens=4),
+            "rollout.num_generators x rollout.tensor_parallel_size = 4 x 1 must equal learner.num_ranks=8",
+        ),
+        (dict(gens=2, tp=3, ranks=6, gpn=8), "must be a multiple of rollout.tensor_parallel_size"),
+        (dict(overlap=True), "trainer.overlap=true"),
+        (dict(offload_params=True), "learner.offload_params=false"),
+        (dict(transport="group"), "NCCL refuses two ranks of one group on one GPU"),
+    ],
+)
 def test_colocated_configs_that_cannot_work_are_refused_naming_the_key(kw, says):
     c = cfg(**kw)
     assert any(says in e for e in colocation_errors(c, "cuda"))
-    with pytest.raises(PlacementError, match="trainer.placement=colocated|trainer.overlap|offload_params|NCCL"):
+    with pytest.raises(
+        PlacementError, match="trainer.placement=colocated|trainer.overlap|offload_params|NCCL"
+    ):
         make_plan(c, "cuda")
 
 

@@ -26,7 +26,7 @@ def test_fit_counts_the_rendered_prompt_against_the_budget(tok):
     budget = max(n[0], n[2])  # the short ones fit exactly, the long one does not
     fit = fit_to_budget(tok, qs, "qwen_math", budget, "drop")
     assert fit.kept == [0, 2] and fit.overlong == [(1, n[1])] and fit.longest == n[1]
-    assert "1 of 3 prompts longer than the %d-token budget" % budget in fit.report("x")
+    assert f"1 of 3 prompts longer than the {budget}-token budget" in fit.report("x")
     assert fit_to_budget(tok, qs, "qwen_math", budget, "truncate_left").kept == [0, 1, 2]
     with pytest.raises(PromptError, match="rollout.overlong_prompt=drop"):
         fit_to_budget(tok, qs, "qwen_math", budget, "error")
@@ -35,13 +35,27 @@ def test_fit_counts_the_rendered_prompt_against_the_budget(tok):
 
 
 def _cfg(train, eval_sets, policy, max_model_len, max_tokens):
-    return OmegaConf.create({
-        "data": {"train": str(train), "split": "train", "question_key": "question", "answer_key": "answer",
-                 "answer_format": "auto", "max_samples": None, "eval": [str(e) for e in eval_sets],
-                 "eval_samples": 10},
-        "rollout": {"max_model_len": max_model_len, "max_tokens": max_tokens, "prompt_template": "qwen_math",
-                    "overlong_prompt": policy},
-        "trainer": {"seed": 0}})
+    return OmegaConf.create(
+        {
+            "data": {
+                "train": str(train),
+                "split": "train",
+                "question_key": "question",
+                "answer_key": "answer",
+                "answer_format": "auto",
+                "max_samples": None,
+                "eval": [str(e) for e in eval_sets],
+                "eval_samples": 10,
+            },
+            "rollout": {
+                "max_model_len": max_model_len,
+                "max_tokens": max_tokens,
+                "prompt_template": "qwen_math",
+                "overlong_prompt": policy,
+            },
+            "trainer": {"seed": 0},
+        }
+    )
 
 
 def test_run_data_drops_long_training_rows_once_and_marks_long_eval_problems(tok, tmp_path, caplog):
@@ -50,8 +64,12 @@ def test_run_data_drops_long_training_rows_once_and_marks_long_eval_problems(tok
     rows.insert(3, {"question": long_q, "answer": "201"})
     train, ev = tmp_path / "train.jsonl", tmp_path / "ev.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    ev.write_text(json.dumps({"question": long_q, "answer": "201"}) + "\n"
-                  + json.dumps({"question": "What is 3 + 4?", "answer": "7"}) + "\n")
+    ev.write_text(
+        json.dumps({"question": long_q, "answer": "201"})
+        + "\n"
+        + json.dumps({"question": "What is 3 + 4?", "answer": "7"})
+        + "\n"
+    )
     short = max(_lengths(tok, [r["question"] for r in rows if r["question"] != long_q]))
     caplog.set_level("WARNING")
     data = load_run_data(_cfg(train, [ev], "drop", 64 + short, 64), tok)

@@ -33,10 +33,10 @@ def launch_args(command: str) -> list[str]:
     """The arguments `python -m egsw_rl.launch` receives from one recipe command line."""
     words = shlex.split(command, comments=True)
     for i in range(len(words)):
-        if tuple(words[i:i + 3]) == LAUNCH:
-            return words[i + 3:]
+        if tuple(words[i : i + 3]) == LAUNCH:
+            return words[i + 3 :]
         if Path(words[i]).name in ("submit.sh", "slurm.sbatch"):  # both pass "$@" to launch
-            return words[i + 1:]
+            return words[i + 1 :]
     raise AssertionError(f"no egsw_rl launch in {command!r}")
 
 
@@ -91,8 +91,11 @@ def kuberay_recipes() -> list[tuple[str, str, int]]:
 
 def submit_recipes() -> list[tuple[str, str, int]]:
     text = (REPO / "launch" / "submit.sh").read_text()
-    lines = [line.lstrip("# ") for line in text.splitlines()
-             if line.startswith("#") and "launch/submit.sh " in line and "conf=" in line]
+    lines = [
+        line.lstrip("# ")
+        for line in text.splitlines()
+        if line.startswith("#") and "launch/submit.sh " in line and "conf=" in line
+    ]
     assert lines, "launch/submit.sh has no usage line"
     return [("launch/submit.sh", line, hardware(line)) for line in lines]
 
@@ -100,15 +103,22 @@ def submit_recipes() -> list[tuple[str, str, int]]:
 def readme_recipes() -> list[tuple[str, str, int]]:
     text = (REPO / "README.md").read_text()
     section = text.split("## Running on a cluster", 1)[1].split("\n## ", 1)[0]
-    lines = [line.strip() for line in section.splitlines()
-             if line.startswith("    ") and ("egsw_rl.launch" in line or "submit.sh" in line
-                                              or "slurm.sbatch " in line)]
+    lines = [
+        line.strip()
+        for line in section.splitlines()
+        if line.startswith("    ")
+        and ("egsw_rl.launch" in line or "submit.sh" in line or "slurm.sbatch " in line)
+    ]
     assert lines, "README's 'Running on a cluster' shows no command"
     return [("README.md", line, hardware(line)) for line in lines]
 
 
-RECIPES = {"launch/slurm.sbatch": slurm_recipes, "launch/kuberay-rayjob.yaml": kuberay_recipes,
-           "launch/submit.sh": submit_recipes, "README.md": readme_recipes}
+RECIPES = {
+    "launch/slurm.sbatch": slurm_recipes,
+    "launch/kuberay-rayjob.yaml": kuberay_recipes,
+    "launch/submit.sh": submit_recipes,
+    "README.md": readme_recipes,
+}
 
 
 @pytest.mark.parametrize("source", list(RECIPES))
@@ -128,8 +138,9 @@ def test_the_check_sees_the_hardware_it_is_given():
     above proves nothing."""
     from egsw_rl.config import ConfigError
 
-    cfg = compose_like_launch(launch_args(
-        "sbatch launch/slurm.sbatch conf=qwen_math_7b learner.num_nodes=2 learner.num_ranks=16"))
+    cfg = compose_like_launch(
+        launch_args("sbatch launch/slurm.sbatch conf=qwen_math_7b learner.num_nodes=2 learner.num_ranks=16")
+    )
     with pytest.raises(ConfigError, match="learner.num_ranks"):
         validate(cfg, available_gpus=8)
     assert hardware("# one 8-GPU node") == 8 and hardware("2 x 8-GPU nodes") == 16
@@ -138,14 +149,14 @@ def test_the_check_sees_the_hardware_it_is_given():
 
 # ----------------------------------------------------------------------------- launch/submit.sh
 
-FAKE_RAY = r'''#!/usr/bin/env python3
+FAKE_RAY = r"""#!/usr/bin/env python3
 # Records what launch/submit.sh hands `ray`: its arguments, the runtime env file's content, the mode.
 import json, os, sys
 args = sys.argv[1:]
 files = {a: open(a).read() for a, flag in zip(args[1:], args) if flag == "--runtime-env"}
 json.dump({"args": args, "files": files, "auth_mode": os.environ.get("RAY_AUTH_MODE")},
           open(os.environ["FAKE_RAY_OUT"], "w"))
-'''
+"""
 
 
 def run_submit(tmp_path, env_extra: dict, args: list[str]):
@@ -163,10 +174,20 @@ def run_submit(tmp_path, env_extra: dict, args: list[str]):
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "WANDB_", "HF_"))}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", HOME=str(home),
-               FAKE_RAY_OUT=str(tmp_path / "ray.json"), **env_extra)
-    p = subprocess.run([str(REPO / "launch" / "submit.sh"), *args], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=120)
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        HOME=str(home),
+        FAKE_RAY_OUT=str(tmp_path / "ray.json"),
+        **env_extra,
+    )
+    p = subprocess.run(
+        [str(REPO / "launch" / "submit.sh"), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     return json.loads((tmp_path / "ray.json").read_text()), p.stderr
 
@@ -174,12 +195,22 @@ def run_submit(tmp_path, env_extra: dict, args: list[str]):
 def test_submit_sh_gives_ray_one_runtime_env_with_the_wandb_key(tmp_path):
     from ray.dashboard.modules.dashboard_sdk import parse_runtime_env_args
 
-    seen, said = run_submit(tmp_path, {"WANDB_API_KEY": "dummy-key", "WANDB_MODE": "offline"},
-                            ["conf=qwen_math_7b", "data.eval=[math500,aime24]", "a b"])
+    seen, said = run_submit(
+        tmp_path,
+        {"WANDB_API_KEY": "dummy-key", "WANDB_MODE": "offline"},
+        ["conf=qwen_math_7b", "data.eval=[math500,aime24]", "a b"],
+    )
     args = seen["args"]
     assert args[:2] == ["job", "submit"]
     cut = args.index("--")
-    assert args[cut + 1:] == ["python", "-m", "egsw_rl.launch", "conf=qwen_math_7b", "data.eval=[math500,aime24]", "a b"]
+    assert args[cut + 1 :] == [
+        "python",
+        "-m",
+        "egsw_rl.launch",
+        "conf=qwen_math_7b",
+        "data.eval=[math500,aime24]",
+        "a b",
+    ]
     flags = args[:cut]
     # Ray's job CLI reads them with this function, which refuses --runtime-env with --runtime-env-json
     runtime_env_file = flags[flags.index("--runtime-env") + 1] if "--runtime-env" in flags else None
@@ -187,8 +218,11 @@ def test_submit_sh_gives_ray_one_runtime_env_with_the_wandb_key(tmp_path):
     if runtime_env_file:
         (tmp_path / "renv.yaml").write_text(seen["files"][runtime_env_file])
         runtime_env_file = str(tmp_path / "renv.yaml")
-    env = parse_runtime_env_args(runtime_env=runtime_env_file, runtime_env_json=runtime_env_json,
-                                 working_dir=flags[flags.index("--working-dir") + 1] if "--working-dir" in flags else None)
+    env = parse_runtime_env_args(
+        runtime_env=runtime_env_file,
+        runtime_env_json=runtime_env_json,
+        working_dir=flags[flags.index("--working-dir") + 1] if "--working-dir" in flags else None,
+    )
     shipped = yaml.safe_load((REPO / "launch" / "runtime_env.yaml").read_text())
     assert env["working_dir"] == "." and env["excludes"] == shipped["excludes"]
     assert env["env_vars"] == {**shipped["env_vars"], "WANDB_API_KEY": "dummy-key", "WANDB_MODE": "offline"}
@@ -196,13 +230,16 @@ def test_submit_sh_gives_ray_one_runtime_env_with_the_wandb_key(tmp_path):
     assert "WANDB_API_KEY" in said
 
 
-@pytest.mark.parametrize("token_env, mode", [
-    ({"RAY_AUTH_TOKEN": "t0k"}, "token"),
-    ({"RAY_AUTH_TOKEN_PATH": "/some/token"}, "token"),
-    ({"~": "t0k"}, "token"),                        # ~/.ray/auth_token, as any local ray.init leaves it
-    ({}, None),                                     # no token: nothing to send
-    ({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "t0k"}, "disabled"),  # the user's choice stands
-])
+@pytest.mark.parametrize(
+    "token_env, mode",
+    [
+        ({"RAY_AUTH_TOKEN": "t0k"}, "token"),
+        ({"RAY_AUTH_TOKEN_PATH": "/some/token"}, "token"),
+        ({"~": "t0k"}, "token"),  # ~/.ray/auth_token, as any local ray.init leaves it
+        ({}, None),  # no token: nothing to send
+        ({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "t0k"}, "disabled"),  # the user's choice stands
+    ],
+)
 def test_submit_sh_sets_ray_auth_mode_when_there_is_a_token(tmp_path, token_env, mode):
     token_env = dict(token_env)
     if "~" in token_env:

@@ -19,14 +19,29 @@ from egsw_rl.testing import rehearsal_keys
 PRESETS = ["tiny_cpu", "smollm2_cpu", "qwen_math_7b", "qwen_math_7b_instruct"]
 # What a rehearsal may replace: where the run runs and how big it is, nothing it computes.
 HARDWARE_AND_SIZE = {
-    "model.path", "model.tokenizer", "model.dtype", "trainer.device",
-    "rollout.num_generators", "rollout.tensor_parallel_size", "rollout.cpus_per_generator",
-    "rollout.cpu_kvcache_gib", "rollout.enforce_eager", "rollout.n", "rollout.max_model_len",
+    "model.path",
+    "model.tokenizer",
+    "model.dtype",
+    "trainer.device",
+    "rollout.num_generators",
+    "rollout.tensor_parallel_size",
+    "rollout.cpus_per_generator",
+    "rollout.cpu_kvcache_gib",
+    "rollout.enforce_eager",
+    "rollout.n",
+    "rollout.max_model_len",
     "rollout.max_tokens",
-    "learner.num_ranks", "learner.num_nodes", "learner.gpus_per_node", "learner.cpus_per_rank",
-    "learner.offload_params", "learner.offload_optimizer", "learner.gradient_checkpointing",
-    "learner.micro_batch_tokens", "learner.logprob_chunk_tokens",
-    "data.batch_size", "data.eval_samples",
+    "learner.num_ranks",
+    "learner.num_nodes",
+    "learner.gpus_per_node",
+    "learner.cpus_per_rank",
+    "learner.offload_params",
+    "learner.offload_optimizer",
+    "learner.gradient_checkpointing",
+    "learner.micro_batch_tokens",
+    "learner.logprob_chunk_tokens",
+    "data.batch_size",
+    "data.eval_samples",
     "rehearsal.name",
 }
 
@@ -72,11 +87,27 @@ def test_rehearsal_over_each_preset_validates_on_cpu_and_keeps_the_preset(preset
     assert changed <= set(rehearsal_keys("cpu")), changed - set(rehearsal_keys("cpu"))
     for key in a:
         if key.startswith(("algo.", "reward.", "logger.")) or key in (
-                "data.train", "data.eval", "data.answer_format", "data.question_key", "data.answer_key",
-                "rollout.prompt_template", "rollout.temperature", "rollout.top_p", "rollout.top_k",
-                "rollout.stop", "rollout.logprobs", "rollout.overlong_prompt", "learner.lr",
-                "learner.weight_decay", "learner.lr_schedule", "trainer.total_steps",
-                "trainer.save_every", "trainer.eval_every", "trainer.keep_checkpoints", "resume"):
+            "data.train",
+            "data.eval",
+            "data.answer_format",
+            "data.question_key",
+            "data.answer_key",
+            "rollout.prompt_template",
+            "rollout.temperature",
+            "rollout.top_p",
+            "rollout.top_k",
+            "rollout.stop",
+            "rollout.logprobs",
+            "rollout.overlong_prompt",
+            "learner.lr",
+            "learner.weight_decay",
+            "learner.lr_schedule",
+            "trainer.total_steps",
+            "trainer.save_every",
+            "trainer.eval_every",
+            "trainer.keep_checkpoints",
+            "resume",
+        ):
             assert a[key] == b[key], f"{key}: {a[key]!r} in {preset}, {b[key]!r} rehearsed"
     # the preset's mini-batches still split the rehearsal's batch into whole groups
     assert rehearsed.data.batch_size % rehearsed.algo.mini_batches == 0

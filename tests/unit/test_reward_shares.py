@@ -8,8 +8,15 @@ import random
 
 import pytest
 
-from egsw_rl.actors.reward import (AUTO_HEADROOM_CPUS, AUTO_MAX_WORKERS, auto_workers, gather_in_order,
-                                   merge_share_metrics, plan_workers, split_shares)
+from egsw_rl.actors.reward import (
+    AUTO_HEADROOM_CPUS,
+    AUTO_MAX_WORKERS,
+    auto_workers,
+    gather_in_order,
+    merge_share_metrics,
+    plan_workers,
+    split_shares,
+)
 
 
 @pytest.mark.parametrize("n,k", [(0, 1), (1, 1), (1, 3), (7, 2), (8, 2), (64, 3), (8192, 2), (5, 8)])
@@ -17,7 +24,7 @@ def test_split_shares_covers_every_index_once_in_order(n, k):
     shares = split_shares(n, k)
     assert len(shares) == k
     assert shares[0][0] == 0 and shares[-1][1] == n
-    for (s0, e0), (s1, _) in zip(shares, shares[1:]):
+    for (_s0, e0), (s1, _) in zip(shares, shares[1:]):
         assert e0 == s1  # contiguous, in order
     sizes = [e - s for s, e in shares]
     assert all(x >= 0 for x in sizes) and sum(sizes) == n
@@ -49,15 +56,24 @@ def test_gather_in_order_refuses_gaps_overlaps_and_short_slices():
 
 
 def _m(n, correct, latency, p50, p99, restarts=0, score=None):
-    return {"reward/latency_s": latency, "reward/correct_count": correct,
-            "reward/wrong_count": n - correct, "reward/mean_score": correct / n if score is None else score,
-            "reward/sample_p50_s": p50, "reward/sample_p99_s": p99, "reward/worker_restarts": restarts}
+    return {
+        "reward/latency_s": latency,
+        "reward/correct_count": correct,
+        "reward/wrong_count": n - correct,
+        "reward/mean_score": correct / n if score is None else score,
+        "reward/sample_p50_s": p50,
+        "reward/sample_p99_s": p99,
+        "reward/worker_restarts": restarts,
+    }
 
 
 def test_merge_share_metrics():
     # actor 0 scored two slices (one per generator share), actor 1 one
-    parts = [(0, _m(4, 1, 2.0, 0.1, 0.5), 4), (1, _m(4, 3, 3.0, 0.3, 0.9, restarts=1), 4),
-             (0, _m(2, 2, 1.5, 0.2, 0.4), 2)]
+    parts = [
+        (0, _m(4, 1, 2.0, 0.1, 0.5), 4),
+        (1, _m(4, 3, 3.0, 0.3, 0.9, restarts=1), 4),
+        (0, _m(2, 2, 1.5, 0.2, 0.4), 2),
+    ]
     out = merge_share_metrics(parts)
     assert out["reward/correct_count"] == 6 and out["reward/wrong_count"] == 4
     assert out["reward/mean_score"] == pytest.approx(0.6)
@@ -68,13 +84,16 @@ def test_merge_share_metrics():
     assert merge_share_metrics([]) == {}
 
 
-@pytest.mark.parametrize("cpus,reserved,actors,expected", [
-    (64, 37, 2, 12),   # the paper's node: 4 x 8 learner CPUs, 4 engines, 2 reward slots
-    (64, 37, 1, 25),
-    (256, 37, 1, AUTO_MAX_WORKERS),  # capped
-    (8, 7.5, 1, 1),    # nothing left: still one grader
-    (2, 4, 1, 1),
-])
+@pytest.mark.parametrize(
+    "cpus,reserved,actors,expected",
+    [
+        (64, 37, 2, 12),  # the paper's node: 4 x 8 learner CPUs, 4 engines, 2 reward slots
+        (64, 37, 1, 25),
+        (256, 37, 1, AUTO_MAX_WORKERS),  # capped
+        (8, 7.5, 1, 1),  # nothing left: still one grader
+        (2, 4, 1, 1),
+    ],
+)
 def test_auto_workers(cpus, reserved, actors, expected):
     assert auto_workers(cpus, reserved, actors) == expected
 
@@ -95,9 +114,11 @@ class _Cfg(dict):
 
 
 def _cfg(num_actors, ranks=4, gens=4, cpus_per_rank=8.0, cpus_per_gen=1.0):
-    return _Cfg(learner=_Cfg(num_ranks=ranks, num_nodes=1, gpus_per_node=4, cpus_per_rank=cpus_per_rank),
-                rollout=_Cfg(tensor_parallel_size=1, num_generators=gens, cpus_per_generator=cpus_per_gen),
-                reward=_Cfg(num_actors=num_actors))
+    return _Cfg(
+        learner=_Cfg(num_ranks=ranks, num_nodes=1, gpus_per_node=4, cpus_per_rank=cpus_per_rank),
+        rollout=_Cfg(tensor_parallel_size=1, num_generators=gens, cpus_per_generator=cpus_per_gen),
+        reward=_Cfg(num_actors=num_actors),
+    )
 
 
 def test_plan_workers_counts_what_the_run_reserves_on_each_node():

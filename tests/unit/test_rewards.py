@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from egsw_rl.rewards import (
-    STATUSES,
     RewardOptions,
     RewardResult,
     choice_reward,
@@ -46,6 +45,7 @@ def _equivalent(a: str, b: str) -> bool:
 
 
 # --- data sets --------------------------------------------------------------------------------
+
 
 def test_math500_human_solutions_score_correct_against_their_own_answer(math500):
     misses = []
@@ -102,8 +102,11 @@ def test_gsm8k_worked_answers(dataset):
             # the worked answer itself: no box, its '#### N' line is the anchor
             (row["answer"], {}, "correct"),
             (row["answer"], {"extraction": "boxed"}, "no_answer"),
-            (row["answer"].replace("####", "so"), {"extraction": "boxed", "fallback_last_number": True},
-             "correct"),
+            (
+                row["answer"].replace("####", "so"),
+                {"extraction": "boxed", "fallback_last_number": True},
+                "correct",
+            ),
         ]
         for completion, opts, want in checks:
             res = math_reward(completion, row["answer"], **opts)
@@ -124,17 +127,21 @@ def test_gsm8k_gold_helper():
 
 # --- gold parsing -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("gold, canonical", [
-    (r"\frac{\pi}{2}", r"\frac{\pi}{2}"),
-    (r"\left( 3, \frac{\pi}{2} \right)", r"\left( 3, \frac{\pi}{2} \right)"),
-    ("025", "25"),
-    (25, "25"),
-    (r"\text{(B)}", r"\text{(B)}"),
-    ("Janet sells 9 eggs.\n#### 1,234", "1234"),
-    (r"$\boxed{\frac{1}{2}}$", r"\frac{1}{2}"),
-    (r"-\frac{5}{3}.", r"-\frac{5}{3}"),
-    (r"\dfrac{1}{29,\!322,\!216}", r"\dfrac{1}{29322216}"),
-])
+
+@pytest.mark.parametrize(
+    "gold, canonical",
+    [
+        (r"\frac{\pi}{2}", r"\frac{\pi}{2}"),
+        (r"\left( 3, \frac{\pi}{2} \right)", r"\left( 3, \frac{\pi}{2} \right)"),
+        ("025", "25"),
+        (25, "25"),
+        (r"\text{(B)}", r"\text{(B)}"),
+        ("Janet sells 9 eggs.\n#### 1,234", "1234"),
+        (r"$\boxed{\frac{1}{2}}$", r"\frac{1}{2}"),
+        (r"-\frac{5}{3}.", r"-\frac{5}{3}"),
+        (r"\dfrac{1}{29,\!322,\!216}", r"\dfrac{1}{29322216}"),
+    ],
+)
 def test_parse_gold_formats(gold, canonical):
     assert parse_gold(gold) == canonical
     assert parse_gold(canonical) == canonical  # a fixed point
@@ -151,7 +158,9 @@ def test_parse_gold_explicit_formats():
         parse_gold("42", "choice")
 
 
-@pytest.mark.parametrize("gold", ["", "   ", "$$", r"\boxed{}", None, r"\frac{", "}{", "???", r"\left(", "[", True])
+@pytest.mark.parametrize(
+    "gold", ["", "   ", "$$", r"\boxed{}", None, r"\frac{", "}{", "???", r"\left(", "[", True]
+)
 def test_parse_gold_refuses_empty_or_unparseable_gold_naming_the_row(gold):
     with pytest.raises(ValueError, match=r"simplerl row 5054"):
         parse_gold(gold, name="simplerl row 5054")
@@ -169,6 +178,7 @@ def test_simplerl_training_golds_parse_except_the_two_empty_rows(dataset):
 
 
 # --- extraction -------------------------------------------------------------------------------
+
 
 def test_last_boxed_nested_braces_and_edge_cases():
     assert last_boxed(r"a \boxed{1} b \boxed{\frac{a}{\sqrt{b^{2}}}} c") == r"\frac{a}{\sqrt{b^{2}}}"
@@ -205,38 +215,45 @@ def test_extraction_modes_and_fallbacks():
     assert math_reward(r"so \boxed{4", "4").status == "no_answer"
 
 
-@pytest.mark.parametrize("completion, gold", [
-    (r"\boxed{1,234}", "1234"),
-    (r"\boxed{10,\!080}", r"10,\!080"),
-    (r"\boxed{10080}", r"10,\!080"),
-    (r"\boxed{\text{(B)}}", r"\text{(B)}"),
-    (r"\boxed{B}", r"\text{(B)}"),
-    (r"\boxed{\dfrac{\pi}{2}}", r"\frac{\pi}{2}"),
-    (r"\boxed{(3,\pi/2)}", r"\left( 3, \frac{\pi}{2} \right)"),
-    (r"\boxed{a+b+c}", "a + b + c"),  # math-verify alone reads the gold as 'a +' (units)
-    (r"\boxed{\sin^2 t}", r"\sin^2 t"),
-    (r"\boxed{5.4}", r"5.4 \text{ cents}"),
-    (r"\boxed{0.5}", r"\frac12"),
-    (r"\boxed{x \in [-2,7]}", r"x \in [-2,7]"),
-    (r"\boxed{\$18.90}", r"\$18.90"),
-])
+@pytest.mark.parametrize(
+    "completion, gold",
+    [
+        (r"\boxed{1,234}", "1234"),
+        (r"\boxed{10,\!080}", r"10,\!080"),
+        (r"\boxed{10080}", r"10,\!080"),
+        (r"\boxed{\text{(B)}}", r"\text{(B)}"),
+        (r"\boxed{B}", r"\text{(B)}"),
+        (r"\boxed{\dfrac{\pi}{2}}", r"\frac{\pi}{2}"),
+        (r"\boxed{(3,\pi/2)}", r"\left( 3, \frac{\pi}{2} \right)"),
+        (r"\boxed{a+b+c}", "a + b + c"),  # math-verify alone reads the gold as 'a +' (units)
+        (r"\boxed{\sin^2 t}", r"\sin^2 t"),
+        (r"\boxed{5.4}", r"5.4 \text{ cents}"),
+        (r"\boxed{0.5}", r"\frac12"),
+        (r"\boxed{x \in [-2,7]}", r"x \in [-2,7]"),
+        (r"\boxed{\$18.90}", r"\$18.90"),
+    ],
+)
 def test_equivalent_forms_are_correct(completion, gold):
     assert math_reward(completion, gold).status == "correct"
 
 
-@pytest.mark.parametrize("completion, gold", [
-    (r"\boxed{a + b + d}", "a + b + c"),
-    (r"\boxed{(C)}", r"\text{(B)}"),
-    (r"\boxed{\frac{\pi}{3}}", r"\frac{\pi}{2}"),
-    (r"\boxed{(3, \pi)}", r"\left( 3, \frac{\pi}{2} \right)"),
-    (r"\boxed{1235}", "1,234"),
-    (r"\boxed{\frac{1}{0}}", "0"),
-])
+@pytest.mark.parametrize(
+    "completion, gold",
+    [
+        (r"\boxed{a + b + d}", "a + b + c"),
+        (r"\boxed{(C)}", r"\text{(B)}"),
+        (r"\boxed{\frac{\pi}{3}}", r"\frac{\pi}{2}"),
+        (r"\boxed{(3, \pi)}", r"\left( 3, \frac{\pi}{2} \right)"),
+        (r"\boxed{1235}", "1,234"),
+        (r"\boxed{\frac{1}{0}}", "0"),
+    ],
+)
 def test_different_answers_are_wrong(completion, gold):
     assert math_reward(completion, gold).status == "wrong"
 
 
 # --- schemes ----------------------------------------------------------------------------------
+
 
 def test_binary_signed_and_format_schemes():
     right, wrong, unboxed, nothing = r"\boxed{4}", r"\boxed{5}", "the answer is 4", "I give up"
@@ -245,7 +262,12 @@ def test_binary_signed_and_format_schemes():
     signed = [math_reward(c, "4", scheme="signed").score for c in (right, wrong, unboxed, nothing)]
     assert signed == [1.0, -1.0, 1.0, -1.0]
     fmt = dict(scheme="format", correct_score=1.0, wrong_boxed_score=-0.5, no_box_score=-1.0)
-    assert [math_reward(c, "4", **fmt).score for c in (right, wrong, unboxed, nothing)] == [1.0, -0.5, 1.0, -1.0]
+    assert [math_reward(c, "4", **fmt).score for c in (right, wrong, unboxed, nothing)] == [
+        1.0,
+        -0.5,
+        1.0,
+        -1.0,
+    ]
     # format_penalty: subtracted from every unboxed completion, in any scheme
     pen = [math_reward(c, "4", format_penalty=0.25).score for c in (right, wrong, unboxed, nothing)]
     assert pen == [1.0, 0.0, 0.75, -0.25]
@@ -257,7 +279,9 @@ def test_failure_scores_and_error_status():
     assert (res.status, res.score, res.parsed) == ("error", 0.0, None)
     assert "empty" in res.message
     assert math_reward(r"\boxed{4}", "", scheme="signed").score == -1.0
-    assert math_reward(r"\boxed{4}", "", scheme="format", wrong_boxed_score=-0.2, no_box_score=-1).score == -1.0
+    assert (
+        math_reward(r"\boxed{4}", "", scheme="format", wrong_boxed_score=-0.2, no_box_score=-1).score == -1.0
+    )
     assert RewardOptions(scheme="format", wrong_boxed_score=-0.2, no_box_score=-0.1).failure_score() == -0.2
     res = math_reward(None, "4")  # not a str: error status, not an exception
     assert res.status == "error" and "str" in res.message
@@ -276,10 +300,19 @@ def test_bad_options_are_refused_by_name():
 
 # --- multiple choice --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("completion", [
-    r"\boxed{B}", r"\boxed{(B)}", r"\boxed{\text{(B)}}", r"\boxed{B) 15}", r"$\boxed{\textbf{B}}$",
-    "Therefore the answer is (B).", "**Answer: B**",
-])
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        r"\boxed{B}",
+        r"\boxed{(B)}",
+        r"\boxed{\text{(B)}}",
+        r"\boxed{B) 15}",
+        r"$\boxed{\textbf{B}}$",
+        "Therefore the answer is (B).",
+        "**Answer: B**",
+    ],
+)
 def test_choice_reward_letters(completion):
     res = choice_reward(completion, "B")
     assert (res.status, res.score) == ("correct", 1.0), res
@@ -299,6 +332,7 @@ def test_choice_reward_wrong_no_answer_and_choice_texts():
 
 
 # --- hostile text (fast cases, in-process) -----------------------------------------------------
+
 
 def test_hostile_text_gets_a_status_never_an_exception():
     MARKER.unlink(missing_ok=True)
@@ -327,12 +361,16 @@ def test_hostile_text_gets_a_status_never_an_exception():
 def test_long_boxed_answer_is_refused_before_parsing():
     res = math_reward(r"\boxed{" + "1+" * 600 + "1}", "601")
     assert res.status == "wrong" and "max_answer_chars" in res.message
-    assert math_reward(r"\boxed{" + "1+" * 600 + "1}", "601", max_answer_chars=5000,
-                       timeout_s=None).status == "correct"
+    assert (
+        math_reward(r"\boxed{" + "1+" * 600 + "1}", "601", max_answer_chars=5000, timeout_s=None).status
+        == "correct"
+    )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.text(alphabet=st.sampled_from(list("\\boxed{}()[]$^_+-*/=.,0123456789xab \n\x00\ud800")), max_size=60))
+@given(
+    st.text(alphabet=st.sampled_from(list("\\boxed{}()[]$^_+-*/=.,0123456789xab \n\x00\ud800")), max_size=60)
+)
 def test_arbitrary_short_text_is_graded_without_an_internal_error(text):
     # `grade` turns any exception into status "error": a grader that raised on model text would
     # still return a result, so the check is that none of these needed that safety net
@@ -378,8 +416,13 @@ def test_plain_functions_return_within_their_timeout(where):
             res = math_reward(completion, "1", timeout_s=timeout, max_answer_chars=10**6)
             results[name] = (res, time.monotonic() - t0)
         t0 = time.monotonic()
-        res = choice_reward(r"\boxed{9^{9^{9^{9^{9}}}}}", "B", timeout_s=timeout, max_answer_chars=10**6,
-                            choices=["1", r"9^{9^{9^{9^{9}}}}"])
+        res = choice_reward(
+            r"\boxed{9^{9^{9^{9^{9}}}}}",
+            "B",
+            timeout_s=timeout,
+            max_answer_chars=10**6,
+            choices=["1", r"9^{9^{9^{9^{9}}}}"],
+        )
         results["choice"] = (res, time.monotonic() - t0)
 
     if where == "main thread":

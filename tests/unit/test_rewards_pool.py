@@ -5,7 +5,6 @@ Small pools (2 workers) and short timeouts: the machine has 2 cores shared with 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -82,7 +81,7 @@ def test_every_hostile_input_returns_within_the_timeout_with_a_status(pool):
     }
     statuses = {}
     for name, (completion, gold) in hostile.items():
-        for extraction in ("boxed_then_latex",):
+        for _extraction in ("boxed_then_latex",):
             t0 = time.monotonic()
             results, _ = pool.score([completion], [gold])
             wall = time.monotonic() - t0
@@ -155,8 +154,11 @@ def test_pool_checks_batch_shape_and_empty_batch(pool):
 def test_recycled_workers_and_choice_task():
     with RewardPool(workers=1, timeout_s=10.0, max_tasks_per_worker=2, task="choice") as p:
         first = p.worker_pids()
-        results, metrics = p.score([r"\boxed{B}", r"\boxed{15}", r"\boxed{A}"], ["B", "B", "(B)"],
-                                   choices=[None, ["12", "15", "20", "30"], None])
+        results, metrics = p.score(
+            [r"\boxed{B}", r"\boxed{15}", r"\boxed{A}"],
+            ["B", "B", "(B)"],
+            choices=[None, ["12", "15", "20", "30"], None],
+        )
         assert [r.status for r in results] == ["correct", "correct", "wrong"]
         assert metrics["reward/worker_restarts"] == 1 and p.worker_pids() != first
 

@@ -23,10 +23,15 @@ def test_load_run_merges_eval_rows_and_plot_run_draws_the_curves(tmp_path):
     run.mkdir()
     assert runlog.plot_run(run) == []  # no rows yet: nothing to draw
     (run / "config.yaml").write_text("algo:\n  name: egsw\n")
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward/mean": 0.1 * s}) + "\n"
-                                               for s in (1, 2)) + '{"step": 3, "rew')  # torn last line
-    (run / "eval.jsonl").write_text(json.dumps({"step": 0, "eval/gsm8k/accuracy": 0.2}) + "\n"
-                                    + json.dumps({"step": 2, "eval/gsm8k/accuracy": 0.3}) + "\n")
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "reward/mean": 0.1 * s}) + "\n" for s in (1, 2)) + '{"step": 3, "rew'
+    )  # torn last line
+    (run / "eval.jsonl").write_text(
+        json.dumps({"step": 0, "eval/gsm8k/accuracy": 0.2})
+        + "\n"
+        + json.dumps({"step": 2, "eval/gsm8k/accuracy": 0.3})
+        + "\n"
+    )
     assert runlog.run_label(run) == "egsw" and runlog.run_label(run, "trainer.seed") == "run"
     r = runlog.load_run(run, "run", "egsw")
     assert [row["step"] for row in r.rows] == [0, 1, 2]
@@ -40,8 +45,14 @@ def test_load_run_merges_eval_rows_and_plot_run_draws_the_curves(tmp_path):
 def test_plot_run_draws_entropy_dynamics_when_the_monitor_logged_it(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    rows = [{"step": s, "entropy_dynamics/predicted_delta": -1e-5 * s,
-             "entropy_dynamics/measured_delta": -3e-4 * s + (1e-4 if s == 2 else 0.0)} for s in (1, 2, 3)]
+    rows = [
+        {
+            "step": s,
+            "entropy_dynamics/predicted_delta": -1e-5 * s,
+            "entropy_dynamics/measured_delta": -3e-4 * s + (1e-4 if s == 2 else 0.0),
+        }
+        for s in (1, 2, 3)
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     pngs = {p.name: p for p in runlog.plot_run(run)}
     assert "entropy_dynamics.png" in pngs and pngs["entropy_dynamics.png"].stat().st_size > 1000

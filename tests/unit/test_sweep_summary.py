@@ -10,11 +10,12 @@ def test_summary_lists_every_run_with_final_and_best(tmp_path):
         run = tmp_path / f"{i}_algo.alpha={alpha}"
         (run / ".hydra").mkdir(parents=True)
         (run / ".hydra" / "overrides.yaml").write_text(f"- algo.alpha={alpha}\n")
-        (run / "metrics.jsonl").write_text("".join(
-            json.dumps({"step": s + 1, "reward/mean": r}) + "\n" for s, r in enumerate(rewards)))
+        (run / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": s + 1, "reward/mean": r}) + "\n" for s, r in enumerate(rewards))
+        )
     (tmp_path / "multirun.yaml").write_text("not a run\n")
     md = write_sweep_summary(tmp_path).read_text()
-    lines = [l for l in md.splitlines() if l.startswith("| 0_") or l.startswith("| 1_")]
+    lines = [x for x in md.splitlines() if x.startswith(("| 0_", "| 1_"))]
     assert len(lines) == 2
     assert "algo.alpha=0.1" in lines[0] and "| 0.3 | 0.5 |" in lines[0]  # final 0.3, best 0.5
     csv = (tmp_path / "summary.csv").read_text().splitlines()

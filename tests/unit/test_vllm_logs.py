@@ -6,8 +6,9 @@ from egsw_rl.actors import vllm_logs
 
 
 def _record(msg, *args, level=logging.WARNING):
-    return logging.LogRecord("vllm.model_executor.model_loader.reload.layerwise", level, __file__, 1, msg,
-                             args, None)
+    return logging.LogRecord(
+        "vllm.model_executor.model_loader.reload.layerwise", level, __file__, 1, msg, args, None
+    )
 
 
 def test_only_the_benign_reload_warnings_are_dropped():

@@ -63,6 +63,7 @@ def test_buckets_reach_every_receiver_intact_through_a_reused_buffer_push_after_
                 p.add_(1.0)  # new weights every push
         want = {plan.checkpoint_name(n): p.detach().clone() for n, p in m.named_parameters()}
         threads = [threading.Thread(target=receive, args=(r, push)) for r in range(ranks)]
+
         def send(s, push=push):
             got["sent", s.rank, push] = s.send(m, buckets, False, torch.device("cpu"))
 
@@ -78,12 +79,18 @@ def test_buckets_reach_every_receiver_intact_through_a_reused_buffer_push_after_
             for name, t in got[r, push]:
                 assert torch.equal(t, want[name]), (r, push, name)
             assert got[r, push, "probe"] == {"ids": [], "logprobs": []}
-            assert got[r, push, "bytes"] == got["sent", r, push]["bytes"] == sum(
-                x.padded_nbytes for x in meta)
+            assert (
+                got[r, push, "bytes"] == got["sent", r, push]["bytes"] == sum(x.padded_nbytes for x in meta)
+            )
     # every per-bucket key was consumed: only the last push's handles and probe remain
     store = senders[0].store
-    for key in [f"{kind}/{push}/{k}/{r}" for kind in "ba" for push in range(pushes)
-                for k in range(len(buckets) + 1) for r in range(ranks)] + ["h/0/0", "h/0/1", "p/0"]:
+    for key in [
+        f"{kind}/{push}/{k}/{r}"
+        for kind in "ba"
+        for push in range(pushes)
+        for k in range(len(buckets) + 1)
+        for r in range(ranks)
+    ] + ["h/0/0", "h/0/1", "p/0"]:
         assert not store.check([key]), key
     assert store.check(["p/1"])
 
@@ -91,8 +98,23 @@ def test_buckets_reach_every_receiver_intact_through_a_reused_buffer_push_after_
 def test_the_handle_is_torchs_own_description_in_rebuild_order(monkeypatch):
     import torch.multiprocessing.reductions as red
 
-    fields = ["cls", (4, 2), (2, 1), 3, "scls", torch.bfloat16, 1, b"H", 4096, 256, False, b"R", 8, b"E",
-              True]
+    fields = [
+        "cls",
+        (4, 2),
+        (2, 1),
+        3,
+        "scls",
+        torch.bfloat16,
+        1,
+        b"H",
+        4096,
+        256,
+        False,
+        b"R",
+        8,
+        b"E",
+        True,
+    ]
     monkeypatch.setattr(red, "reduce_tensor", lambda t: (red.rebuild_cuda_tensor, tuple(fields)))
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: type("P", (), {"uuid": "GPU-1"})())
     h = ipc.ipc_handle(torch.empty(0))

@@ -63,14 +63,16 @@ def test_param_meta_names_and_tied_embedding(tiny_model_dir):
 
 
 def test_checkpoint_name_strips_wrappers():
-    assert plan.checkpoint_name("module.model.layers.0.mlp.up_proj.weight") == "model.layers.0.mlp.up_proj.weight"
+    assert (
+        plan.checkpoint_name("module.model.layers.0.mlp.up_proj.weight")
+        == "model.layers.0.mlp.up_proj.weight"
+    )
     assert plan.checkpoint_name("_orig_mod.module.lm_head.weight") == "lm_head.weight"
     assert plan.checkpoint_name("model._orig_mod.norm.weight") == "model.norm.weight"
 
 
 def test_validate_meta_names_every_problem():
-    expected = {"a.weight": (4, 4), "b.weight": (4,), "lm_head.weight": (8, 4),
-                "x.rotary_emb.inv_freq": (2,)}
+    expected = {"a.weight": (4, 4), "b.weight": (4,), "lm_head.weight": (8, 4), "x.rotary_emb.inv_freq": (2,)}
     good = [plan.ParamMeta("a.weight", (4, 4), "float32"), plan.ParamMeta("b.weight", (4,), "float32")]
     assert plan.validate_meta(good, expected, tied=True) == []  # head tied, inv_freq skipped by vLLM
     assert any("lm_head.weight" in p for p in plan.validate_meta(good, expected, tied=False))
@@ -102,8 +104,9 @@ class FakeWorker(vllm_worker.WorkerExtension):
 
     def __init__(self, model_dir, tied=True):
         self.rank = 0
-        self.model_config = SimpleNamespace(model=str(model_dir),
-                                            hf_config=SimpleNamespace(tie_word_embeddings=tied))
+        self.model_config = SimpleNamespace(
+            model=str(model_dir), hf_config=SimpleNamespace(tie_word_embeddings=tied)
+        )
         self.model_runner = SimpleNamespace(get_model=lambda: torch.nn.Linear(2, 2))
         self.loaded = {}
         self.reloads = 0
@@ -214,7 +217,7 @@ class FailingWorker(FakeWorker):
     """A loader that fails part-way through the stream (e.g. a weight_loader error)."""
 
     def reload_weights(self, weights_iterator, is_checkpoint_format=True):
-        for i, (name, t) in enumerate(weights_iterator):
+        for i, (_name, _t) in enumerate(weights_iterator):
             if i == 3:
                 raise RuntimeError("loader exploded")
 
@@ -229,8 +232,11 @@ def test_a_loader_error_mid_stream_does_not_hang_the_sender(tiny_lm, tiny_model_
     good = FakeWorker(tiny_model_dir)
     good._egsw_pg, good._egsw_device = worker._egsw_pg, worker._egsw_device
     out = {}
-    t = threading.Thread(target=lambda: out.update(
-        sent=_SENDERS[-1].send(tiny_lm, plan.plan_buckets(meta, 16 * 1024), is_sender=True)))
+    t = threading.Thread(
+        target=lambda: out.update(
+            sent=_SENDERS[-1].send(tiny_lm, plan.plan_buckets(meta, 16 * 1024), is_sender=True)
+        )
+    )
     t.start()
     res2 = good.egsw_receive(plan.meta_to_rows(meta))
     t.join(timeout=60)
@@ -243,7 +249,7 @@ def test_a_loader_error_mid_stream_does_not_hang_the_sender(tiny_lm, tiny_model_
 class _Stack(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.a = torch.nn.Linear(7, 5)        # 35 + 5 elements: uneven over 2 and 3 ranks
+        self.a = torch.nn.Linear(7, 5)  # 35 + 5 elements: uneven over 2 and 3 ranks
         self.b = torch.nn.Linear(5, 3, bias=False)
         self.norm = torch.nn.Parameter(torch.randn(4))
 
@@ -263,7 +269,7 @@ def _as_zero3_rank(full: torch.nn.Module, rank: int, world: int, keep_whole=("no
         part = torch.zeros(size)
         lo, hi = rank * size, min((rank + 1) * size, flat.numel())
         if hi > lo:
-            part[:hi - lo] = flat[lo:hi]
+            part[: hi - lo] = flat[lo:hi]
         q = torch.nn.Parameter(torch.empty(0))
         q.ds_shape, q.ds_numel, q.ds_id, q.ds_tensor = p.shape, p.numel(), 0, part
         owner, _, leaf = name.rpartition(".")
@@ -280,7 +286,9 @@ def test_every_rank_writing_its_shards_reassembles_the_full_tensors(tmp_path, wo
     assert nbytes == sum(m.padded_nbytes for m in meta) and all(o % plan.ALIGN == 0 for o in offsets)
     buf = shm.map_shared(str(tmp_path / "w"), nbytes, create=True)
     buf.fill_(0xFF)  # anything not written shows up as NaN
-    written = sum(shm.write_shards(_as_zero3_rank(full, r, world), meta, offsets, buf, r) for r in range(world))
+    written = sum(
+        shm.write_shards(_as_zero3_rank(full, r, world), meta, offsets, buf, r) for r in range(world)
+    )
     assert written == sum(m.nbytes for m in meta)
     got = dict(shm.shared_views(buf, meta, offsets))
     for name, p in full.named_parameters():

@@ -34,8 +34,9 @@ def test_split_sync_hidden_and_exposed_gather_headers_and_start():
     # bucket 1: gather 0.3 s while the engine was still loading bucket 0 (header wait 0.01 s):
     #           0.01 s exposed, 0.29 s hidden, no header round trip left over
     # bucket 2: gather 0.1 s, header wait 0.15 s: 0.1 s gather + 0.05 s header round trip
-    s = timing.split_sync(gathers=[0.5, 0.3, 0.1, 0.02], headers=[2.0, 0.01, 0.15],
-                      payloads=[1.0, 1.0, 0.5], load_s=3.0)
+    s = timing.split_sync(
+        gathers=[0.5, 0.3, 0.1, 0.02], headers=[2.0, 0.01, 0.15], payloads=[1.0, 1.0, 0.5], load_s=3.0
+    )
     assert s["buckets"] == 3
     assert s["start_s"] == pytest.approx(1.5)
     assert s["gather_s"] == pytest.approx(0.5 + 0.01 + 0.1)
@@ -45,7 +46,8 @@ def test_split_sync_hidden_and_exposed_gather_headers_and_start():
     assert s["load_s"] == 3.0
     # the engine's timeline is exactly start + gather waited for + transfer + load
     assert s["start_s"] + s["gather_s"] + s["transfer_s"] + s["load_s"] == pytest.approx(
-        sum([2.0, 0.01, 0.15]) + 2.5 + 3.0)
+        sum([2.0, 0.01, 0.15]) + 2.5 + 3.0
+    )
 
 
 def test_split_sync_refuses_missing_waits_and_handles_no_buckets():

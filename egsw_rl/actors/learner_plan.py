@@ -17,8 +17,8 @@ A batch of N sequences goes to R ranks, then into micro-batches on each rank:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def build_ds_config(lcfg, *, device: str, dtype: str, train: bool, hidden_size: Optional[int] = None) -> dict:
+def build_ds_config(lcfg, *, device: str, dtype: str, train: bool, hidden_size: int | None = None) -> dict:
     """The DeepSpeed config generated from `learner.*` (the user never writes JSON).
 
     ZeRO stage 3; bf16 on GPU (fp32 gradient accumulation), fp32 on CPU; torch's AdamW on every
@@ -100,13 +100,15 @@ def build_ds_config(lcfg, *, device: str, dtype: str, train: bool, hidden_size: 
     return deep_merge(cfg, dict(lcfg.deepspeed or {}))
 
 
-def lr_lambda(schedule: str, warmup_steps: int, total_steps: Optional[int]):
+def lr_lambda(schedule: str, warmup_steps: int, total_steps: int | None):
     """Multiplier of the base LR per optimizer step: linear warmup, then constant or cosine to 0."""
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"learner.lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
     if schedule == "cosine" and not total_steps:
-        raise ValueError("learner.lr_schedule=cosine needs the number of optimizer steps "
-                         "(LearnerGroup(total_steps=trainer.total_steps))")
+        raise ValueError(
+            "learner.lr_schedule=cosine needs the number of optimizer steps "
+            "(LearnerGroup(total_steps=trainer.total_steps))"
+        )
     warm = max(0, int(warmup_steps))
 
     def f(step: int) -> float:
@@ -144,12 +146,21 @@ def _checkpoint_index(path: str) -> dict[str, str]:
 
         with safe_open(single, framework="pt") as f:
             return {k: single for k in f.keys()}
-    raise FileNotFoundError(f"{path}: no model.safetensors(.index.json); the learner loads safetensors "
-                            "weights (convert .bin / .pth checkpoints with transformers' save_pretrained)")
+    raise FileNotFoundError(
+        f"{path}: no model.safetensors(.index.json); the learner loads safetensors "
+        "weights (convert .bin / .pth checkpoints with transformers' save_pretrained)"
+    )
 
 
-def load_zero3_causal_lm(path: str, ds_config: dict, dtype, *, rank: int, trust_remote_code: bool = False,
-                         bucket_bytes: int = 256 * 2**20) -> nn.Module:
+def load_zero3_causal_lm(
+    path: str,
+    ds_config: dict,
+    dtype,
+    *,
+    rank: int,
+    trust_remote_code: bool = False,
+    bucket_bytes: int = 256 * 2**20,
+) -> nn.Module:
     """Build the causal LM inside `deepspeed.zero.Init` (each rank only ever allocates its own
     partition) and fill it from the safetensors checkpoint: rank 0 reads the files, every rank
     takes part in `GatheredParameters(..., modifier_rank=0)`, which broadcasts and re-partitions.
@@ -158,7 +169,6 @@ def load_zero3_causal_lm(path: str, ds_config: dict, dtype, *, rank: int, trust_
     """
     import deepspeed
     from transformers import AutoConfig, AutoModelForCausalLM
-
     from transformers.initialization import no_init_weights
 
     from egsw_rl.models import resolve_model
@@ -177,13 +187,15 @@ def load_zero3_causal_lm(path: str, ds_config: dict, dtype, *, rank: int, trust_
     model.tie_weights()
     wrong = {str(p.dtype) for p in model.parameters() if p.dtype != dtype}
     if wrong:
-        raise RuntimeError(f"ZeRO-3 built the model in {sorted(wrong)}, not {dtype}: check the "
-                           "DeepSpeed config's bf16 / fp16 flags against model.dtype")
+        raise RuntimeError(
+            f"ZeRO-3 built the model in {sorted(wrong)}, not {dtype}: check the "
+            "DeepSpeed config's bf16 / fp16 flags against model.dtype"
+        )
     named = list(model.named_parameters())  # tied parameters appear once
     where = _checkpoint_index(path) if rank == 0 else {}
     handles: dict[str, Any] = {}
 
-    def source(name: str) -> Optional[str]:
+    def source(name: str) -> str | None:
         for cand in (name, name.removeprefix("model."), "model." + name):
             if cand in where:
                 return cand
@@ -217,7 +229,9 @@ def load_zero3_causal_lm(path: str, ds_config: dict, dtype, *, rank: int, trust_
                                 handles[f] = safe_open(f, framework="pt")
                             t = handles[f].get_tensor(key)
                             if tuple(t.shape) != tuple(p.shape):
-                                raise ValueError(f"{name}: checkpoint shape {tuple(t.shape)} != model {tuple(p.shape)}")
+                                raise ValueError(
+                                    f"{name}: checkpoint shape {tuple(t.shape)} != model {tuple(p.shape)}"
+                                )
                             p.data.copy_(t.to(p.dtype))
     finally:
         handles.clear()
@@ -254,12 +268,20 @@ class ChunkedLogprobHead(nn.Module):
         self.inv_temp = 1.0 / float(temperature)
         self.chunk = max(1, int(chunk_tokens))
 
-    def _weights(self) -> tuple[Tensor, Optional[Tensor]]:
+    def _weights(self) -> tuple[Tensor, Tensor | None]:
         out = self._owner[0]
         return out.weight, getattr(out, "bias", None)
 
-    def _chunk(self, h: Tensor, w: Tensor, b: Optional[Tensor], tgt: Tensor, want_ent: bool,
-               grad_ent: bool, want_clipv: bool):
+    def _chunk(
+        self,
+        h: Tensor,
+        w: Tensor,
+        b: Tensor | None,
+        tgt: Tensor,
+        want_ent: bool,
+        grad_ent: bool,
+        want_clipv: bool,
+    ):
         logits = F.linear(h, w, b).float() * self.inv_temp  # [c, V], one chunk only
         lp = logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         ent = clipv = None
@@ -273,17 +295,24 @@ class ChunkedLogprobHead(nn.Module):
                     ent = entropy_from_logits(logits, chunk_size=logits.shape[0])
         return lp, ent, clipv
 
-    def forward(self, hidden: Tensor, targets: Tensor, want_ent: bool = False, grad_ent: bool = False,
-                want_clipv: bool = False):
+    def forward(
+        self,
+        hidden: Tensor,
+        targets: Tensor,
+        want_ent: bool = False,
+        grad_ent: bool = False,
+        want_clipv: bool = False,
+    ):
         w, b = self._weights()
         lps, ents, ns = [], [], []
         use_ckpt = torch.is_grad_enabled() and hidden.requires_grad
         for s in range(0, hidden.shape[0], self.chunk):
-            h, t = hidden[s:s + self.chunk], targets[s:s + self.chunk]
+            h, t = hidden[s : s + self.chunk], targets[s : s + self.chunk]
             if use_ckpt:
                 # Recompute the chunk's logits in backward instead of keeping them.
-                lp, ent, n = checkpoint(self._chunk, h, w, b, t, want_ent, grad_ent, want_clipv,
-                                        use_reentrant=False)
+                lp, ent, n = checkpoint(
+                    self._chunk, h, w, b, t, want_ent, grad_ent, want_clipv, use_reentrant=False
+                )
             else:
                 lp, ent, n = self._chunk(h, w, b, t, want_ent, grad_ent, want_clipv)
             lps.append(lp)
@@ -316,12 +345,22 @@ class LogprobModel(nn.Module):
         if getattr(out, "bias", None) is not None:
             deepspeed.zero.register_external_parameter(self.head, out.bias)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, rows: Tensor,
-                cols: Tensor, targets: Tensor, want_ent: bool = False, grad_ent: bool = False,
-                want_clipv: bool = False):
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        position_ids: Tensor,
+        rows: Tensor,
+        cols: Tensor,
+        targets: Tensor,
+        want_ent: bool = False,
+        grad_ent: bool = False,
+        want_clipv: bool = False,
+    ):
         base = self.lm.get_decoder() if hasattr(self.lm, "get_decoder") else self.lm.model
-        out = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   use_cache=False)
+        out = base(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
         hidden = out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state
         h = hidden[rows, cols]  # [n_tokens, H]: completion positions only
         return self.head(h, targets, want_ent, grad_ent, want_clipv)
@@ -330,8 +369,13 @@ class LogprobModel(nn.Module):
 # ----------------------------------------------------------------------------- inputs
 
 
-def collate(prompt_ids: list[list[int]], completion_ids: list[list[int]], idx: list[int], pad_id: int,
-            device: torch.device) -> dict[str, Any]:
+def collate(
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    idx: list[int],
+    pad_id: int,
+    device: torch.device,
+) -> dict[str, Any]:
     """Right-padded [b, L] inputs for sequences `idx` (prompt + completion minus its last token)
     and the flat positions / targets of their completion tokens.
 
@@ -342,8 +386,18 @@ def collate(prompt_ids: list[list[int]], completion_ids: list[list[int]], idx: l
     if not idx:
         one = torch.zeros(1, 1, dtype=torch.long, device=device)
         z = torch.zeros(1, dtype=torch.long, device=device)
-        return dict(input_ids=one, attention_mask=torch.ones_like(one), position_ids=torch.zeros_like(one),
-                    rows=z, cols=z, targets=z, tok_row=z, tok_col=z, T=1, dummy=True)
+        return dict(
+            input_ids=one,
+            attention_mask=torch.ones_like(one),
+            position_ids=torch.zeros_like(one),
+            rows=z,
+            cols=z,
+            targets=z,
+            tok_row=z,
+            tok_col=z,
+            T=1,
+            dummy=True,
+        )
     seqs, rows, cols, tgts, trow, tcol = [], [], [], [], [], []
     T = 1
     for b, i in enumerate(idx):
@@ -363,13 +417,22 @@ def collate(prompt_ids: list[list[int]], completion_ids: list[list[int]], idx: l
     ids = torch.full((len(seqs), L), int(pad_id), dtype=torch.long)
     am = torch.zeros((len(seqs), L), dtype=torch.long)
     for b, s in enumerate(seqs):
-        ids[b, :len(s)] = torch.tensor(s, dtype=torch.long)
-        am[b, :len(s)] = 1
+        ids[b, : len(s)] = torch.tensor(s, dtype=torch.long)
+        am[b, : len(s)] = 1
     pos = torch.arange(L, dtype=torch.long).unsqueeze(0).expand(len(seqs), L).contiguous()
     lt = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
-    return dict(input_ids=ids.to(device), attention_mask=am.to(device), position_ids=pos.to(device),
-                rows=lt(rows), cols=lt(cols), targets=lt(tgts), tok_row=lt(trow), tok_col=lt(tcol), T=T,
-                dummy=False)
+    return dict(
+        input_ids=ids.to(device),
+        attention_mask=am.to(device),
+        position_ids=pos.to(device),
+        rows=lt(rows),
+        cols=lt(cols),
+        targets=lt(tgts),
+        tok_row=lt(trow),
+        tok_col=lt(tcol),
+        T=T,
+        dummy=False,
+    )
 
 
 def scatter_tokens(flat: Tensor, tok_row: Tensor, tok_col: Tensor, b: int, T: int) -> Tensor:
