@@ -19,6 +19,13 @@ def test_only_the_benign_reload_warnings_are_dropped():
     assert tied.filter(_record("%s: Failed to load weights", "QKVParallelLinear"))  # a real problem
     assert tied.filter(_record("Following weights were not loaded from checkpoint: %s", {"x"}))
     assert tied.filter(_record("anything else", level=logging.ERROR))
+    # the INFO lines of every sync go; the same text at WARNING, or other INFO lines, stay
+    assert not tied.filter(
+        _record("Reloading and processing weights took %.2f seconds", 0.03, level=logging.INFO)
+    )
+    assert not tied.filter(_record("Successfully reset prefix cache", level=logging.INFO))
+    assert tied.filter(_record("Successfully reset prefix cache", level=logging.WARNING))
+    assert tied.filter(_record("Loading weights took %.2f seconds", 1.0, level=logging.INFO))
     untied = vllm_logs.BenignReloadFilter(tied_head=False)  # an untied head must load: keep it
     assert untied.filter(_record("%s: Failed to load weights", "ParallelLMHead"))
     assert not untied.filter(_record("%s: Failed to load weights", "RotaryEmbedding"))
