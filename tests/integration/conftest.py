@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 # vLLM (CPU, fp32) versus transformers on the same weights, sampled-token logprobs, measured on
-# this machine (scripts/measure_rollout.py's set-up, 64 sequences x up to 128 tokens):
+# this machine (one generator, 8 prompts x G=8 = 64 sequences x up to 128 tokens):
 #   tiny random Qwen2: max 8e-7 at T=1, 1.1e-6 at T=0.7 (eager and torch.compile alike);
 #   SmolLM2-135M-Instruct: max 5.3e-5 at T=1.
 # An earlier set-up saw up to ~4e-3; the bound sits between the two, still

@@ -36,7 +36,7 @@ BASE = [
 
 
 def compose(*overrides):
-    from egsw_rl.bench_peer import compose as compose_preset  # as `launch` composes it
+    from egsw_rl.bench.runner import compose as compose_preset  # as `launch` composes it
     from egsw_rl.config import validate
 
     cfg = compose_preset("tiny_cpu", (*BASE, *overrides))

@@ -19,7 +19,7 @@ HAND_OVERS = ["generate", "sleep", "reload", "update", "wake_weights", "push", "
 
 
 def compose(*overrides):
-    from egsw_rl.bench_peer import compose as compose_preset  # as `launch` composes it
+    from egsw_rl.bench.runner import compose as compose_preset  # as `launch` composes it
     from egsw_rl.config import validate
 
     cfg = compose_preset(

@@ -43,12 +43,12 @@ def _check_split(p):
 def test_group_push_is_split_bucket_by_bucket(rig):
     import ray
 
-    from egsw_rl.bench import _replan_buckets
+    from egsw_rl.bench.sync import replan_buckets
 
     learners, gens = rig
     sync = WeightSync(learners, gens, transport="group")
     sync.push()  # with the probe
-    planned = ray.get([a.__ray_call__.remote(_replan_buckets, 64 * 2**10) for a in learners.actors])
+    planned = ray.get([a.__ray_call__.remote(replan_buckets, 64 * 2**10) for a in learners.actors])
     assert len(set(planned)) == 1 and planned[0] > 5
     before = gens.versions()
     p = sync.push(probe=False)

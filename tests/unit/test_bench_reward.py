@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from egsw_rl.bench import paper_reward_workers, reward_hidden_summary, reward_paper_estimate
+from egsw_rl.bench.reward import (
+    hostile_batch,
+    paper_reward_workers,
+    reward_hidden_summary,
+    reward_paper_estimate,
+)
 
 
 def test_paper_reward_workers_follow_the_preset_and_the_node():
@@ -49,3 +54,10 @@ def test_reward_hidden_summary_medians_after_warmup():
     assert out["steps"] == 3
     assert out["reward_s"] == pytest.approx(0.3) and out["grading_s"] == 1.0
     assert out["reward_hidden_frac"] == pytest.approx(0.7) and out["generate_s"] == 2.0
+
+
+def test_hostile_batch_pairs_every_completion_with_a_gold():
+    comps, golds = hostile_batch()
+    assert len(comps) == len(golds) == 10
+    assert max(len(c) for c in comps) > 1_000_000  # the megabyte output
+    assert any("__import__" in c for c in comps)

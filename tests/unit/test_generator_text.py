@@ -387,7 +387,7 @@ def test_completion_list_falls_back_to_plain_pickling_for_what_it_cannot_pack():
 
 
 def test_generate_summary_ratio_of_medians():
-    from egsw_rl.bench import generate_summary
+    from egsw_rl.bench.generate import generate_summary
 
     actor = [{"tokens": 100, "seconds": 1.0}, {"tokens": 90, "seconds": 1.0}, {"tokens": 300, "seconds": 1.0}]
     bare = [{"tokens": 100, "seconds": 0.5}, {"tokens": 100, "seconds": 0.5}, {"tokens": 100, "seconds": 1.0}]

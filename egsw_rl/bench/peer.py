@@ -1,8 +1,5 @@
-"""The peer of `python -m egsw_rl.bench`'s fifth sub-benchmark: TRL's `GRPOTrainer` on exactly the
-workload of an egsw_rl preset, timed per optimizer step.
-
-    python -m egsw_rl.bench_peer --preset tiny_cpu --mode hf --steps 4 --warmup 1 --out peer.json
-    python -m egsw_rl.bench_peer --preset smollm2_cpu --mode vllm --steps 2 --out peer.json
+"""The peer (`--only peer`): TRL's `GRPOTrainer` on exactly the workload of an egsw_rl preset,
+timed per optimizer step, beside egsw_rl's own step on the preset.
 
 The workload is read from the composed egsw_rl config, so both trainers see the same model folder,
 the same prompts in the same order (egsw_rl's data loader and seeded sampler, rendered with
@@ -12,12 +9,14 @@ step per batch of B x G completions, in fp32 on CPU, graded by the same reward f
 (`egsw_rl.rewards`, in-process here). TRL's `loss_type="grpo"` is the per-sequence token mean with
 group-scaled advantages, egsw_rl's `seq_mean_token_mean`.
 
-`--mode hf` generates with transformers' `generate`; `--mode vllm` uses TRL's vLLM colocate mode
-(the engine inside the trainer process). A run that fails is a result too: the JSON then holds
-the error and its message, and how many steps finished before it.
+Mode `hf` generates with transformers' `generate`; mode `vllm` uses TRL's vLLM colocate mode (the
+engine inside the trainer process). A run that fails is a result too: the JSON then holds the
+error and its message, and how many steps finished before it.
 
-Runs in its own process (the parent benchmark starts it with a timeout): TRL, accelerate and a
-colocated vLLM engine must not share a process with Ray actors or another engine.
+Each TRL run is a child process that `peer_run` starts with a timeout (TRL, accelerate and a
+colocated vLLM engine must not share a process with Ray actors or another engine):
+
+    python -m egsw_rl.bench.peer --preset tiny_cpu --mode hf --steps 4 --warmup 1 --out peer.json
 """
 
 from __future__ import annotations
@@ -26,64 +25,41 @@ import argparse
 import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from egsw_rl.bench.report import format_table, median
+from egsw_rl.bench.runner import compose, workload
+
+if TYPE_CHECKING:
+    from egsw_rl.bench.runner import Bench
+
+PEER_STEPS = {"tiny_cpu": 4, "smollm2_cpu": 2}  # measured TRL steps (after one warm-up step)
+# TRL's loss micro-batch, in sequences, with about the same token budget as egsw_rl's
+PEER_MICRO_BATCH = {"tiny_cpu": 16, "smollm2_cpu": 4}
 
 
-def compose(preset: str, overrides: tuple[str, ...] = ()):
-    """The egsw_rl config of a preset (plus overrides), as `python -m egsw_rl.launch` builds it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    import egsw_rl.launch  # noqa: F401  (registers the structured schema)
-
-    GlobalHydra.instance().clear()
-    with initialize_config_module("egsw_rl.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=[f"conf={preset}", *overrides])
-
-
-def workload(cfg, steps: int) -> dict:
-    """The prompts (rendered) and golds of the first `steps` batches, in the order egsw_rl's
-    trainer draws them, plus the knobs both trainers share."""
-    from transformers import AutoTokenizer
-
-    from egsw_rl.actors.generator import render_prompts
-    from egsw_rl.data import PromptSampler, load_problems
-    from egsw_rl.models import resolve_model_path
-
-    problems, _ = load_problems(
-        cfg.data.train,
-        split=cfg.data.split,
-        question_key=cfg.data.question_key,
-        answer_key=cfg.data.answer_key,
-        answer_format=cfg.data.answer_format,
-        max_samples=cfg.data.max_samples,
-        seed=cfg.trainer.seed,
-    )
-    sampler = PromptSampler(
-        len(problems), cfg.data.batch_size, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle
-    )
-    chosen = [problems[i] for _ in range(steps) for i in sampler.next_indices()]
-    path = resolve_model_path(cfg.model.path)
-    tok = AutoTokenizer.from_pretrained(cfg.model.tokenizer or path)
-    prompts = render_prompts(tok, [p.question for p in chosen], cfg.rollout.prompt_template)
-    return {
-        "model_path": path,
-        "prompts": prompts,
-        "golds": [p.answer for p in chosen],
-        "batch_size": int(cfg.data.batch_size),
-        "G": int(cfg.rollout.n),
-        "max_tokens": int(cfg.rollout.max_tokens),
-        "temperature": float(cfg.rollout.temperature),
-        "lr": float(cfg.learner.lr),
-        "beta": float(cfg.algo.beta),
-        "steps": int(steps),
-        "seed": int(cfg.trainer.seed),
+def peer_summary(ours_step_s: float, peer: dict) -> dict:
+    """A TRL run's median step (after its warm-up) and egsw_rl's ratio to it, or its error."""
+    steps = list(peer.get("step_s") or [])
+    warm = int(peer.get("warmup", 0))
+    kept = steps[warm:] if len(steps) > warm else steps
+    out = {
+        "mode": peer.get("mode"),
+        "steps_done": len(steps),
+        "error": peer.get("error"),
+        "peak_rss_gib": peer.get("peak_rss_gib"),
+        "step_s": median(kept),
+        "generate_s": median((peer.get("generate_s") or [])[warm:] or (peer.get("generate_s") or [])),
+        "completion_len": median(peer.get("completion_len") or []),
     }
+    out["ours_over_peer"] = ours_step_s / out["step_s"] if kept and out["step_s"] > 0 else float("nan")
+    return out
 
 
 def _reward_fn(cfg):
@@ -246,8 +222,105 @@ def run_peer(
     return result
 
 
+def peer_run(bench: Bench, preset: str, mode: str) -> dict:
+    """One TRL run in a child process (`python -m egsw_rl.bench.peer`) under --peer-timeout;
+    its JSON result, or the error it ended with."""
+    out = bench.workdir / f"peer_{preset}_{mode}.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "egsw_rl.bench.peer",
+        "--preset",
+        preset,
+        "--mode",
+        mode,
+        "--steps",
+        str(bench.peer_steps or PEER_STEPS.get(preset, 2)),
+        "--warmup",
+        str(bench.peer_warmup),
+        "--micro-batch",
+        str(PEER_MICRO_BATCH.get(preset, 16)),
+        "--out",
+        str(out),
+        *bench.extra,
+    ]
+    bench.echo(f"[bench] peer: TRL GRPOTrainer, {preset}, {mode}")
+    load0 = os.getloadavg()[0]
+    log = bench.workdir / f"peer_{preset}_{mode}.log"
+    try:
+        with log.open("w") as f:
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=bench.peer_timeout_s)
+        res = (
+            json.loads(out.read_text())
+            if out.exists()
+            else {
+                "mode": mode,
+                "error": f"peer process exited {proc.returncode} without a result (see {log})",
+            }
+        )
+    except subprocess.TimeoutExpired:
+        res = json.loads(out.read_text()) if out.exists() else {}
+        res.update({"mode": mode, "error": f"timed out after {bench.peer_timeout_s:.0f} s"})
+    res["load_avg"] = [load0, os.getloadavg()[0]]
+    res["log"] = str(log)
+    return res
+
+
+def peer_bench(bench: Bench) -> dict:
+    """TRL with HF generation and with vLLM colocate on each preset, against egsw_rl's own
+    median step on the same preset (`bench.train`)."""
+    out = {}
+    rows = []
+    for preset in bench.presets:
+        ours = bench.train(preset)["summary"]
+        out[preset] = {"egsw_rl_step_s": ours["step_s"], "egsw_rl_response_len": ours["response_len"]}
+        for mode in ("hf", "vllm"):
+            raw = peer_run(bench, preset, mode)
+            s = peer_summary(ours["step_s"], raw)
+            s["load_avg"] = raw.get("load_avg")
+            s["raw"] = {k: v for k, v in raw.items() if k != "traceback_tail"}
+            s["traceback_tail"] = raw.get("traceback_tail")
+            out[preset][mode] = s
+            label = {"hf": "TRL, HF generate", "vllm": "TRL, vLLM colocate"}[mode]
+            rows.append(
+                [
+                    preset,
+                    label,
+                    s["step_s"] if not s["error"] or s["steps_done"] else None,
+                    s["generate_s"],
+                    s["completion_len"],
+                    s["peak_rss_gib"],
+                    ours["step_s"],
+                    s["ours_over_peer"],
+                    s["error"] or "",
+                    "{:.1f}-{:.1f}".format(*tuple(s["load_avg"])),
+                ]
+            )
+    table = format_table(
+        "Peer: TRL GRPOTrainer on the same workload (median s per optimizer step)",
+        [
+            "preset",
+            "peer",
+            "peer step s",
+            "peer generate s",
+            "peer resp len",
+            "peer peak RSS GiB",
+            "egsw_rl step s",
+            "egsw_rl / peer",
+            "error",
+            "load avg",
+        ],
+        rows,
+    )
+    return {"table": table, "presets": out}
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m egsw_rl.bench.peer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--preset", default="tiny_cpu")
     ap.add_argument("--mode", default="hf", choices=("hf", "vllm"))
     ap.add_argument("--steps", type=int, default=3)
