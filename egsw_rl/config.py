@@ -82,8 +82,11 @@ class RolloutConfig:
     top_k: int = -1
     max_tokens: int = 256
     stop: list[str] = field(default_factory=list)
-    logprobs: int = 20  # top-k per token for the entropy estimate (<= vLLM's max_logprobs)
-    entropy_estimator: str = "lower_bound"  # lower_bound | renorm | upper_bound
+    # The per-token entropy the generators return: exact (computed by vLLM's sampler over the
+    # whole vocabulary) | lower_bound | renorm | upper_bound (top-k estimates from `logprobs`
+    # candidates a token; docs/algorithms.md, section 11)
+    entropy_estimator: str = "exact"
+    logprobs: int = 20  # k, the top-k estimators' candidates per token (unused by exact)
     # qwen_math | qwen_math_user | chat | a plain template with {question} (egsw_rl/prompts.py);
     # evaluation renders with the same function
     prompt_template: str = "qwen_math"
@@ -97,7 +100,10 @@ class RolloutConfig:
         errors = _choices(
             "rollout",
             self,
-            {"entropy_estimator": TOPK_METHODS, "overlong_prompt": ("drop", "truncate_left", "error")},
+            {
+                "entropy_estimator": ("exact", *TOPK_METHODS),
+                "overlong_prompt": ("drop", "truncate_left", "error"),
+            },
         )
         errors += _bounds(
             "rollout",
@@ -190,7 +196,7 @@ class AlgoConfig:
     entropy_norm: str = "log_vocab"  # log_vocab | none
     trajectory_entropy: str = "mean"  # mean | sum
     rescale: bool = True
-    entropy_source: str = "rollout"  # rollout (vLLM top-k estimate) | learner (exact)
+    entropy_source: str = "rollout"  # rollout (the generators', rollout.entropy_estimator) | learner
     # The shared update (docs/algorithms.md, section 1).
     clip_low: float = 0.2
     clip_high: float = 0.2
@@ -263,13 +269,13 @@ class AlgoConfig:
             if m.learner_entropy and self.entropy_source != "learner":
                 errors.append(
                     f"algo.{m.kind}={m.name} needs the full-vocabulary N from the learner: set "
-                    "algo.entropy_source=learner (the rollout's top-k estimate cannot provide it)"
+                    "algo.entropy_source=learner (the rollout returns the entropy only)"
                 )
         return errors
 
     def rollout_entropy_users(self) -> list[str]:
         """`algo.<selector>=<name>` of each selected (registered) method that reads the rollout's
-        top-k entropy estimate: none with entropy_source=learner."""
+        entropy: none with entropy_source=learner."""
         if self.entropy_source != "rollout":
             return []
         from egsw_rl import algos
@@ -439,14 +445,16 @@ class RunConfig:
         device = resolve_device(self.trainer.device)
 
         users = algo.rollout_entropy_users()
-        if rollout.logprobs < 1 and users:
+        if rollout.entropy_estimator != "exact" and rollout.logprobs < 1 and users:
             errors.append(
-                "rollout.logprobs=0 gives no entropy estimate; set rollout.logprobs >= 1 "
-                "or algo.entropy_source=learner"
+                f"rollout.logprobs=0 gives rollout.entropy_estimator={rollout.entropy_estimator} "
+                "no candidates to estimate from; set rollout.logprobs >= 1, "
+                "rollout.entropy_estimator=exact or algo.entropy_source=learner"
             )
         if rollout.top_p < 1.0 or rollout.top_k not in (-1, 0):
-            # vLLM's top-k logprobs then describe the truncated distribution, and the learner's
-            # entropy (the bonus differentiates it) the untruncated one: neither is the other's.
+            # vLLM's processed logprobs (the rollout's entropy, exact or top-k) then describe the
+            # truncated distribution, and the learner's entropy (the bonus differentiates it) the
+            # untruncated one: neither is the other's.
             if algo.entropy_coef > 0:
                 users.append(f"algo.entropy_coef={algo.entropy_coef}")
             if users:

@@ -11,19 +11,29 @@ describe the distribution actually sampled from, after temperature) and returns 
     text        str                 the completion as text, up to and without the stop token or
                                     stop string (what vLLM's detokeniser returns for these ids)
     logprobs    float32[T]          the sampled tokens' logprobs at the sampling temperature
-    entropy     float32[T]          top-k entropy estimate, nats (algos.topk_entropy;
-                                    docs/algorithms.md, section 11)
-    tail_mass   float32[T]          probability outside the top-k (algos.topk_tail_mass)
+    entropy     float32[T]          next-token entropy, nats, of the distribution each token was
+                                    sampled from: exact (rollout.entropy_estimator=exact) or a
+                                    top-k estimate (algos.topk_entropy; docs/algorithms.md,
+                                    section 11)
+    tail_mass   float32[T]          probability the entropy did not see: outside the top-k
+                                    (algos.topk_tail_mass); 0 for the exact entropy
     finish_reason "stop" | "length"
     version     int                 weight version that generated it
 
-With `rollout.logprobs == 0` there is no top-k: entropy and tail_mass are NaN.
+Entropy. `exact` (the default): vLLM's sampler computes it from the processed logprobs it
+already holds, one reduction over the vocabulary a token, and returns it in the logprobs channel
+(`egsw_rl.sync.vllm_worker.hook_sampler`, switched on per call through the worker extension):
+the engine is asked for logprobs=1 and sends, per position, the sampled token's logprob and the
+entropy, instead of k + 1 candidates that vLLM would find (a top-k over the vocabulary), turn
+into Python lists and append one by one. A top-k estimator (lower_bound, renorm, upper_bound)
+asks for `rollout.logprobs` = k candidates and estimates from them; with k = 0 it has nothing
+to estimate from: entropy and tail_mass are NaN.
 
 After the engine, one pass over the whole call, not one per completion (on a small model this
-work is a visible share of the call): every position's logprob and top-k candidates go into flat
-arrays and the estimators run once over them (`token_arrays`), each Completion holds views of
-them, and the list goes back through Ray as a few columns (`CompletionList`), arriving as a plain
-list of Completion.
+work is a visible share of the call): every position's logprob and entropy or top-k candidates
+go into flat arrays and the estimators run once over them (`token_arrays`), each Completion
+holds views of them, and the list goes back through Ray as a few columns (`CompletionList`),
+arriving as a plain list of Completion.
 
 Stopping: besides the model's EOS (vLLM's own, from the tokenizer and generation_config.json),
 whenever the prompt goes through a chat template the template's end-of-turn token stops a
@@ -97,6 +107,8 @@ __all__ = [
 
 # SamplingParams fields a caller may override per generate() call (evaluation, tests).
 SAMPLING_OVERRIDES = ("temperature", "top_p", "top_k", "max_tokens", "stop", "logprobs", "entropy_estimator")
+# rollout.entropy_estimator: the engine's exact entropy, or a top-k estimator (algos.TOPK_METHODS)
+EXACT = "exact"
 
 
 # ============================================================================ stopping, text, devices
@@ -218,10 +230,12 @@ def token_arrays(
     flats: Sequence, lengths: Sequence[int], k: int, method: str, vocab_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The per-token arrays of a batch of completions, every completion's tokens one after the
-    other: (sampled tokens' logprobs, top-k entropy estimate, tail mass), float32[sum T] each.
+    other: (sampled tokens' logprobs, entropy, tail mass), float32[sum T] each.
     `flats[i]` is completion i's vLLM FlatLogprobs (`logprobs`, `start_indices`, `end_indices`:
     at every position the sampled token first, then the top-k candidates) or None (no logprobs:
-    all three NaN); `lengths[i]` its token count. With k == 0 the entropy and tail mass are NaN.
+    all three NaN); `lengths[i]` its token count. method "exact": each position's last entry is
+    the engine's exact entropy (`hook_sampler`), the tail mass 0, k unused. A top-k method: the
+    estimate from the k candidates; with k == 0 the entropy and tail mass are NaN.
 
     One array over the whole batch, not one per completion: the candidates of all positions
     form one [positions, width] matrix (a reshape when every position has the same number of
@@ -262,6 +276,12 @@ def token_arrays(
         + shift
     )
     lp[rows] = vals[starts]
+    if method == EXACT:
+        if np.any(ends - starts < 2):
+            raise RuntimeError("a position without the engine's entropy entry: is the sampler hook on?")
+        h[rows] = vals[ends - 1]
+        r[rows] = 0.0
+        return lp, h, r
     if k <= 0:
         return lp, h, r
     width = ends - starts
@@ -427,6 +447,9 @@ class Generator:
         # completion_texts does not reproduce: leave detokenisation to the engine then.
         self._text_tokenizer = self.llm.get_tokenizer()  # the engine's own, for identical text
         self._own_text = uses_fast_detokenizer(self._text_tokenizer)
+        self._engine_entropy = False  # the sampler hook's switch, as last set (off until hooked)
+        if self.rcfg.entropy_estimator == EXACT:
+            self._switch_engine_entropy(True)  # fails now if this vLLM's sampler cannot be hooked
         log.info(
             "vLLM engine up in %.1f s (%s, %s, vocab %d)",
             self.start_s,
@@ -536,8 +559,16 @@ class Generator:
 
     # ------------------------------------------------------------------ sampling
 
+    def _switch_engine_entropy(self, on: bool) -> None:
+        """The sampler hook on or off in every worker of the engine (a call only on a change)."""
+        if bool(on) != self._engine_entropy:
+            self.llm.collective_rpc("egsw_engine_entropy", args=(bool(on),))
+            self._engine_entropy = bool(on)
+
     def _sampling_params(self, n: int, overrides: dict):
         from vllm import SamplingParams
+
+        from egsw_rl.algos import TOPK_METHODS
 
         bad = sorted(set(overrides) - set(SAMPLING_OVERRIDES))
         if bad:
@@ -555,30 +586,39 @@ class Generator:
             logprobs=r.logprobs,
         )
         kw.update({k: v for k, v in overrides.items() if v is not None and k != "entropy_estimator"})
+        method = overrides.get("entropy_estimator") or r.entropy_estimator
+        if method not in (EXACT, *TOPK_METHODS):
+            raise ValueError(f"entropy_estimator must be one of {(EXACT, *TOPK_METHODS)}, got {method!r}")
         k = int(kw["logprobs"])
         if k < 0:
             raise ValueError(f"logprobs must be >= 0, got {k}")
+        # exact: the sampled token's logprob, then the entropy in the hook's column; no candidates
+        want = 1 if method == EXACT else k
         stop = list(kw["stop"] or []) or None
         # Stop strings are matched on vLLM's own text; everything else needs only token ids.
         detokenize = bool(stop) or not self._own_text
-        return SamplingParams(
-            n=int(n),
-            temperature=float(kw["temperature"]),
-            top_p=float(kw["top_p"]),
-            top_k=int(kw["top_k"]) if kw["top_k"] not in (None, 0) else -1,
-            max_tokens=int(kw["max_tokens"]),
-            stop=stop,
-            stop_token_ids=list(self.stop_ids) or None,
-            logprobs=k,
-            flat_logprobs=True,
-            detokenize=detokenize,
-            skip_special_tokens=True,
-        ), k
+        return (
+            SamplingParams(
+                n=int(n),
+                temperature=float(kw["temperature"]),
+                top_p=float(kw["top_p"]),
+                top_k=int(kw["top_k"]) if kw["top_k"] not in (None, 0) else -1,
+                max_tokens=int(kw["max_tokens"]),
+                stop=stop,
+                stop_token_ids=list(self.stop_ids) or None,
+                logprobs=want,
+                flat_logprobs=True,  # the entropy entry repeats the sampled id: a dict would merge them
+                detokenize=detokenize,
+                skip_special_tokens=True,
+            ),
+            k,
+            method,
+        )
 
     def generate(self, prompts: Sequence[str], n: int | None = None, **overrides) -> list[Completion]:
         """G = n (default rollout.n) completions for each rendered prompt, ordered b*G + j.
         `overrides` may replace temperature, top_p, top_k, max_tokens, stop, logprobs (top-k
-        size) and entropy_estimator."""
+        size, for the top-k estimators) and entropy_estimator (exact or a top-k method)."""
         prompts = list(prompts)
         if not prompts:
             return []
@@ -586,8 +626,9 @@ class Generator:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         t_call = time.perf_counter()
-        sp, k = self._sampling_params(n, overrides)
+        sp, k, method = self._sampling_params(n, overrides)
         ids = self._encode(prompts, sp.max_tokens)
+        self._switch_engine_entropy(method == EXACT)
         from vllm.inputs import TokensPrompt
 
         t0 = time.perf_counter()
@@ -611,7 +652,7 @@ class Generator:
             [c.logprobs for _, _, c in samples],
             lengths,
             k,
-            overrides.get("entropy_estimator") or self.rcfg.entropy_estimator,
+            method,
             self.vocab_size,
         )
         ends = list(itertools.accumulate(lengths))

@@ -1,11 +1,12 @@
-"""Per-token entropy: top-k estimates from the generators, exact values from the learner.
+"""Per-token entropy: exact values from full distributions, top-k estimates from a head.
 
 Why: EGSW, GTPO, 80/20 and ClipB/ClipV all need the old policy's next-token entropy H_{i,t}.
-The generation workers only see the top-k logprobs, so they estimate H
-from the head plus the tail mass; the learner can compute it exactly from full logits, chunk by
-chunk, together with ClipV's N statistic. The estimators are ordered
-H_renorm <= H_LB <= H_true <= H_UB (see `topk_entropy`; why the bounds hold: docs/algorithms.md,
-section 11).
+The generation workers compute it exactly inside vLLM's sampler, from the log-probabilities it
+samples from (`entropy_from_logprobs`, one reduction over the vocabulary a token; the default,
+rollout.entropy_estimator=exact), or estimate it from the top-k logprobs alone, head plus tail
+mass (`topk_entropy`). The learner computes it exactly from its own full logits, chunk by chunk,
+together with ClipV's N statistic. The estimators are ordered H_renorm <= H_LB <= H_true <= H_UB
+(see `topk_entropy`; why the bounds hold: docs/algorithms.md, section 11).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ __all__ = [
     "topk_entropy",
     "topk_tail_mass",
     "entropy_from_logits",
+    "entropy_from_logprobs",
     "clipv_stats_from_logits",
 ]
 
@@ -104,6 +106,21 @@ def entropy_from_logits(logits: Tensor, *, chunk_size: int = 256) -> Tensor:
         out.append(-(logp.exp() * logp).sum(-1))
     h = torch.cat(out) if out else flat.new_zeros(0, dtype=torch.float32)
     return h.reshape(logits.shape[:-1])
+
+
+@torch.no_grad()
+def entropy_from_logprobs(logprobs: Tensor) -> Tensor:
+    """Exact entropy (nats, fp32) of a distribution given by its log-probabilities over the last
+    dim, [..., V] -> [...]: -sum_v p_v log p_v. Entries equal to -inf are tokens of probability
+    zero (a sampler's top-k / top-p mask) and add nothing. For normalised input, e.g. vLLM's
+    processed logprobs; the arithmetic of `entropy_from_logits` after its log_softmax, so the two
+    agree to rounding on the same distribution. Detached; runs once per decode step in the
+    engine, so no chunking and no copy beyond the product."""
+    lp = _rows(logprobs, "logprobs").float()
+    # exp(-inf) * -inf is NaN; the clamp makes it 0 * (most negative float) = -0 and leaves every
+    # finite entry (and a NaN from bad logits) as it is
+    h = -(lp.exp() * lp.clamp_min(torch.finfo(lp.dtype).min)).sum(-1)
+    return h.reshape(logprobs.shape[:-1])
 
 
 @torch.no_grad()

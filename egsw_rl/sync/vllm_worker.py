@@ -7,6 +7,11 @@ names, lets vLLM fuse qkv / gate_up and re-runs the post-load processing, which 
 every linear weight. A module whose weight aliases another one (the tied embedding / output head)
 keeps its own kernel-side copy that this reload does not refresh, so such modules are
 re-processed afterwards.
+
+It also hooks vLLM's sampler for the generator's exact per-token entropy (`egsw_engine_entropy`,
+`hook_sampler`): with the hook on, the last column of the sampled tokens' logprobs carries the
+exact entropy of the distribution each token was drawn from instead of the lowest top-k
+candidate (see `hook_sampler`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from egsw_rl.actors.vllm_logs import quiet_benign_reload
+from egsw_rl.algos.entropy import entropy_from_logprobs
 from egsw_rl.sync.group import new_group, receive_stream
 from egsw_rl.sync.ipc import ipc_probe, ipc_store, ipc_stream, open_ipc_handle
 from egsw_rl.sync.plan import DEFAULT_TIMEOUT_S, ParamMeta, checkpoint_shapes, rows_to_meta, validate_meta
@@ -63,6 +69,16 @@ class WorkerExtension:
         """{"names": {name: shape}, "tied": bool} from the engine's checkpoint (None: unknown)."""
         shapes, tied = self._egsw_expected()
         return {"shapes": None if shapes is None else {k: list(v) for k, v in shapes.items()}, "tied": tied}
+
+    def egsw_engine_entropy(self, on: bool) -> str:
+        """Turn the sampler's exact-entropy column on or off (`hook_sampler`, installed on first
+        use). Returns which sampler was hooked ("v1" or "v2"); raises when this vLLM's sampler is
+        neither."""
+        hook = getattr(self, "_egsw_entropy", None)
+        if hook is None:
+            hook = self._egsw_entropy = hook_sampler(self.model_runner)
+        hook.on = bool(on)
+        return hook.kind
 
     def egsw_reseed(self, seed: int) -> None:
         """Reset the worker's global RNG (vLLM samples from it when no per-request seed is set)."""
@@ -219,3 +235,120 @@ def _reprocess_aliased_modules(model: torch.nn.Module) -> list[str]:
             mod.quant_method.process_weights_after_loading(mod)
             done.append(name)
     return done
+
+
+# ============================================================================ the entropy hook
+
+
+def append_entropy(tensors, entropy: torch.Tensor, sampled: torch.Tensor):
+    """vLLM's LogprobsTensors of sampled tokens with one more column: the exact entropy, under the
+    sampled token's id (a real id, so a detokenising output processor can decode it, and the
+    position's entries stay in FlatLogprobs; a dict of logprobs would merge it with the sampled
+    token's, so the generator always asks for flat logprobs)."""
+    ids = tensors.logprob_token_ids
+    lps = tensors.logprobs
+    return tensors._replace(
+        logprob_token_ids=torch.cat((ids, sampled.reshape(-1, 1).to(ids.dtype)), dim=1),
+        logprobs=torch.cat((lps, entropy.reshape(-1, 1).to(lps.dtype)), dim=1),
+    )
+
+
+class _SamplerEntropy:
+    """The hook's switch: `on` (set per generate call by the generator, off at start)."""
+
+    kind = ""
+
+    def __init__(self) -> None:
+        self.on = False
+
+
+class _V1SamplerEntropy(_SamplerEntropy):
+    """vLLM's V1 sampler (`vllm.v1.sample.sampler.Sampler`: the CPU model runner, and CUDA with
+    the V1 model runner). Its forward samples, then gathers the sampled token's logprob and the
+    top-k from the processed logprobs (log_softmax after penalties, temperature, top-k / top-p:
+    logprobs_mode=processed_logprobs) with `self.gather_logprobs`, which the model runner also
+    calls for prompt logprobs; only the call made inside forward is changed: it gathers one
+    candidate fewer and appends the entropy of those same logprobs."""
+
+    kind = "v1"
+
+    def __init__(self, sampler) -> None:
+        super().__init__()
+        self._sampling = False
+        forward, gather = sampler.forward, sampler.gather_logprobs
+
+        def hooked_forward(*args, **kwargs):
+            self._sampling = self.on
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                self._sampling = False
+
+        def hooked_gather(logprobs: torch.Tensor, num_logprobs: int, token_ids: torch.Tensor):
+            if not self._sampling or num_logprobs < 1:
+                return gather(logprobs, num_logprobs, token_ids)
+            out = gather(logprobs, num_logprobs - 1, token_ids)
+            return append_entropy(out, entropy_from_logprobs(logprobs), token_ids)
+
+        sampler.forward = hooked_forward
+        sampler.gather_logprobs = hooked_gather
+
+
+class _V2SamplerEntropy(_SamplerEntropy):
+    """vLLM's V2 model runner sampler (`vllm.v1.worker.gpu.sample.sampler`, the CUDA default when
+    Triton is present). Its __call__ hands the processed logits (after temperature and top-k /
+    top-p, masked tokens -inf) to the module's `compute_topk_scores`, which computes the
+    logprobs of the sampled token and the top-k in a kernel without materialising the
+    distribution; the prompt-logprob path imports its own reference and is unaffected. The hook
+    replaces that module's name: one candidate fewer, then the entropy of log_softmax of the same
+    logits appended."""
+
+    kind = "v2"
+
+    def __init__(self, module) -> None:
+        super().__init__()
+        compute = module.compute_topk_scores
+
+        def hooked(logits, num_logprobs, sampled_token_ids, *args, **kwargs):
+            if not self.on or num_logprobs < 1 or kwargs.get("max_per_req_token_ids", 0):
+                return compute(logits, num_logprobs, sampled_token_ids, *args, **kwargs)
+            out = compute(logits, num_logprobs - 1, sampled_token_ids, *args, **kwargs)
+            h = entropy_from_logprobs(torch.log_softmax(logits.float(), dim=-1))
+            return append_entropy(out, h, sampled_token_ids)
+
+        module.compute_topk_scores = hooked
+
+
+def hook_sampler(model_runner) -> _SamplerEntropy:
+    """Hook the model runner's sampler for the exact entropy (off until `.on` is set). One
+    extra reduction over the vocabulary per sampled token, on the logits the sampler already
+    has: on CPU and CUDA alike, and with tensor parallelism on every worker (vLLM all-gathers the
+    logits, so each worker's sampler sees the whole vocabulary; the first worker's output is
+    returned). The sampled tokens are untouched (the entropy is read after sampling, no random
+    numbers drawn). With the hook on, a request for k >= 1 logprobs gets the sampled token's
+    logprob, k - 1 top candidates, then the entropy; requests with logprobs=0 or none, and
+    prompt logprobs, are served as vLLM would."""
+    sampler = getattr(model_runner, "sampler", None)
+    from vllm.v1.sample.sampler import Sampler
+
+    if isinstance(sampler, Sampler):
+        hook = getattr(sampler, "_egsw_entropy", None)
+        if hook is None:
+            hook = _V1SamplerEntropy(sampler)
+            sampler._egsw_entropy = hook
+        return hook
+    try:
+        from vllm.v1.worker.gpu.sample import sampler as v2
+    except ImportError:  # a vLLM without the V2 model runner
+        v2 = None
+    if v2 is not None and isinstance(sampler, v2.Sampler):
+        hook = getattr(v2, "_egsw_entropy", None)  # one per process: it replaces a module name
+        if hook is None:
+            hook = _V2SamplerEntropy(v2)
+            v2._egsw_entropy = hook
+        return hook
+    raise RuntimeError(
+        f"rollout.entropy_estimator=exact: no entropy hook for vLLM's sampler {type(sampler).__name__!r} "
+        "(known: vllm.v1.sample.sampler.Sampler, vllm.v1.worker.gpu.sample.sampler.Sampler); "
+        "choose a top-k estimator (rollout.entropy_estimator=lower_bound)"
+    )

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from egsw_rl.algos import clipv_stats_from_logits, entropy_from_logits, topk_entropy, topk_tail_mass
+from egsw_rl.algos.entropy import entropy_from_logprobs
 
 NEG_INF = float("-inf")
 
@@ -127,3 +128,47 @@ def test_exact_entropy_is_differentiable_and_bf16_ok():
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
     _, n = clipv_stats_from_logits(logits)
     assert not n.requires_grad
+
+
+def test_entropy_from_logprobs_is_the_learners_entropy_of_the_same_distribution():
+    """What the engine computes from vLLM's processed logprobs equals what the learner computes
+    from its logits (same arithmetic after log_softmax), and the loop's value."""
+    torch.manual_seed(1)
+    logits = torch.randn(3, 4, 11) * 3
+    h = entropy_from_logprobs(torch.log_softmax(logits, -1))
+    assert h.dtype == torch.float32 and h.shape == (3, 4)
+    assert torch.equal(h, entropy_from_logits(logits))
+    for i in range(3):
+        for t in range(4):
+            assert h[i, t].item() == pytest.approx(_loop_entropy_and_n(logits[i, t].double())[0], abs=1e-5)
+
+
+def test_entropy_from_logprobs_skips_masked_tokens_and_keeps_nan():
+    """-inf entries (a sampler's top-k / top-p mask) have probability zero: the entropy is that
+    of the kept tokens renormalised, as vLLM samples them; a NaN row stays NaN (bad logits must
+    not read as a confident token)."""
+    torch.manual_seed(2)
+    logits = torch.randn(5, 30, dtype=torch.float64)
+    kept = logits.topk(7, -1)
+    masked = torch.full_like(logits, NEG_INF).scatter(-1, kept.indices, kept.values)
+    h = entropy_from_logprobs(torch.log_softmax(masked, -1))
+    torch.testing.assert_close(h, entropy_from_logits(kept.values), atol=1e-6, rtol=0)
+    one_hot = torch.tensor([[0.0, NEG_INF, NEG_INF]])
+    assert entropy_from_logprobs(one_hot).item() == 0.0
+    assert torch.isnan(entropy_from_logprobs(torch.tensor([[float("nan"), -1.0]]))).all()
+    with pytest.raises(ValueError, match="logprobs"):
+        entropy_from_logprobs([0.1])  # type: ignore[arg-type]
+
+
+@settings(max_examples=30, deadline=None)
+@given(vocab=st.integers(2, 60), k=st.integers(1, 64), scale=st.floats(0.1, 8.0), seed=st.integers(0, 10_000))
+def test_exact_entropy_lies_between_the_topk_bounds(vocab, k, scale, seed):
+    """The engine's exact entropy in fp32 between the fp32 top-k lower and upper bounds of the
+    same logprobs (the bounds the estimators give from the head of this very distribution)."""
+    g = torch.Generator().manual_seed(seed)
+    logp = torch.log_softmax(torch.randn(5, vocab, generator=g) * scale, -1)
+    h = entropy_from_logprobs(logp)
+    top = logp.topk(min(k, vocab), -1).values
+    tol = 1e-5 * (1 + h.abs())
+    assert (topk_entropy(top) <= h + tol).all()
+    assert (h <= topk_entropy(top, method="upper_bound", vocab_size=vocab) + tol).all()

@@ -301,6 +301,152 @@ def test_token_arrays_refuse_positions_that_do_not_match_the_tokens():
         gen.token_arrays(flats, lengths, 4, "lower_bound")
 
 
+def test_token_arrays_exact_reads_the_engines_entropy_entry():
+    """method exact: per position the sampled token's logprob, then the hook's entropy entry;
+    tail mass 0; completions without logprobs NaN; a position without the entry is refused."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    lengths = [3, 0, 5, 2]
+    rows = [[(-rng.random(), 3 * rng.random()) for _ in range(t)] for t in lengths]
+    flats = [vllm_flat(r) if r else None for r in rows]
+    flats[3] = None  # a completion without logprobs
+    lp, h, r = gen.token_arrays(flats, lengths, 20, "exact", 64)
+    want_lp = np.array([x[0] for t in rows[:3] for x in t] + [np.nan] * 2, dtype=np.float32)
+    want_h = np.array([x[1] for t in rows[:3] for x in t] + [np.nan] * 2, dtype=np.float32)
+    np.testing.assert_array_equal(lp, want_lp)
+    np.testing.assert_array_equal(h, want_h)
+    np.testing.assert_array_equal(r, np.where(np.isnan(want_h), np.nan, 0.0).astype(np.float32))
+    with pytest.raises(RuntimeError, match="entropy entry"):
+        gen.token_arrays([vllm_flat([[-0.5]])], [1], 0, "exact")
+
+
+def _metadata(batch, temperature, max_num_logprobs, top_k=None):
+    import torch
+    from vllm.v1.sample.logits_processor import LogitsProcessors
+    from vllm.v1.sample.metadata import SamplingMetadata
+
+    return SamplingMetadata(
+        temperature=torch.full((batch,), float(temperature)),
+        all_greedy=False,
+        all_random=True,
+        top_p=None,
+        top_k=None if top_k is None else torch.full((batch,), int(top_k)),
+        generators={},
+        max_num_logprobs=max_num_logprobs,
+        no_penalties=True,
+        prompt_token_ids=None,
+        frequency_penalties=torch.zeros(batch),
+        presence_penalties=torch.zeros(batch),
+        repetition_penalties=torch.ones(batch),
+        output_token_ids=[[] for _ in range(batch)],
+        allowed_token_ids_mask=None,
+        bad_words_token_ids={},
+        logitsprocs=LogitsProcessors(),
+    )
+
+
+@pytest.mark.parametrize("top_k", [None, 5])
+def test_v1_sampler_hook_appends_the_exact_entropy_and_samples_the_same_tokens(top_k):
+    """vLLM's own V1 sampler (the CPU runner's), processed logprobs, temperature 0.7: with the
+    hook on, a request for one logprob gets the sampled token's logprob (as without the hook) and
+    the exact entropy of the distribution it was drawn from (tempered, top-k truncated) instead
+    of the top-1 candidate; the same seed samples the same tokens either way; prompt logprobs
+    (gather outside the sampler's forward), logprobs=0 and the hook switched off are vLLM's."""
+    import torch
+    from vllm.v1.sample.sampler import Sampler
+
+    from egsw_rl.algos import entropy_from_logits
+    from egsw_rl.sync.vllm_worker import hook_sampler
+
+    B, V, T = 6, 50, 0.7
+    sampler = Sampler(logprobs_mode="processed_logprobs")
+    hook = hook_sampler(SimpleNamespace(sampler=sampler))
+    assert hook.kind == "v1" and not hook.on
+    assert hook_sampler(SimpleNamespace(sampler=sampler)) is hook  # installed once
+    logits = torch.randn(B, V, generator=torch.Generator().manual_seed(0)) * 3
+
+    def run(k):
+        torch.manual_seed(5)
+        return sampler(logits.clone(), _metadata(B, T, k, top_k))
+
+    plain = run(1)
+    hook.on = True
+    hooked, none = run(1), run(0)
+    assert torch.equal(hooked.sampled_token_ids, plain.sampled_token_ids)
+    got = hooked.logprobs_tensors
+    assert got.logprobs.shape == (B, 2) and got.selected_token_ranks.shape == (B,)
+    assert torch.equal(got.logprobs[:, 0], plain.logprobs_tensors.logprobs[:, 0])
+    assert torch.equal(got.logprob_token_ids[:, 1], hooked.sampled_token_ids[:, 0])
+    z = logits / T
+    dist = z if top_k is None else z.topk(top_k, -1).values  # what the sampler drew from
+    torch.testing.assert_close(got.logprobs[:, 1], entropy_from_logits(dist), atol=1e-6, rtol=0)
+    assert not torch.equal(got.logprobs[:, 1], plain.logprobs_tensors.logprobs[:, 1])
+    # the model runner's prompt-logprob call of the same method is not the sampler's: untouched
+    lp = torch.log_softmax(logits, -1)
+    prompt = sampler.gather_logprobs(lp, 3, torch.arange(B))
+    assert prompt.logprobs.shape == (B, 4) and torch.equal(prompt.logprobs[:, 1:], lp.topk(3, -1).values)
+    hook.on = False
+    assert torch.equal(run(1).logprobs_tensors.logprobs, plain.logprobs_tensors.logprobs)
+    # logprobs=0: no column to carry the entropy, vLLM's own output
+    assert torch.equal(none.logprobs_tensors.logprobs, run(0).logprobs_tensors.logprobs)
+
+
+def test_v2_sampler_hook_appends_the_entropy_of_the_processed_logits():
+    """The V2 model runner's sampler (the CUDA default) calls its module's `compute_topk_scores`
+    (Triton kernels: they do not run here) with the processed logits. Behind the hook, a
+    stand-in with that function's signature and output: k - 1 candidates, then the entropy of
+    log_softmax of the logits it was given (masked tokens -inf)."""
+    import inspect
+
+    import torch
+    from vllm.v1.outputs import LogprobsTensors
+    from vllm.v1.worker.gpu.sample import sampler as v2
+
+    from egsw_rl.algos import entropy_from_logits
+    from egsw_rl.sync.vllm_worker import _V2SamplerEntropy
+
+    # what the hook relies on: the call's first three arguments and the per-request ids keyword
+    params = list(inspect.signature(v2.compute_topk_scores).parameters)
+    assert params[:3] == ["logits", "num_logprobs", "sampled_token_ids"]
+    assert "max_per_req_token_ids" in params
+
+    def compute_topk_scores(logits, num_logprobs, sampled_token_ids, *args, max_per_req_token_ids=0, **kw):
+        lp = torch.log_softmax(logits, -1)
+        ids = torch.cat((sampled_token_ids[:, None], lp.topk(num_logprobs, -1).indices), dim=1)
+        return LogprobsTensors(ids, lp.gather(-1, ids), torch.ones_like(sampled_token_ids))
+
+    B, V = 4, 40
+    module = SimpleNamespace(compute_topk_scores=compute_topk_scores)
+    hook = _V2SamplerEntropy(module)
+    logits = torch.randn(B, V, generator=torch.Generator().manual_seed(1)) * 2
+    logits[:, 30:] = float("-inf")  # a top-k mask
+    sampled = torch.randint(0, 30, (B,), generator=torch.Generator().manual_seed(2))
+    plain = module.compute_topk_scores(logits, 3, sampled, None)
+    hook.on = True
+    got = module.compute_topk_scores(logits, 3, sampled, None)
+    assert got.logprobs.shape == plain.logprobs.shape == (B, 4)
+    assert torch.equal(got.logprobs[:, :3], plain.logprobs[:, :3])
+    assert torch.equal(got.logprob_token_ids[:, 3], sampled)
+    torch.testing.assert_close(got.logprobs[:, 3], entropy_from_logits(logits[:, :30]), atol=1e-6, rtol=0)
+    # logprobs=0 and per-request token ids: vLLM's own
+    assert module.compute_topk_scores(logits, 0, sampled, None).logprobs.shape == (B, 1)
+    assert module.compute_topk_scores(logits, 3, sampled, None, max_per_req_token_ids=2).logprobs.shape == (
+        B,
+        4,
+    )
+    torch.testing.assert_close(
+        module.compute_topk_scores(logits, 3, sampled, None, max_per_req_token_ids=2).logprobs, plain.logprobs
+    )
+
+
+def test_hook_refuses_an_unknown_sampler():
+    from egsw_rl.sync.vllm_worker import hook_sampler
+
+    with pytest.raises(RuntimeError, match="no entropy hook"):
+        hook_sampler(SimpleNamespace(sampler=object()))
+
+
 def test_token_arrays_leave_the_torch_thread_count_alone():
     import torch
 
