@@ -156,6 +156,8 @@ def test_unknown_preset_lists_the_options():
         (["algo=grpo", "algo.token_mask=high_entropy", "rollout.top_k=20"], "algo.token_mask=high_entropy"),
         (["algo=grpo", "algo.entropy_coef=0.01", "rollout.top_p=0.95"], "algo.entropy_coef=0.01"),
         (["algo.rollout_correction=is"], "algo.rollout_correction"),
+        (["rollout.entropy_estimator=lower_bound", "rollout.logprobs=0"], "rollout.logprobs=0"),
+        (["rollout.entropy_estimator=top1"], "rollout.entropy_estimator"),
         (["algo.rollout_correction=tis", "algo.rollout_correction_cap=0.5"], "algo.rollout_correction_cap"),
     ],
 )
@@ -172,6 +174,7 @@ def test_impossible_combinations_name_the_key(overrides, key):
         ["algo=gtpo", "rollout.top_p=0.9"],  # the preset's entropy is the learner's exact one
         ["algo=egsw", "algo.entropy_source=learner", "rollout.top_k=40"],
         ["algo.rollout_correction=mis", "algo.rollout_correction_cap=1"],
+        ["rollout.logprobs=0"],  # the exact entropy (default) uses no top-k candidates
     ],
 )
 def test_truncated_sampling_is_fine_when_no_rollout_entropy_is_used(overrides):
