@@ -15,24 +15,6 @@ QWEN_MATH_7B = dict(
 )
 
 
-def transformer_params(
-    layers: int,
-    hidden: int,
-    intermediate: int,
-    heads: int,
-    kv_heads: int,
-    head_dim: int,
-    vocab: int,
-    tied: bool,
-) -> int:
-    attn = hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + heads * head_dim * hidden
-    attn_bias = heads * head_dim + 2 * kv_heads * head_dim  # Qwen2: q/k/v biases
-    mlp = 3 * hidden * intermediate
-    norms = 2 * hidden
-    emb = vocab * hidden * (1 if tied else 2)
-    return layers * (attn + attn_bias + mlp + norms) + emb + hidden
-
-
 def transformer_tensors(
     layers: int,
     hidden: int,
@@ -114,7 +96,7 @@ def paper_estimate(
     concurrent sequences, and 150-token prompts with 700-token mean responses (Qwen2.5-Math-7B's
     early RL responses on MATH level 3-5; they grow during training)."""
     m = dict(QWEN_MATH_7B if model is None else model)
-    n_params = transformer_params(**m)
+    n_params = sum(transformer_tensors(**m))
     seqs = prompts * G
     sync_bytes = n_params * bytes_per_param
     # ZeRO-3: every learner rank receives the other ranks' shards (all-gather), then rank 0

@@ -10,30 +10,6 @@ from egsw_rl.bench import report
 from egsw_rl.bench.step import step_breakdown
 
 
-def _row(step, gen=1.0, rew=0.1, lp=0.0, upd=2.0, sync=0.5, extra=0.2, **kw):
-    row = {
-        "step": step,
-        "timing/generate_s": gen,
-        "timing/reward_s": rew,
-        "timing/logprobs_s": lp,
-        "timing/update_s": upd,
-        "timing/sync_s": sync,
-        "timing/shape_s": 0.01,
-        "timing/step_s": gen + rew + lp + upd + sync + extra,
-        "tokens/generated": 300,
-        "actor/train_tokens": 1800.0,
-        "actor/padding_frac": 0.1,
-        "response_length/mean": 4.5,
-        "policy_lag/mean": 0.0,
-        "sync/bytes": 1.0e6,
-        "sync/send_s": 0.2,
-        "sync/load_s": 0.1,
-        "sync/recv_s": 0.4,
-    }
-    row.update(kw)
-    return row
-
-
 def test_median_ignores_nan_and_none():
     assert report.median([3, 1, 2]) == 2
     assert report.median([1.0, float("nan"), None, 3.0]) == 2.0
@@ -65,8 +41,8 @@ def test_human_bytes():
     assert report.human_bytes(12) == "12 B"
 
 
-def test_document_structure_is_json_and_refuses_unknown_suites():
-    steps = step_breakdown([_row(s) for s in range(1, 4)], 1)
+def test_document_structure_is_json_and_refuses_unknown_suites(step_row):
+    steps = step_breakdown([step_row(s) for s in range(1, 4)], 1)
     doc = report.document(
         {"steps": {"table": "t", "presets": {"tiny_cpu": steps}}},
         quick=True,

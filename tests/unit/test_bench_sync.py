@@ -8,32 +8,8 @@ import pytest
 from egsw_rl.bench import sync
 
 
-def _row(step, gen=1.0, rew=0.1, lp=0.0, upd=2.0, sync=0.5, extra=0.2, **kw):
-    row = {
-        "step": step,
-        "timing/generate_s": gen,
-        "timing/reward_s": rew,
-        "timing/logprobs_s": lp,
-        "timing/update_s": upd,
-        "timing/sync_s": sync,
-        "timing/shape_s": 0.01,
-        "timing/step_s": gen + rew + lp + upd + sync + extra,
-        "tokens/generated": 300,
-        "actor/train_tokens": 1800.0,
-        "actor/padding_frac": 0.1,
-        "response_length/mean": 4.5,
-        "policy_lag/mean": 0.0,
-        "sync/bytes": 1.0e6,
-        "sync/send_s": 0.2,
-        "sync/load_s": 0.1,
-        "sync/recv_s": 0.4,
-    }
-    row.update(kw)
-    return row
-
-
-def test_sync_summary_ratio_to_memcpy_and_gloo():
-    rows = [_row(s, sync=0.5) for s in range(1, 4)]
+def test_sync_summary_ratio_to_memcpy_and_gloo(step_row):
+    rows = [step_row(s, sync=0.5) for s in range(1, 4)]
     s = sync.sync_summary(rows, 1, memcpy_bytes_per_s=4.0e6, gloo_bytes_per_s=1.0e7)
     assert s["bytes_per_s"] == pytest.approx(2.0e6)
     assert s["ratio_to_memcpy"] == pytest.approx(0.5)
