@@ -9,6 +9,9 @@ in `egsw_rl.eval`, and the run's own template when a trained run is evaluated):
     qwen_math_user  the same instruction appended to the question in the user turn, no system
                     turn of ours (SimpleRL-Zoo's prompt, arXiv 2503.18892)
     chat            the chat template with the bare question as the user turn
+    chat_boxed      the chat template; "Put your final answer within \\boxed{}." appended to the
+                    question in the user turn, nothing asked about reasoning (a 135M model told to
+                    "reason step by step" rambles past a short budget: README "A real small model")
     anything else   a plain template in which "{question}" is replaced (other braces stay, so
                     "\\boxed{}" needs no escaping)
 
@@ -25,7 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-CHAT_TEMPLATES = ("qwen_math", "qwen_math_user", "chat")
+ANSWER_INSTRUCTION = "Put your final answer within \\boxed{}."
+CHAT_TEMPLATES = ("qwen_math", "qwen_math_user", "chat", "chat_boxed")
 OVERLONG_POLICIES = ("drop", "truncate_left", "error")
 
 
@@ -38,6 +42,8 @@ def _messages(question: str, template: str) -> list[dict]:
         return [{"role": "system", "content": BOXED_INSTRUCTION}, {"role": "user", "content": question}]
     if template == "qwen_math_user":
         return [{"role": "user", "content": f"{question}\n{BOXED_INSTRUCTION}"}]
+    if template == "chat_boxed":
+        return [{"role": "user", "content": f"{question}\n{ANSWER_INSTRUCTION}"}]
     return [{"role": "user", "content": question}]
 
 

@@ -197,6 +197,9 @@ def load_problems(
     if spec in ("arith_chain", "arith_chain_heldout"):
         split = "test" if spec == "arith_chain_heldout" else "train"
         return arithmetic_chain_problems(max_samples or 4096, seed=seed, split=split), 0
+    if spec in ("word_problems", "word_problems_heldout"):
+        split = "test" if spec == "word_problems_heldout" else "train"
+        return word_problems(max_samples or 4096, seed=seed, split=split), 0
 
     rows: list[dict]
     where = spec
@@ -318,6 +321,94 @@ def arithmetic_chain_problems(
             value = value + x if o == "+" else value - x
             text += f" {o} {x}"
         out.append(Problem(f"What is {text}?", str(value), id=f"chain-{split}-{len(out)}"))
+    return out
+
+
+# Short word problems for a small real model (conf=smollm2_cpu): one or two operations on small
+# whole numbers in templated English. Each kind: its sentence, how many operands, and the answer.
+_WORD_NAMES = (
+    ("Tom", "He"),
+    ("Anna", "She"),
+    ("Sam", "He"),
+    ("Mia", "She"),
+    ("Ben", "He"),
+    ("Lily", "She"),
+    ("Max", "He"),
+    ("Emma", "She"),
+    ("Leo", "He"),
+    ("Zoe", "She"),
+)
+_WORD_ITEMS = ("apples", "pencils", "marbles", "stickers", "cookies", "books", "cards", "balloons")
+WORD_KINDS = {
+    "add": (
+        "{name} has {a} {items}. {he} gets {b} more {items}. How many {items} does {name} have now?",
+        lambda a, b: a + b,
+    ),
+    "sub": (
+        "{name} has {a} {items}. {he} gives {b} {items} to {friend}. How many {items} does {name} have left?",
+        lambda a, b: a - b,
+    ),
+    "mul": (
+        "{name} has {a} boxes. Each box holds {b} {items}. How many {items} does {name} have in all?",
+        lambda a, b: a * b,
+    ),
+    "add_sub": (
+        "{name} has {a} {items}. {he} gets {b} more {items} and then gives {c} {items} to {friend}. "
+        "How many {items} does {name} have now?",
+        lambda a, b, c: a + b - c,
+    ),
+}
+
+
+def _word_operands(rng: random.Random, kind: str, max_operand: int) -> tuple[int, ...]:
+    """Operands of one problem, every one >= 2 (so every noun stays plural) and every answer >= 1."""
+    hi = max(max_operand, 3)
+    if kind == "sub":
+        a = rng.randint(3, hi)
+        return a, rng.randint(2, a - 1)
+    if kind == "mul":  # a few boxes of up to max_operand items
+        return rng.randint(2, 5), rng.randint(2, hi)
+    if kind == "add_sub":
+        a, b = rng.randint(2, hi), rng.randint(2, hi)
+        return a, b, rng.randint(2, a + b - 1)
+    return rng.randint(2, hi), rng.randint(2, hi)
+
+
+def _heldout_word(kind: str, operands: tuple[int, ...]) -> bool:
+    code = sum((2 * k + 3) * x for k, x in enumerate(operands)) + 7 * list(WORD_KINDS).index(kind)
+    return code % 5 == 0  # about a fifth of each kind's numbers, never trained on
+
+
+def word_problems(
+    n: int,
+    *,
+    seed: int = 0,
+    max_operand: int = 10,
+    kinds: tuple[str, ...] = ("add", "sub", "add_sub"),
+    split: str = "train",
+) -> list[Problem]:
+    """Short arithmetic word problems ("Tom has 3 apples. He gets 4 more apples. How many apples
+    does Tom have now?"): a kind of WORD_KINDS drawn uniformly from `kinds`, operands 2..max_operand
+    (multiplication: 2..5 boxes; add_sub gives away 2..a+b-1), a name, a friend and an item drawn
+    at random; answers are whole numbers >= 1. Deterministic from (seed, split). The "test" split
+    uses only (kind, operands) combinations the "train" split never contains, whatever the wording;
+    "all" draws from every one. `conf=smollm2_cpu` trains on them (README "A real small model")."""
+    unknown = [k for k in kinds if k not in WORD_KINDS]
+    if unknown or not kinds:
+        raise DataError(f"word problem kinds {list(kinds)}: choose from {', '.join(WORD_KINDS)}")
+    rng = random.Random(f"word-{seed}-{split}")
+    out = []
+    while len(out) < n:
+        kind = rng.choice(kinds)
+        operands = _word_operands(rng, kind, max_operand)
+        (name, he), (friend, _) = rng.sample(_WORD_NAMES, 2)
+        items = rng.choice(_WORD_ITEMS)
+        if split != "all" and _heldout_word(kind, operands) != (split == "test"):
+            continue
+        template, answer = WORD_KINDS[kind]
+        values = dict(zip("abc", operands))
+        question = template.format(name=name, he=he, friend=friend, items=items, **values)
+        out.append(Problem(question, str(answer(*operands)), id=f"word-{split}-{len(out)}"))
     return out
 
 
