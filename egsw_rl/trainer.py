@@ -29,18 +29,24 @@ import time
 from pathlib import Path
 
 import numpy as np
+import ray
 import torch
 from omegaconf import OmegaConf
 
 from egsw_rl import algos, checkpoint, placement
+from egsw_rl.actors.generator import GeneratorGroup
+from egsw_rl.actors.learner import LearnerGroup
+from egsw_rl.actors.reward import RewardGroup, node_cpus, plan_workers
 from egsw_rl.algos import entropy_dynamics
 from egsw_rl.batch import Completion, TrainBatch
 from egsw_rl.config import resolve_device
 from egsw_rl.data import Problem, PromptSampler, load_run_data
+from egsw_rl.eval import Grader, eval_metrics, evaluate, generator_fn
 from egsw_rl.models import resolve_model_path, vocab_size
 from egsw_rl.prefetch import Prefetcher
 from egsw_rl.prompts import load_tokenizer
-from egsw_rl.runlog import RunLogger, Timer
+from egsw_rl.runlog import RunLogger, Timer, read_metrics
+from egsw_rl.sync import WeightSync
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +74,6 @@ class Rollout:
 
 class Trainer:
     def __init__(self, cfg, run_dir: Path):
-        from egsw_rl.actors.generator import GeneratorGroup
-        from egsw_rl.actors.learner import LearnerGroup
-        from egsw_rl.actors.reward import RewardGroup, node_cpus, plan_workers
-        from egsw_rl.sync import WeightSync
-
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.device = resolve_device(cfg.trainer.device)
@@ -225,8 +226,6 @@ class Trainer:
         moment it returns, so grading runs while slower engines still generate (and, in overlap
         mode, while the previous batch trains): only what is left of it shows in `_score`.
         Returns the completions (prompt order) and the scoring jobs (share order)."""
-        import ray
-
         self.generators.reseed(seed)
         prompts = self.generators.render([p.question for p in problems])
         shares = self.generators.generate_shares(prompts, n=self.G)
@@ -343,8 +342,10 @@ class Trainer:
         # the monitor reads the pre-update policy off the update's own forward when that forward
         # is the only one before the step; with an old-logprob pass it rides on that pass instead
         policy = {}
+        # a method registered with learner_entropy (ClipV) needs the learner's own logits
+        learner_stats = any(m.learner_entropy for m in algos.selected(a))
         old_pass = self.learners.old_logprobs_needed(
-            with_entropy=a.entropy_source == "learner" or a.token_mask == "clipv",
+            with_entropy=a.entropy_source == "learner" or learner_stats,
             off_policy=self.cfg.trainer.overlap,
             keep_policy=monitor,
         )
@@ -353,7 +354,7 @@ class Trainer:
                 policy = self.learners.compute_logprobs(
                     batch,
                     with_entropy=a.entropy_source == "learner",
-                    with_clipv=a.token_mask == "clipv" or monitor,
+                    with_clipv=learner_stats or monitor,
                 )
             batch.old_logprobs = policy.get("old_logprobs")
             batch.ref_logprobs = policy.get("ref_logprobs")
@@ -437,8 +438,6 @@ class Trainer:
         """`data.eval` sets with the running generators: G samples a problem at the rollout
         temperature (avg@G and pass@k), graded by the reward actor. Written to eval.jsonl and
         returned for the step's metrics row."""
-        from egsw_rl.eval import Grader, eval_metrics, evaluate, generator_fn
-
         # as a resumed run does: the seed depends on the step alone
         self.generators.reseed(sampling_seed(self.cfg.rollout.seed, EVAL_EPOCH, step))
 
@@ -606,8 +605,6 @@ class Trainer:
         torch.manual_seed(seed)
 
     def shutdown(self) -> None:
-        import ray
-
         for part in (self.learners, self.generators):
             try:
                 part.shutdown()
@@ -677,8 +674,6 @@ def merge_reward_metrics(rounds: list[tuple[dict, int]], kept: list) -> dict[str
 
 
 def _truncate_jsonl(path: Path, step: int) -> None:
-    from egsw_rl.runlog import read_metrics
-
     if not path.exists():
         return
     rows = [r for r in read_metrics(path) if r.get("step", 0) <= step]

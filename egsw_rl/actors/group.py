@@ -1,6 +1,7 @@
 """What every group of actors does the same way: start its actors, call them, fail fast, stop.
 
-`LearnerGroup` and `GeneratorGroup` (and the weight sync that drives both) call their actors
+`LearnerGroup`, `GeneratorGroup` and `RewardGroup` start their actors with `ActorGroup.start`.
+The learner and generator groups (and the weight sync that drives both) call their actors
 through `ActorGroup.call_all` / `call_one` or `wait_all`: a rank or an engine that raises would
 leave the others blocked in a collective, so the first error is raised at once, naming the actor
 it came from. `as_cfg` turns whatever section the caller passed (the dataclass, an OmegaConf node,
@@ -68,10 +69,12 @@ class ActorGroup:
         placement_group=None,
         bundle_of: Sequence[int] | None = None,
         options_of=None,
+        kwargs: dict | None = None,
     ) -> list:
-        """`n` actors of the plain class `cls`: actor i built from `args_of(i)` (a tuple), with
-        Ray `options` (and `options_of(i)`, if given, merged over them), in bundle
-        `bundle_of[i]` (default i) of `placement_group` when there is one."""
+        """`n` actors of the plain class `cls`: actor i built from `args_of(i)` (a tuple) and
+        `kwargs` (the same for every actor), with Ray `options` (and `options_of(i)`, if given,
+        merged over them), in bundle `bundle_of[i]` (default i) of `placement_group` when there
+        is one."""
         remote = ray.remote(cls)
         actors = []
         for i in range(n):
@@ -83,7 +86,7 @@ class ActorGroup:
                 )
             if options_of is not None:
                 o.update(options_of(i))
-            actors.append(remote.options(**o).remote(*args_of(i)))
+            actors.append(remote.options(**o).remote(*args_of(i), **(kwargs or {})))
         return actors
 
     def names(self) -> list[str]:

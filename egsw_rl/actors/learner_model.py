@@ -14,15 +14,21 @@ an external parameter of the head: DeepSpeed gathers it once per head forward / 
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.initialization import no_init_weights
 
 from egsw_rl.algos import clipv_stats_from_logits, entropy_from_logits
+from egsw_rl.models import resolve_model
 
 # ----------------------------------------------------------------------------- DeepSpeed config
 
@@ -129,11 +135,6 @@ def lr_lambda(schedule: str, warmup_steps: int, total_steps: int | None):
 def _checkpoint_index(path: str) -> dict[str, str]:
     """tensor name -> safetensors file of an HF model folder (`path` as `model.path` allows: a hub
     repo id, a run or checkpoint directory, a folder)."""
-    import json
-    import os
-
-    from egsw_rl.models import resolve_model
-
     path = str(resolve_model(path))
     single = os.path.join(path, "model.safetensors")
     index = os.path.join(path, "model.safetensors.index.json")
@@ -142,8 +143,6 @@ def _checkpoint_index(path: str) -> dict[str, str]:
             wm = json.load(f)["weight_map"]
         return {k: os.path.join(path, v) for k, v in wm.items()}
     if os.path.exists(single):
-        from safetensors import safe_open
-
         with safe_open(single, framework="pt") as f:
             return {k: single for k in f.keys()}
     raise FileNotFoundError(
@@ -168,10 +167,6 @@ def load_zero3_causal_lm(
     (transformers' own ZeRO-3 loading path needs `accelerate`, which is not a dependency.)
     """
     import deepspeed
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.initialization import no_init_weights
-
-    from egsw_rl.models import resolve_model
 
     # Every rank resolves `path` on its own node: a hub id names that node's Hugging Face cache.
     path = str(resolve_model(path))
@@ -208,8 +203,6 @@ def load_zero3_causal_lm(
 
     def nbytes(p) -> int:
         return int(getattr(p, "ds_numel", p.numel())) * p.element_size()
-
-    from safetensors import safe_open
 
     i = 0
     try:

@@ -26,6 +26,7 @@ from typing import Any
 
 import ray
 
+from egsw_rl.actors.group import ActorGroup
 from egsw_rl.batch import split_shares
 from egsw_rl.rewards.pool import RewardPool
 from egsw_rl.rewards.types import RewardResult
@@ -203,10 +204,13 @@ class Scoring:
     submitted: float
 
 
-class RewardGroup:
+class RewardGroup(ActorGroup):
     """`num_actors` RewardActors, one per placement bundle (`bundle_indices`), `workers[i]`
     grading processes in actor i. `score` has the signature of `RewardPool.score`, so the group is
-    also the evaluator's grader (`eval.Grader(scorers=...)`)."""
+    also the evaluator's grader (`eval.Grader(scorers=...)`). Unlike the other groups it does not
+    fail fast on a dead actor: it replaces the actor and scores its slice again."""
+
+    kind = "reward actor"
 
     def __init__(
         self,
@@ -222,7 +226,7 @@ class RewardGroup:
         self.workers = [int(w) for w in workers]
         if not self.workers:
             raise ValueError("a RewardGroup needs at least one actor")
-        self.pg = placement_group
+        self.placement = placement_group  # the trainer's: not released by shutdown
         self.bundles = list(bundle_indices) if bundle_indices is not None else [None] * len(self.workers)
         self.num_cpus = float(num_cpus)
         self.restarts = 0
@@ -230,14 +234,16 @@ class RewardGroup:
         ray.get([a.ready.remote() for a in self.actors], timeout=ready_timeout_s)
 
     def _start(self, i: int):
-        opts: dict[str, Any] = {"num_cpus": self.num_cpus}
-        if self.pg is not None:
-            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-            opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                placement_group=self.pg, placement_group_bundle_index=int(self.bundles[i])
-            )
-        return RewardActor.options(**opts).remote(workers=self.workers[i], **self.options)
+        (actor,) = self.start(
+            RewardWorkerPool,
+            1,
+            lambda _: (self.workers[i],),
+            options={"num_cpus": self.num_cpus},
+            kwargs=self.options,
+            placement_group=self.placement,
+            bundle_of=[self.bundles[i]],
+        )
+        return actor
 
     def submit(
         self,
@@ -310,12 +316,4 @@ class RewardGroup:
         return self.result([self.submit(completions, golds, choices)])
 
     def scored(self) -> list[int]:
-        return ray.get([a.scored.remote() for a in self.actors])
-
-    def shutdown(self) -> None:
-        for a in self.actors:
-            try:
-                ray.kill(a)
-            except Exception:  # noqa: BLE001 - a dead actor must not hide the real error
-                pass
-        self.actors = []
+        return self.call_all("scored")
