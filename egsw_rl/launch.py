@@ -28,7 +28,7 @@ ConfigStore.instance().store(name="run_schema", node=RunConfig)
 log = logging.getLogger("egsw_rl")
 
 
-def _worker_env(cfg) -> dict:
+def worker_env(cfg) -> dict:
     from egsw_rl.actors.vllm_logs import LEVEL_ENV
 
     env = {"TOKENIZERS_PARALLELISM": "false", LEVEL_ENV: cfg.logger.level}
@@ -58,7 +58,7 @@ def connect_ray(cfg, device: str):
 
     if ray.is_initialized():
         return False
-    env = {"env_vars": _worker_env(cfg)}
+    env = {"env_vars": worker_env(cfg)}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=env, log_to_driver=True)
         return False
@@ -93,7 +93,7 @@ def check_run_dir(run_dir: Path) -> None:
 def prepare_rehearsal(cfg) -> None:
     """`rehearsal=cpu`: the tiny Qwen2 goes into an offline Hugging Face cache under
     rehearsal.repo_id (the rehearsal's model.path), and this process and every actor (through
-    _worker_env) are pointed at that cache, so the run loads its model by hub id as the preset
+    worker_env) are pointed at that cache, so the run loads its model by hub id as the preset
     does on a cluster. Runs before transformers is imported: huggingface_hub reads these once."""
     r = cfg.rehearsal
     if r.name == "none":

@@ -157,10 +157,10 @@ class Bench:
 
         if ray.is_initialized():
             return
-        from egsw_rl.launch import _worker_env
+        from egsw_rl.launch import worker_env
 
         # the workers' environment as a run of the first preset sets it (logger.level and all)
-        env = {"env_vars": _worker_env(compose(self.presets[0] if self.presets else "tiny_cpu"))}
+        env = {"env_vars": worker_env(compose(self.presets[0] if self.presets else "tiny_cpu"))}
         if os.environ.get("RAY_ADDRESS"):
             ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=env, log_to_driver=False)
         else:

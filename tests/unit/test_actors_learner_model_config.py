@@ -41,7 +41,7 @@ def test_gpu_config_is_bf16_with_fp32_accumulation_and_offload():
     assert cfg["bf16"]["enabled"] and cfg["data_types"]["grad_accum_dtype"] == "fp32"
     assert (
         cfg["optimizer"]["params"]["torch_adam"] is True
-    )  # no DeepSpeed op to build (test_learner_optimizer)
+    )  # no DeepSpeed op to build (test_actors_learner_model_optimizer)
     z = cfg["zero_optimization"]
     assert z["offload_param"]["device"] == "cpu" and z["offload_optimizer"]["device"] == "cpu"
     assert z["offload_param"]["pin_memory"] is True
