@@ -111,3 +111,36 @@ def test_engine_entropy_equals_the_learners_exact_entropy(ray_session, gen_group
     print(f"\nengine vs learner exact entropy, T={TEMP}: max abs diff {diff:.2e} over {n} tokens")
     assert n > 20
     assert diff < 1e-5
+
+
+def test_engine_entropy_with_tensor_parallelism(ray_session, tiny_model_dir, hf_model, vh):
+    """One engine over 2 tensor-parallel workers (vLLM's mp executor inside the actor): the hook
+    is installed on both, each samples from the all-gathered logits, and the returned entropy is
+    still exact (transformers' on the same positions) and between the top-k bounds."""
+    group = vh.start_group(tiny_model_dir, num_generators=1, tensor_parallel_size=2)
+    try:
+        prompts = group.render(QUESTIONS[:2])
+
+        def run(**kw):
+            group.reseed(9)
+            return group.generate(prompts, n=4, temperature=TEMP, **kw)
+
+        exact, lb, ub = (
+            run(),
+            run(logprobs=5, entropy_estimator="lower_bound"),
+            run(logprobs=5, entropy_estimator="upper_bound"),
+        )
+    finally:
+        group.shutdown()
+    _same_tokens(exact, lb)
+    _same_tokens(exact, ub)
+    worst, n = 0.0, 0
+    for e, lo, hi in zip(exact, lb, ub):
+        tol = 1e-5 * (1 + e.entropy)
+        assert np.isfinite(e.entropy).all()
+        assert (lo.entropy <= e.entropy + tol).all() and (e.entropy <= hi.entropy + tol).all()
+        _, ref = vh.hf_token_logprobs(hf_model, e.prompt_ids, e.token_ids, TEMP)
+        worst = max(worst, float(np.abs(e.entropy - ref).max()))
+        n += len(e.token_ids)
+    print(f"\nTP=2: exact engine entropy vs transformers, max abs diff {worst:.2e} over {n} tokens")
+    assert n > 20 and worst < vh.KERNEL_TOL
