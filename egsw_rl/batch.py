@@ -14,9 +14,9 @@ class Completion:
 
     Arrays have one entry per completion token (length T = len(token_ids)), float32:
     `logprobs` is the sampled token's logprob under the distribution actually sampled from
-    (vLLM processed_logprobs, after the sampling temperature); `entropy` is the top-k estimate of
-    the next-token entropy in nats (docs/algorithms.md, section 11) and `tail_mass` the probability
-    outside the returned top-k.
+    (vLLM processed_logprobs, after the sampling temperature); `entropy` is the next-token entropy in nats,
+    exact or a top-k estimate as `rollout.entropy_estimator` says (docs/algorithms.md, section 11),
+    and `tail_mass` the probability outside the returned top-k (0 for the exact entropy).
     """
 
     prompt_index: int  # position of the prompt in the batch given to generate()

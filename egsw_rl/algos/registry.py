@@ -32,7 +32,8 @@ class Method:
     fn: Callable
     reads: tuple[str, ...] = ()  # algo config fields passed to fn by name
     # Reads the per-token entropy H. The config check then needs an entropy the run can provide:
-    # rollout.logprobs >= 1 and an untruncated sampling distribution (or algo.entropy_source=learner).
+    # the exact engine entropy or a top-k estimate with rollout.logprobs >= 1, and an untruncated
+    # sampling distribution (or algo.entropy_source=learner).
     entropy: bool = False
     # Needs statistics only the learner's full-vocabulary pass gives (ClipV's N): the config
     # check asks for algo.entropy_source=learner.

@@ -1,8 +1,8 @@
 """Generation (`--only generate`): the generator actor (`actors/generator.py`, the preset's
-sampling settings and top-k logprobs) against a bare `vllm.LLM.generate` (no logprobs, no
-detokenisation) with the same engine arguments on the same batches of the preset's prompts:
-tokens/s of each, their ratio `engine_ratio`, and where the actor's time goes besides the engine
-call (its post-processing, the Ray round trip)."""
+sampling settings and entropy: exact from the engine, or a top-k estimate) against a bare
+`vllm.LLM.generate` (no logprobs, no detokenisation) with the same engine arguments on the same
+batches of the preset's prompts: tokens/s of each, their ratio `engine_ratio`, and where the
+actor's time goes besides the engine call (its post-processing, the Ray round trip)."""
 
 from __future__ import annotations
 
@@ -115,8 +115,8 @@ def generate_throughput(
     turn on the same batches of the preset's training prompts with the same sampling settings
     (n, temperature, top_p, top_k, max_tokens); `warmup` rounds first, then `rounds` timed ones,
     which of the two goes first alternating. Both are timed from the driver around the Ray call,
-    so the actor's figure includes everything a trainer step waits for (tokenising, top-k
-    logprobs, entropy, completion text, returning the completions). Needs Ray up."""
+    so the actor's figure includes everything a trainer step waits for (tokenising, logprobs,
+    entropy, completion text, returning the completions). Needs Ray up."""
     import dataclasses as dc
 
     import ray
@@ -135,7 +135,7 @@ def generate_throughput(
     device = "cuda" if str(cfg.trainer.device) == "cuda" else "cpu"
     echo(
         f"[bench] generate {preset}: {rounds} rounds of {B} prompts x G={rcfg.n}, "
-        f"<= {rcfg.max_tokens} new tokens, top-k logprobs {rcfg.logprobs}"
+        f"<= {rcfg.max_tokens} new tokens, entropy {_entropy_label(rcfg)}"
     )
     gens = GeneratorGroup(mcfg, rcfg, device)
     bare = None
@@ -205,7 +205,8 @@ def generate_throughput(
                 "prompts_per_call": B,
                 "G": int(rcfg.n),
                 "max_tokens": int(rcfg.max_tokens),
-                "logprobs": int(rcfg.logprobs),
+                "entropy_estimator": rcfg.entropy_estimator,
+                "logprobs": 1 if rcfg.entropy_estimator == "exact" else int(rcfg.logprobs),
                 "engine_in_process": env.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "0",
                 "actor_engine_tokens_per_s": median(
                     x["tokens"] / x["engine_s"] for x in actor_rows if x.get("engine_s")
@@ -237,6 +238,13 @@ def generate_throughput(
         gens.shutdown()
 
 
+def _entropy_label(s) -> str:
+    """`exact`, or the top-k estimator with its k (a RolloutConfig or a summary dict)."""
+    get = s.get if isinstance(s, dict) else lambda k, d=None: getattr(s, k, d)
+    est = get("entropy_estimator", "lower_bound")
+    return "exact" if est == "exact" else f"{est}, k={get('logprobs')}"
+
+
 def generate_bench(bench: Bench) -> dict:
     """`generate_throughput` on each preset (rounds: --steps, warm-up: --warmup, else
     `GENERATE_ROUNDS`); one preset failing keeps the others' figures."""
@@ -265,7 +273,7 @@ def generate_bench(bench: Bench) -> dict:
             "engine",
             "prompts x G",
             "max new",
-            "top-k",
+            "entropy",
             "actor tok/s",
             "bare tok/s",
             "engine_ratio",
@@ -282,7 +290,7 @@ def generate_bench(bench: Bench) -> dict:
                 "in process" if s["engine_in_process"] else "own process",
                 f"{s['prompts_per_call']} x {s['G']}",
                 s["max_tokens"],
-                s["logprobs"],
+                _entropy_label(s),
                 s["actor_tokens_per_s"],
                 s["bare_tokens_per_s"],
                 s["engine_ratio"],
