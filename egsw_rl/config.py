@@ -294,8 +294,9 @@ class AlgoConfig:
 
 @dataclass
 class DataConfig:
-    # A local .jsonl / .json / .parquet path, or a hub dataset name; "arithmetic" generates
-    # two-operand word problems from a seed (the embedded default, no files needed).
+    # A shipped set (egsw_rl.data.SOURCES), a generated one from a seed, no files needed
+    # (egsw_rl.data.GENERATED: arithmetic, the embedded default; arith_chain; word_problems; with
+    # _heldout for the held-out split), a local .jsonl / .json / .parquet path, or a hub data set.
     train: str = "arithmetic"
     split: str = "train"
     question_key: str = "question"

@@ -189,17 +189,13 @@ def load_problems(
 ) -> tuple[list[Problem], int]:
     """Load problems; returns (problems, number of rows skipped for a missing answer).
 
-    `spec` is a named set (SOURCES, or "arithmetic"), a local .jsonl/.json/.parquet path, or a
-    hub data set name. Field names come from the named set or from question_key / answer_key."""
-    if spec in ("arithmetic", "arithmetic_heldout"):
-        split = "test" if spec == "arithmetic_heldout" else "train"
-        return arithmetic_problems(max_samples or 4096, seed=seed, split=split), 0
-    if spec in ("arith_chain", "arith_chain_heldout"):
-        split = "test" if spec == "arith_chain_heldout" else "train"
-        return arithmetic_chain_problems(max_samples or 4096, seed=seed, split=split), 0
-    if spec in ("word_problems", "word_problems_heldout"):
-        split = "test" if spec == "word_problems_heldout" else "train"
-        return word_problems(max_samples or 4096, seed=seed, split=split), 0
+    `spec` is a named set (SOURCES), a generated one (GENERATED: its training split, or the
+    held-out one as NAME_heldout), a local .jsonl/.json/.parquet path, or a hub data set name.
+    Field names come from the named set or from question_key / answer_key."""
+    base = spec.removesuffix("_heldout")
+    if base in GENERATED:
+        split = "test" if spec.endswith("_heldout") else "train"
+        return GENERATED[base](max_samples or 4096, seed=seed, split=split), 0
 
     rows: list[dict]
     where = spec
@@ -410,6 +406,14 @@ def word_problems(
         question = template.format(name=name, he=he, friend=friend, items=items, **values)
         out.append(Problem(question, str(answer(*operands)), id=f"word-{split}-{len(out)}"))
     return out
+
+
+# Generated problem sets by data name (NAME: training split, NAME_heldout: held-out split).
+GENERATED = {
+    "arithmetic": arithmetic_problems,
+    "arith_chain": arithmetic_chain_problems,
+    "word_problems": word_problems,
+}
 
 
 @dataclass

@@ -48,13 +48,14 @@ def load_benchmark(name: str, path: str | None = None, *, limit: int | None = No
     read from; GPQA-Diamond files (.csv as published, .jsonl, .parquet) keep its original columns
     (Question, Correct Answer, Incorrect Answer 1-3) and are graded by letter, options shuffled
     per row with `seed`."""
-    from egsw_rl.data import SOURCES, load_problems
+    from egsw_rl.data import GENERATED, SOURCES, load_problems
 
     choice = name.startswith("gpqa")
     if path is None:
-        if name not in SOURCES and not Path(name).exists():
-            known = ", ".join(k for k in SOURCES if k != "simplerl_8k")
-            raise EvalError(f"unknown benchmark {name!r}: use one of {known}, or NAME=PATH")
+        generated = name.removesuffix("_heldout") in GENERATED
+        if name not in SOURCES and not generated and not Path(name).exists():
+            known = [k for k in SOURCES if k != "simplerl_8k"] + [f"{g}_heldout" for g in GENERATED]
+            raise EvalError(f"unknown benchmark {name!r}: use one of {', '.join(known)}, or NAME=PATH")
         try:
             problems, _ = load_problems(name, seed=seed, max_samples=limit)
         except ValueError as e:

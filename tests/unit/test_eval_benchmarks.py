@@ -51,3 +51,18 @@ def test_load_benchmarks_local_and_gpqa_csv(tmp_path):
     for i, p in enumerate(gpqa):
         assert p.choices is not None and p.choices["ABCD".index(p.answer)] == f"good{i}"
         assert f"({p.answer}) good{i}" in p.question
+
+
+def test_generated_sets_are_benchmarks_by_name():
+    """The held-out split of a generated training set evaluates by its data name, as in training's
+    data.eval: the same problems, none of them from the training split."""
+    from egsw_rl.data import GENERATED, load_problems
+
+    for name in GENERATED:
+        held = load_benchmark(f"{name}_heldout", limit=16)
+        assert len(held) == 16
+        assert [p.question for p in held] == [p.question for p in load_problems(f"{name}_heldout")[0][:16]]
+        train = {p.question for p in load_problems(name, max_samples=4096)[0]}
+        assert not train & {p.question for p in held}
+    with pytest.raises(EvalError, match="word_problems_heldout"):
+        load_benchmark("word_problem_heldout")
