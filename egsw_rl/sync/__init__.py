@@ -72,9 +72,10 @@ def _free_port() -> int:
 
 
 def collect_engines(actors, *versions) -> dict:
-    """The engines' summary of one push (a Ray task, so the driver holds one ref to wait on):
-    the new version (every engine must agree), the worst probe difference, the slowest receipt
-    and load, and each engine's own timeline ("engines") for the split."""
+    """The engines' summary of one push, once every engine has returned its new version (every
+    engine must agree): the worst probe difference, the slowest receipt and load, and each
+    engine's own timeline ("engines") for the split. Runs in the driver: as a Ray task it needed
+    a worker process, and on a small node Ray started a fresh one for most pushes (3-6 s)."""
     stats = ray.get([a.last_sync_stats.remote() for a in actors])
     out: dict[str, Any] = {"sync/version": int(versions[0]) if versions else 0}
     diffs = [s["sync/logprob_diff_max"] for s in stats if "sync/logprob_diff_max" in s]
@@ -102,7 +103,6 @@ class WeightSync:
     def __init__(self, learners, generators, *, transport: str | None = None, colocated: bool = False):
         self.learners, self.generators = learners, generators
         self.local = isinstance(learners, ModuleSender)
-        self._collect = ray.remote(num_cpus=0)(collect_engines)
         self._expected: dict | None = None
         want = str(transport or ("group" if self.local else learners.lcfg.sync_transport))
         self.transport = self._choose(want, bool(colocated))
@@ -201,15 +201,12 @@ class WeightSync:
             return [self.learners.send(self.meta, probe)]
         return [a.send_weights.remote(probe) for a in self.learners.actors]
 
-    def _receive(self, method: str, *args, per_engine=None):
-        """Start every engine's `method` (args, plus `per_engine(i)` if given); one ref to the
-        engines' summary."""
-        actors = self.generators.actors
-        refs = [
+    def _receive(self, method: str, *args, per_engine=None) -> list:
+        """Start every engine's `method` (args, plus `per_engine(i)` if given): a ref each."""
+        return [
             getattr(a, method).remote(*args, *(per_engine(i) if per_engine else ()))
-            for i, a in enumerate(actors)
+            for i, a in enumerate(self.generators.actors)
         ]
-        return self._collect.remote(actors, *refs)
 
     def push(self, probe: bool | None = None) -> dict:
         """Send the current weights to every engine. Returns the engines' summary (sync/version,
@@ -223,11 +220,9 @@ class WeightSync:
         if self.transport == "shm":
             res = wait_all(self._send(probe), self._names())
             send_s = time.perf_counter() - t0
-            out = dict(
-                ray.get(
-                    self._receive("load_shared", rows, res[0].get("probe_ids"), res[0].get("probe_logprobs"))
-                )
-            )
+            recv = self._receive("load_shared", rows, res[0].get("probe_ids"), res[0].get("probe_logprobs"))
+            versions = wait_all(recv, self._names(len(recv))[-len(recv) :])
+            out = collect_engines(self.generators.actors, *versions)
             total_s = time.perf_counter() - t0
             # nothing is gathered: every rank writes its own shards at once, the slowest one counts
             split = {
@@ -246,10 +241,12 @@ class WeightSync:
                 )
             else:
                 recv = self._receive("receive_weights", rows)
-            res = wait_all(self._send(probe) + [recv], self._names() + ["the generators"])
+            sends = self._send(probe)  # a ModuleSender's is its result, already in
+            names = (["the module sender"] if self.local else []) + self._names(len(recv))
+            res = wait_all(sends + recv, names)
+            out = collect_engines(self.generators.actors, *res[len(sends) :])
             total_s = time.perf_counter() - t0
             send_s = float(res[0]["seconds"])
-            out = dict(res[-1])
             sent = res[0]
             # the slowest engine's timeline against the sender's gathers (one engine's parts, so
             # they add up within its receipt)
