@@ -117,10 +117,13 @@ def prepare_rehearsal(cfg) -> None:
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     from egsw_rl.placement import assign, free_resources, make_plan
     from egsw_rl.preflight import cheap_checks
-    from egsw_rl.trainer import Trainer
 
     device = resolve_device(cfg.trainer.device)
     prepare_rehearsal(cfg)
+    # imported after the rehearsal's HF_HOME is set: the trainer's imports load huggingface_hub,
+    # which reads it once
+    from egsw_rl.trainer import Trainer
+
     cheap_checks(cfg)  # the config, the model's context and chat template: before Ray starts
     check_run_dir(run_dir)
     started_local = connect_ray(cfg, device)
