@@ -32,3 +32,27 @@ def step_row():
         return row
 
     return row_of
+
+
+@pytest.fixture
+def eval_record():
+    """eval_record(name, label, {benchmark: accuracy}, n=, pass_k=): one model's results.json
+    record as `python -m egsw_rl.eval` writes it."""
+
+    def record_of(name, label, accs, n=1, pass_k=None):
+        return {
+            "name": name,
+            "label": label,
+            "settings": {
+                "n": n,
+                "ks": [1],
+                "temperature": 0.0,
+                "top_p": 1.0,
+                "max_tokens": 64,
+                "prompt": "qwen_math",
+                "limit": 5,
+            },
+            "benchmarks": {b: {"accuracy": a, "pass_at_k": dict(pass_k or {})} for b, a in accs.items()},
+        }
+
+    return record_of

@@ -12,37 +12,20 @@ import pytest
 from egsw_rl import compare as cmp
 
 
-def _record(name, label, accs, n=1, pass_k=None):
-    return {
-        "name": name,
-        "label": label,
-        "settings": {
-            "n": n,
-            "ks": [1],
-            "temperature": 0.0,
-            "top_p": 1.0,
-            "max_tokens": 64,
-            "prompt": "qwen_math",
-            "limit": 5,
-        },
-        "benchmarks": {b: {"accuracy": a, "pass_at_k": dict(pass_k or {})} for b, a in accs.items()},
-    }
-
-
 def _write_results(d: Path, records):
     d.mkdir(parents=True, exist_ok=True)
     (d / "results.json").write_text(json.dumps({"egsw_rl_eval": 1, "results": records}))
     return d
 
 
-def test_compare_results_groups_by_label(tmp_path):
+def test_compare_results_groups_by_label(tmp_path, eval_record):
     items = []
     for algo, accs in {"grpo": [0.50, 0.52, 0.54], "egsw": [0.60, 0.61, 0.65]}.items():
         for seed, a in enumerate(accs):
             d = _write_results(
                 tmp_path / f"{algo}_{seed}",
                 [
-                    _record(
+                    eval_record(
                         f"{algo}_{seed}",
                         algo,
                         {"math500": a, "aime24": a / 10},

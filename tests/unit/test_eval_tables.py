@@ -12,23 +12,6 @@ def test_percent_format():
     assert fmt_pct(None) == "–"
 
 
-def _record(name, label, accs, n=1, pass_k=None):
-    return {
-        "name": name,
-        "label": label,
-        "settings": {
-            "n": n,
-            "ks": [1],
-            "temperature": 0.0,
-            "top_p": 1.0,
-            "max_tokens": 64,
-            "prompt": "qwen_math",
-            "limit": 5,
-        },
-        "benchmarks": {b: {"accuracy": a, "pass_at_k": dict(pass_k or {})} for b, a in accs.items()},
-    }
-
-
 def test_markdown_table_layout():
     rows = [
         ("GRPO", {"math500": (0.70, 0.01), "aime24": (0.10, 0.02), "aime25": (0.05, None)}),
@@ -44,10 +27,10 @@ def test_markdown_table_layout():
     assert single.splitlines()[0] == "| Model | GSM8K |"  # no Avg. column for one benchmark
 
 
-def test_results_markdown_rows_are_models_columns_benchmarks():
+def test_results_markdown_rows_are_models_columns_benchmarks(eval_record):
     recs = [
-        _record("base", "base", {"aime24": 0.1, "math500": 0.5, "gpqa_diamond": 0.3}),
-        _record("run@10", "egsw", {"math500": 0.6, "aime24": 0.2, "gpqa_diamond": 0.25}),
+        eval_record("base", "base", {"aime24": 0.1, "math500": 0.5, "gpqa_diamond": 0.3}),
+        eval_record("run@10", "egsw", {"math500": 0.6, "aime24": 0.2, "gpqa_diamond": 0.25}),
     ]
     md = results_markdown(recs)
     caption, _, table = md.partition("\n\n")
