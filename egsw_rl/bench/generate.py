@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 # (warm-up, timed) generate calls of each of the actor and the bare engine: [full run, --quick]
 # (tiny_cpu: a call is ~0.1 s and moves by tens of percent with other jobs on the box; 40 rounds)
-GENERATE_ROUNDS = {"tiny_cpu": [(2, 40), (2, 20)], "smollm2_cpu": [(1, 2), (1, 2)]}
+GENERATE_ROUNDS = {"tiny_cpu": [(2, 40), (2, 20)], "smollm2_cpu": [(1, 8), (1, 2)]}
 
 
 def generate_summary(actor: Sequence[dict], bare: Sequence[dict]) -> dict:

@@ -9,9 +9,11 @@ keeps its own kernel-side copy that this reload does not refresh, so such module
 re-processed afterwards.
 
 It also hooks vLLM's sampler for the generator's exact per-token entropy (`egsw_engine_entropy`,
-`hook_sampler`): with the hook on, the last column of the sampled tokens' logprobs carries the
-exact entropy of the distribution each token was drawn from instead of the lowest top-k
-candidate (see `hook_sampler`).
+`hook_sampler`). On the V1 sampler (CPU, and CUDA's V1 model runner) the worker keeps each sampled
+token's entropy and logprob under its request id and hands a call's worth over at once
+(`egsw_take_entropy`), so the requests ask vLLM for no logprobs; on the V2 model runner's sampler
+the last column of the sampled tokens' logprobs carries the entropy instead of the lowest top-k
+candidate.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pickle
 import time
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 
 from egsw_rl.actors.vllm_logs import quiet_benign_reload
@@ -71,14 +74,23 @@ class WorkerExtension:
         return {"shapes": None if shapes is None else {k: list(v) for k, v in shapes.items()}, "tied": tied}
 
     def egsw_engine_entropy(self, on: bool) -> str:
-        """Turn the sampler's exact-entropy column on or off (`hook_sampler`, installed on first
-        use). Returns which sampler was hooked ("v1" or "v2"); raises when this vLLM's sampler is
-        neither."""
+        """Turn the sampler's exact entropy on or off (`hook_sampler`, installed on first use).
+        Returns which sampler was hooked: "v1" (fetch the values with `egsw_take_entropy`) or
+        "v2" (a logprobs column); raises when this vLLM's sampler is neither."""
         hook = getattr(self, "_egsw_entropy", None)
         if hook is None:
             hook = self._egsw_entropy = hook_sampler(self.model_runner)
         hook.on = bool(on)
         return hook.kind
+
+    def egsw_take_entropy(self) -> dict:
+        """The V1 hook's record since the last take (`_V1SamplerEntropy.take`), then forgotten;
+        its arrays as raw bytes (vLLM's IPC from an engine core in its own process does not
+        return numpy arrays as arrays)."""
+        hook = getattr(self, "_egsw_entropy", None)
+        if hook is None or hook.kind != "v1":
+            raise RuntimeError("egsw_take_entropy needs the V1 sampler hook (egsw_engine_entropy first)")
+        return {k: v.tobytes() if isinstance(v, np.ndarray) else v for k, v in hook.take().items()}
 
     def egsw_reseed(self, seed: int) -> None:
         """Reset the worker's global RNG (vLLM samples from it when no per-request seed is set)."""
@@ -264,34 +276,77 @@ class _SamplerEntropy:
 
 class _V1SamplerEntropy(_SamplerEntropy):
     """vLLM's V1 sampler (`vllm.v1.sample.sampler.Sampler`: the CPU model runner, and CUDA with
-    the V1 model runner). Its forward samples, then gathers the sampled token's logprob and the
-    top-k from the processed logprobs (log_softmax after penalties, temperature, top-k / top-p:
-    logprobs_mode=processed_logprobs) with `self.gather_logprobs`, which the model runner also
-    calls for prompt logprobs; only the call made inside forward is changed: it gathers one
-    candidate fewer and appends the entropy of those same logprobs."""
+    the V1 model runner). Its `sample` returns the sampled tokens with the processed logprobs of
+    every row (log_softmax after penalties, temperature, top-k / top-p:
+    logprobs_mode=processed_logprobs). With the hook on, each row's exact entropy, the sampled
+    token's logprob and the token stay in the worker under the row's request id (the model
+    runner's input batch orders the rows) until `take` hands them over, once per generate call.
+    The requests then ask vLLM for no logprobs at all: its logprobs channel turns every position
+    into Python lists, which on a small model costs more than the entropy. On a GPU the values
+    stay on the device until `take`; a row the runner discards (a prompt chunk that is not the
+    prompt's last) is marked and dropped."""
 
     kind = "v1"
 
-    def __init__(self, sampler) -> None:
+    def __init__(self, runner, sampler) -> None:
         super().__init__()
-        self._sampling = False
-        forward, gather = sampler.forward, sampler.gather_logprobs
+        if not hasattr(runner, "discard_request_mask") or not hasattr(runner, "input_batch"):
+            raise RuntimeError(
+                f"rollout.entropy_estimator=exact: vLLM's model runner {type(runner).__name__!r} has no "
+                "input_batch / discard_request_mask to attribute sampled rows to requests; "
+                "choose a top-k estimator (rollout.entropy_estimator=lower_bound)"
+            )
+        self._slots: dict[str, int] = {}  # request id -> its slot, in order of first sight
+        self._steps: list[tuple[np.ndarray, torch.Tensor, torch.Tensor]] = []
+        sample = sampler.sample
 
-        def hooked_forward(*args, **kwargs):
-            self._sampling = self.on
-            try:
-                return forward(*args, **kwargs)
-            finally:
-                self._sampling = False
+        def hooked_sample(logits, sampling_metadata, *args, **kwargs):
+            sampled, processed = sample(logits, sampling_metadata, *args, **kwargs)
+            if self.on:
+                self._record(runner, logits, sampled, processed)
+            return sampled, processed
 
-        def hooked_gather(logprobs: torch.Tensor, num_logprobs: int, token_ids: torch.Tensor):
-            if not self._sampling or num_logprobs < 1:
-                return gather(logprobs, num_logprobs, token_ids)
-            out = gather(logprobs, num_logprobs - 1, token_ids)
-            return append_entropy(out, entropy_from_logprobs(logprobs), token_ids)
+        sampler.sample = hooked_sample
 
-        sampler.forward = hooked_forward
-        sampler.gather_logprobs = hooked_gather
+    def _record(self, runner, logits, sampled, processed) -> None:
+        n = int(sampled.shape[0])
+        slots = self._slots
+        row_slots = np.fromiter(
+            (slots.setdefault(r, len(slots)) for r in runner.input_batch.req_ids[:n]), np.int64, n
+        )
+        row_slots[runner.discard_request_mask.np[:n]] = -1
+        # all-greedy batches come back without processed logprobs: the greedy ones are these
+        lp = processed if processed is not None else logits.log_softmax(dim=-1, dtype=torch.float32)
+        tokens = sampled.reshape(-1, 1).long()
+        values = torch.stack((entropy_from_logprobs(lp), lp.gather(1, tokens).squeeze(1).float()), dim=1)
+        self._steps.append((row_slots, values, tokens.squeeze(1)))
+
+    def take(self) -> dict:
+        """Everything recorded since the last take, and forget it: `req_ids` (slot order), per
+        slot its row `counts`, and the rows grouped by slot in sampling order: `entropy`,
+        `logprob` (float32) and `token_ids` (int64)."""
+        steps, slots = self._steps, self._slots
+        self._steps, self._slots = [], {}
+        if not steps:
+            return {
+                "req_ids": [],
+                "counts": np.zeros(0, np.int64),
+                "entropy": np.zeros(0, np.float32),
+                "logprob": np.zeros(0, np.float32),
+                "token_ids": np.zeros(0, np.int64),
+            }
+        row_slots = np.concatenate([s for s, _, _ in steps])
+        values = torch.cat([v for _, v, _ in steps]).cpu().numpy()
+        tokens = torch.cat([t for _, _, t in steps]).cpu().numpy()
+        keep = np.nonzero(row_slots >= 0)[0]
+        order = keep[np.argsort(row_slots[keep], kind="stable")]
+        return {
+            "req_ids": list(slots),
+            "counts": np.bincount(row_slots[keep], minlength=len(slots)),
+            "entropy": np.ascontiguousarray(values[order, 0], dtype=np.float32),
+            "logprob": np.ascontiguousarray(values[order, 1], dtype=np.float32),
+            "token_ids": tokens[order].astype(np.int64),
+        }
 
 
 class _V2SamplerEntropy(_SamplerEntropy):
@@ -323,18 +378,19 @@ def hook_sampler(model_runner) -> _SamplerEntropy:
     """Hook the model runner's sampler for the exact entropy (off until `.on` is set). One
     extra reduction over the vocabulary per sampled token, on the logits the sampler already
     has: on CPU and CUDA alike, and with tensor parallelism on every worker (vLLM all-gathers the
-    logits, so each worker's sampler sees the whole vocabulary; the first worker's output is
-    returned). The sampled tokens are untouched (the entropy is read after sampling, no random
-    numbers drawn). With the hook on, a request for k >= 1 logprobs gets the sampled token's
-    logprob, k - 1 top candidates, then the entropy; requests with logprobs=0 or none, and
-    prompt logprobs, are served as vLLM would."""
+    logits, so each worker's sampler sees the whole vocabulary; the first worker's values are
+    used). The sampled tokens are untouched (the entropy is read after sampling, no random
+    numbers drawn). V1: the values are kept per request for `take`, whatever the request asked
+    for. V2: a request for k >= 1 logprobs gets the sampled token's logprob, k - 1 top candidates,
+    then the entropy; requests with logprobs=0 or none, and prompt logprobs, are served as vLLM
+    would."""
     sampler = getattr(model_runner, "sampler", None)
     from vllm.v1.sample.sampler import Sampler
 
     if isinstance(sampler, Sampler):
         hook = getattr(sampler, "_egsw_entropy", None)
         if hook is None:
-            hook = _V1SamplerEntropy(sampler)
+            hook = _V1SamplerEntropy(model_runner, sampler)
             sampler._egsw_entropy = hook
         return hook
     try:

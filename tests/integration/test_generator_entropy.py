@@ -144,3 +144,31 @@ def test_engine_entropy_with_tensor_parallelism(ray_session, tiny_model_dir, hf_
         n += len(e.token_ids)
     print(f"\nTP=2: exact engine entropy vs transformers, max abs diff {worst:.2e} over {n} tokens")
     assert n > 20 and worst < vh.KERNEL_TOL
+
+
+def test_engine_entropy_from_an_engine_in_its_own_process(ray_session, tiny_model_dir, hf_model, vh):
+    """The GPU presets' engine core runs in a child process (rollout.engine_multiprocessing): the
+    worker's record of a call comes back through vLLM's IPC and is still exact, for sampled,
+    greedy (the entropy of the untempered distribution) and stop-string calls (vLLM detokenises)."""
+    group = vh.start_group(tiny_model_dir, num_generators=1, engine_multiprocessing=True)
+    try:
+        prompts = group.render(QUESTIONS[:2])
+        calls = {
+            "sampled": (TEMP, group.generate(prompts, n=4, temperature=TEMP)),
+            "greedy": (1.0, group.generate(prompts, n=1, temperature=0.0)),
+            "stop": (TEMP, group.generate(prompts, n=4, temperature=TEMP, stop=["1", "2", "3"])),
+        }
+    finally:
+        group.shutdown()
+    for name, (temperature, comps) in calls.items():
+        worst, n = 0.0, 0
+        for c in comps:
+            assert c.entropy.shape == c.logprobs.shape == (len(c.token_ids),)
+            lp, ref = vh.hf_token_logprobs(hf_model, c.prompt_ids, c.token_ids, temperature)
+            worst = max(worst, float(np.abs(c.entropy - ref).max()), float(np.abs(c.logprobs - lp).max()))
+            n += len(c.token_ids)
+        print(
+            f"\n{name}: engine in its own process vs transformers, max abs diff {worst:.2e} over {n} tokens"
+        )
+        assert n > 0 and worst < vh.KERNEL_TOL, name
+    assert any(c.finish_reason == "stop" for c in calls["stop"][1])

@@ -321,6 +321,58 @@ def test_token_arrays_exact_reads_the_engines_entropy_entry():
         gen.token_arrays([vllm_flat([[-0.5]])], [1], 0, "exact")
 
 
+def test_request_slot_names_the_completion_of_an_engine_request():
+    prompt_of = {"7": 0, "8": 1}
+    assert gen.request_slot("7-1a2b3c4d", prompt_of, 1) == 0  # n = 1: vLLM's id, no sample prefix
+    assert gen.request_slot("3_8-1a2b3c4d", prompt_of, 4) == 7  # sample 3 of prompt 1
+    assert gen.request_slot("0_7", prompt_of, 4) == 0  # request ids not randomised
+    assert gen.request_slot("2_9-1a2b3c4d", prompt_of, 4) is None  # another call's request
+    with pytest.raises(RuntimeError, match="sample 4 of a prompt asked for 4"):
+        gen.request_slot("4_7-1a2b3c4d", prompt_of, 4)
+
+
+def _record(per_request):
+    """An engine record (`_V1SamplerEntropy.take`) from {request id: [(token, logprob, entropy)]}."""
+    import numpy as np
+
+    rows = [r for v in per_request.values() for r in v]
+    return {
+        "req_ids": list(per_request),
+        "counts": np.array([len(v) for v in per_request.values()]),
+        "token_ids": np.array([r[0] for r in rows], dtype=np.int64),
+        "logprob": np.array([r[1] for r in rows], dtype=np.float32),
+        "entropy": np.array([r[2] for r in rows], dtype=np.float32),
+    }
+
+
+def test_recorded_token_arrays_put_each_requests_rows_under_its_completion():
+    """Rows of requests in any order go to their completions; rows past a completion's tokens
+    (a step after it finished) and other calls' requests are left out."""
+    import numpy as np
+
+    record = _record(
+        {
+            "b": [(5, -0.5, 1.5), (6, -0.6, 1.6)],
+            "old": [(9, -9.0, 9.0)],
+            "a": [(1, -0.1, 1.1), (2, -0.2, 1.2), (3, -0.3, 1.3), (4, -0.4, 1.4)],
+            "c": [],
+        }
+    )
+    lp, h = gen.recorded_token_arrays(record, [1, None, 0, 2], [[1, 2, 3], [5, 6], []])
+    np.testing.assert_array_equal(lp, np.array([-0.1, -0.2, -0.3, -0.5, -0.6], dtype=np.float32))
+    np.testing.assert_array_equal(h, np.array([1.1, 1.2, 1.3, 1.5, 1.6], dtype=np.float32))
+
+
+def test_recorded_token_arrays_refuse_a_record_that_does_not_match_the_tokens():
+    record = _record({"a": [(1, -0.1, 1.1)], "b": [(5, -0.5, 1.5), (7, -0.7, 1.7)]})
+    with pytest.raises(RuntimeError, match="completion 0: the engine recorded the entropy of 1 of its 2"):
+        gen.recorded_token_arrays(record, [0, 1], [[1, 2], [5, 6]])
+    with pytest.raises(RuntimeError, match="completion 1: the engine's entropy record is of other tokens"):
+        gen.recorded_token_arrays(record, [0, 1], [[1], [5, 6]])
+    with pytest.raises(RuntimeError, match="completion 1: the engine recorded the entropy of 0"):
+        gen.recorded_token_arrays(record, [0, None], [[1], [5]])
+
+
 def _metadata(batch, temperature, max_num_logprobs, top_k=None):
     import torch
     from vllm.v1.sample.logits_processor import LogitsProcessors
@@ -346,50 +398,84 @@ def _metadata(batch, temperature, max_num_logprobs, top_k=None):
     )
 
 
+def _runner(sampler, req_ids, discard):
+    """What the V1 hook reads of vLLM's model runner: its sampler, the input batch's request
+    order and the rows it will discard."""
+    import numpy as np
+
+    return SimpleNamespace(
+        sampler=sampler,
+        input_batch=SimpleNamespace(req_ids=list(req_ids)),
+        discard_request_mask=SimpleNamespace(np=np.array(discard, dtype=bool)),
+    )
+
+
 @pytest.mark.parametrize("top_k", [None, 5])
-def test_v1_sampler_hook_appends_the_exact_entropy_and_samples_the_same_tokens(top_k):
-    """vLLM's own V1 sampler (the CPU runner's), processed logprobs, temperature 0.7: with the
-    hook on, a request for one logprob gets the sampled token's logprob (as without the hook) and
-    the exact entropy of the distribution it was drawn from (tempered, top-k truncated) instead
-    of the top-1 candidate; the same seed samples the same tokens either way; prompt logprobs
-    (gather outside the sampler's forward), logprobs=0 and the hook switched off are vLLM's."""
+def test_v1_sampler_hook_records_the_exact_entropy_per_request_and_samples_the_same_tokens(top_k):
+    """vLLM's own V1 sampler (the CPU runner's), processed logprobs, temperature 0.7, requests
+    asking for no logprobs: with the hook on, every row's exact entropy (of the tempered, top-k
+    truncated distribution it was drawn from), the sampled token's logprob and the token are kept
+    under the row's request id, rows grouped per request in sampling order across steps whose
+    batches are ordered differently; discarded rows are left out; `take` hands them over once.
+    The same seed samples the same tokens with the hook on or off, and off records nothing."""
+    import numpy as np
     import torch
     from vllm.v1.sample.sampler import Sampler
 
     from egsw_rl.algos import entropy_from_logits
     from egsw_rl.sync.vllm_worker import hook_sampler
 
-    B, V, T = 6, 50, 0.7
+    B, V, T = 4, 50, 0.7
     sampler = Sampler(logprobs_mode="processed_logprobs")
-    hook = hook_sampler(SimpleNamespace(sampler=sampler))
+    runner = _runner(sampler, "abcd", [False] * B)
+    hook = hook_sampler(runner)
     assert hook.kind == "v1" and not hook.on
-    assert hook_sampler(SimpleNamespace(sampler=sampler)) is hook  # installed once
-    logits = torch.randn(B, V, generator=torch.Generator().manual_seed(0)) * 3
+    assert hook_sampler(runner) is hook  # installed once
+    logits = [torch.randn(B, V, generator=torch.Generator().manual_seed(s)) * 3 for s in (0, 1)]
 
-    def run(k):
-        torch.manual_seed(5)
-        return sampler(logits.clone(), _metadata(B, T, k, top_k))
+    def run(step):
+        torch.manual_seed(5 + step)
+        return sampler(logits[step].clone(), _metadata(B, T, None, top_k)).sampled_token_ids[:, 0]
 
-    plain = run(1)
+    plain = [run(0), run(1)]
+    assert hook.take()["req_ids"] == []  # off: nothing recorded
     hook.on = True
-    hooked, none = run(1), run(0)
-    assert torch.equal(hooked.sampled_token_ids, plain.sampled_token_ids)
-    got = hooked.logprobs_tensors
-    assert got.logprobs.shape == (B, 2) and got.selected_token_ranks.shape == (B,)
-    assert torch.equal(got.logprobs[:, 0], plain.logprobs_tensors.logprobs[:, 0])
-    assert torch.equal(got.logprob_token_ids[:, 1], hooked.sampled_token_ids[:, 0])
-    z = logits / T
-    dist = z if top_k is None else z.topk(top_k, -1).values  # what the sampler drew from
-    torch.testing.assert_close(got.logprobs[:, 1], entropy_from_logits(dist), atol=1e-6, rtol=0)
-    assert not torch.equal(got.logprobs[:, 1], plain.logprobs_tensors.logprobs[:, 1])
-    # the model runner's prompt-logprob call of the same method is not the sampler's: untouched
-    lp = torch.log_softmax(logits, -1)
-    prompt = sampler.gather_logprobs(lp, 3, torch.arange(B))
-    assert prompt.logprobs.shape == (B, 4) and torch.equal(prompt.logprobs[:, 1:], lp.topk(3, -1).values)
-    hook.on = False
-    assert torch.equal(run(1).logprobs_tensors.logprobs, plain.logprobs_tensors.logprobs)
-    # logprobs=0: no column to carry the entropy, vLLM's own output
-    assert torch.equal(none.logprobs_tensors.logprobs, run(0).logprobs_tensors.logprobs)
+    first = run(0)
+    runner.input_batch.req_ids = ["c", "a", "e", "b"]  # the batch reordered, "e" a prompt chunk
+    runner.discard_request_mask.np = np.array([False, False, True, False])
+    second = run(1)
+    assert torch.equal(first, plain[0]) and torch.equal(second, plain[1])
+    got = hook.take()
+    assert got["req_ids"] == ["a", "b", "c", "d", "e"]
+    np.testing.assert_array_equal(got["counts"], [2, 2, 2, 1, 0])
+
+    def dist(step):
+        z = logits[step] / T
+        return z if top_k is None else z.topk(top_k, -1).values  # what the sampler drew from
+
+    h = [entropy_from_logits(dist(0)), entropy_from_logits(dist(1))]
+    lp = [torch.log_softmax(dist(0), -1), torch.log_softmax(dist(1), -1)]
+    z = [logits[0] / T, logits[1] / T]
+    rows = [(0, 0), (1, 1), (0, 1), (1, 3), (0, 2), (1, 0), (0, 3)]  # (step, row) of a, a, b, b, c, c, d
+    want_h = torch.stack([h[s][r] for s, r in rows])
+    tok = [first, second]
+    want_lp = torch.stack([torch.log_softmax(z[s][r], -1)[tok[s][r]] for s, r in rows])
+    if top_k is not None:  # the sampled token is among the top k: its logprob renormalised over them
+        want_lp = torch.stack([lp[s][r][(dist(s)[r] == z[s][r][tok[s][r]]).nonzero()[0, 0]] for s, r in rows])
+    torch.testing.assert_close(torch.from_numpy(got["entropy"]), want_h, atol=1e-6, rtol=0)
+    torch.testing.assert_close(torch.from_numpy(got["logprob"]), want_lp, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(got["token_ids"], [int(tok[s][r]) for s, r in rows])
+    assert hook.take()["req_ids"] == []  # handed over once
+    # an all-greedy batch: vLLM returns no processed logprobs, the hook computes them
+    md = _metadata(B, 1.0, None, None)
+    md.all_greedy, md.all_random, md.temperature = True, False, None
+    greedy = sampler(logits[0].clone(), md).sampled_token_ids[:, 0]
+    got = hook.take()  # rows c, a, b of the batch (e discarded)
+    assert got["req_ids"] == ["c", "a", "e", "b"]
+    torch.testing.assert_close(
+        torch.from_numpy(got["entropy"]), entropy_from_logits(logits[0][[0, 1, 3]]), atol=1e-6, rtol=0
+    )
+    assert torch.equal(greedy, logits[0].argmax(-1))
 
 
 def test_v2_sampler_hook_appends_the_entropy_of_the_processed_logits():
