@@ -239,8 +239,8 @@ def token_arrays(
     at every position the sampled token first, then the top-k candidates) or None (no logprobs:
     all three NaN); `lengths[i]` its token count. method "exact": each position's last entry is
     the engine's exact entropy (the V2 sampler's column, `hook_sampler`), the tail mass 0, k
-    unused. A top-k method: the
-    estimate from the k candidates; with k == 0 the entropy and tail mass are NaN.
+    unused. A top-k method: the estimate from the k candidates; with k == 0 the entropy and tail
+    mass are NaN.
 
     One array over the whole batch, not one per completion: the candidates of all positions
     form one [positions, width] matrix (a reshape when every position has the same number of
