@@ -95,32 +95,39 @@ def entropy_from_logits(logits: Tensor, *, chunk_size: int = 256) -> Tensor:
     """Exact entropy (nats, fp32) of softmax(logits) over the last dim, [..., V] -> [...].
 
     Rows are processed `chunk_size` at a time so only one fp32 chunk of the vocabulary is
-    materialised. Differentiable (used for the entropy bonus); wrap in no_grad for a detached H.
-    Apply the sampling temperature to the logits before calling.
+    materialised. Logits of -inf (a sampler's top-k / top-p mask) are tokens of probability zero.
+    Differentiable (used for the entropy bonus); wrap in no_grad for a detached H. Apply the
+    sampling temperature to the logits before calling.
     """
     flat = _rows(logits, "logits")
     out = []
     for chunk in flat.split(max(1, int(chunk_size)), dim=0):
-        z = chunk.float()
-        logp = torch.log_softmax(z, dim=-1)
-        out.append(-(logp.exp() * logp).sum(-1))
+        logp = torch.log_softmax(chunk.float(), dim=-1)
+        out.append(_neg_plogp(logp))
     h = torch.cat(out) if out else flat.new_zeros(0, dtype=torch.float32)
     return h.reshape(logits.shape[:-1])
 
 
 @torch.no_grad()
-def entropy_from_logprobs(logprobs: Tensor) -> Tensor:
+def entropy_from_logprobs(logprobs: Tensor, *, chunk_size: int = 256) -> Tensor:
     """Exact entropy (nats, fp32) of a distribution given by its log-probabilities over the last
     dim, [..., V] -> [...]: -sum_v p_v log p_v. Entries equal to -inf are tokens of probability
     zero (a sampler's top-k / top-p mask) and add nothing. For normalised input, e.g. vLLM's
     processed logprobs; the arithmetic of `entropy_from_logits` after its log_softmax, so the two
-    agree to rounding on the same distribution. Detached; runs once per decode step in the
-    engine, so no chunking and no copy beyond the product."""
-    lp = _rows(logprobs, "logprobs").float()
-    # exp(-inf) * -inf is NaN; the clamp makes it 0 * (most negative float) = -0 and leaves every
-    # finite entry (and a NaN from bad logits) as it is
-    h = -(lp.exp() * lp.clamp_min(torch.finfo(lp.dtype).min)).sum(-1)
+    agree to rounding on the same distribution. Detached; `chunk_size` rows at a time, so the
+    temporaries stay one chunk of the vocabulary wide (in a GPU engine's sampler they come on top
+    of the memory vLLM measured for its own)."""
+    flat = _rows(logprobs, "logprobs")
+    out = [_neg_plogp(chunk.float()) for chunk in flat.split(max(1, int(chunk_size)), dim=0)]
+    h = torch.cat(out) if out else flat.new_zeros(0, dtype=torch.float32)
     return h.reshape(logprobs.shape[:-1])
+
+
+def _neg_plogp(logp: Tensor) -> Tensor:
+    """-sum_v p_v log p_v over the last dim of fp32 log-probabilities. exp(-inf) * -inf is NaN;
+    the clamp makes it 0 * (most negative float) = -0 and leaves every finite entry (and a NaN
+    from bad logits) as it is."""
+    return -(logp.exp() * logp.clamp_min(torch.finfo(logp.dtype).min)).sum(-1)
 
 
 @torch.no_grad()

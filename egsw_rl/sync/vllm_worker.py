@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from egsw_rl.actors.vllm_logs import quiet_benign_reload
-from egsw_rl.algos.entropy import entropy_from_logprobs
+from egsw_rl.algos.entropy import entropy_from_logits, entropy_from_logprobs
 from egsw_rl.sync.group import new_group, receive_stream
 from egsw_rl.sync.ipc import ipc_probe, ipc_store, ipc_stream, open_ipc_handle
 from egsw_rl.sync.plan import DEFAULT_TIMEOUT_S, ParamMeta, checkpoint_shapes, rows_to_meta, validate_meta
@@ -252,6 +252,13 @@ def _reprocess_aliased_modules(model: torch.nn.Module) -> list[str]:
 # ============================================================================ the entropy hook
 
 
+def _chunk_rows(x: torch.Tensor) -> int:
+    """Rows of [rows, V] per chunk of the hook's entropy: 2^24 fp32 entries (64 MiB) a temporary,
+    which vLLM's memory profile of the sampler does not include (a 152k vocabulary over 2,048
+    sequences would otherwise add GBs a decode step); one chunk on small models."""
+    return max(1, (1 << 24) // max(1, int(x.shape[-1])))
+
+
 def append_entropy(tensors, entropy: torch.Tensor, sampled: torch.Tensor):
     """vLLM's LogprobsTensors of sampled tokens with one more column: the exact entropy, under the
     sampled token's id (a real id, so a detokenising output processor can decode it, and the
@@ -318,7 +325,8 @@ class _V1SamplerEntropy(_SamplerEntropy):
         # all-greedy batches come back without processed logprobs: the greedy ones are these
         lp = processed if processed is not None else logits.log_softmax(dim=-1, dtype=torch.float32)
         tokens = sampled.reshape(-1, 1).long()
-        values = torch.stack((entropy_from_logprobs(lp), lp.gather(1, tokens).squeeze(1).float()), dim=1)
+        h = entropy_from_logprobs(lp, chunk_size=_chunk_rows(lp))
+        values = torch.stack((h, lp.gather(1, tokens).squeeze(1).float()), dim=1)
         self._steps.append((row_slots, values, tokens.squeeze(1)))
 
     def take(self) -> dict:
@@ -368,7 +376,7 @@ class _V2SamplerEntropy(_SamplerEntropy):
             if not self.on or num_logprobs < 1 or kwargs.get("max_per_req_token_ids", 0):
                 return compute(logits, num_logprobs, sampled_token_ids, *args, **kwargs)
             out = compute(logits, num_logprobs - 1, sampled_token_ids, *args, **kwargs)
-            h = entropy_from_logprobs(torch.log_softmax(logits.float(), dim=-1))
+            h = entropy_from_logits(logits, chunk_size=_chunk_rows(logits))
             return append_entropy(out, h, sampled_token_ids)
 
         module.compute_topk_scores = hooked

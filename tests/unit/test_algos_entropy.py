@@ -143,6 +143,17 @@ def test_entropy_from_logprobs_is_the_learners_entropy_of_the_same_distribution(
             assert h[i, t].item() == pytest.approx(_loop_entropy_and_n(logits[i, t].double())[0], abs=1e-5)
 
 
+@pytest.mark.parametrize("chunk_size", [1, 3, 1000])
+def test_entropy_from_logprobs_is_the_same_in_chunks_of_rows(chunk_size):
+    """The engine hook bounds its temporaries by chunks of rows: any chunking, the same values."""
+    torch.manual_seed(3)
+    lp = torch.log_softmax(torch.randn(2, 5, 40) * 2, -1)
+    torch.testing.assert_close(
+        entropy_from_logprobs(lp, chunk_size=chunk_size), entropy_from_logprobs(lp), atol=1e-6, rtol=0
+    )
+    assert entropy_from_logprobs(lp[:0]).shape == (0, 5)
+
+
 def test_entropy_from_logprobs_skips_masked_tokens_and_keeps_nan():
     """-inf entries (a sampler's top-k / top-p mask) have probability zero: the entropy is that
     of the kept tokens renormalised, as vLLM samples them; a NaN row stays NaN (bad logits must
@@ -153,8 +164,11 @@ def test_entropy_from_logprobs_skips_masked_tokens_and_keeps_nan():
     masked = torch.full_like(logits, NEG_INF).scatter(-1, kept.indices, kept.values)
     h = entropy_from_logprobs(torch.log_softmax(masked, -1))
     torch.testing.assert_close(h, entropy_from_logits(kept.values), atol=1e-6, rtol=0)
+    # the same from the masked logits themselves (the V2 engine hook's input), no NaN
+    torch.testing.assert_close(entropy_from_logits(masked), h, atol=1e-6, rtol=0)
     one_hot = torch.tensor([[0.0, NEG_INF, NEG_INF]])
     assert entropy_from_logprobs(one_hot).item() == 0.0
+    assert entropy_from_logits(one_hot).item() == 0.0
     assert torch.isnan(entropy_from_logprobs(torch.tensor([[float("nan"), -1.0]]))).all()
     with pytest.raises(ValueError, match="logprobs"):
         entropy_from_logprobs([0.1])  # type: ignore[arg-type]
