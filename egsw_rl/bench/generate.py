@@ -198,6 +198,8 @@ def generate_throughput(
                 actor_rows.append(a)
                 bare_rows.append(b)
         out = generate_summary(actor_rows, bare_rows)
+        exact = rcfg.entropy_estimator == "exact"
+        kind = ray.get(actor.__ray_call__.remote(lambda self: self._entropy_kind))
         out.update(
             {
                 "preset": preset,
@@ -206,7 +208,10 @@ def generate_throughput(
                 "G": int(rcfg.n),
                 "max_tokens": int(rcfg.max_tokens),
                 "entropy_estimator": rcfg.entropy_estimator,
-                "logprobs": 1 if rcfg.entropy_estimator == "exact" else int(rcfg.logprobs),
+                # what vLLM is asked for a token: none with the V1 hook's record, the sampled
+                # token's logprob and the entropy column on the V2 runner, else k candidates
+                "logprobs": int(rcfg.logprobs) if not exact else None if kind == "v1" else 1,
+                "entropy_path": "worker record" if exact and kind == "v1" else "logprobs channel",
                 "engine_in_process": env.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "0",
                 "actor_engine_tokens_per_s": median(
                     x["tokens"] / x["engine_s"] for x in actor_rows if x.get("engine_s")
