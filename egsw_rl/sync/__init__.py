@@ -116,13 +116,9 @@ class WeightSync:
 
     # ------------------------------------------------------------------ set-up
 
-    def _ranks(self) -> list:
-        return [] if self.local else list(self.learners.actors)
-
     def _names(self, engines: int = 0) -> list[str]:
-        return [f"learner rank {r}" for r in range(len(self._ranks()))] + [
-            f"generator {i}" for i in range(engines)
-        ]
+        """Who each ref of a wait came from: the learner ranks, then the first `engines` engines."""
+        return ([] if self.local else self.learners.names()) + self.generators.names()[:engines]
 
     def _choose(self, want: str, colocated: bool) -> str:
         device = self.learners.device
@@ -221,7 +217,7 @@ class WeightSync:
             res = wait_all(self._send(probe), self._names())
             send_s = time.perf_counter() - t0
             recv = self._receive("load_shared", rows, res[0].get("probe_ids"), res[0].get("probe_logprobs"))
-            versions = wait_all(recv, self._names(len(recv))[-len(recv) :])
+            versions = self.generators.wait(recv)
             out = collect_engines(self.generators.actors, *versions)
             total_s = time.perf_counter() - t0
             # nothing is gathered: every rank writes its own shards at once, the slowest one counts
