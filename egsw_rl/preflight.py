@@ -438,6 +438,22 @@ def _versions_check(cfg) -> list[Check]:
                 "" if ok else "run on a GPU node, or rehearse on CPU: rehearsal=cpu",
             )
         )
+    if cfg.rollout.entropy_estimator == "exact":
+        from egsw_rl.sync.vllm_worker import sampler_hook_problems
+
+        missing = sampler_hook_problems()
+        out.append(
+            Check(
+                "engine entropy hook",
+                not missing,
+                "vLLM's samplers have what rollout.entropy_estimator=exact hooks"
+                if not missing
+                else "this vLLM lacks " + "; ".join(missing),
+                ""
+                if not missing
+                else "pip install '.[gpu]' (vLLM 0.32), or rollout.entropy_estimator=lower_bound",
+            )
+        )
     # DeepSpeed's FusedAdam / CPUAdam are JIT-compiled on first use; torch's AdamW is not
     from omegaconf import OmegaConf
 

@@ -382,6 +382,32 @@ class _V2SamplerEntropy(_SamplerEntropy):
         module.compute_topk_scores = hooked
 
 
+def sampler_hook_problems() -> list[str]:
+    """What the entropy hooks need of the installed vLLM and do not find ([] when everything is
+    there): the V1 sampler's `sample(logits, sampling_metadata)` and, where vLLM has the V2 model
+    runner (the CUDA default), its sampler module's `compute_topk_scores(logits, num_logprobs,
+    sampled_token_ids, ..., max_per_req_token_ids)`. Read from the sources, no engine started,
+    so the preflight can say it before GPU time is spent."""
+    import inspect
+
+    from vllm.v1.sample.sampler import Sampler
+
+    out = []
+    if list(inspect.signature(Sampler.sample).parameters)[1:3] != ["logits", "sampling_metadata"]:
+        out.append("vllm.v1.sample.sampler.Sampler.sample(logits, sampling_metadata, ...)")
+    try:
+        from vllm.v1.worker.gpu.sample import sampler as v2
+    except ImportError:  # a vLLM without the V2 model runner
+        return out
+    params = list(inspect.signature(getattr(v2, "compute_topk_scores", lambda: None)).parameters)
+    if params[:3] != ["logits", "num_logprobs", "sampled_token_ids"] or "max_per_req_token_ids" not in params:
+        out.append(
+            "vllm.v1.worker.gpu.sample.sampler.compute_topk_scores"
+            "(logits, num_logprobs, sampled_token_ids, ..., max_per_req_token_ids)"
+        )
+    return out
+
+
 def hook_sampler(model_runner) -> _SamplerEntropy:
     """Hook the model runner's sampler for the exact entropy (off until `.on` is set). One
     extra reduction over the vocabulary per sampled token, on the logits the sampler already

@@ -45,6 +45,7 @@ def test_preflight_passes_the_default_and_names_the_missing_gpus_of_the_papers_p
         "run directory",
         "disk",
         "versions",
+        "engine entropy hook",
         "wandb",
     ):
         assert any(x[2:].startswith(name) for x in lines), (name, p.stdout)
@@ -61,7 +62,14 @@ def test_preflight_passes_the_default_and_names_the_missing_gpus_of_the_papers_p
     assert "The run needs 8 GPUs and the cluster has 0" in out
     assert "✗ model" in out and "Qwen/Qwen2.5-Math-7B" in out  # not in this machine's cache
     # every other check still reported
-    for ok in ("✓ config", "✓ run directory", "✓ versions", "✓ no run-time op build", "✓ wandb"):
+    for ok in (
+        "✓ config",
+        "✓ run directory",
+        "✓ versions",
+        "✓ engine entropy hook",
+        "✓ no run-time op build",
+        "✓ wandb",
+    ):
         assert ok in out, (ok, out)
     assert "failed" in out.splitlines()[-1]
 

@@ -483,19 +483,15 @@ def test_v2_sampler_hook_appends_the_entropy_of_the_processed_logits():
     (Triton kernels: they do not run here) with the processed logits. Behind the hook, a
     stand-in with that function's signature and output: k - 1 candidates, then the entropy of
     log_softmax of the logits it was given (masked tokens -inf)."""
-    import inspect
 
     import torch
     from vllm.v1.outputs import LogprobsTensors
-    from vllm.v1.worker.gpu.sample import sampler as v2
 
     from egsw_rl.algos import entropy_from_logits
-    from egsw_rl.sync.vllm_worker import _V2SamplerEntropy
+    from egsw_rl.sync.vllm_worker import _V2SamplerEntropy, sampler_hook_problems
 
-    # what the hook relies on: the call's first three arguments and the per-request ids keyword
-    params = list(inspect.signature(v2.compute_topk_scores).parameters)
-    assert params[:3] == ["logits", "num_logprobs", "sampled_token_ids"]
-    assert "max_per_req_token_ids" in params
+    # what the hook relies on (the call's first three arguments, the per-request ids keyword)
+    assert sampler_hook_problems() == []
 
     def compute_topk_scores(logits, num_logprobs, sampled_token_ids, *args, max_per_req_token_ids=0, **kw):
         lp = torch.log_softmax(logits, -1)
@@ -524,6 +520,20 @@ def test_v2_sampler_hook_appends_the_entropy_of_the_processed_logits():
     torch.testing.assert_close(
         module.compute_topk_scores(logits, 3, sampled, None, max_per_req_token_ids=2).logprobs, plain.logprobs
     )
+
+
+def test_sampler_hook_problems_name_what_a_vllm_lacks(monkeypatch):
+    """The installed vLLM has both hook points (the preflight passes); a V2 sampler module whose
+    compute_topk_scores changed its arguments is named."""
+    from vllm.v1.worker.gpu.sample import sampler as v2
+
+    from egsw_rl.sync.vllm_worker import sampler_hook_problems
+
+    assert sampler_hook_problems() == []
+    monkeypatch.setattr(v2, "compute_topk_scores", lambda logits, k, ids: None)
+    assert [p.split("(")[0] for p in sampler_hook_problems()] == [
+        "vllm.v1.worker.gpu.sample.sampler.compute_topk_scores"
+    ]
 
 
 def test_hook_refuses_an_unknown_sampler():
